@@ -1,0 +1,408 @@
+"""The remote-driver verbs: typed request in, decision, persisted state, reconcile, response.
+
+Each verb holds the state lock for its whole run, so parallel dockerd calls and several
+gunicorn workers are serialised on the host's one state file. Verbs that remove things
+tolerate unknown ids (dockerd sends Revoke without Program, Leave after a crash, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+from typing import Any, Callable
+
+from pyroute2 import IPRoute
+
+from . import netlink, ports
+from .errors import DriverError
+from .messages import (
+    CreateEndpointRequest,
+    CreateNetworkRequest,
+    EndpointRef,
+    JoinRequest,
+    NetworkRef,
+    ProgramRequest,
+)
+from .options import NetworkOptions, parse_network_options
+from .reconcile import reconcile
+from .state import EndpointRecord, NetworkRecord, ParentRecord, PublishedPort, State, Store
+from .tags import MAX_MARK_SLOT, TABLE_ALLOC_FIRST, TABLE_ALLOC_LAST
+
+log = logging.getLogger(__name__)
+
+CAPABILITIES = {"Scope": "local", "ConnectivityScope": "local", "GwAllocChecker": False}
+
+
+def bridge_name_for(network_id: str) -> str:
+    return f"mn-{network_id[:12]}"
+
+
+def veth_names_for(endpoint_id: str) -> tuple[str, str]:
+    return f"mnh{endpoint_id[:12]}", f"mnc{endpoint_id[:12]}"
+
+
+def mac_for(address: ipaddress.IPv4Interface) -> str:
+    """A stable locally administered MAC from the IP, as Docker's bridge does (02:42:a:b:c:d)."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in address.ip.packed)
+
+
+class Driver:
+    def __init__(self, store: Store, reconciler: Callable[[State], Any] = reconcile) -> None:
+        self.store = store
+        self.reconciler = reconciler
+
+    # -- helpers ------------------------------------------------------------------------
+    def _commit(self, state: State) -> None:
+        """Persist first (intent), then make the kernel match."""
+        self.store.save(state)
+        self.reconciler(state)
+
+    def _rollback(self, state: State) -> None:
+        """Best effort after a failed commit: the caller already undid its change in ``state``."""
+        try:
+            self._restore_parents(self._forget_idle_parents(state))
+            self._commit(state)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            log.exception("rollback incomplete; the next reconcile will finish it")
+
+    @staticmethod
+    def _restore_parents(idle: dict[str, ParentRecord]) -> None:
+        for parent, record in idle.items():
+            if record.rp_filter_before is not None:
+                netlink.write_sysctl(f"net/ipv4/conf/{parent}/rp_filter", str(record.rp_filter_before))
+
+    # -- networks -------------------------------------------------------------------------
+    def create_network(self, req: CreateNetworkRequest) -> dict[str, Any]:
+        opts = parse_network_options(req.generic)
+        if req.ipv6:
+            raise DriverError("multinic does not support IPv6 yet; create the network without --ipv6")
+        if len(req.ipv4) != 1:
+            raise DriverError(
+                f"multinic networks take exactly one IPv4 subnet, got {len(req.ipv4)}; give one --subnet"
+            )
+        pool = req.ipv4[0]
+        if pool.gateway is None or pool.pool.prefixlen == 0:
+            raise DriverError(
+                "multinic needs an IPv4 subnet with a gateway address; use the default IPAM driver "
+                "(--subnet CIDR, optionally --gateway IP)"
+            )
+        with self.store.locked() as state:
+            if req.network_id in state.networks:
+                return {}
+            with IPRoute() as ipr:
+                record, parent_record = self._plan_network(ipr, state, req, opts)
+            state.networks[record.id] = record
+            if parent_record is not None and record.parent:
+                state.parents[record.parent] = parent_record
+            try:
+                self._commit(state)
+            except Exception:
+                log.exception("create of network %s failed; rolling back", req.network_id[:12])
+                state.networks.pop(record.id, None)
+                self._rollback(state)
+                raise
+        log.info(
+            "created network %s bridge=%s parent=%s table=%s",
+            record.id[:12],
+            record.bridge,
+            record.parent,
+            record.table,
+        )
+        return {}
+
+    def _plan_network(
+        self, ipr: IPRoute, state: State, req: CreateNetworkRequest, opts: NetworkOptions
+    ) -> tuple[NetworkRecord, ParentRecord | None]:
+        """Every check that needs the kernel or other networks; nothing is changed here."""
+        pool = req.ipv4[0]
+        subnet = pool.pool
+        for other in state.networks.values():
+            if ipaddress.IPv4Network(other.subnet).overlaps(subnet):
+                raise DriverError(
+                    f"subnet {subnet} overlaps multinic network {other.id[:12]} ({other.subnet}); "
+                    "choose a --subnet that does not overlap"
+                )
+        bridge = opts.bridge_name or bridge_name_for(req.network_id)
+        if any(n.bridge == bridge for n in state.networks.values()) or netlink.link_index(ipr, bridge):
+            raise DriverError(
+                f"option bridge_name={bridge}: an interface with that name already exists; "
+                "choose another bridge_name or omit it"
+            )
+        mtu = opts.mtu
+        parent_gateway = table = slot = None
+        parent_record = None
+        if opts.parent and not req.internal:
+            facts = netlink.parent_facts(ipr, opts.parent)
+            if not facts.exists:
+                raise DriverError(
+                    f"option parent={opts.parent}: no such network interface on this host; "
+                    "give the name of an existing NIC (see `ip link`)"
+                )
+            if not facts.addresses:
+                raise DriverError(
+                    f"option parent={opts.parent}: the interface has no IPv4 address; "
+                    "configure one first or pick another NIC"
+                )
+            for addr in facts.addresses:
+                if addr.network.overlaps(subnet):
+                    raise DriverError(
+                        f"subnet {subnet} overlaps {opts.parent}'s own network {addr.network}; "
+                        "choose a --subnet outside the parent NIC's network"
+                    )
+            siblings = state.networks_on(opts.parent)
+            parent_gateway = self._parent_gateway(ipr, opts, facts, siblings)
+            table, slot = self._table_and_mark(ipr, state, opts, siblings)
+            mtu = mtu or facts.mtu
+            if not siblings:
+                rp = netlink.read_sysctl(f"net/ipv4/conf/{opts.parent}/rp_filter")
+                parent_record = ParentRecord(rp_filter_before=int(rp) if rp is not None else None)
+        record = NetworkRecord(
+            id=req.network_id,
+            bridge=bridge,
+            subnet=str(subnet),
+            gateway=str(pool.gateway),
+            internal=req.internal,
+            parent=opts.parent,
+            parent_gateway=str(parent_gateway) if parent_gateway else None,
+            table=table,
+            mark_slot=slot,
+            mtu=mtu or 1500,
+            masquerade=opts.masquerade,
+            gw_priority=opts.gw_priority,
+            options={k: str(v) for k, v in req.generic.items()},
+        )
+        return record, parent_record
+
+    @staticmethod
+    def _parent_gateway(ipr, opts: NetworkOptions, facts, siblings: list[NetworkRecord]):
+        if siblings:
+            current = siblings[0].parent_gateway
+            if opts.parent_gateway and str(opts.parent_gateway) != current:
+                raise DriverError(
+                    f"option parent_gateway={opts.parent_gateway}: {opts.parent} already routes via "
+                    f"{current} for network {siblings[0].id[:12]}; use the same gateway or omit it"
+                )
+            return ipaddress.IPv4Address(current) if current else None
+        if opts.parent_gateway:
+            if not any(opts.parent_gateway in a.network for a in facts.addresses):
+                nets = ", ".join(str(a.network) for a in facts.addresses)
+                raise DriverError(
+                    f"option parent_gateway={opts.parent_gateway} is not on {opts.parent}'s network(s) "
+                    f"{nets}; give a next hop reachable on that NIC"
+                )
+            return opts.parent_gateway
+        found = netlink.foreign_default_gateway(ipr, opts.parent)
+        if found:
+            return found
+        primary = facts.primary
+        return next(primary.network.hosts())
+
+    @staticmethod
+    def _table_and_mark(ipr, state: State, opts: NetworkOptions, siblings: list[NetworkRecord]):
+        if siblings:
+            table = siblings[0].table
+            if opts.table is not None and opts.table != table:
+                raise DriverError(
+                    f"option table={opts.table}: {opts.parent} already uses table {table} "
+                    f"(network {siblings[0].id[:12]}); use table={table} or omit it"
+                )
+            return table, siblings[0].mark_slot
+        used_tables = {n.table for n in state.networks.values() if n.table is not None}
+
+        def in_use(candidate: int) -> bool:
+            return (
+                candidate in used_tables
+                or bool(netlink.routes_in_table(ipr, candidate))
+                or bool(netlink.rules_using_table(ipr, candidate))
+            )
+
+        if opts.table is not None:
+            if in_use(opts.table):
+                raise DriverError(
+                    f"option table={opts.table}: that route table is already in use on this host; "
+                    "pick a free table id or omit table to have one allocated"
+                )
+            table = opts.table
+        else:
+            table = next((t for t in range(TABLE_ALLOC_FIRST, TABLE_ALLOC_LAST + 1) if not in_use(t)), None)
+            if table is None:
+                raise DriverError("no free route table left; give one with --opt table=ID")
+        used_slots = {n.mark_slot for n in state.networks.values() if n.mark_slot}
+        slot = next((s for s in range(1, MAX_MARK_SLOT + 1) if s not in used_slots), None)
+        if slot is None:
+            raise DriverError("no free connection mark left: at most 255 parent NICs per host")
+        return table, slot
+
+    def _forget_idle_parents(self, state: State) -> dict[str, ParentRecord]:
+        """Drop parent records no network uses any more; return them (to restore sysctls)."""
+        idle = {p: rec for p, rec in state.parents.items() if not state.networks_on(p)}
+        for parent in idle:
+            del state.parents[parent]
+        return idle
+
+    def delete_network(self, req: NetworkRef) -> dict[str, Any]:
+        with self.store.locked() as state:
+            if req.network_id not in state.networks:
+                return {}
+            del state.networks[req.network_id]
+            for ep in list(state.endpoints.values()):
+                if ep.network_id == req.network_id:
+                    del state.endpoints[ep.id]
+            idle = self._forget_idle_parents(state)
+            self._commit(state)
+            self._restore_parents(idle)
+        log.info("deleted network %s", req.network_id[:12])
+        return {}
+
+    # -- endpoints -------------------------------------------------------------------------
+    def _network(self, state: State, network_id: str) -> NetworkRecord:
+        net = state.networks.get(network_id)
+        if net is None:
+            raise DriverError(
+                f"network {network_id[:12]} is not known to multinic (its state may have been lost); "
+                "remove and re-create the network"
+            )
+        return net
+
+    def create_endpoint(self, req: CreateEndpointRequest) -> dict[str, Any]:
+        with self.store.locked() as state:
+            net = self._network(state, req.network_id)
+            if req.address is None:
+                raise DriverError(
+                    "multinic needs an IPv4 address from IPAM for each endpoint; "
+                    "use the default IPAM driver for this network"
+                )
+            if req.address_v6:
+                raise DriverError("multinic does not support IPv6 endpoints yet")
+            existing = state.endpoints.get(req.endpoint_id)
+            mac = req.mac or (existing.mac if existing else mac_for(req.address))
+            if existing is None:
+                host, peer = veth_names_for(req.endpoint_id)
+                state.endpoints[req.endpoint_id] = EndpointRecord(
+                    id=req.endpoint_id,
+                    network_id=net.id,
+                    address=str(req.address),
+                    mac=mac,
+                    host_veth=host,
+                    peer_veth=peer,
+                    gw_priority=req.options.gw_priority,
+                )
+                try:
+                    self._commit(state)
+                except Exception:
+                    del state.endpoints[req.endpoint_id]
+                    self._rollback(state)
+                    raise
+        return {"Interface": {"MacAddress": mac}} if not req.mac else {}
+
+    def delete_endpoint(self, req: EndpointRef) -> dict[str, Any]:
+        with self.store.locked() as state:
+            if state.endpoints.pop(req.endpoint_id, None) is not None:
+                self._commit(state)
+        return {}
+
+    def endpoint_info(self, req: EndpointRef) -> dict[str, Any]:
+        ep = self.store.load().endpoints.get(req.endpoint_id)
+        if ep is None:
+            return {"Value": {}}
+        return {"Value": {"ports": [dataclasses.asdict(p) for p in ep.ports]}}
+
+    def _publish_ips(self, ipr: IPRoute, net: NetworkRecord):
+        from .firewall.rules import publish_addresses
+        from .reconcile import gather_facts
+
+        local = {str(a.ip) for _n, a in netlink.all_ipv4_addresses(ipr)}
+
+        def resolve(host_ip: str) -> tuple[str, ...]:
+            if host_ip:
+                try:
+                    ip = ipaddress.ip_address(host_ip)
+                except ValueError:
+                    raise DriverError(f"published host address {host_ip!r} is not an IP address") from None
+                if ip.version != 4:
+                    raise DriverError(
+                        f"published host address {host_ip} is IPv6; multinic publishes IPv4 only"
+                    )
+                if host_ip not in local:
+                    raise DriverError(
+                        f"published host address {host_ip} is not an address of this host; "
+                        f"use one of {', '.join(sorted(local))} or leave it out (-p HOSTPORT:PORT)"
+                    )
+            addrs = publish_addresses(net, host_ip, gather_facts(ipr, State(networks={net.id: net})))
+            if not addrs:
+                raise DriverError(
+                    f"parent {net.parent} has no IPv4 address to publish ports on; configure one first"
+                )
+            return addrs
+
+        return resolve
+
+    def _publish(self, state: State, ep: EndpointRecord, bindings) -> tuple[PublishedPort, ...]:
+        net = state.networks[ep.network_id]
+        if net.internal or not bindings:
+            return ()
+        taken = [p for other in state.endpoints.values() if other.id != ep.id for p in other.ports]
+        with IPRoute() as ipr:
+            return ports.allocate(bindings, self._publish_ips(ipr, net), taken)
+
+    def join(self, req: JoinRequest) -> dict[str, Any]:
+        with self.store.locked() as state:
+            net = self._network(state, req.network_id)
+            ep = state.endpoints.get(req.endpoint_id)
+            if ep is None:
+                raise DriverError(f"endpoint {req.endpoint_id[:12]} was never created; retry the command")
+            published = self._publish(state, ep, req.ports)
+            state.endpoints[ep.id] = dataclasses.replace(
+                ep, joined=True, sandbox_key=req.sandbox_key, ports=published
+            )
+            try:
+                self._commit(state)
+            except Exception:
+                state.endpoints[ep.id] = ep
+                self._rollback(state)
+                raise
+        response: dict[str, Any] = {"InterfaceName": {"SrcName": ep.peer_veth, "DstPrefix": "eth"}}
+        if not net.internal:
+            response["Gateway"] = str(ipaddress.IPv4Interface(net.gateway).ip)
+        response["DisableGatewayService"] = net.internal
+        return response
+
+    def leave(self, req: EndpointRef) -> dict[str, Any]:
+        with self.store.locked() as state:
+            ep = state.endpoints.get(req.endpoint_id)
+            if ep is not None and (ep.joined or ep.ports):
+                state.endpoints[ep.id] = dataclasses.replace(ep, joined=False, ports=(), sandbox_key="")
+                self._commit(state)
+        return {}
+
+    def program_external_connectivity(self, req: ProgramRequest) -> dict[str, Any]:
+        """Ports are published at Join on every multinic endpoint, because dockerd only sends
+        Program to the endpoint that won the gateway election, and a network bound to a NIC
+        publishes on that NIC whichever network carries the default route. Program only fills
+        in ports if a Join carried none (never observed; harmless)."""
+        with self.store.locked() as state:
+            ep = state.endpoints.get(req.endpoint_id)
+            if ep is None or not ep.joined or ep.ports or not req.ports:
+                return {}
+            state.endpoints[ep.id] = dataclasses.replace(ep, ports=self._publish(state, ep, req.ports))
+            self._commit(state)
+        return {}
+
+    def revoke_external_connectivity(self, req: EndpointRef) -> dict[str, Any]:
+        """Nothing to undo: published ports follow the endpoint (removed at Leave), not the gateway."""
+        return {}
+
+    # -- recovery -------------------------------------------------------------------------
+    def recover(self, known_networks: set[str] | None) -> State:
+        """At start: forget networks dockerd no longer has (if it answered), then reconcile."""
+        with self.store.locked() as state:
+            if known_networks is not None:
+                for nid in [n for n in state.networks if n not in known_networks]:
+                    log.warning("forgetting network %s: dockerd no longer knows it", nid[:12])
+                    del state.networks[nid]
+                for eid in [e for e, ep in state.endpoints.items() if ep.network_id not in state.networks]:
+                    del state.endpoints[eid]
+                self._restore_parents(self._forget_idle_parents(state))
+            self._commit(state)
+            return state

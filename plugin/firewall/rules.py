@@ -1,0 +1,130 @@
+"""Pure: the firewall rules for the persisted networks and endpoints.
+
+Per network bridge B (see the README's "How it works" for why each rule exists):
+- mangle: a NEW connection arriving on the parent gets the parent's mark in its connmark;
+  packets coming from B get the connmark restored, so the fwmark rule routes replies back
+  through the parent's table;
+- nat: published ports DNAT on the parent's addresses (or the given HostIP), hairpin
+  MASQUERADE for DNAT'd traffic looping back into B, MASQUERADE of B's subnet (unless
+  ``masquerade=false``, the routed mode);
+- filter: B's traffic through Docker's FORWARD DROP policy, isolated from Docker's bridges
+  and other multinic bridges as Docker's bridge driver isolates its own networks.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from ..facts import ParentFacts
+from ..state import NetworkRecord, State
+from ..tags import MARK_MASK, mark_for_slot
+from .model import FILTER_FORWARD, MANGLE_PREROUTING, NAT_DNAT, NAT_POSTROUTING, Rule, Ruleset
+
+DOCKER_BRIDGES = ("docker0", "br-+")
+CTSTATE = ("-m", "conntrack", "--ctstate")
+
+
+def _mask() -> str:
+    return hex(MARK_MASK)
+
+
+def mangle_rules(state: State) -> tuple[Rule, ...]:
+    rules: list[Rule] = []
+    parents: dict[str, int] = {}
+    for net in sorted(state.networks.values(), key=lambda n: n.bridge):
+        if net.parent and net.mark_slot and not net.internal:
+            parents[net.parent] = net.mark_slot
+    for parent, slot in sorted(parents.items()):
+        mark = f"{hex(mark_for_slot(slot))}/{_mask()}"
+        rules.append(("-i", parent, *CTSTATE, "NEW", "-j", "CONNMARK", "--set-xmark", mark))
+    for net in sorted(state.networks.values(), key=lambda n: n.bridge):
+        if net.parent and net.mark_slot and not net.internal:
+            rules.append(
+                (
+                    "-i",
+                    net.bridge,
+                    "-j",
+                    "CONNMARK",
+                    "--restore-mark",
+                    "--nfmask",
+                    _mask(),
+                    "--ctmask",
+                    _mask(),
+                )
+            )
+    return tuple(rules)
+
+
+def _dnat_rules(state: State, facts: Mapping[str, ParentFacts]) -> tuple[Rule, ...]:
+    rules: list[Rule] = []
+    for ep in sorted(state.endpoints.values(), key=lambda e: e.id):
+        net = state.networks.get(ep.network_id)
+        if net is None or not ep.joined:
+            continue
+        container_ip = ep.address.split("/")[0]
+        for port in ep.ports:
+            match = ("-p", port.proto, "-m", port.proto, "--dport", str(port.host_port))
+            target = ("-j", "DNAT", "--to-destination", f"{container_ip}:{port.container_port}")
+            for dst in publish_addresses(net, port.host_ip, facts):
+                rules.append((*(("-d", f"{dst}/32") if dst else ()), *match, *target))
+    return tuple(rules)
+
+
+def publish_addresses(net: NetworkRecord, host_ip: str, facts: Mapping[str, ParentFacts]) -> tuple[str, ...]:
+    """Where a port is published: the given HostIP, else the parent's addresses, else everywhere ("")."""
+    if host_ip:
+        return (host_ip,)
+    if net.parent:
+        parent = facts.get(net.parent)
+        return tuple(str(a.ip) for a in parent.addresses) if parent else ()
+    return ("",)
+
+
+def nat_postrouting_rules(state: State) -> tuple[Rule, ...]:
+    rules: list[Rule] = []
+    for net in sorted(state.networks.values(), key=lambda n: n.bridge):
+        if net.internal:
+            continue
+        # Hairpin: a container (or another container on B) reaching a port published by B.
+        rules.append(("-s", net.subnet, "-o", net.bridge, *CTSTATE, "DNAT", "-j", "MASQUERADE"))
+        if net.masquerade:
+            rules.append(("-s", net.subnet, "!", "-o", net.bridge, "-j", "MASQUERADE"))
+    return tuple(rules)
+
+
+def forward_rules(state: State) -> tuple[Rule, ...]:
+    rules: list[Rule] = []
+    nets = sorted(state.networks.values(), key=lambda n: n.bridge)
+    for net in nets:
+        b = net.bridge
+        others = (*DOCKER_BRIDGES, *(o.bridge for o in nets if o.bridge != b))
+        rules.append(("-o", b, *CTSTATE, "RELATED,ESTABLISHED", "-j", "ACCEPT"))
+        rules.append(("-i", b, *CTSTATE, "RELATED,ESTABLISHED", "-j", "ACCEPT"))
+        rules.append(("-i", b, "-o", b, "-j", "ACCEPT"))
+        if net.internal:
+            rules.append(("-i", b, "-j", "DROP"))
+            rules.append(("-o", b, "-j", "DROP"))
+            continue
+        rules.append(("-o", b, *CTSTATE, "DNAT", "-j", "ACCEPT"))
+        rules += [("-i", b, "-o", other, "-j", "DROP") for other in others]
+        rules.append(("-i", b, "-j", "ACCEPT"))
+        if not net.masquerade:
+            # Routed mode: new connections from outside reach the containers directly,
+            # but never from another container network.
+            rules += [("-i", other, "-o", b, "-j", "DROP") for other in others]
+            rules.append(("-o", b, "-j", "ACCEPT"))
+        rules.append(("-o", b, "-j", "DROP"))
+    return tuple(rules)
+
+
+def ruleset_for(state: State, facts: Mapping[str, ParentFacts]) -> Ruleset:
+    """Every rule the plugin wants, from the persisted state and the parents' addresses."""
+    if not state.networks:
+        return Ruleset()
+    return Ruleset(
+        chains={
+            "mangle": {MANGLE_PREROUTING: mangle_rules(state)},
+            "nat": {NAT_DNAT: _dnat_rules(state, facts), NAT_POSTROUTING: nat_postrouting_rules(state)},
+            "filter": {FILTER_FORWARD: forward_rules(state)},
+        }
+    )

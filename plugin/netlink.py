@@ -1,0 +1,273 @@
+"""Links, addresses, routes, rules and sysctls through netlink (pyroute2).
+
+Works in whatever network namespace the process is in. Never reads /sys/class/net: under
+``nsenter --net`` it still shows the root namespace's links.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from pathlib import Path
+from typing import Any, Iterable
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from .desired import BridgeSpec, RouteSpec, RuleSpec, VethSpec
+from .facts import ParentFacts
+from .tags import LINK_BRIDGE, LINK_VETH, RT_PROTO, link_alias, parse_link_alias
+
+SCOPE_LINK = 253
+SCOPE_UNIVERSE = 0
+AF_INET = 2
+LOCAL_TABLES = {253, 254, 255}
+
+
+def _attr(msg: Any, name: str, default: Any = None) -> Any:
+    value = msg.get_attr(name)
+    return default if value is None else value
+
+
+# -- links ----------------------------------------------------------------------------
+def link_index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def link_names(ipr: IPRoute) -> dict[int, str]:
+    return {link["index"]: _attr(link, "IFLA_IFNAME") for link in ipr.get_links()}
+
+
+def tagged_links(ipr: IPRoute) -> dict[str, tuple[str, str, int]]:
+    """ifname → (kind, object id, index) for every link carrying our alias."""
+    out = {}
+    for link in ipr.get_links():
+        parsed = parse_link_alias(_attr(link, "IFLA_IFALIAS"))
+        if parsed:
+            out[_attr(link, "IFLA_IFNAME")] = (*parsed, link["index"])
+    return out
+
+
+def ipv4_addresses(ipr: IPRoute, index: int) -> tuple[ipaddress.IPv4Interface, ...]:
+    addrs = []
+    for msg in ipr.get_addr(family=AF_INET, index=index):
+        addrs.append(ipaddress.IPv4Interface(f"{_attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}"))
+    return tuple(addrs)
+
+
+def parent_facts(ipr: IPRoute, ifname: str) -> ParentFacts:
+    index = link_index(ipr, ifname)
+    if index is None:
+        return ParentFacts(ifname=ifname, exists=False)
+    link = ipr.get_links(index)[0]
+    return ParentFacts(
+        ifname=ifname, exists=True, addresses=ipv4_addresses(ipr, index), mtu=_attr(link, "IFLA_MTU", 1500)
+    )
+
+
+def all_ipv4_addresses(ipr: IPRoute) -> list[tuple[str, ipaddress.IPv4Interface]]:
+    names = link_names(ipr)
+    return [
+        (
+            names.get(msg["index"], "?"),
+            ipaddress.IPv4Interface(f"{_attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}"),
+        )
+        for msg in ipr.get_addr(family=AF_INET)
+    ]
+
+
+def ensure_bridge(ipr: IPRoute, spec: BridgeSpec) -> None:
+    index = link_index(ipr, spec.name)
+    if index is None:
+        ipr.link("add", ifname=spec.name, kind="bridge")
+        index = link_index(ipr, spec.name)
+    ipr.link("set", index=index, ifalias=link_alias(LINK_BRIDGE, spec.network_id), mtu=spec.mtu)
+    if spec.address not in ipv4_addresses(ipr, index):
+        ipr.addr("add", index=index, address=str(spec.address.ip), prefixlen=spec.address.network.prefixlen)
+    ipr.link("set", index=index, state="up")
+
+
+def ensure_veth(ipr: IPRoute, spec: VethSpec) -> None:
+    """Host side on the bridge, up, hairpin on; the peer waits for dockerd to take it at Join."""
+    index = link_index(ipr, spec.host)
+    if index is None:
+        if spec.joined:
+            return  # the container owns the peer; nothing sensible to re-create
+        peer = {"ifname": spec.peer, "mtu": spec.mtu}
+        if spec.mac:
+            peer["address"] = spec.mac
+        ipr.link("add", ifname=spec.host, kind="veth", mtu=spec.mtu, peer=peer)
+        index = link_index(ipr, spec.host)
+        peer_index = link_index(ipr, spec.peer)
+        if peer_index is not None:
+            ipr.link("set", index=peer_index, ifalias=link_alias(LINK_VETH, spec.endpoint_id))
+    bridge = link_index(ipr, spec.bridge)
+    ipr.link("set", index=index, ifalias=link_alias(LINK_VETH, spec.endpoint_id), master=bridge, state="up")
+    # Hairpin: a container reaching its own published port loops back through its own port.
+    ipr.brport("set", index=index, mode=1)
+
+
+def delete_link(ipr: IPRoute, name: str) -> None:
+    index = link_index(ipr, name)
+    if index is None:
+        return
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise
+
+
+# -- routes ---------------------------------------------------------------------------
+def all_routes(ipr: IPRoute) -> list[Any]:
+    """IPv4 routes of every table (``get_routes(table=0)`` returns nothing in pyroute2 0.9)."""
+    return list(ipr.route("dump", family=AF_INET))
+
+
+def _route_spec(msg: Any, names: dict[int, str]) -> RouteSpec | None:
+    dev = names.get(_attr(msg, "RTA_OIF"))
+    if dev is None:
+        return None
+    gateway = _attr(msg, "RTA_GATEWAY")
+    prefsrc = _attr(msg, "RTA_PREFSRC")
+    return RouteSpec(
+        table=_attr(msg, "RTA_TABLE", msg["table"]),
+        dst=ipaddress.IPv4Network(f"{_attr(msg, 'RTA_DST', '0.0.0.0')}/{msg['dst_len']}"),
+        dev=dev,
+        gateway=ipaddress.IPv4Address(gateway) if gateway else None,
+        prefsrc=ipaddress.IPv4Address(prefsrc) if prefsrc else None,
+    )
+
+
+def owned_routes(ipr: IPRoute) -> set[RouteSpec]:
+    names = link_names(ipr)
+    out = set()
+    for msg in all_routes(ipr):
+        if msg["proto"] == RT_PROTO:
+            spec = _route_spec(msg, names)
+            if spec:
+                out.add(spec)
+    return out
+
+
+def _route_args(ipr: IPRoute, spec: RouteSpec) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "dst": str(spec.dst.network_address),
+        "dst_len": spec.dst.prefixlen,
+        "table": spec.table,
+        "oif": link_index(ipr, spec.dev),
+        "proto": RT_PROTO,
+        "scope": SCOPE_UNIVERSE if spec.gateway else SCOPE_LINK,
+    }
+    if spec.gateway:
+        args["gateway"] = str(spec.gateway)
+    if spec.prefsrc:
+        args["prefsrc"] = str(spec.prefsrc)
+    return args
+
+
+def replace_route(ipr: IPRoute, spec: RouteSpec) -> None:
+    ipr.route("replace", **_route_args(ipr, spec))
+
+
+def delete_route(ipr: IPRoute, spec: RouteSpec) -> None:
+    try:
+        ipr.route("del", **_route_args(ipr, spec))
+    except NetlinkError as exc:
+        if exc.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
+            raise
+
+
+def routes_in_table(ipr: IPRoute, table: int) -> list[Any]:
+    return [
+        m for m in ipr.get_routes(family=AF_INET, table=table) if _attr(m, "RTA_TABLE", m["table"]) == table
+    ]
+
+
+def foreign_default_gateway(ipr: IPRoute, ifname: str) -> ipaddress.IPv4Address | None:
+    """A default route through ``ifname`` in any table that is not ours (the NIC's own next hop)."""
+    index = link_index(ipr, ifname)
+    for msg in all_routes(ipr):
+        if msg["dst_len"] == 0 and msg["proto"] != RT_PROTO and _attr(msg, "RTA_OIF") == index:
+            gateway = _attr(msg, "RTA_GATEWAY")
+            if gateway:
+                return ipaddress.IPv4Address(gateway)
+    return None
+
+
+# -- rules ----------------------------------------------------------------------------
+def _rule_spec(msg: Any) -> RuleSpec:
+    src = _attr(msg, "FRA_SRC")
+    suppress = _attr(msg, "FRA_SUPPRESS_PREFIXLEN")
+    return RuleSpec(
+        priority=_attr(msg, "FRA_PRIORITY", 0),
+        table=_attr(msg, "FRA_TABLE", msg["table"]),
+        src=ipaddress.IPv4Network(f"{src}/{msg['src_len']}") if src else None,
+        fwmark=_attr(msg, "FRA_FWMARK"),
+        fwmask=_attr(msg, "FRA_FWMASK") if _attr(msg, "FRA_FWMARK") is not None else None,
+        suppress_prefixlen=None if suppress in (None, 0xFFFFFFFF, -1) else suppress,
+    )
+
+
+def owned_rules(ipr: IPRoute) -> set[RuleSpec]:
+    return {_rule_spec(m) for m in ipr.get_rules(family=AF_INET) if _attr(m, "FRA_PROTOCOL") == RT_PROTO}
+
+
+def rules_using_table(ipr: IPRoute, table: int) -> list[RuleSpec]:
+    return [
+        _rule_spec(m)
+        for m in ipr.get_rules(family=AF_INET)
+        if _attr(m, "FRA_TABLE", m["table"]) == table and _attr(m, "FRA_PROTOCOL") != RT_PROTO
+    ]
+
+
+def _rule_args(spec: RuleSpec) -> dict[str, Any]:
+    args: dict[str, Any] = {"priority": spec.priority, "table": spec.table, "protocol": RT_PROTO}
+    if spec.src is not None:
+        args.update(src=str(spec.src.network_address), src_len=spec.src.prefixlen)
+    if spec.fwmark is not None:
+        args.update(fwmark=spec.fwmark, fwmask=spec.fwmask if spec.fwmask is not None else 0xFFFFFFFF)
+    if spec.suppress_prefixlen is not None:
+        args["suppress_prefixlen"] = spec.suppress_prefixlen
+    return args
+
+
+def add_rule(ipr: IPRoute, spec: RuleSpec) -> None:
+    try:
+        ipr.rule("add", **_rule_args(spec))
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+
+
+def delete_rule(ipr: IPRoute, spec: RuleSpec) -> None:
+    try:
+        ipr.rule("del", **_rule_args(spec))
+    except NetlinkError as exc:
+        if exc.code not in (errno.ENOENT, errno.ESRCH):
+            raise
+
+
+# -- sysctls --------------------------------------------------------------------------
+def read_sysctl(path: str) -> str | None:
+    """``path`` like ``net/ipv4/conf/eth1/rp_filter``; /proc/sys/net follows the caller's netns."""
+    try:
+        return Path("/proc/sys", path).read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def write_sysctl(path: str, value: str) -> None:
+    target = Path("/proc/sys", path)
+    if target.exists() and target.read_text().strip() != value:
+        target.write_text(value)
+
+
+def sync(items: Iterable[Any], present: set[Any], add: Any, remove: Any) -> None:
+    """Make ``present`` equal to ``items``: add what is missing, remove what is extra."""
+    wanted = set(items)
+    for item in sorted(wanted - present, key=repr):
+        add(item)
+    for item in sorted(present - wanted, key=repr):
+        remove(item)
