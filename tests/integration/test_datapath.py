@@ -1,0 +1,142 @@
+"""The driver against the real kernel: a packet really crosses, and removal leaves nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.nsutil import sh
+
+NID = "a1" * 32
+EID = "e1" * 32
+SUBNET = {"AddressSpace": "LocalDefault", "Pool": "10.10.0.0/24", "Gateway": "10.10.0.1/24"}
+
+
+def call(state_dir: str, verb: str, body: dict) -> dict:
+    """One remote-driver call through the Flask app, inside the host namespace."""
+    from plugin.api import create_app
+    from plugin.driver import Driver
+    from plugin.state import Store
+
+    client = create_app(Driver(Store(state_dir))).test_client()
+    resp = client.post(f"/NetworkDriver.{verb}", data=json.dumps(body))
+    return {"status": resp.status_code, **json.loads(resp.data)}
+
+
+def create_network(t, generic, pool=SUBNET, nid=NID):
+    return t.in_host(call, t.state_dir, "CreateNetwork",
+                     {"NetworkID": nid, "Options": {"com.docker.network.generic": generic}, "IPv4Data": [pool],
+                      "IPv6Data": []})
+
+
+def attach_container(t, ports=()):
+    """What dockerd does: CreateEndpoint, Join, then move SrcName into the sandbox as eth0."""
+    ep = t.in_host(call, t.state_dir, "CreateEndpoint",
+                   {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": "10.10.0.2/24"}})
+    assert ep["status"] == 200, ep
+    join = t.in_host(call, t.state_dir, "Join",
+                     {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "",
+                      "Options": {"com.docker.network.portmap": list(ports)}})
+    assert join["status"] == 200, join
+    src = join["InterfaceName"]["SrcName"]
+    sh(t.host, f"ip link set {src} netns {t.k}")
+    sh(t.k, f"ip link set {src} name eth0; ip addr add 10.10.0.2/24 dev eth0; ip link set eth0 up; "
+            f"ip route add default via {join['Gateway']}")
+    return join
+
+
+def detach_and_remove(t):
+    # dockerd moves the interface back under its SrcName, down, before Leave.
+    src = "mnc" + EID[:12]
+    sh(t.k, f"ip link set eth0 down; ip link set eth0 name {src}; ip link set {src} netns {t.host}")
+    for verb in ("Leave", "DeleteEndpoint"):
+        assert t.in_host(call, t.state_dir, verb, {"NetworkID": NID, "EndpointID": EID})["status"] == 200
+    assert t.in_host(call, t.state_dir, "DeleteNetwork", {"NetworkID": NID})["status"] == 200
+
+
+def test_egress_leaves_by_parent_with_its_address(topo):
+    before = topo.dump()
+    assert "default via 192.168.100.1 dev eth0" in sh(topo.host, "ip route")
+    assert create_network(topo, {"parent": "eth1"})["status"] == 200
+    attach_container(topo)
+    topo.serve_peer(topo.c1, 7000)
+    # The client is reachable only through eth1's router, and sees eth1's address.
+    assert topo.connect(topo.k, "198.51.100.10", 7000) == "192.168.101.2"
+    detach_and_remove(topo)
+    assert topo.dump() == before
+
+
+def test_published_port_reply_leaves_the_way_it_came(topo):
+    """The seed's case: a client behind eth1 reaches a published port; main default is eth0."""
+    before = topo.dump()
+    create_network(topo, {"parent": "eth1"})
+    attach_container(topo, [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 4000,
+                             "HostPortEnd": 4000}])
+    topo.serve_peer(topo.k, 80)
+    # The container sees the client itself (DNAT only), and the reply goes back out eth1.
+    assert topo.connect(topo.c1, "192.168.101.2", 4000) == "198.51.100.10"
+    # Hairpin from the host itself.
+    assert topo.connect(topo.host, "192.168.101.2", 4000) == "192.168.101.2"
+    # Only eth1's address publishes the port.
+    assert topo.connect(topo.host, "192.168.100.2", 4000, timeout=1).startswith("FAIL")
+    detach_and_remove(topo)
+    assert topo.dump() == before
+
+
+def test_routed_mode_client_reaches_container_directly(topo):
+    before = topo.dump()
+    create_network(topo, {"parent": "eth1", "masquerade": "false"})
+    attach_container(topo)
+    sh(topo.r1, "ip route add 10.10.0.0/24 via 192.168.101.2")
+    topo.serve_peer(topo.k, 8080)
+    assert topo.connect(topo.c1, "10.10.0.2", 8080) == "198.51.100.10"
+    detach_and_remove(topo)
+    assert topo.dump() == before
+
+
+@pytest.mark.parametrize(
+    "generic, pool, words",
+    [
+        ({"parent": "eth9"}, SUBNET, ["parent=eth9", "no such network interface"]),
+        ({"parent": "192.168.101.2"}, SUBNET, ["parent", "not an interface name"]),
+        ({"parent": "eth1"}, {**SUBNET, "Pool": "192.168.101.0/25", "Gateway": "192.168.101.1/25"},
+         ["overlaps eth1's own network"]),
+        ({"parent": "eth1", "table": "777"}, SUBNET, ["table=777", "already in use"]),
+        ({"parent": "eth1", "table": "99999999999"}, SUBNET, ["table", "out of range"]),
+        ({"parent": "eth1", "mtu": "big"}, SUBNET, ["mtu", "not an integer"]),
+        ({"parent": "eth1", "parent_gateway": "10.99.0.1"}, SUBNET, ["parent_gateway=10.99.0.1", "not on eth1"]),
+        ({"parent": "eth1", "colour": "blue"}, SUBNET, ["unknown option colour"]),
+        ({"bridge_name": "eth0"}, SUBNET, ["bridge_name=eth0", "already exists"]),
+    ],
+)
+def test_bad_input_is_refused_and_leaves_nothing(topo, generic, pool, words):
+    sh(topo.host, "ip route add 10.200.0.0/24 via 192.168.101.1 table 777")
+    before = topo.dump()
+    out = create_network(topo, generic, pool)
+    assert out["status"] == 400
+    for word in words:
+        assert word in out["Err"], out["Err"]
+    assert topo.dump() == before
+
+
+def test_overlapping_multinic_networks_refused(topo):
+    assert create_network(topo, {"parent": "eth1"})["status"] == 200
+    out = create_network(topo, {}, {**SUBNET, "Pool": "10.10.0.128/25", "Gateway": "10.10.0.129/25"}, nid="b2" * 32)
+    assert out["status"] == 400 and "overlaps multinic network" in out["Err"]
+    assert topo.in_host(call, topo.state_dir, "DeleteNetwork", {"NetworkID": NID})["status"] == 200
+
+
+def test_shared_parent_shares_table_and_mark_until_last_network(topo):
+    before = topo.dump()
+    create_network(topo, {"parent": "eth1"})
+    create_network(topo, {"parent": "eth1"}, {**SUBNET, "Pool": "10.11.0.0/24", "Gateway": "10.11.0.1/24"},
+                   nid="b2" * 32)
+    rules = sh(topo.host, "ip rule")
+    assert rules.count("fwmark 0x10000/0xff0000 lookup 20000") == 1
+    assert "from 10.11.0.0/24 lookup 20000" in rules
+    assert topo.in_host(call, topo.state_dir, "DeleteNetwork", {"NetworkID": NID})["status"] == 200
+    assert "fwmark 0x10000/0xff0000 lookup 20000" in sh(topo.host, "ip rule")  # still used by the second
+    assert sh(topo.host, "cat /proc/sys/net/ipv4/conf/eth1/rp_filter").strip() == "2"
+    assert topo.in_host(call, topo.state_dir, "DeleteNetwork", {"NetworkID": "b2" * 32})["status"] == 200
+    assert topo.dump() == before

@@ -1,0 +1,106 @@
+"""The HTTP contract dockerd relies on (no kernel: the reconciler is a recorder)."""
+
+import json
+
+import pytest
+
+from plugin.api import create_app
+from plugin.driver import Driver
+from plugin.state import Store
+
+NID = "1" * 64
+EID = "2" * 64
+
+
+@pytest.fixture
+def client(tmp_path):
+    applied = []
+    app = create_app(Driver(Store(tmp_path), reconciler=applied.append))
+    app.applied = applied
+    return app.test_client()
+
+
+def post(client, path, body=None):
+    # dockerd sends no Content-Type, and an empty body for Activate/GetCapabilities.
+    resp = client.post(path, data=b"" if body is None else json.dumps(body).encode() + b"\n")
+    return resp.status_code, json.loads(resp.data)
+
+
+def create(client, generic=None, **extra):
+    body = {"NetworkID": NID, "Options": {"com.docker.network.generic": generic or {}},
+            "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.213.0.0/24", "Gateway": "10.213.0.1/24"}],
+            "IPv6Data": []}
+    body.update(extra)
+    return post(client, "/NetworkDriver.CreateNetwork", body)
+
+
+def test_handshake_with_empty_bodies(client):
+    assert post(client, "/Plugin.Activate") == (200, {"Implements": ["NetworkDriver"]})
+    code, caps = post(client, "/NetworkDriver.GetCapabilities")
+    assert code == 200 and caps["Scope"] == "local" and caps["ConnectivityScope"] == "local"
+
+
+def test_unknown_ids_are_idempotent(client):
+    for verb in ("DeleteNetwork", "DeleteEndpoint", "Leave", "RevokeExternalConnectivity", "EndpointOperInfo",
+                 "ProgramExternalConnectivity"):
+        code, body = post(client, f"/NetworkDriver.{verb}", {"NetworkID": NID, "EndpointID": EID})
+        assert code == 200 and not body.get("Err"), verb
+
+
+def test_swarm_and_discovery_verbs_answered(client):
+    assert post(client, "/NetworkDriver.AllocateNetwork", {"NetworkID": NID})[0] == 200
+    assert post(client, "/NetworkDriver.FreeNetwork", {"NetworkID": NID})[0] == 200
+    assert post(client, "/NetworkDriver.DiscoverNew", {"DiscoveryType": 1, "DiscoveryData": {}})[0] == 200
+    assert post(client, "/NetworkDriver.DiscoverDelete", {"DiscoveryType": 1, "DiscoveryData": {}})[0] == 200
+
+
+def test_errors_are_json_err(client):
+    code, body = create(client, {"bogus": "1"})
+    assert code == 400 and "unknown option bogus" in body["Err"]
+    code, body = post(client, "/NetworkDriver.Join", {"NetworkID": NID})
+    assert code == 400 and "EndpointID" in body["Err"]
+    resp = client.post("/NetworkDriver.CreateNetwork", data=b"{not json")
+    assert resp.status_code == 400 and "not valid JSON" in json.loads(resp.data)["Err"]
+    resp = client.post("/NetworkDriver.Nope", data=b"{}")
+    assert resp.status_code == 404 and "Err" in json.loads(resp.data)
+
+
+def test_refused_create_changes_nothing(client):
+    code, body = create(client, IPv6Data=[{"Pool": "fd00::/64", "Gateway": "fd00::1/64"}])
+    assert code == 400 and "IPv6" in body["Err"]
+    code, body = post(client, "/NetworkDriver.CreateNetwork",
+                      {"NetworkID": NID, "IPv4Data": [{"AddressSpace": "null", "Pool": "0.0.0.0/0"}]})
+    assert code == 400 and "gateway" in body["Err"]
+    assert client.application.applied == []
+
+
+def test_endpoint_lifecycle_contract(client):
+    assert create(client) == (200, {})
+    code, body = post(client, "/NetworkDriver.CreateEndpoint",
+                      {"NetworkID": NID, "EndpointID": EID,
+                       "Interface": {"Address": "10.213.0.2/24", "AddressIPv6": "", "MacAddress": ""},
+                       "Options": {"gw_priority": "5"}})
+    assert code == 200 and body == {"Interface": {"MacAddress": "02:42:0a:d5:00:02"}}
+    code, body = post(client, "/NetworkDriver.Join",
+                      {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/var/run/docker/netns/x", "Options": {}})
+    assert code == 200
+    assert body["InterfaceName"] == {"SrcName": "mnc" + EID[:12], "DstPrefix": "eth"}
+    assert body["Gateway"] == "10.213.0.1"
+    assert post(client, "/NetworkDriver.Leave", {"NetworkID": NID, "EndpointID": EID}) == (200, {})
+    assert post(client, "/NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": EID}) == (200, {})
+    assert post(client, "/NetworkDriver.DeleteNetwork", {"NetworkID": NID}) == (200, {})
+    assert client.application.applied[-1].networks == {}
+
+
+def test_mac_given_by_docker_is_not_echoed(client):
+    create(client)
+    code, body = post(client, "/NetworkDriver.CreateEndpoint",
+                      {"NetworkID": NID, "EndpointID": EID,
+                       "Interface": {"Address": "10.213.0.9/24", "MacAddress": "02:42:0a:4d:00:99"}})
+    assert (code, body) == (200, {})
+
+
+def test_endpoint_on_unknown_network_is_refused(client):
+    code, body = post(client, "/NetworkDriver.CreateEndpoint",
+                      {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": "10.213.0.2/24"}})
+    assert code == 400 and "not known to multinic" in body["Err"]

@@ -1,0 +1,63 @@
+import ipaddress
+
+import pytest
+
+from plugin.errors import DriverError
+from plugin.options import parse_endpoint_options, parse_network_options
+
+
+def test_defaults():
+    opts = parse_network_options({})
+    assert opts.parent is None and opts.masquerade is True and opts.gw_priority == 0
+
+
+def test_full_set():
+    opts = parse_network_options(
+        {"parent": "eth1", "parent_gateway": "192.168.1.1", "table": "100", "bridge_name": "front0",
+         "mtu": "1400", "masquerade": "false", "gw_priority": "-5"}
+    )
+    assert opts.parent == "eth1"
+    assert opts.parent_gateway == ipaddress.IPv4Address("192.168.1.1")
+    assert (opts.table, opts.bridge_name, opts.mtu, opts.masquerade, opts.gw_priority) == (100, "front0", 1400, False,
+                                                                                           -5)
+
+
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        ({"parnet": "eth1"}, ["unknown option parnet", "parent"]),
+        ({"parent": "192.168.1.2"}, ["parent", "address, not an interface name"]),
+        ({"parent": "10.0.0.0/8"}, ["parent", "interface name"]),
+        ({"parent": "this-name-is-too-long"}, ["parent", "not a valid interface name"]),
+        ({"parent": "eth1", "table": "abc"}, ["table", "not an integer"]),
+        ({"parent": "eth1", "table": "254"}, ["table=254", "reserved"]),
+        ({"parent": "eth1", "table": "0"}, ["table=0", "out of range"]),
+        ({"parent": "eth1", "table": str(2**32)}, ["table", "out of range"]),
+        ({"table": "100"}, ["table needs parent"]),
+        ({"mtu": "9x"}, ["mtu", "not an integer"]),
+        ({"mtu": "20"}, ["mtu=20", "out of range"]),
+        ({"masquerade": "maybe"}, ["masquerade", "true or", "false"]),
+        ({"gw_priority": "1.5"}, ["gw_priority", "not an integer"]),
+        ({"gw_priority": str(2**31)}, ["gw_priority", "out of range"]),
+        ({"parent": "eth1", "parent_gateway": "gw"}, ["parent_gateway", "not an IPv4 address"]),
+        ({"parent_gateway": "1.2.3.4"}, ["parent_gateway needs parent"]),
+    ],
+)
+def test_refusals_name_the_option(raw, words):
+    with pytest.raises(DriverError) as err:
+        parse_network_options(raw)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_gw_priority_int32_edges():
+    assert parse_network_options({"gw_priority": str(-(2**31))}).gw_priority == -(2**31)
+    assert parse_network_options({"gw_priority": str(2**31 - 1)}).gw_priority == 2**31 - 1
+
+
+def test_endpoint_options_ignore_docker_keys():
+    opts = parse_endpoint_options({"com.docker.network.endpoint.exposedports": [], "gw_priority": "7"})
+    assert opts.gw_priority == 7
+    assert parse_endpoint_options({}).gw_priority is None
+    with pytest.raises(DriverError, match="unknown endpoint option foo"):
+        parse_endpoint_options({"foo": "1"})

@@ -1,0 +1,47 @@
+import pytest
+
+from plugin.errors import DriverError
+from plugin.messages import PortBinding
+from plugin.ports import allocate
+from plugin.state import PublishedPort
+
+
+def ips(host_ip):
+    return (host_ip,) if host_ip else ("192.168.101.2",)
+
+
+def free(*_):
+    return True
+
+
+def test_fixed_port_and_ephemeral_skip_taken():
+    taken = [PublishedPort("tcp", "192.168.101.2", 40000, 80)]
+    got = allocate([PortBinding(6, 80, "", 4000, 4000), PortBinding(6, 81)], ips, taken, free, (40000, 40010))
+    assert [(p.host_port, p.container_port) for p in got] == [(4000, 80), (40001, 81)]
+
+
+def test_range_takes_first_free_port():
+    taken = [PublishedPort("udp", "", 9000, 90)]  # "" = every address, overlaps ours
+    got = allocate([PortBinding(17, 90, "", 9000, 9001)], ips, taken, free)
+    assert got[0].host_port == 9001
+
+
+def test_conflict_names_the_port():
+    taken = [PublishedPort("tcp", "192.168.101.2", 4000, 80)]
+    with pytest.raises(DriverError, match=r"host port 4000/tcp on 192.168.101.2 is already published"):
+        allocate([PortBinding(6, 80, "", 4000, 4000)], ips, taken, free)
+
+
+def test_other_protocol_or_address_does_not_conflict():
+    taken = [PublishedPort("udp", "192.168.101.2", 4000, 80), PublishedPort("tcp", "10.0.0.1", 4000, 80)]
+    assert allocate([PortBinding(6, 80, "", 4000, 4000)], ips, taken, free)[0].host_port == 4000
+
+
+def test_port_held_on_host_is_refused():
+    with pytest.raises(DriverError, match="in use on the host"):
+        allocate([PortBinding(6, 80, "", 4000, 4000)], ips, [], lambda proto, ip, port: port != 4000)
+
+
+def test_two_bindings_in_one_request_do_not_collide():
+    got = allocate([PortBinding(6, 80), PortBinding(6, 81)], ips, [], free, (50000, 50001))
+    assert {p.host_port for p in got} == {50000, 50001}
