@@ -68,6 +68,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "accesslog": "-" if args.verbose else None,
         "loglevel": "debug" if args.verbose else "info",
         "proc_name": "multinic",
+        # gunicorn >= 23 opens a control socket in $HOME; two plugins (or two labs) would share it.
+        "control_socket_disable": True,
     }
     app = create_app(driver)
 

@@ -1,0 +1,14 @@
+# Root filesystem of the managed plugin: `docker build -t multinic-rootfs .`, then
+# `docker create` + `docker export` into plugin-dir/rootfs beside config.json and
+# `docker plugin create multinic:latest plugin-dir` (see README, "Install").
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv iptables nftables iproute2 \
+ && rm -rf /var/lib/apt/lists/*
+COPY setup.cfg pyproject.toml README.md /src/
+COPY plugin /src/plugin
+RUN python3 -m venv /opt/multinic \
+ && /opt/multinic/bin/pip install --no-cache-dir /src \
+ && ln -s /opt/multinic/bin/multinic /usr/local/bin/multinic \
+ && mkdir -p /run/docker/plugins /var/lib/multinic
+ENTRYPOINT ["/usr/local/bin/multinic", "serve"]

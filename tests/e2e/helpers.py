@@ -1,0 +1,71 @@
+"""Small helpers shared by the end-to-end tests (everything goes through the real docker CLI)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Iterator
+
+IMAGE = "mn-busybox:latest"
+
+
+def web_cmd(text: str, port: int = 80) -> list[str]:
+    """A busybox httpd serving ``text`` (PID 1 is sh, so `docker rm -f` is quick)."""
+    return ["sh", "-c", f"mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p {port} -h /www"]
+
+
+@contextlib.contextmanager
+def network(lab, name: str, *args: str, driver: str | None = None) -> Iterator[str]:
+    """``docker network create -d <plugin>`` that is removed afterwards, on failure too."""
+    lab.docker("network", "create", "-d", driver or lab.driver, *args, name)
+    try:
+        yield name
+    finally:
+        lab.docker("network", "rm", name, check=False)
+
+
+@contextlib.contextmanager
+def containers(lab) -> Iterator[list[str]]:
+    """Collects container names to `docker rm -f` at the end."""
+    names: list[str] = []
+    try:
+        yield names
+    finally:
+        if names:
+            lab.docker("rm", "-f", *names, check=False)
+
+
+def run(lab, names: list[str], name: str, *args: str, cmd: list[str] | None = None) -> str:
+    names.append(name)
+    return lab.docker("run", "-d", "--name", name, *args, IMAGE, *(cmd or ["sleep", "3600"])).stdout.strip()
+
+
+def multinic(lab, *args: str) -> subprocess.CompletedProcess:
+    """`multinic ...` in the lab's host namespace, against the lab's state and dockerd."""
+    env = dict(os.environ, MULTINIC_STATE_DIR=f"{lab.dir}/state", DOCKER_HOST=lab.docker_host)
+    return subprocess.run(["nsenter", f"--net=/var/run/netns/{lab.host_ns}", sys.executable, "-m", "plugin.cli",
+                           *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def status(lab) -> dict:
+    out = multinic(lab, "status", "--json", "--socket", lab.plugin_socket)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def inspect_ip(lab, container: str, net: str) -> str:
+    fmt = "{{(index .NetworkSettings.Networks \"%s\").IPAddress}}" % net
+    return lab.docker("inspect", "-f", fmt, container).stdout.strip()

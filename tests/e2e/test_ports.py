@@ -1,0 +1,127 @@
+"""Issue 3 end to end: published ports on the parent NIC, replies leave the way they came."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+from tests.e2e.helpers import containers, network, run, status, wait_for, web_cmd
+
+
+def test_seed_case_client_behind_eth1_gets_the_page(mn):
+    """docker-over-multiple-interfaces.txt: -p 4000:80 reached through eth1 while main default is eth0."""
+    lab = mn
+    assert "default via 192.168.100.1 dev eth0" in lab.host("ip", "route").stdout
+    with network(lab, "front", "--opt", "parent=eth1", "--subnet", "10.20.0.0/24"), containers(lab) as names:
+        run(lab, names, "seed-web", "--network", "front", "-p", "4000:80", cmd=web_cmd("seed-hello"))
+        assert wait_for(lambda: lab.http_get(lab.c1_ns, "http://192.168.101.2:4000/")) == "seed-hello\n"
+        # Published on eth1 only, not on eth0's address.
+        assert lab.http_get(lab.c0_ns, "http://192.168.100.2:4000/", timeout=2) is None
+
+
+def test_seed_case_fails_with_dockers_bridge_driver(mn):
+    """The "before": Docker's own bridge answers via the main default route, and r0 drops it."""
+    lab = mn
+    with network(lab, "plainbr", "--subnet", "10.21.0.0/24", driver="bridge"), containers(lab) as names:
+        run(lab, names, "bridge-web", "--network", "plainbr", "-p", "4001:80", cmd=web_cmd("bridge-hello"))
+        assert wait_for(lambda: lab.http_get(lab.c0_ns, "http://192.168.100.2:4001/")) == "bridge-hello\n"
+        assert lab.http_get(lab.c1_ns, "http://192.168.101.2:4001/", timeout=3) is None
+
+
+def _udp_roundtrip(lab, ns: str, addr: str, port: int) -> bool:
+    code = (
+        "import socket,sys\n"
+        "s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n"
+        "s.sendto(b'ping', (sys.argv[1], int(sys.argv[2])))\n"
+        "print(s.recvfrom(100)[0].decode())\n"
+    )
+    for _ in range(3):
+        out = subprocess.run(["nsenter", f"--net=/var/run/netns/{ns}", sys.executable, "-c", code, addr, str(port)],
+                             capture_output=True, text=True)
+        if out.stdout.strip() == "ping":
+            return True
+    return False
+
+
+def test_udp_range_and_publish_all(mn):
+    lab = mn
+    with network(lab, "udpnet", "--opt", "parent=eth1", "--subnet", "10.22.0.0/24"), containers(lab) as names:
+        # busybox: a udp echo on 90 (nc -u -l answers the first peer), an httpd exposed with -P.
+        run(lab, names, "udp-echo", "--network", "udpnet", "-p", "9000-9001:90/udp",
+            cmd=["sh", "-c", "while true; do nc -u -l -p 90 -e cat; done"])
+        run(lab, names, "publish-all", "--network", "udpnet", "-P", "--expose", "80", cmd=web_cmd("all-hello"))
+        ports = status(lab)["ports"]
+        udp = [p for p in ports if p["container"] == "udp-echo"]
+        assert len(udp) == 1 and udp[0]["proto"] == "udp"
+        host_port = int(udp[0]["host"].rsplit(":", 1)[1])
+        assert host_port in (9000, 9001)
+        assert _udp_roundtrip(lab, lab.c1_ns, "192.168.101.2", host_port)
+        web = [p for p in ports if p["container"] == "publish-all"]
+        assert len(web) == 1 and web[0]["container_port"].endswith(":80/tcp")
+        eph = int(web[0]["host"].rsplit(":", 1)[1])
+        assert eph >= 1024
+        assert lab.http_get(lab.c1_ns, f"http://192.168.101.2:{eph}/") == "all-hello\n"
+
+
+def test_hairpin_from_host_and_from_another_container(mn):
+    lab = mn
+    with network(lab, "hairnet", "--opt", "parent=eth1", "--subnet", "10.23.0.0/24"), \
+            network(lab, "otherbr", "--subnet", "10.24.0.0/24", driver="bridge"), containers(lab) as names:
+        run(lab, names, "hair-web", "--network", "hairnet", "-p", "4002:80", cmd=web_cmd("hair-hello"))
+        run(lab, names, "hair-same", "--network", "hairnet")
+        run(lab, names, "hair-other", "--network", "otherbr")
+        assert wait_for(lambda: lab.http_get(lab.host_ns, "http://192.168.101.2:4002/")) == "hair-hello\n"
+        for client in ("hair-same", "hair-other", "hair-web"):
+            out = lab.docker("exec", client, "sh", "-c", "timeout 5 wget -qO- http://192.168.101.2:4002/",
+                             check=False)
+            assert out.stdout == "hair-hello\n", (client, out.stderr)
+
+
+def test_conflicting_host_port_refused_naming_the_port(mn):
+    lab = mn
+    with network(lab, "confnet", "--opt", "parent=eth1", "--subnet", "10.25.0.0/24"), containers(lab) as names:
+        run(lab, names, "conf-a", "--network", "confnet", "-p", "4003:80", cmd=web_cmd("a"))
+        before = lab.dump_host_state()
+        names.append("conf-b")
+        proc = lab.docker("run", "-d", "--name", "conf-b", "--network", "confnet", "-p", "4003:80",
+                          "mn-busybox:latest", "sleep", "60", check=False)
+        assert proc.returncode != 0
+        assert "4003/tcp" in proc.stderr and "already published" in proc.stderr, proc.stderr
+        assert lab.dump_host_state() == before
+        # a port held by Docker's own bridge driver (docker-proxy) is refused too
+        with network(lab, "confbr", "--subnet", "10.26.0.0/24", driver="bridge"):
+            run(lab, names, "conf-c", "--network", "confbr", "-p", "4004:80", cmd=web_cmd("c"))
+            names.append("conf-d")
+            proc = lab.docker("run", "-d", "--name", "conf-d", "--network", "confnet", "-p", "4004:80",
+                              "mn-busybox:latest", "sleep", "60", check=False)
+            assert proc.returncode != 0 and "4004/tcp" in proc.stderr, proc.stderr
+            lab.docker("rm", "-f", "conf-c", "conf-d", check=False)
+
+
+def test_ports_gone_after_container_and_network_rm(mn):
+    lab = mn
+    before = lab.dump_host_state()
+    with network(lab, "gonenet", "--opt", "parent=eth1", "--subnet", "10.27.0.0/24"), containers(lab) as names:
+        run(lab, names, "gone-web", "--network", "gonenet", "-p", "4005:80", "-p", "9005:90/udp",
+            cmd=web_cmd("gone"))
+        assert "4005" in lab.dump_host_state()
+        lab.docker("rm", "-f", "gone-web")
+        assert "4005" not in lab.dump_host_state()
+        assert not [p for p in status(lab)["ports"] if p["container"] == "gone-web"]
+    assert lab.dump_host_state() == before
+
+
+def test_status_shows_ports_docker_ps_cannot(mn):
+    lab = mn
+    with network(lab, "statnet", "--opt", "parent=eth1", "--subnet", "10.28.0.0/24"), containers(lab) as names:
+        run(lab, names, "stat-web", "--network", "statnet", "-p", "4006:80", cmd=web_cmd("s"))
+        rows = [p for p in status(lab)["ports"] if p["container"] == "stat-web"]
+        assert rows and rows[0]["host"] == "192.168.101.2:4006" and rows[0]["network"] == "statnet"
+        from tests.e2e.helpers import multinic
+
+        text = multinic(lab, "status", "--socket", lab.plugin_socket).stdout
+        assert "stat-web" in text and "192.168.101.2:4006" in text
+
+
+del socket
