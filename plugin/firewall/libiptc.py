@@ -95,6 +95,15 @@ def _values(argv: Rule, i: int) -> tuple[list[str], int]:
     return values, i
 
 
+def _clean(exc: BaseException | str) -> str:
+    """python-iptables messages embed C strings as bytes reprs (``b'Invalid argument'``)."""
+    return re.sub(r"""b(['"])(.*?)\1""", r"\2", str(exc))
+
+
+def _show(argv: Rule) -> str:
+    return " ".join(f'"{tok}"' if " " in tok else tok for tok in argv)
+
+
 def _check(module: Any) -> None:
     """The extension's own final check on the options given, as the iptables CLI runs it.
 
@@ -168,15 +177,6 @@ def build_rule(table: Any, argv: Rule) -> Any:
     return rule
 
 
-def _clean(exc: BaseException | str) -> str:
-    """python-iptables messages embed C strings as bytes reprs (``b'Invalid argument'``)."""
-    return re.sub(r"""b(['"])(.*?)\1""", r"\2", str(exc))
-
-
-def _show(argv: Rule) -> str:
-    return " ".join(f'"{tok}"' if " " in tok else tok for tok in argv)
-
-
 class LibiptcBackend:
     """Legacy iptables through libiptc: one handle and one commit per table."""
 
@@ -227,14 +227,19 @@ class LibiptcBackend:
     def _fail(self, action: str, where: str, exc: Exception) -> DriverError:
         if isinstance(exc, DriverError):
             return exc
-        return DriverError(f"firewall {action} failed ({self.name}) at {where}: {type(exc).__name__}: {exc}")
+        return DriverError(f"firewall {action} failed ({self.name}) at {where}: {_clean(exc)}")
 
     def _commit_all(self, action: str, handles: dict[str, Any]) -> None:
+        """One commit per table, in TABLES order; a table whose commit fails is left as it was
+        (the kernel swaps a table's whole blob or nothing), earlier tables stay committed."""
         for table_name in TABLES:
             try:
                 handles[table_name].commit()
             except Exception as exc:
-                raise self._fail(action, f"commit of table {table_name}", exc) from exc
+                raise DriverError(
+                    f"firewall {action} failed ({self.name}): the kernel refused table {table_name} "
+                    f"({_clean(exc)}; the kernel log names the rule); that table is unchanged"
+                ) from exc
 
     # -- backend interface ----------------------------------------------------------------
     def apply(self, ruleset: Ruleset) -> None:
