@@ -58,6 +58,7 @@ def create_app(driver: Driver | None = None) -> Flask:
     nd = "/NetworkDriver."
     route("/Plugin.Activate", lambda b: {"Implements": ["NetworkDriver"]})
     route(nd + "GetCapabilities", lambda b: dict(CAPABILITIES))
+    route(nd + "GwAllocCheck", lambda b: driver.gw_alloc_check(b.get("Options") or {}))
     route(nd + "CreateNetwork", lambda b: driver.create_network(messages.parse_create_network(b)))
     route(nd + "DeleteNetwork", lambda b: driver.delete_network(messages.parse_network_ref(b)))
     route(nd + "AllocateNetwork", lambda b: {"Options": {}})

@@ -31,7 +31,8 @@ from .tags import MAX_MARK_SLOT, TABLE_ALLOC_FIRST, TABLE_ALLOC_LAST
 
 log = logging.getLogger(__name__)
 
-CAPABILITIES = {"Scope": "local", "ConnectivityScope": "local", "GwAllocChecker": False}
+# GwAllocChecker: Engine >= 28 then asks GwAllocCheck before IPAM; older engines ignore it.
+CAPABILITIES = {"Scope": "local", "ConnectivityScope": "local", "GwAllocChecker": True}
 
 
 def bridge_name_for(network_id: str) -> str:
@@ -71,6 +72,11 @@ class Driver:
         for parent, record in idle.items():
             if record.rp_filter_before is not None:
                 netlink.write_sysctl(f"net/ipv4/conf/{parent}/rp_filter", str(record.rp_filter_before))
+
+    @staticmethod
+    def gw_alloc_check(options: dict[str, Any]) -> dict[str, Any]:
+        """Engine >= 28: keep the gateway address reserved in both families: the bridge holds it."""
+        return {"SkipIPv4": False, "SkipIPv6": False}
 
     # -- networks -------------------------------------------------------------------------
     def create_network(self, req: CreateNetworkRequest) -> dict[str, Any]:

@@ -69,3 +69,18 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.2):
 def inspect_ip(lab, container: str, net: str) -> str:
     fmt = "{{(index .NetworkSettings.Networks \"%s\").IPAddress}}" % net
     return lab.docker("inspect", "-f", fmt, container).stdout.strip()
+
+
+# busybox-static has no UDP server; the host's python3 mounted read-only serves as one.
+HOST_PYTHON = ["-v", "/usr:/usr:ro", "-v", "/lib:/lib:ro", "-v", "/lib64:/lib64:ro"]
+UDP_ECHO = (
+    "import socket\n"
+    "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+    "s.bind(('0.0.0.0',{port}))\n"
+    "while True:\n"
+    "    d,a=s.recvfrom(100); s.sendto(d,a)\n"
+)
+
+
+def udp_echo_cmd(port: int) -> list[str]:
+    return ["/usr/bin/python3", "-c", UDP_ECHO.format(port=port)]

@@ -72,7 +72,9 @@ def test_overlap_with_another_multinic_network_refused(mn):
     lab = mn
     with network(lab, "first", "--opt", "parent=eth1", "--subnet", "10.15.0.0/24"):
         proc = lab.docker("network", "create", "-d", lab.driver, "--subnet", "10.15.0.0/25", "second", check=False)
-        assert proc.returncode != 0 and "overlaps multinic network" in proc.stderr
+        # dockerd's default IPAM refuses it before the driver is asked; the driver's own check
+        # (other IPAM address spaces) is proven in tests/integration/test_datapath.py.
+        assert proc.returncode != 0 and "overlaps" in proc.stderr.lower(), proc.stderr
 
 
 def test_ten_containers_started_at_once_all_work(mn):

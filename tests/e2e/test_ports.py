@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 
-from tests.e2e.helpers import containers, network, run, status, wait_for, web_cmd
+from tests.e2e.helpers import HOST_PYTHON, containers, network, run, status, udp_echo_cmd, wait_for, web_cmd
 
 
 def test_seed_case_client_behind_eth1_gets_the_page(mn):
@@ -47,9 +47,9 @@ def _udp_roundtrip(lab, ns: str, addr: str, port: int) -> bool:
 def test_udp_range_and_publish_all(mn):
     lab = mn
     with network(lab, "udpnet", "--opt", "parent=eth1", "--subnet", "10.22.0.0/24"), containers(lab) as names:
-        # busybox: a udp echo on 90 (nc -u -l answers the first peer), an httpd exposed with -P.
-        run(lab, names, "udp-echo", "--network", "udpnet", "-p", "9000-9001:90/udp",
-            cmd=["sh", "-c", "while true; do nc -u -l -p 90 -e cat; done"])
+        # a udp echo on 90 (host python3 mounted), an httpd exposed with -P.
+        run(lab, names, "udp-echo", "--network", "udpnet", "-p", "9000-9001:90/udp", *HOST_PYTHON,
+            cmd=udp_echo_cmd(90))
         run(lab, names, "publish-all", "--network", "udpnet", "-P", "--expose", "80", cmd=web_cmd("all-hello"))
         ports = status(lab)["ports"]
         udp = [p for p in ports if p["container"] == "udp-echo"]

@@ -40,6 +40,11 @@ def test_handshake_with_empty_bodies(client):
     assert code == 200 and caps["Scope"] == "local" and caps["ConnectivityScope"] == "local"
 
 
+def test_gw_alloc_check_keeps_gateways(client):
+    assert post(client, "/NetworkDriver.GwAllocCheck", {"Options": {}}) == (200, {"SkipIPv4": False,
+                                                                             "SkipIPv6": False})
+
+
 def test_unknown_ids_are_idempotent(client):
     for verb in ("DeleteNetwork", "DeleteEndpoint", "Leave", "RevokeExternalConnectivity", "EndpointOperInfo",
                  "ProgramExternalConnectivity"):
@@ -104,3 +109,12 @@ def test_endpoint_on_unknown_network_is_refused(client):
     code, body = post(client, "/NetworkDriver.CreateEndpoint",
                       {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": "10.213.0.2/24"}})
     assert code == 400 and "not known to multinic" in body["Err"]
+
+
+def test_engine_version_gate():
+    from plugin.engine import EngineInfo
+
+    assert EngineInfo("20.10.24+dfsg1", "1.41").supported
+    assert EngineInfo("28.5.2", "1.51").supported
+    assert not EngineInfo("19.03.15", "1.40").supported
+    assert not EngineInfo("garbage", "?").supported
