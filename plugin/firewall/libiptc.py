@@ -20,19 +20,31 @@ python-iptables quirks handled here:
   ``autocommit`` is forced off first, since a handle freed with autocommit on is committed;
 - ``Target`` decides "jump to a chain" by asking *every* table (``Rule.tables``), which
   instantiates raw and security in the namespace: our rules ask only their own table;
+- libiptc takes no lock: we take the xtables lock as ``iptables -w`` does, and redo the whole
+  transaction if a commit still meets a concurrent change (EAGAIN); a handle is never reused
+  after its commit (a second commit from it fails with EAGAIN);
+- ``Rule.final_check()`` round-trips each extension through its save() output, which fills a
+  missing mandatory option from zeroed defaults: each extension's own check runs first;
+- error texts embed C strings as bytes reprs (``b'Invalid argument'``): cleaned up;
 - rules are matched and deleted by position (``iptc_delete_num_entry``), never through
   ``Rule.__eq__`` / mask deletion, which compare extension buffers byte for byte.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import re
-from typing import Any
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from ..errors import DriverError
 from .model import CHAINS, JUMPS, TABLES, Jump, Rule, Ruleset
 from .restore import RestoreBackend
 
+XT_LOCK_NAME = "/run/xtables.lock"  # iptables' own; XTABLES_LOCKFILE overrides it, as for iptables
 FALLBACK_HINT = "set MULTINIC_FIREWALL=legacy-restore to use iptables-legacy-restore instead"
 
 _ADDRESS_OPTS = {
@@ -60,7 +72,7 @@ def load_iptc() -> Any:
     global _iptc, _rule_class
     if _iptc is None:
         try:
-            import iptc  # noqa: PLC0415 - lazy: needs libxtables and libip4tc at import time
+            import iptc  # lazy: needs libxtables and libip4tc at import time
         except Exception as exc:  # ImportError, OSError, iptc.XTablesError, AttributeError on no lib
             raise DriverError(
                 f"python-iptables (legacy) cannot be loaded: {type(exc).__name__}: {exc}; "
@@ -177,16 +189,57 @@ def build_rule(table: Any, argv: Rule) -> Any:
     return rule
 
 
+class _Retry(Exception):
+    """A commit refused with EAGAIN: the table changed under our snapshot; start over."""
+
+    def __init__(self, error: DriverError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 class LibiptcBackend:
     """Legacy iptables through libiptc: one handle and one commit per table."""
 
     name = "python-iptables (legacy)"
+    lock_timeout = 30.0  # seconds to wait for the xtables lock, like ``iptables -w 30``
+    attempts = 3  # whole transactions, when a commit meets a concurrent writer (EAGAIN)
 
     def __init__(self) -> None:
         load_iptc()  # fail at selection time, not at the first reconcile
 
-    # -- libiptc plumbing ---------------------------------------------------------------
-    def _open(self, table_name: str) -> Any:
+    # -- locking ------------------------------------------------------------------------------
+    @contextmanager
+    def _xtables_lock(self) -> Iterator[None]:
+        """The lock every ``iptables -w`` takes; libiptc itself takes none.
+
+        Without it a snapshot can go stale between ``refresh()`` and ``commit()`` (dockerd
+        adding its rules), which the kernel answers with EAGAIN at best.
+        """
+        path = os.environ.get("XTABLES_LOCKFILE") or XT_LOCK_NAME
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise DriverError(f"firewall update failed ({self.name}): cannot open {path}: {exc}") from exc
+        try:
+            deadline = time.monotonic() + self.lock_timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise DriverError(
+                            f"firewall update failed ({self.name}): the xtables lock {path} is held by "
+                            f"another process for more than {self.lock_timeout:g}s"
+                        ) from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    # -- libiptc plumbing ---------------------------------------------------------------------
+    @staticmethod
+    def _open(table_name: str) -> Any:
         iptc = load_iptc()
         # autocommit must be off *before* refresh(): freeing an autocommit handle commits it.
         table = iptc.Table(table_name, autocommit=False)
@@ -195,7 +248,10 @@ class LibiptcBackend:
 
     @staticmethod
     def _close(table: Any) -> None:
-        """Drop the handle (uncommitted changes are discarded: autocommit is off)."""
+        """Drop the handle; uncommitted changes are discarded (autocommit is off).
+
+        Also needed after a successful commit: the handle still describes the table as it
+        was, and committing from it again fails with EAGAIN."""
         try:
             table.autocommit = False
             table.close()
@@ -224,84 +280,109 @@ class LibiptcBackend:
         if table._iptc.iptc_delete_num_entry(chain.encode(), position, table._handle) != 1:
             raise load_iptc().IPTCError(f"can't delete rule {position + 1} of {chain}: {table.strerror()}")
 
-    def _fail(self, action: str, where: str, exc: Exception) -> DriverError:
-        if isinstance(exc, DriverError):
-            return exc
-        return DriverError(f"firewall {action} failed ({self.name}) at {where}: {_clean(exc)}")
-
     def _commit_all(self, action: str, handles: dict[str, Any]) -> None:
-        """One commit per table, in TABLES order; a table whose commit fails is left as it was
-        (the kernel swaps a table's whole blob or nothing), earlier tables stay committed."""
+        """One commit per table, in TABLES order. A table whose commit fails is left as it was
+        (the kernel swaps a table's whole blob or nothing); earlier tables stay committed."""
         for table_name in TABLES:
             try:
                 handles[table_name].commit()
             except Exception as exc:
+                prefix = f"firewall {action} failed ({self.name}): table {table_name}"
+                if os.strerror(errno.EAGAIN) in str(exc):
+                    raise _Retry(
+                        DriverError(
+                            f"{prefix} kept changing under us (another writer without the xtables "
+                            f"lock?) for {self.attempts} attempts; it is unchanged"
+                        )
+                    ) from exc
                 raise DriverError(
-                    f"firewall {action} failed ({self.name}): the kernel refused table {table_name} "
-                    f"({_clean(exc)}; the kernel log names the rule); that table is unchanged"
+                    f"{prefix} refused by the kernel ({_clean(exc)}; the kernel log names the rule); "
+                    "that table is unchanged"
                 ) from exc
 
-    # -- backend interface ----------------------------------------------------------------
-    def apply(self, ruleset: Ruleset) -> None:
-        iptc = load_iptc()
+    def _transaction(self, action: str, prepare: Callable[[Callable[[str], Any], list[str]], None]) -> None:
+        """Run ``prepare(open_table, where)`` on fresh handles, then commit them all, under the
+        xtables lock; start over (a few times) when a commit meets a concurrent change."""
+        with self._xtables_lock():
+            for attempt in range(1, self.attempts + 1):
+                try:
+                    self._attempt(action, prepare)
+                    return
+                except _Retry as retry:
+                    if attempt == self.attempts:
+                        raise retry.error from retry
+
+    def _attempt(self, action: str, prepare: Callable[[Callable[[str], Any], list[str]], None]) -> None:
+        """``prepare`` edits the handles only; anything it raises discards every change.
+        ``where`` is a one-item list naming the step in progress, for the error message."""
         handles: dict[str, Any] = {}
-        where = ""
+        where = ["start"]
+
+        def open_table(table_name: str) -> Any:
+            where[0] = f"table {table_name}"
+            handles[table_name] = self._open(table_name)
+            return handles[table_name]
+
         try:
             try:
-                for table_name in TABLES:
-                    where = f"table {table_name}"
-                    table = handles[table_name] = self._open(table_name)
-                    for chain in CHAINS[table_name]:
-                        where = f"{table_name}/{chain}"
-                        if table.is_chain(chain):
-                            table.flush_entries(chain)
-                        else:
-                            table.create_chain(chain)
-                    for chain in CHAINS[table_name]:
-                        for argv in ruleset.rules(table_name, chain):
-                            where = f"{table_name}: -A {chain} {_show(argv)}"
-                            iptc.Chain(table, chain).append_rule(build_rule(table, argv))
-                    for jump in (j for j in JUMPS if j.table == table_name):
-                        where = f"{table_name}: -I {jump.chain} 1 {_show(jump.rule)}"
-                        positions = self._jump_positions(table, jump)
-                        if positions is None:
-                            if jump.optional:
-                                continue
-                            raise DriverError(f"firewall chain {table_name}/{jump.chain} does not exist")
-                        if not positions:
-                            iptc.Chain(table, jump.chain).insert_rule(build_rule(table, jump.rule), 0)
+                prepare(open_table, where)
+            except DriverError:
+                raise
             except Exception as exc:
-                raise self._fail("update", where, exc) from exc
-            self._commit_all("update", handles)
+                raise DriverError(
+                    f"firewall {action} failed ({self.name}) at {where[0]}: {_clean(exc)}"
+                ) from exc
+            self._commit_all(action, handles)
         finally:
             for table in handles.values():
                 self._close(table)
 
-    def remove(self) -> None:
-        handles: dict[str, Any] = {}
-        where = ""
-        try:
-            try:
-                for table_name in TABLES:
-                    where = f"table {table_name}"
-                    table = handles[table_name] = self._open(table_name)
-                    for jump in (j for j in JUMPS if j.table == table_name):
-                        where = f"{table_name}/{jump.chain}"
-                        for pos in reversed(self._jump_positions(table, jump) or []):
-                            self._delete_at(table, jump.chain, pos)
-                    present = [c for c in CHAINS[table_name] if table.is_chain(c)]
-                    for chain in present:  # flush all first: our chains may jump to each other
-                        where = f"{table_name}/{chain}"
+    # -- backend interface --------------------------------------------------------------------
+    def apply(self, ruleset: Ruleset) -> None:
+        iptc = load_iptc()
+
+        def prepare(open_table: Callable[[str], Any], where: list[str]) -> None:
+            for table_name in TABLES:
+                table = open_table(table_name)
+                for chain in CHAINS[table_name]:
+                    where[0] = f"{table_name}/{chain}"
+                    if table.is_chain(chain):
                         table.flush_entries(chain)
-                    for chain in present:
-                        where = f"{table_name}/{chain}"
-                        table.delete_chain(chain)
-            except Exception as exc:
-                raise self._fail("removal", where, exc) from exc
-            self._commit_all("removal", handles)
-        finally:
-            for table in handles.values():
-                self._close(table)
+                    else:
+                        table.create_chain(chain)
+                for chain in CHAINS[table_name]:
+                    for argv in ruleset.rules(table_name, chain):
+                        where[0] = f"{table_name}: -A {chain} {_show(argv)}"
+                        iptc.Chain(table, chain).append_rule(build_rule(table, argv))
+                for jump in (j for j in JUMPS if j.table == table_name):
+                    where[0] = f"{table_name}: -I {jump.chain} 1 {_show(jump.rule)}"
+                    positions = self._jump_positions(table, jump)
+                    if positions is None:
+                        if jump.optional:
+                            continue
+                        raise DriverError(f"firewall chain {table_name}/{jump.chain} does not exist")
+                    if not positions:
+                        iptc.Chain(table, jump.chain).insert_rule(build_rule(table, jump.rule), 0)
+
+        self._transaction("update", prepare)
+
+    def remove(self) -> None:
+        def prepare(open_table: Callable[[str], Any], where: list[str]) -> None:
+            for table_name in TABLES:
+                table = open_table(table_name)
+                for jump in (j for j in JUMPS if j.table == table_name):
+                    where[0] = f"{table_name}/{jump.chain}"
+                    for pos in reversed(self._jump_positions(table, jump) or []):
+                        self._delete_at(table, jump.chain, pos)
+                present = [c for c in CHAINS[table_name] if table.is_chain(c)]
+                for chain in present:  # flush all first: our chains may jump to each other
+                    where[0] = f"{table_name}/{chain}"
+                    table.flush_entries(chain)
+                for chain in present:
+                    where[0] = f"{table_name}/{chain}"
+                    table.delete_chain(chain)
+
+        self._transaction("removal", prepare)
 
     def dump(self) -> dict[str, list[str]]:
         # ``iptables-legacy -S`` reads the same tables; its lines are the reference format.

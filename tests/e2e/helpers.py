@@ -67,7 +67,7 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.2):
 
 
 def inspect_ip(lab, container: str, net: str) -> str:
-    fmt = "{{(index .NetworkSettings.Networks \"%s\").IPAddress}}" % net
+    fmt = '{{(index .NetworkSettings.Networks "' + net + '").IPAddress}}'
     return lab.docker("inspect", "-f", fmt, container).stdout.strip()
 
 
