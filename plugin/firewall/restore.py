@@ -61,8 +61,11 @@ class RestoreBackend:
 
     # -- backend interface -----------------------------------------------------------
     def apply(self, ruleset: Ruleset) -> None:
+        """One restore for all tables: every check runs before anything is written, and
+        iptables-nft-restore commits the whole input as one nf_tables transaction."""
+        lines: list[str] = []
         for table in TABLES:
-            lines = [f"*{table}"]
+            lines.append(f"*{table}")
             lines += [f":{chain} - [0:0]" for chain in CHAINS[table]]
             for chain in CHAINS[table]:
                 lines += [self._line("-A", chain, rule) for rule in ruleset.rules(table, chain)]
@@ -75,7 +78,7 @@ class RestoreBackend:
                 if not existing:
                     lines.append(self._line("-I", jump.chain, ("1", *jump.rule)))
             lines.append("COMMIT")
-            self._restore("\n".join(lines) + "\n")
+        self._restore("\n".join(lines) + "\n")
 
     def remove(self) -> None:
         for table in TABLES:
