@@ -1,0 +1,36 @@
+"""State survives the plugin stopping; restart reconciles the kernel from state and dockerd."""
+
+from __future__ import annotations
+
+from tests.e2e.helpers import containers, network, run, wait_for, web_cmd
+
+
+def test_plugin_restart_reapplies_what_others_deleted(mn):
+    lab = mn
+    with network(lab, "keep", "--opt", "parent=eth1", "--subnet", "10.30.0.0/24"), containers(lab) as names:
+        run(lab, names, "keep-web", "--network", "keep", "-p", "4010:80", cmd=web_cmd("kept"))
+        assert wait_for(lambda: lab.http_get(lab.c1_ns, "http://192.168.101.2:4010/")) == "kept\n"
+        lab.stop_plugin()
+        # What systemd-networkd or a cloud NIC agent does to rules and routes it does not own:
+        lab.host("sh", "-c", "ip rule flush table 20000 2>/dev/null || ip rule del pref 10000; "
+                             "ip route flush table 20000; ip rule del pref 10002 || true")
+        lab.host("sh", "-c", "iptables -t mangle -F MULTINIC-PREROUTING")
+        assert lab.http_get(lab.c1_ns, "http://192.168.101.2:4010/", timeout=2) is None
+        lab.start_plugin()
+        assert wait_for(lambda: lab.http_get(lab.c1_ns, "http://192.168.101.2:4010/")) == "kept\n"
+        assert "lookup 20000" in lab.host("ip", "rule").stdout
+
+
+def test_plugin_restart_keeps_running_containers_working(mn):
+    lab = mn
+    lab.serve_peer_echo(lab.c1_ns, 7010)
+    with network(lab, "live", "--opt", "parent=eth1", "--subnet", "10.31.0.0/24"), containers(lab) as names:
+        run(lab, names, "live1", "--network", "live")
+        lab.stop_plugin()
+        lab.start_plugin()
+        out = lab.docker("exec", "live1", "sh", "-c", "nc 198.51.100.10 7010 </dev/null").stdout.strip()
+        assert out == "192.168.101.2"
+        # and the plugin still serves new containers on the network it knew before the restart
+        run(lab, names, "live2", "--network", "live")
+        out = lab.docker("exec", "live2", "sh", "-c", "nc 198.51.100.10 7010 </dev/null").stdout.strip()
+        assert out == "192.168.101.2"
