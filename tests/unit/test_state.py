@@ -18,7 +18,7 @@ def test_round_trip(tmp_path):
 
 def _bump(directory, n):
     store = Store(directory)
-    for i in range(n):
+    for _ in range(n):
         with store.locked() as state:
             key = f"k{len(state.networks)}"
             state.networks[key] = NetworkRecord(id=key, bridge=key, subnet="10.0.0.0/24", gateway="10.0.0.1/24")
