@@ -125,3 +125,18 @@ def test_status_shows_ports_docker_ps_cannot(mn):
 
 
 del socket
+
+
+def test_reply_leaves_by_parent_when_another_network_is_the_gateway(mn):
+    """Issue 3: the container's default route goes through another network (higher gw_priority,
+    parent eth0); a client behind eth1 still gets its replies through eth1."""
+    lab = mn
+    with network(lab, "zz_back", "--opt", "parent=eth0", "--opt", "gw_priority=10", "--subnet", "10.32.0.0/24"), \
+            network(lab, "aa_front", "--opt", "parent=eth1", "--subnet", "10.33.0.0/24"), containers(lab) as names:
+        run(lab, names, "multi-web", "--network", "zz_back", "-p", "4007:80", cmd=web_cmd("multi"))
+        lab.docker("network", "connect", "aa_front", "multi-web")
+        route = wait_for(lambda: "10.32.0.1" in lab.docker("exec", "multi-web", "ip", "route", "get",
+                                                           "198.18.0.1").stdout)
+        assert route, lab.docker("exec", "multi-web", "ip", "route", "get", "198.18.0.1").stdout
+        assert wait_for(lambda: lab.http_get(lab.c1_ns, "http://192.168.101.2:4007/")) == "multi\n"
+        assert wait_for(lambda: lab.http_get(lab.c0_ns, "http://192.168.100.2:4007/")) == "multi\n"
