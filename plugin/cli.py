@@ -82,8 +82,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         def load(self) -> Any:
             return app
 
+    from . import watcher
+    from .healer import HealerProcess
+
     log.info("multinic %s serving on %s (driver name %r)", __version__, sock, driver_name(sock))
-    Server().run()
+    gateways = watcher.spawn(store, driver_name(sock))
+    healer = HealerProcess(store)
+    try:
+        Server().run()
+    finally:
+        gateways.stop()
+        healer.stop()
     return 0
 
 
@@ -117,7 +126,11 @@ def collect_status(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
     backend = firewall()
+    from .watcher import gateway_rows, load_decisions
+
     return {
+        "gateways": gateway_rows(str(_store(args).directory)),
+        "gateway_decisions": load_decisions(str(_store(args).directory)),
         "version": __version__,
         "engine": dataclasses.asdict(info) if info else None,
         "firewall": backend.name,
@@ -155,11 +168,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("CONTAINER            NETWORK          HOST                   -> CONTAINER")
     for port in status["ports"]:
         print(f"{port['container']:20} {port['network']:16} {port['host']:22} -> {port['container_port']}")
-    for section in ("gateways",):
-        if section in status:
-            print(f"\n{section.upper()}")
-            for row in status[section]:
-                print("  " + row)
+    print("\nGATEWAYS (per container: the network carrying its default route, and why)")
+    for row in status["gateways"]:
+        print("  " + row)
     return 0
 
 

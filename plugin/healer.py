@@ -1,0 +1,91 @@
+"""Re-apply what others delete: systemd-networkd and cloud NIC agents (ec2-net-utils) remove
+rules and routes they do not own, and a NIC going down takes its routes with it.
+
+A small loop beside the HTTP workers: every :data:`CHECK_INTERVAL` seconds it compares the
+kernel's tagged routes, rules and links with the desired state (cheap netlink reads) and runs
+the full reconcile (under the state lock) when they drift, and unconditionally every
+:data:`FULL_INTERVAL` seconds, which also restores firewall rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import time
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from . import netlink
+from .desired import host_state
+from .driver import Driver
+from .reconcile import gather_facts
+from .state import State, Store
+
+log = logging.getLogger(__name__)
+
+CHECK_INTERVAL = 2.0
+FULL_INTERVAL = 30.0
+
+
+def drift(state: State) -> list[str]:
+    """What the kernel lacks or has extra, compared with the state (empty list: in sync)."""
+    with IPRoute() as ipr:
+        desired = host_state(state, gather_facts(ipr, state))
+        reasons = []
+        routes = netlink.owned_routes(ipr)
+        rules = netlink.owned_rules(ipr)
+        if missing := desired.routes - routes:
+            reasons.append(f"{len(missing)} route(s) missing")
+        if missing := desired.rules - rules:
+            reasons.append(f"{len(missing)} rule(s) missing")
+        links = netlink.tagged_links(ipr)
+        if missing := [b.name for b in desired.bridges if b.name not in links]:
+            reasons.append(f"bridge(s) missing: {', '.join(missing)}")
+    return reasons
+
+
+def run(store: Store, stop_event: Any) -> None:
+    driver = Driver(store)
+    last_full = time.monotonic()
+    while not stop_event.wait(CHECK_INTERVAL):
+        try:
+            state = store.load()
+            if not state.networks:
+                continue
+            reasons = drift(state)
+            if reasons or time.monotonic() - last_full > FULL_INTERVAL:
+                if reasons:
+                    log.warning("kernel drifted from state (%s); re-applying", "; ".join(reasons))
+                driver.recover(None)
+                last_full = time.monotonic()
+        except Exception:  # noqa: BLE001 - keep healing; the next round may succeed
+            log.exception("healer round failed")
+
+
+def _child(store: Store, stop_event: Any) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    signal.signal(signal.SIGINT, lambda *_: stop_event.set())
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001
+        pass
+    run(store, stop_event)
+
+
+class HealerProcess:
+    def __init__(self, store: Store) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.stop_event = ctx.Event()
+        self.process = ctx.Process(target=_child, args=(store, self.stop_event), name="multinic-healer")
+        self.process.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stop_event.set()
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(2)
