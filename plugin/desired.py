@@ -13,7 +13,7 @@ from .facts import ParentFacts
 from .firewall.model import Ruleset
 from .firewall.rules import ruleset_for
 from .state import State
-from .tags import MARK_MASK, RULE_PREF_FWMARK, RULE_PREF_LOCAL, RULE_PREF_SOURCE, mark_for_slot
+from .tags import MAIN_MARK_SLOT, MARK_MASK, RULE_PREF_FWMARK, RULE_PREF_LOCAL, RULE_PREF_SOURCE, mark_for_slot
 
 MAIN_TABLE = 254
 
@@ -118,6 +118,12 @@ def host_state(state: State, facts: Mapping[str, ParentFacts]) -> HostState:
                 )
             )
             sysctls[f"net/ipv4/conf/{net.parent}/rp_filter"] = "2"
+            rules.add(
+                RuleSpec(
+                    priority=RULE_PREF_FWMARK, table=MAIN_TABLE, fwmark=mark_for_slot(MAIN_MARK_SLOT),
+                    fwmask=MARK_MASK,
+                )
+            )
     return HostState(
         bridges=tuple(bridges),
         veths=tuple(veths),

@@ -15,7 +15,10 @@ CHAIN_PREFIX = "MULTINIC-"
 # (kube-proxy 0x4000/0x8000, Docker's ingress marks) are left alone.
 MARK_MASK = 0x00FF0000
 MARK_SHIFT = 16
-MAX_MARK_SLOT = 0xFF
+MAX_MARK_SLOT = 0xFE
+# Slot 0xFF marks connections that entered a multinic bridge from anywhere but a parent NIC
+# (eth0, another bridge, a given HostIP): their replies follow the main table, not the parent's.
+MAIN_MARK_SLOT = 0xFF
 
 # ip rule priorities on the host. Fixed: several rules may share one priority.
 RULE_PREF_FWMARK = 10000

@@ -15,6 +15,7 @@ from ..tags import CHAIN_PREFIX, COMMENT
 Rule = tuple[str, ...]
 
 MANGLE_PREROUTING = "MULTINIC-PREROUTING"
+MANGLE_POSTROUTING = "MULTINIC-CONNMARK"
 NAT_DNAT = "MULTINIC-DNAT"
 NAT_POSTROUTING = "MULTINIC-POSTROUTING"
 FILTER_FORWARD = "MULTINIC-FORWARD"
@@ -44,6 +45,7 @@ class Jump:
 # Jumps are always the same; only our chains' contents change.
 JUMPS: tuple[Jump, ...] = (
     Jump("mangle", "PREROUTING", MANGLE_PREROUTING),
+    Jump("mangle", "POSTROUTING", MANGLE_POSTROUTING),
     Jump("nat", "PREROUTING", NAT_DNAT, ("-m", "addrtype", "--dst-type", "LOCAL")),
     Jump("nat", "OUTPUT", NAT_DNAT, ("-m", "addrtype", "--dst-type", "LOCAL")),
     Jump("nat", "POSTROUTING", NAT_POSTROUTING),
@@ -54,7 +56,7 @@ JUMPS: tuple[Jump, ...] = (
 )
 
 CHAINS: dict[str, tuple[str, ...]] = {
-    "mangle": (MANGLE_PREROUTING,),
+    "mangle": (MANGLE_PREROUTING, MANGLE_POSTROUTING),
     "nat": (NAT_DNAT, NAT_POSTROUTING),
     "filter": (FILTER_FORWARD,),
 }

@@ -17,8 +17,8 @@ from typing import Mapping
 
 from ..facts import ParentFacts
 from ..state import NetworkRecord, State
-from ..tags import MARK_MASK, mark_for_slot
-from .model import FILTER_FORWARD, MANGLE_PREROUTING, NAT_DNAT, NAT_POSTROUTING, Rule, Ruleset
+from ..tags import MAIN_MARK_SLOT, MARK_MASK, mark_for_slot
+from .model import FILTER_FORWARD, MANGLE_POSTROUTING, MANGLE_PREROUTING, NAT_DNAT, NAT_POSTROUTING, Rule, Ruleset
 
 DOCKER_BRIDGES = ("docker0", "br-+")
 CTSTATE = ("-m", "conntrack", "--ctstate")
@@ -53,6 +53,19 @@ def mangle_rules(state: State) -> tuple[Rule, ...]:
                 )
             )
     return tuple(rules)
+
+
+def connmark_rules(state: State) -> tuple[Rule, ...]:
+    """A new connection entering a parent-bound bridge that did not come in on a parent NIC
+    (eth0, a given HostIP, another bridge, the host) is marked "main": its replies must not
+    take the parent's table."""
+    main = f"{hex(mark_for_slot(MAIN_MARK_SLOT))}/{_mask()}"
+    return tuple(
+        ("-o", net.bridge, *CTSTATE, "NEW", "-m", "connmark", "--mark", f"0x0/{_mask()}", "-j", "CONNMARK",
+         "--set-xmark", main)
+        for net in sorted(state.networks.values(), key=lambda n: n.bridge)
+        if net.parent and net.mark_slot and not net.internal
+    )
 
 
 def _dnat_rules(state: State, facts: Mapping[str, ParentFacts]) -> tuple[Rule, ...]:
@@ -123,7 +136,7 @@ def ruleset_for(state: State, facts: Mapping[str, ParentFacts]) -> Ruleset:
         return Ruleset()
     return Ruleset(
         chains={
-            "mangle": {MANGLE_PREROUTING: mangle_rules(state)},
+            "mangle": {MANGLE_PREROUTING: mangle_rules(state), MANGLE_POSTROUTING: connmark_rules(state)},
             "nat": {NAT_DNAT: _dnat_rules(state, facts), NAT_POSTROUTING: nat_postrouting_rules(state)},
             "filter": {FILTER_FORWARD: forward_rules(state)},
         }

@@ -50,6 +50,9 @@ def test_network_rm_leaves_host_byte_identical(mn):
         (["--opt", "parent=eth1", "--opt", "colour=red"], ["unknown option colour"]),
         (["--opt", "parent=eth1", "--opt", "table=main"], ["table", "not an integer"]),
         (["--opt", "parent=eth1", "--opt", "table=255"], ["table=255", "reserved"]),
+        (["--opt", "parent=eth1", "--opt", "table=0"], ["table=0", "out of range"]),
+        (["--opt", "parent=eth1", "--opt", "table=4294967296"], ["table", "out of range"]),
+        (["--opt", "parent=eth1", "--opt", "table=777"], ["table=777", "already in use"]),
         (["--opt", "parent=eth1", "--opt", "gw_priority=high"], ["gw_priority", "not an integer"]),
         (["--opt", "parent=eth1", "--opt", "mtu=12"], ["mtu=12", "out of range"]),
         (["--opt", "parent=eth1", "--subnet", "192.168.101.0/26"], ["overlaps eth1's own network"]),
@@ -57,6 +60,7 @@ def test_network_rm_leaves_host_byte_identical(mn):
 )
 def test_bad_input_refused_with_clear_message_and_nothing_left(mn, opts, words):
     lab = mn
+    lab.host("ip", "route", "replace", "10.201.0.0/24", "via", "192.168.101.1", "table", "777")
     before = lab.dump_host_state()
     if "--subnet" not in opts:
         opts = [*opts, "--subnet", "10.14.0.0/24"]
@@ -66,6 +70,7 @@ def test_bad_input_refused_with_clear_message_and_nothing_left(mn, opts, words):
         assert word in proc.stderr, proc.stderr
     assert "badnet" not in lab.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
     assert lab.dump_host_state() == before
+    lab.host("ip", "route", "del", "10.201.0.0/24", "table", "777")
 
 
 def test_overlap_with_another_multinic_network_refused(mn):

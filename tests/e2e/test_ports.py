@@ -140,3 +140,26 @@ def test_reply_leaves_by_parent_when_another_network_is_the_gateway(mn):
         assert route, lab.docker("exec", "multi-web", "ip", "route", "get", "198.18.0.1").stdout
         assert wait_for(lambda: lab.http_get(lab.c1_ns, "http://192.168.101.2:4007/")) == "multi\n"
         assert wait_for(lambda: lab.http_get(lab.c0_ns, "http://192.168.100.2:4007/")) == "multi\n"
+
+
+def test_host_ip_given_publishes_only_there_and_foreign_address_refused(mn):
+    lab = mn
+    with network(lab, "hipnet", "--opt", "parent=eth1", "--subnet", "10.34.0.0/24"), containers(lab) as names:
+        # eth0's address given explicitly on a network bound to eth1: the user's HostIP wins.
+        run(lab, names, "hip-web", "--network", "hipnet", "-p", "192.168.100.2:4012:80", cmd=web_cmd("hip"))
+        assert wait_for(lambda: lab.http_get(lab.c0_ns, "http://192.168.100.2:4012/")) == "hip\n"
+        assert lab.http_get(lab.c1_ns, "http://192.168.101.2:4012/", timeout=2) is None
+        names.append("hip-bad")
+        proc = lab.docker("run", "-d", "--name", "hip-bad", "--network", "hipnet", "-p", "10.9.9.9:4013:80",
+                          "mn-busybox:latest", "sleep", "60", check=False)
+        assert proc.returncode != 0 and "10.9.9.9 is not an address of this host" in proc.stderr, proc.stderr
+
+
+def test_sctp_port_is_published(mn):
+    lab = mn
+    with network(lab, "sctpnet", "--opt", "parent=eth1", "--subnet", "10.35.0.0/24"), containers(lab) as names:
+        run(lab, names, "sctp-c", "--network", "sctpnet", "-p", "4014:80/sctp")
+        rows = [p for p in status(lab)["ports"] if p["container"] == "sctp-c"]
+        assert rows and rows[0]["proto"] == "sctp" and rows[0]["host"] == "192.168.101.2:4014"
+        nat = lab.host("iptables", "-t", "nat", "-S", "MULTINIC-DNAT").stdout
+        assert "-p sctp -m sctp --dport 4014 -j DNAT" in nat

@@ -26,6 +26,7 @@ def test_parent_network_routing():
     rules = {(r.priority, r.table, str(r.src), r.fwmark, r.suppress_prefixlen) for r in hs.rules}
     assert rules == {
         (10000, 20000, "None", 0x10000, None),
+        (10000, 254, "None", 0xFF0000, None),
         (10001, 254, "10.10.0.0/24", None, 0),
         (10002, 20000, "10.10.0.0/24", None, None),
     }
@@ -46,7 +47,13 @@ def test_shared_parent_marks_once():
     hs = host_state(state, FACTS)
     marks = [r for r in hs.firewall.rules("mangle", MANGLE_PREROUTING) if "--set-xmark" in r]
     assert len(marks) == 1
-    assert len([r for r in hs.rules if r.fwmark]) == 1
+    assert len([r for r in hs.rules if r.fwmark == 0x10000]) == 1
+
+
+def test_connections_from_elsewhere_are_marked_main():
+    rules = host_state(State(networks={"a" * 64: net()}), FACTS).firewall.rules("mangle", "MULTINIC-CONNMARK")
+    assert rules == (("-o", "mn-aaaaaaaaaaaa", "-m", "conntrack", "--ctstate", "NEW", "-m", "connmark", "--mark",
+                      "0x0/0xff0000", "-j", "CONNMARK", "--set-xmark", "0xff0000/0xff0000"),)
 
 
 def test_published_port_on_parent_addresses():
