@@ -82,17 +82,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         def load(self) -> Any:
             return app
 
-    from . import watcher
-    from .healer import HealerProcess
+    from . import healer, watcher
 
     log.info("multinic %s serving on %s (driver name %r)", __version__, sock, driver_name(sock))
     gateways = watcher.spawn(store, driver_name(sock))
-    healer = HealerProcess(store)
+    healing = healer.spawn(store)
     try:
         Server().run()
     finally:
         gateways.stop()
-        healer.stop()
+        healing.stop()
     return 0
 
 
@@ -126,9 +125,10 @@ def collect_status(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
     backend = firewall()
-    from .watcher import gateway_rows, load_decisions
+    from .watcher import gateway_rows, load_decisions, load_watcher_info
 
     return {
+        "gateway_watcher": load_watcher_info(str(_store(args).directory)),
         "gateways": gateway_rows(str(_store(args).directory)),
         "gateway_decisions": load_decisions(str(_store(args).directory)),
         "version": __version__,
@@ -183,9 +183,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Remove everything the plugin owns from the kernel and forget all state (uninstall)."""
     from .state import State
+    from .watcher import remove_all
 
     store = _store(args)
     driver = Driver(store)
+    remove_all(store.directory)  # our policy rules inside running containers
     with store.locked() as state:
         parents = dict(state.parents)
         store.save(State())

@@ -10,14 +10,13 @@ the full reconcile (under the state lock) when they drift, and unconditionally e
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import signal
 import time
 from typing import Any
 
 from pyroute2 import IPRoute
 
-from . import netlink
+from . import background, netlink
+from .background import BackgroundProcess
 from .desired import host_state
 from .driver import Driver
 from .reconcile import gather_facts
@@ -64,28 +63,6 @@ def run(store: Store, stop_event: Any) -> None:
             log.exception("healer round failed")
 
 
-def _child(store: Store, stop_event: Any) -> None:
-    signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
-    signal.signal(signal.SIGINT, lambda *_: stop_event.set())
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001
-        pass
-    run(store, stop_event)
-
-
-class HealerProcess:
-    def __init__(self, store: Store) -> None:
-        ctx = multiprocessing.get_context("fork")
-        self.stop_event = ctx.Event()
-        self.process = ctx.Process(target=_child, args=(store, self.stop_event), name="multinic-healer")
-        self.process.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self.stop_event.set()
-        self.process.join(timeout)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(2)
+def spawn(store: Store) -> BackgroundProcess:
+    """Fork :func:`run` beside gunicorn; ``.stop()`` on the result when serving ends."""
+    return background.spawn("healer", lambda stop: run(store, stop))

@@ -103,6 +103,30 @@ class State:
         )
 
 
+def write_json_atomically(path: Path, data: Any) -> None:
+    """Temp file, fsync, rename, fsync the directory: a reader (or a crash) sees old or new, whole."""
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 class Store:
     """The state directory: ``state.json`` plus the ``lock`` file every writer holds."""
 
@@ -123,26 +147,7 @@ class Store:
             return State()
 
     def save(self, state: State) -> None:
-        """Write atomically: temp file, fsync, rename, fsync the directory."""
-        self._ensure_dir()
-        fd, tmp = tempfile.mkstemp(prefix=".state.", dir=self.directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(state.to_json(), fh, indent=1, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_json_atomically(self.path, state.to_json())
 
     @contextmanager
     def locked(self) -> Iterator[State]:

@@ -1,0 +1,253 @@
+"""Issue 4 against the kernel: policy routing in a scratch namespace playing a two-network container.
+
+    c0 (198.51.100.10) ── g0 ── eth0 10.1.0.2 ┐
+                                              k  (the "container"; dockerd's default: via 10.1.0.1)
+    c1 (198.51.101.10) ── g1 ── eth1 10.2.0.2 ┘
+
+c0 is reachable only through g0 and c1 only through g1, so a reply that leaves by the wrong
+interface is lost: every check below sends real packets.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface
+
+import pytest
+
+from plugin import gateway
+from tests.nsutil import in_netns, scratch_netns, sh
+
+pytestmark = pytest.mark.integration
+
+if os.geteuid() != 0:  # pragma: no cover
+    if os.environ.get("CI") == "true":
+        raise RuntimeError("integration tests need root in CI")
+    pytest.skip("integration tests need root", allow_module_level=True)
+
+PY = sys.executable
+ECHO_PEER = (
+    "import socket,sys\n"
+    "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(16)\n"
+    "while True:\n"
+    "    c,a=s.accept(); c.sendall(a[0].encode()); c.close()\n"
+)
+CONNECT = (
+    "import socket,sys\n"
+    "try:\n"
+    "    c=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))\n"
+    "    print(c.recv(100).decode())\n"
+    "except OSError as e:\n"
+    "    print('FAIL', e)\n"
+)
+
+
+@dataclass
+class Box:
+    k: str
+    g0: str
+    g1: str
+    c0: str
+    c1: str
+    servers: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        return f"/var/run/netns/{self.k}"
+
+    def serve(self, ns: str, port: int) -> None:
+        proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{ns}", PY, "-c", ECHO_PEER, str(port)])
+        self.servers.append(proc)
+        deadline = time.monotonic() + 5
+        while f":{port} " not in sh(ns, "ss -ltnH") and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def connect(self, ns: str, addr: str, port: int, timeout: float = 2.0) -> str:
+        out = subprocess.run(["nsenter", f"--net=/var/run/netns/{ns}", PY, "-c", CONNECT, addr, str(port),
+                              str(timeout)], capture_output=True, text=True, timeout=timeout + 10)
+        return out.stdout.strip()
+
+    def route_get(self, dst: str = "198.18.0.1", src: str | None = None) -> str:
+        return sh(self.k, f"ip -4 route get {dst}" + (f" from {src}" if src else "")).strip()
+
+    def dump(self) -> str:
+        return sh(self.k, "ip -4 rule; ip -4 route show table all")
+
+    def main_table(self) -> str:
+        return sh(self.k, "ip -4 route show table main")
+
+
+def build(b: Box) -> None:
+    sh(b.k, f"ip link add eth0 type veth peer name k0 netns {b.g0}; "
+            f"ip link add eth1 type veth peer name k1 netns {b.g1}; "
+            "ip addr add 10.1.0.2/24 dev eth0; ip addr add 10.2.0.2/24 dev eth1; "
+            "ip link set eth0 up; ip link set eth1 up; ip route add default via 10.1.0.1 dev eth0")
+    for g, c, n in ((b.g0, b.c0, 0), (b.g1, b.c1, 1)):
+        sh(g, f"ip addr add 10.{n + 1}.0.1/24 dev k{n}; ip link set k{n} up; "
+              f"ip link add dn type veth peer name eth0 netns {c}; "
+              f"ip addr add 198.51.{100 + n}.1/24 dev dn; ip link set dn up; sysctl -qw net.ipv4.ip_forward=1")
+        sh(c, f"ip addr add 198.51.{100 + n}.10/24 dev eth0; ip link set eth0 up; "
+              f"ip route add default via 198.51.{100 + n}.1")
+
+
+@pytest.fixture
+def box():
+    tag = f"mngw{os.getpid() % 1000}"
+    names = [f"{tag}-{n}" for n in ("k", "g0", "g1", "c0", "c1")]
+    with scratch_netns(*names) as ns:
+        b = Box(*ns)
+        build(b)
+        try:
+            yield b
+        finally:
+            for proc in b.servers:
+                proc.kill()
+                proc.wait()
+
+
+def att(name: str, n: int, priority: int, source: str = "network opt") -> gateway.Attachment:
+    return gateway.Attachment(
+        network_id=f"id-{name}", network_name=name, driver="multinic", endpoint_id=f"ep-{name}",
+        priority=priority, priority_source=source, gateway=IPv4Address(f"10.{n}.0.1"),
+        address=IPv4Interface(f"10.{n}.0.2/24"), internal=False,
+    )
+
+
+def test_override_steers_default_route_and_answers_from_each_interface(box):
+    before, main_before = box.dump(), box.main_table()
+    # a sorts first, so "dockerd" routes by eth0; b has the higher priority.
+    atts = [att("a", 1, 0, "default"), att("b", 2, 10)]
+    box.serve(box.c1, 7000)
+    box.serve(box.k, 7001)
+    assert box.connect(box.k, "198.51.101.10", 7000).startswith("FAIL")  # c1 only behind eth1
+
+    decision, _, facts = gateway.reconcile(box.path, atts)
+    assert decision.override and decision.chosen.network_name == "b"
+    assert facts["docker_gateway"] == "10.1.0.1" and facts["changed"]
+    assert "via 10.2.0.1 dev eth1" in box.route_get()
+    assert box.main_table() == main_before  # dockerd's routes untouched
+    rules = sh(box.k, "ip -4 rule")
+    assert "30000:\tfrom all lookup main suppress_prefixlength 0 proto 211" in rules
+    assert "30090:\tfrom all lookup 30099 proto 211" in rules
+
+    # Out through the chosen gateway, with that interface's address.
+    assert box.connect(box.k, "198.51.101.10", 7000) == "10.2.0.2"
+    # A connection arriving on eth0 (not the default route any more) is answered through eth0.
+    assert box.connect(box.c0, "10.1.0.2", 7001) == "198.51.100.10"
+    assert "via 10.1.0.1 dev eth0" in box.route_get(src="10.1.0.2")
+    # Local subnets stay local, whatever the source.
+    local = box.route_get("10.2.0.1", src="10.1.0.2")
+    assert "dev eth1" in local and "via" not in local and "table" not in local
+
+    applied = box.dump()
+    decision2, _, facts2 = gateway.reconcile(box.path, atts)
+    assert decision2 == decision and not facts2["changed"] and box.dump() == applied
+
+    # dockerd moves its default route to b itself (say b was renamed to sort first): no override needed.
+    sh(box.k, "ip route replace default via 10.2.0.1 dev eth1")
+    decision3, _, _ = gateway.reconcile(box.path, atts)
+    assert not decision3.override and decision3.chosen.network_name == "b"
+    assert "30090" not in sh(box.k, "ip -4 rule") and "table 30099" not in sh(box.k, "ip route show table all")
+    assert "via 10.2.0.1 dev eth1" in box.route_get()
+    sh(box.k, "ip route replace default via 10.1.0.1 dev eth0")
+
+    assert gateway.remove(box.path)
+    assert box.dump() == before
+    assert not gateway.remove(box.path)
+
+
+def test_without_override_a_connection_on_the_second_interface_is_answered_from_it(box):
+    before = box.dump()
+    atts = [att("a", 1, 10), att("b", 2, 0, "default")]  # dockerd's choice (eth0) is the top priority
+    box.serve(box.k, 7001)
+    # Control: without source routing the reply to c1 leaves by eth0 and is lost.
+    assert box.connect(box.c1, "10.2.0.2", 7001, timeout=1).startswith("FAIL")
+
+    decision, routing, _ = gateway.reconcile(box.path, atts)
+    assert not decision.override and decision.chosen.network_name == "a"
+    assert "via 10.1.0.1 dev eth0" in box.route_get()
+    assert box.connect(box.c1, "10.2.0.2", 7001) == "198.51.101.10"
+    assert box.connect(box.c0, "10.1.0.2", 7001) == "198.51.100.10"
+
+    assert not gateway.apply(box.path, routing)  # twice = same
+    gateway.remove(box.path)
+    assert box.dump() == before
+
+
+def test_never_touches_rules_and_routes_that_are_not_ours(box):
+    sh(box.k, "ip rule add pref 30010 from 10.9.9.9 lookup 30100; ip route add 203.0.113.0/24 via 10.2.0.1 "
+              "table 30100; ip rule add pref 31000 lookup 77; ip route add default via 10.1.0.1 table 77")
+    before = box.dump()
+    gateway.reconcile(box.path, [att("a", 1, 0, "default"), att("b", 2, 10)])
+    after = box.dump()
+    for line in before.splitlines():
+        assert line in after
+    gateway.remove(box.path)
+    assert box.dump() == before
+
+
+def test_interface_gone_then_reconciled(box):
+    """dockerd disconnects b: the kernel drops our routes through eth1, the reconcile drops the rules."""
+    before = box.dump()
+    gateway.reconcile(box.path, [att("a", 1, 0, "default"), att("b", 2, 10)])
+    sh(box.k, "ip link del eth1")
+    decision, routing, _ = gateway.reconcile(box.path, [att("a", 1, 0, "default")])
+    assert not decision.override and {r.priority for r in routing.rules} == {30000, 30010}
+    dump = box.dump()
+    assert "30090" not in dump and "eth1" not in dump and "30101" not in dump
+    assert "via 10.1.0.1 dev eth0" in box.route_get()
+    gateway.remove(box.path)
+    assert box.dump() == "\n".join(line for line in before.splitlines() if "eth1" not in line) + "\n"
+
+
+def test_single_network_pins_established_connections_before_dockerd_moves_the_route(box):
+    """Seed scenario: container on a only, a long-lived connection out; dockerd attaches b and moves its
+    default route to b (b sorts first). The connection keeps leaving by eth0 with no watcher round-trip."""
+    sh(box.k, "ip link set eth1 down")  # "b not attached yet"
+    gateway.reconcile(box.path, [att("a", 1, 0, "default")])
+    assert "via 10.1.0.1 dev eth0" in box.route_get()
+    sh(box.k, "ip link set eth1 up; ip route replace default via 10.2.0.1 dev eth1")  # dockerd's doing
+    assert "via 10.2.0.1 dev eth1" in box.route_get()  # new connections: Docker's choice until reconciled
+    assert "via 10.1.0.1 dev eth0" in box.route_get(src="10.1.0.2")  # established ones stay
+
+
+def test_refuses_its_own_namespace_and_a_recycled_pid(box):
+    own = f"/var/run/netns/{box.k}"
+
+    def inside() -> str:
+        try:
+            gateway.apply(own, gateway.Routing())
+        except gateway.NotThatNetns as exc:
+            return str(exc)
+        return "applied"
+
+    assert "own network namespace" in in_netns(box.k, inside)
+    with pytest.raises(gateway.NotThatNetns):
+        gateway.apply(own, gateway.Routing(), expect=f"/var/run/netns/{box.g0}")
+    with pytest.raises(FileNotFoundError):
+        gateway.apply("/proc/999999999/ns/net", gateway.Routing())
+
+
+def test_remove_all_for_uninstall(box, tmp_path):
+    """`multinic cleanup` path: remove from every recorded container, by pid, checked against its sandbox."""
+    from plugin import watcher
+
+    before = box.dump()
+    gateway.reconcile(box.path, [att("a", 1, 0, "default"), att("b", 2, 10)])
+    holder = subprocess.Popen(["nsenter", f"--net={box.path}", "sleep", "30"])  # the "container's" process
+    try:
+        time.sleep(0.2)
+        watcher.write_decisions(tmp_path, {
+            "c1": {"container": "k", "pid": holder.pid, "sandbox": box.path},
+            "c2": {"container": "gone", "pid": os.getpid(), "sandbox": "/nonexistent"},  # never our own netns
+        })
+        assert watcher.remove_all(tmp_path) == 1
+        assert box.dump() == before and watcher.load_decisions(tmp_path) == {}
+    finally:
+        holder.kill()
+        holder.wait()
