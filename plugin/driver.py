@@ -16,16 +16,19 @@ from pyroute2 import IPRoute
 
 from . import netlink, ports
 from .errors import DriverError
+from .facts import ParentFacts
+from .firewall.rules import publish_addresses
 from .messages import (
     CreateEndpointRequest,
     CreateNetworkRequest,
     EndpointRef,
     JoinRequest,
     NetworkRef,
+    PortBinding,
     ProgramRequest,
 )
 from .options import NetworkOptions, parse_network_options
-from .reconcile import reconcile
+from .reconcile import gather_facts, reconcile
 from .state import EndpointRecord, NetworkRecord, ParentRecord, PublishedPort, State, Store
 from .tags import MAX_MARK_SLOT, TABLE_ALLOC_FIRST, TABLE_ALLOC_LAST
 
@@ -181,7 +184,9 @@ class Driver:
         return record, parent_record
 
     @staticmethod
-    def _parent_gateway(ipr, opts: NetworkOptions, facts, siblings: list[NetworkRecord]):
+    def _parent_gateway(
+        ipr: IPRoute, opts: NetworkOptions, facts: ParentFacts, siblings: list[NetworkRecord]
+    ) -> ipaddress.IPv4Address | None:
         if siblings:
             current = siblings[0].parent_gateway
             if opts.parent_gateway and str(opts.parent_gateway) != current:
@@ -205,7 +210,9 @@ class Driver:
         return next(primary.network.hosts())
 
     @staticmethod
-    def _table_and_mark(ipr, state: State, opts: NetworkOptions, siblings: list[NetworkRecord]):
+    def _table_and_mark(
+        ipr: IPRoute, state: State, opts: NetworkOptions, siblings: list[NetworkRecord]
+    ) -> tuple[int | None, int | None]:
         if siblings:
             table = siblings[0].table
             if opts.table is not None and opts.table != table:
@@ -314,10 +321,9 @@ class Driver:
             return {"Value": {}}
         return {"Value": {"ports": [dataclasses.asdict(p) for p in ep.ports]}}
 
-    def _publish_ips(self, ipr: IPRoute, net: NetworkRecord):
-        from .firewall.rules import publish_addresses
-        from .reconcile import gather_facts
-
+    @staticmethod
+    def _publish_ips(ipr: IPRoute, net: NetworkRecord) -> Callable[[str], tuple[str, ...]]:
+        """host_ip → the addresses a binding lands on, refusing addresses the host does not have."""
         local = {str(a.ip) for _n, a in netlink.all_ipv4_addresses(ipr)}
 
         def resolve(host_ip: str) -> tuple[str, ...]:
@@ -344,7 +350,9 @@ class Driver:
 
         return resolve
 
-    def _publish(self, state: State, ep: EndpointRecord, bindings) -> tuple[PublishedPort, ...]:
+    def _publish(
+        self, state: State, ep: EndpointRecord, bindings: tuple[PortBinding, ...]
+    ) -> tuple[PublishedPort, ...]:
         net = state.networks[ep.network_id]
         if net.internal or not bindings:
             return ()
