@@ -210,13 +210,20 @@ class Lab:
 
     ROLES = ("host", "r0", "r1", "c0", "c1")
 
-    def __init__(self, name: str, engine: str = "20.10", driver: str = "multinic", *, rp_filter: int = 2) -> None:
+    def __init__(
+        self, name: str, engine: str = "20.10", driver: str = "multinic", *, rp_filter: int = 2,
+        iptables: str = "nft",
+    ) -> None:
         if not re.fullmatch(r"[a-z0-9]{1,6}", name):
             raise ValueError(f"lab name must be 1-6 chars of [a-z0-9], got {name!r}")
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", driver):
             raise ValueError(f"bad driver name {driver!r}")
+        if iptables not in ("nft", "legacy"):
+            raise ValueError(f"iptables must be 'nft' or 'legacy', got {iptables!r}")
+        self.iptables = iptables  # the flavour the host's `iptables` is (dockerd and the plugin see it)
+        self.iptables_save = "iptables-save" if iptables == "nft" else "iptables-legacy-save"
         self.name = name
         self.engine = engine
         self.driver = driver
@@ -407,6 +414,21 @@ class Lab:
     def _dockerd_env(self) -> dict[str, str]:
         env = _clean_env()
         env["PATH"] = os.pathsep.join([*ENGINES[self.engine], env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
+        return self._with_iptables_flavour(env)
+
+    def _with_iptables_flavour(self, env: dict[str, str]) -> dict[str, str]:
+        """A legacy-iptables host: ``iptables*`` on PATH are the legacy tools (as after
+        ``update-alternatives --set iptables iptables-legacy``), for dockerd and the plugin alike."""
+        if self.iptables == "nft":
+            return env
+        shim = self.dir / "iptables-legacy-bin"
+        shim.mkdir(parents=True, exist_ok=True)
+        for tool in ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save",
+                     "ip6tables-restore"):
+            link = shim / tool
+            if not link.exists():
+                link.symlink_to(f"/usr/sbin/{tool.replace('tables', 'tables-legacy', 1)}")
+        env["PATH"] = os.pathsep.join([str(shim), env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
         return env
 
     def start_dockerd(self, extra_args: Iterable[str] = (), timeout: float = 90) -> None:
@@ -642,6 +664,7 @@ class Lab:
         )
         if env:
             penv.update(env)
+        penv = self._with_iptables_flavour(penv)
         cmd = [
             *self.nsenter(self.host_ns),
             self.plugin_python,
@@ -808,7 +831,7 @@ class Lab:
         return "\n".join(out) + "\n"
 
     def _iptables_table(self, table: str) -> list[str]:
-        proc = self.host("iptables-save", "-t", table, check=False)
+        proc = self.host(self.iptables_save, "-t", table, check=False)
         policies: dict[str, str] = {}
         rules: dict[str, list[str]] = {}
         for line in proc.stdout.splitlines():
