@@ -88,9 +88,17 @@ class ProgramRequest:
     ports: tuple[PortBinding, ...]
 
 
+EMPTY_BODY = (
+    "dockerd sent this request with an empty body: its retry after the plugin was restarted mid-call "
+    "re-sends the request without the body (measured with Engine 20.10); run the docker command again"
+)
+
+
 def _str(body: Mapping[str, Any], key: str, required: bool = True) -> str:
     value = body.get(key)
     if value is None or value == "":
+        if required and not body:
+            raise DriverError(EMPTY_BODY)
         if required:
             raise DriverError(f"request is missing {key}; this is a dockerd/plugin protocol mismatch")
         return ""

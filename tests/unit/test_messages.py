@@ -42,3 +42,8 @@ def test_bad_protocol_and_missing_ids():
         parse_join({"NetworkID": NID, "EndpointID": "e", "Options": {"com.docker.network.portmap": [{"Proto": 1}]}})
     with pytest.raises(DriverError, match="missing EndpointID"):
         parse_create_endpoint({"NetworkID": NID, "Interface": {}})
+
+
+def test_empty_body_says_dockerd_retry():
+    with pytest.raises(DriverError, match="empty body.*run the docker command again"):
+        parse_join({})
