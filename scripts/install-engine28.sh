@@ -17,6 +17,8 @@ set -eu
 PREFIX=${ENGINE28_PREFIX:-/opt/engine-28}
 DOCKER_VERSION=${ENGINE28_DOCKER_VERSION:-28.5.2+dfsg4-5}
 CONTAINERD_VERSION=${ENGINE28_CONTAINERD_VERSION:-2.1.9+ds1-5}
+# Compose v2 (a Go CLI plugin, also runs standalone): for the compose `driver_opts` tests.
+COMPOSE_VERSION=${ENGINE28_COMPOSE_VERSION:-2.40.3-3}
 SOURCES=/etc/apt/sources.list.d/debian.sources
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
@@ -33,7 +35,7 @@ done
 
 ROOT=$PREFIX/root
 STAMP=$PREFIX/.installed
-WANT="docker.io=$DOCKER_VERSION containerd=$CONTAINERD_VERSION"
+WANT="docker.io=$DOCKER_VERSION containerd=$CONTAINERD_VERSION docker-compose=$COMPOSE_VERSION"
 
 engine_env() {
     PATH=$ROOT/usr/bin:$ROOT/usr/sbin:$PATH
@@ -47,7 +49,8 @@ report() {
 }
 
 if [ "${ENGINE28_FORCE:-0}" != 1 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] \
-        && [ -x "$ROOT/usr/sbin/dockerd" ] && [ -x "$ROOT/usr/bin/containerd" ]; then
+        && [ -x "$ROOT/usr/sbin/dockerd" ] && [ -x "$ROOT/usr/bin/containerd" ] \
+        && [ -x "$ROOT/usr/libexec/docker/cli-plugins/docker-compose" ]; then
     say "already installed: $WANT in $ROOT"
     report
     exit 0
@@ -71,7 +74,8 @@ set -- -q -o "Dir::Etc::sourcelist=$APTDIR/sid.list" -o Dir::Etc::sourceparts=- 
 say "fetching sid package lists from $mirror"
 apt-get "$@" update -qq
 say "downloading $WANT"
-(cd "$APTDIR/debs" && apt-get "$@" download "docker.io=$DOCKER_VERSION" "containerd=$CONTAINERD_VERSION") \
+(cd "$APTDIR/debs" && apt-get "$@" download "docker.io=$DOCKER_VERSION" "containerd=$CONTAINERD_VERSION" \
+    "docker-compose=$COMPOSE_VERSION") \
     || die "could not download $WANT from sid (has the mirror moved on? available:
 $(apt-cache "$@" policy docker.io containerd 2>/dev/null | grep -E '^[a-z]|Candidate')
 set ENGINE28_DOCKER_VERSION / ENGINE28_CONTAINERD_VERSION to pin other versions)"
@@ -90,6 +94,7 @@ if [ -L "$ROOT.new/usr/bin/docker-init" ] && [ ! -e "$ROOT.new/usr/bin/docker-in
 fi
 [ -x "$ROOT.new/usr/sbin/dockerd" ] || die "dockerd missing after unpacking"
 [ -x "$ROOT.new/usr/bin/containerd" ] || die "containerd missing after unpacking"
+[ -x "$ROOT.new/usr/libexec/docker/cli-plugins/docker-compose" ] || die "docker-compose missing after unpacking"
 rm -rf "$ROOT"
 mv "$ROOT.new" "$ROOT"
 rm -rf "$APTDIR"

@@ -84,3 +84,16 @@ UDP_ECHO = (
 
 def udp_echo_cmd(port: int) -> list[str]:
     return ["/usr/bin/python3", "-c", UDP_ECHO.format(port=port)]
+
+
+COMPOSE = "/opt/engine-28/root/usr/libexec/docker/cli-plugins/docker-compose"
+
+
+def compose(lab, project_dir: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Compose v2 (installed by scripts/install-engine28.sh) run standalone against the lab's dockerd."""
+    env = dict(os.environ, DOCKER_HOST=lab.docker_host, COMPOSE_PROJECT_NAME="mnc")
+    proc = subprocess.run([COMPOSE, "--project-directory", project_dir, *args], capture_output=True, text=True,
+                          env=env, timeout=180)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"compose {' '.join(args)} failed: {proc.stderr}")
+    return proc
