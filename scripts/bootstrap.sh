@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 
 need=()
-for pkg in docker.io iptables nftables busybox-static conntrack iproute2 python3-venv; do
+for pkg in docker.io iptables nftables busybox-static conntrack iproute2 python3-venv debootstrap; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

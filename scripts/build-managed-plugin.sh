@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Build the managed (v2) plugin directory: DIR/config.json + DIR/rootfs (Debian bookworm minbase
+# with python3, iptables, nftables, iproute2 and multinic in /opt/multinic), ready for
+#   docker plugin create multinic:latest DIR && docker plugin enable multinic:latest
+# No registry is needed: the rootfs comes from debootstrap, multinic and its dependencies from
+# wheels built here. The base rootfs is cached in $MULTINIC_ROOTFS_CACHE (default
+# /var/cache/multinic/rootfs-bookworm).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: scripts/build-managed-plugin.sh DIR}
+cache=${MULTINIC_ROOTFS_CACHE:-/var/cache/multinic/rootfs-bookworm}
+export DEBIAN_FRONTEND=noninteractive
+
+if [[ ! -x "$cache/usr/bin/python3" ]]; then
+  command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >/dev/null
+  mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources)
+  rm -rf "$cache.new"
+  mkdir -p "$(dirname "$cache")"
+  debootstrap --variant=minbase --include=python3,python3-venv,iptables,nftables,iproute2 \
+    bookworm "$cache.new" "$mirror" >/dev/null
+  rm -rf "$cache"
+  mv "$cache.new" "$cache"
+fi
+
+rm -rf "$out"
+mkdir -p "$out"
+cp -a "$cache" "$out/rootfs"
+wheels=$out/rootfs/tmp/wheels
+mkdir -p "$wheels"
+.venv/bin/pip wheel -q --disable-pip-version-check -w "$wheels" . 2>/dev/null
+chroot "$out/rootfs" python3 -m venv /opt/multinic
+chroot "$out/rootfs" /opt/multinic/bin/pip install -q --disable-pip-version-check --no-index \
+  --find-links /tmp/wheels multinic
+rm -rf "$wheels"
+ln -sf /opt/multinic/bin/multinic "$out/rootfs/usr/local/bin/multinic"
+mkdir -p "$out/rootfs/run/docker/plugins" "$out/rootfs/var/lib/multinic"
+cp config.json "$out/config.json"
+echo "managed plugin ready in $out ($(du -sh "$out/rootfs" | cut -f1) rootfs)"
