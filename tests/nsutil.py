@@ -83,3 +83,41 @@ def scratch_netns(*names: str) -> Iterator[str | tuple[str, ...]]:
     finally:
         for name in created:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+_ECHO_PEER = (
+    "import socket,sys\n"
+    "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(16)\n"
+    "while True:\n"
+    "    c,a=s.accept(); c.sendall(a[0].encode()); c.close()\n"
+)
+_CONNECT = (
+    "import socket,sys\n"
+    "try:\n"
+    "    c=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))\n"
+    "    print(c.recv(100).decode())\n"
+    "except OSError as e:\n"
+    "    print('FAIL', e)\n"
+)
+
+
+def serve_peer(ns: str, port: int) -> subprocess.Popen:
+    """A TCP server in ``ns`` answering each connection with the peer's address; waits until it listens."""
+    import sys
+    import time
+
+    proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{ns}", sys.executable, "-c", _ECHO_PEER, str(port)])
+    deadline = time.monotonic() + 5
+    while f":{port} " not in sh(ns, "ss -ltnH") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc
+
+
+def connect(ns: str, addr: str, port: int, timeout: float = 3.0) -> str:
+    """Connect from ``ns``; what the server sent (the address it saw), or ``FAIL ...``."""
+    import sys
+
+    out = subprocess.run(["nsenter", f"--net=/var/run/netns/{ns}", sys.executable, "-c", _CONNECT, addr, str(port),
+                          str(timeout)], capture_output=True, text=True, timeout=timeout + 10)
+    return out.stdout.strip()

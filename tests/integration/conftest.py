@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 
 import pytest
 
-from tests.nsutil import in_netns, scratch_netns, sh
+from tests.nsutil import connect, in_netns, scratch_netns, serve_peer, sh
 
 pytestmark = pytest.mark.integration
 
@@ -20,22 +18,6 @@ if os.geteuid() != 0:  # pragma: no cover
         raise RuntimeError("integration tests need root in CI")
     pytest.skip("integration tests need root", allow_module_level=True)
 
-PY = sys.executable
-ECHO_PEER = (
-    "import socket,sys\n"
-    "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-    "s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(16)\n"
-    "while True:\n"
-    "    c,a=s.accept(); c.sendall(a[0].encode()); c.close()\n"
-)
-CONNECT = (
-    "import socket,sys\n"
-    "try:\n"
-    "    c=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))\n"
-    "    print(c.recv(100).decode())\n"
-    "except OSError as e:\n"
-    "    print('FAIL', e)\n"
-)
 
 
 @dataclass
@@ -51,14 +33,10 @@ class Topo:
     servers: list[subprocess.Popen] = field(default_factory=list)
 
     def serve_peer(self, ns: str, port: int) -> None:
-        proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{ns}", PY, "-c", ECHO_PEER, str(port)])
-        self.servers.append(proc)
-        time.sleep(0.3)
+        self.servers.append(serve_peer(ns, port))
 
     def connect(self, ns: str, addr: str, port: int, timeout: float = 3.0) -> str:
-        out = subprocess.run(["nsenter", f"--net=/var/run/netns/{ns}", PY, "-c", CONNECT, addr, str(port),
-                              str(timeout)], capture_output=True, text=True, timeout=timeout + 10)
-        return out.stdout.strip()
+        return connect(ns, addr, port, timeout)
 
     def dump(self) -> str:
         return sh(self.host, "ip -4 rule; ip -4 route show table all; ip -br link; iptables-save | grep -v '^#'; "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
@@ -20,7 +19,7 @@ from ipaddress import IPv4Address, IPv4Interface
 import pytest
 
 from plugin import gateway
-from tests.nsutil import in_netns, scratch_netns, sh
+from tests.nsutil import connect, in_netns, scratch_netns, serve_peer, sh
 
 pytestmark = pytest.mark.integration
 
@@ -29,22 +28,6 @@ if os.geteuid() != 0:  # pragma: no cover
         raise RuntimeError("integration tests need root in CI")
     pytest.skip("integration tests need root", allow_module_level=True)
 
-PY = sys.executable
-ECHO_PEER = (
-    "import socket,sys\n"
-    "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-    "s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(16)\n"
-    "while True:\n"
-    "    c,a=s.accept(); c.sendall(a[0].encode()); c.close()\n"
-)
-CONNECT = (
-    "import socket,sys\n"
-    "try:\n"
-    "    c=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))\n"
-    "    print(c.recv(100).decode())\n"
-    "except OSError as e:\n"
-    "    print('FAIL', e)\n"
-)
 
 
 @dataclass
@@ -61,16 +44,10 @@ class Box:
         return f"/var/run/netns/{self.k}"
 
     def serve(self, ns: str, port: int) -> None:
-        proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{ns}", PY, "-c", ECHO_PEER, str(port)])
-        self.servers.append(proc)
-        deadline = time.monotonic() + 5
-        while f":{port} " not in sh(ns, "ss -ltnH") and time.monotonic() < deadline:
-            time.sleep(0.05)
+        self.servers.append(serve_peer(ns, port))
 
     def connect(self, ns: str, addr: str, port: int, timeout: float = 2.0) -> str:
-        out = subprocess.run(["nsenter", f"--net=/var/run/netns/{ns}", PY, "-c", CONNECT, addr, str(port),
-                              str(timeout)], capture_output=True, text=True, timeout=timeout + 10)
-        return out.stdout.strip()
+        return connect(ns, addr, port, timeout)
 
     def route_get(self, dst: str = "198.18.0.1", src: str | None = None) -> str:
         return sh(self.k, f"ip -4 route get {dst}" + (f" from {src}" if src else "")).strip()
