@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import re
 
 import pytest
 
@@ -96,3 +97,19 @@ def test_ten_containers_started_at_once_all_work(mn):
         for name in wanted:
             out = lab.docker("exec", name, "sh", "-c", "nc 198.51.100.10 7001 </dev/null").stdout.strip()
             assert out == "192.168.101.2", name
+
+
+def test_internal_network_has_no_egress(mn):
+    lab = mn
+    lab.serve_peer_echo(lab.c1_ns, 7002)
+    with network(lab, "sealed", "--internal", "--opt", "parent=eth1", "--subnet", "10.17.0.0/24"), \
+            containers(lab) as names:
+        run(lab, names, "sealed1", "--network", "sealed")
+        run(lab, names, "sealed2", "--network", "sealed", cmd=web_cmd("inside"))
+        out = lab.docker("exec", "sealed1", "sh", "-c", "timeout 3 nc 198.51.100.10 7002 </dev/null", check=False)
+        assert out.stdout.strip() != "192.168.101.2"
+        # containers of the internal network still reach each other
+        ip = inspect_ip(lab, "sealed2", "sealed")
+        assert lab.docker("exec", "sealed1", "sh", "-c", f"timeout 5 wget -qO- http://{ip}/").stdout == "inside\n"
+        # no parent table or rules: an internal network never egresses, whatever parent says
+        assert not re.search(r"lookup 20\d{3}", lab.host("ip", "rule").stdout)
