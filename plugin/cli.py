@@ -53,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log.error("docker engine %s is too old: multinic needs Engine 20.10 or newer", info.version)
             return 2
     driver = Driver(store)
-    known = engine.network_ids(driver_name(sock), timeout=3) if info else None
+    known = engine.network_ids(timeout=3) if info else None
     driver.recover(known)
 
     Path(sock).parent.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,7 @@ class RouteSpec:
     dev: str
     gateway: ipaddress.IPv4Address | None = None
     prefsrc: ipaddress.IPv4Address | None = None
+    unreachable: bool = False  # a fail-closed "unreachable" route (no dev), below the real default
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,15 @@ def host_state(state: State, facts: Mapping[str, ParentFacts]) -> HostState:
         parent = facts.get(net.parent)
         subnet = ipaddress.IPv4Network(net.subnet)
         routes.add(RouteSpec(table=net.table, dst=subnet, dev=net.bridge, prefsrc=gw.ip))
-        if parent is not None and parent.exists:
-            for addr in parent.addresses:
-                routes.add(RouteSpec(table=net.table, dst=addr.network, dev=net.parent, prefsrc=addr.ip))
+        # Fail closed: if the parent is down or gone (its routes vanish with it), the subnet's
+        # traffic must not fall through to main and leak out of another NIC.
+        routes.add(RouteSpec(table=net.table, dst=ipaddress.IPv4Network("0.0.0.0/0"), dev="", unreachable=True))
+        if parent is not None and parent.exists and parent.up:
+            subnets: dict[ipaddress.IPv4Network, ipaddress.IPv4Address] = {}
+            for addr in parent.addresses:  # one route per subnet: the kernel keeps only one
+                subnets.setdefault(addr.network, addr.ip)
+            for dst, src in subnets.items():
+                routes.add(RouteSpec(table=net.table, dst=dst, dev=net.parent, prefsrc=src))
             if net.parent_gateway:
                 routes.add(
                     RouteSpec(

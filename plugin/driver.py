@@ -172,7 +172,9 @@ class Driver:
             subnet=str(subnet),
             gateway=str(pool.gateway),
             internal=req.internal,
-            parent=opts.parent,
+            # An internal network never egresses: it keeps no parent, so it can never lend
+            # empty table/mark values to a later network on that NIC.
+            parent=None if req.internal else opts.parent,
             parent_gateway=str(parent_gateway) if parent_gateway else None,
             table=table,
             mark_slot=slot,
@@ -207,7 +209,12 @@ class Driver:
         if found:
             return found
         primary = facts.primary
-        return next(primary.network.hosts())
+        if primary.network.prefixlen >= 31:
+            raise DriverError(
+                f"option parent_gateway: {opts.parent} has a {primary} address with no other host on its "
+                f"subnet and no default route through it; give the next hop with --opt parent_gateway=IP"
+            )
+        return next(iter(primary.network.hosts()))
 
     @staticmethod
     def _table_and_mark(
@@ -262,9 +269,11 @@ class Driver:
             for ep in list(state.endpoints.values()):
                 if ep.network_id == req.network_id:
                     del state.endpoints[ep.id]
-            idle = self._forget_idle_parents(state)
             self._commit(state)
-            self._restore_parents(idle)
+            # Only now put rp_filter back and forget the parent: if the plugin dies before,
+            # the record is still there and recover() restores it.
+            self._restore_parents(self._forget_idle_parents(state))
+            self.store.save(state)
         log.info("deleted network %s", req.network_id[:12])
         return {}
 
@@ -327,6 +336,8 @@ class Driver:
         local = {str(a.ip) for _n, a in netlink.all_ipv4_addresses(ipr)}
 
         def resolve(host_ip: str) -> tuple[str, ...]:
+            if host_ip == "0.0.0.0":
+                host_ip = ""  # -p 0.0.0.0:P:C (common in compose files) means "not specified"
             if host_ip:
                 try:
                     ip = ipaddress.ip_address(host_ip)
@@ -336,10 +347,16 @@ class Driver:
                     raise DriverError(
                         f"published host address {host_ip} is IPv6; multinic publishes IPv4 only"
                     )
+                if ip.is_loopback:
+                    raise DriverError(
+                        f"published host address {host_ip} is a loopback address, which multinic cannot "
+                        "DNAT into a bridge; publish on the parent's address instead (-p HOSTPORT:PORT)"
+                    )
                 if host_ip not in local:
                     raise DriverError(
                         f"published host address {host_ip} is not an address of this host; "
-                        f"use one of {', '.join(sorted(local))} or leave it out (-p HOSTPORT:PORT)"
+                        f"use one of {', '.join(sorted(a for a in local if not a.startswith('127.')))} "
+                        "or leave it out (-p HOSTPORT:PORT)"
                     )
             addrs = publish_addresses(net, host_ip, gather_facts(ipr, State(networks={net.id: net})))
             if not addrs:
@@ -351,12 +368,20 @@ class Driver:
         return resolve
 
     def _publish(
-        self, state: State, ep: EndpointRecord, bindings: tuple[PortBinding, ...]
+        self, state: State, ep: EndpointRecord, bindings: tuple[PortBinding, ...], sandbox: str
     ) -> tuple[PublishedPort, ...]:
+        """dockerd sends the container's whole port map to every Join: the ports the same
+        container (sandbox) already publishes through its other multinic endpoints are its own,
+        not a conflict."""
         net = state.networks[ep.network_id]
         if net.internal or not bindings:
             return ()
-        taken = [p for other in state.endpoints.values() if other.id != ep.id for p in other.ports]
+        taken = [
+            p
+            for other in state.endpoints.values()
+            if other.id != ep.id and not (sandbox and other.sandbox_key == sandbox)
+            for p in other.ports
+        ]
         with IPRoute() as ipr:
             return ports.allocate(bindings, self._publish_ips(ipr, net), taken)
 
@@ -366,7 +391,7 @@ class Driver:
             ep = state.endpoints.get(req.endpoint_id)
             if ep is None:
                 raise DriverError(f"endpoint {req.endpoint_id[:12]} was never created; retry the command")
-            published = self._publish(state, ep, req.ports)
+            published = self._publish(state, ep, req.ports, req.sandbox_key)
             state.endpoints[ep.id] = dataclasses.replace(
                 ep, joined=True, sandbox_key=req.sandbox_key, ports=published
             )
@@ -399,7 +424,9 @@ class Driver:
             ep = state.endpoints.get(req.endpoint_id)
             if ep is None or not ep.joined or ep.ports or not req.ports:
                 return {}
-            state.endpoints[ep.id] = dataclasses.replace(ep, ports=self._publish(state, ep, req.ports))
+            state.endpoints[ep.id] = dataclasses.replace(
+                ep, ports=self._publish(state, ep, req.ports, ep.sandbox_key)
+            )
             self._commit(state)
         return {}
 

@@ -49,14 +49,17 @@ def engine_info(timeout: int = 5) -> EngineInfo | None:
     return EngineInfo(version=str(data.get("Version", "?")), api_version=str(data.get("ApiVersion", "?")))
 
 
-def network_ids(driver_name: str, timeout: int = 5) -> set[str] | None:
-    """Ids of the networks dockerd has for our driver; None if it does not answer."""
+def network_ids(timeout: int = 5) -> set[str] | None:
+    """Ids of every network dockerd has, whatever its driver; None if it does not answer.
+
+    Not filtered by driver name: a managed plugin's networks report ``multinic:latest``, a legacy
+    one's ``multinic``; an id dockerd no longer has at all is what makes a network ours to forget."""
     try:
         nets = client(timeout).api.networks()
     except Exception as exc:  # noqa: BLE001
         log.info("cannot list docker networks: %s", exc)
         return None
-    return {n["Id"] for n in nets if n.get("Driver") == driver_name}
+    return {n["Id"] for n in nets}
 
 
 def endpoint_owners(timeout: int = 5) -> dict[str, dict[str, str]]:

@@ -14,6 +14,7 @@ class ParentFacts:
     exists: bool
     addresses: tuple[ipaddress.IPv4Interface, ...] = ()
     mtu: int = 1500
+    up: bool = True
 
     @property
     def primary(self) -> ipaddress.IPv4Interface | None:

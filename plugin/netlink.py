@@ -19,6 +19,9 @@ from .facts import ParentFacts
 from .tags import LINK_BRIDGE, LINK_VETH, RT_PROTO, link_alias, parse_link_alias
 
 SCOPE_LINK = 253
+RTN_UNREACHABLE = 7
+LAST_RESORT_METRIC = 0xFFFFFFFF  # below any real route with the same destination
+IFF_UP = 0x1
 SCOPE_UNIVERSE = 0
 AF_INET = 2
 LOCAL_TABLES = {253, 254, 255}
@@ -62,7 +65,8 @@ def parent_facts(ipr: IPRoute, ifname: str) -> ParentFacts:
         return ParentFacts(ifname=ifname, exists=False)
     link = ipr.get_links(index)[0]
     return ParentFacts(
-        ifname=ifname, exists=True, addresses=ipv4_addresses(ipr, index), mtu=_attr(link, "IFLA_MTU", 1500)
+        ifname=ifname, exists=True, addresses=ipv4_addresses(ipr, index), mtu=_attr(link, "IFLA_MTU", 1500),
+        up=bool(link["flags"] & IFF_UP),
     )
 
 
@@ -126,6 +130,13 @@ def all_routes(ipr: IPRoute) -> list[Any]:
 
 
 def _route_spec(msg: Any, names: dict[int, str]) -> RouteSpec | None:
+    if msg["type"] == RTN_UNREACHABLE:
+        return RouteSpec(
+            table=_attr(msg, "RTA_TABLE", msg["table"]),
+            dst=ipaddress.IPv4Network(f"{_attr(msg, 'RTA_DST', '0.0.0.0')}/{msg['dst_len']}"),
+            dev="",
+            unreachable=True,
+        )
     dev = names.get(_attr(msg, "RTA_OIF"))
     if dev is None:
         return None
@@ -152,6 +163,11 @@ def owned_routes(ipr: IPRoute) -> set[RouteSpec]:
 
 
 def _route_args(ipr: IPRoute, spec: RouteSpec) -> dict[str, Any]:
+    if spec.unreachable:
+        return {
+            "dst": str(spec.dst.network_address), "dst_len": spec.dst.prefixlen, "table": spec.table,
+            "type": "unreachable", "priority": LAST_RESORT_METRIC, "proto": RT_PROTO,
+        }
     args: dict[str, Any] = {
         "dst": str(spec.dst.network_address),
         "dst_len": spec.dst.prefixlen,

@@ -106,19 +106,25 @@ def nat_postrouting_rules(state: State) -> tuple[Rule, ...]:
 
 
 def forward_rules(state: State) -> tuple[Rule, ...]:
-    rules: list[Rule] = []
+    """Accepts that must hold whatever the isolation says come first, for every bridge: replies,
+    intra-bridge traffic and published ports (DNAT), also when reached from another bridge.
+    Then, per bridge, isolation drops and the bridge's own egress/ingress policy."""
     nets = sorted(state.networks.values(), key=lambda n: n.bridge)
+    rules: list[Rule] = []
     for net in nets:
         b = net.bridge
-        others = (*DOCKER_BRIDGES, *(o.bridge for o in nets if o.bridge != b))
         rules.append(("-o", b, *CTSTATE, "RELATED,ESTABLISHED", "-j", "ACCEPT"))
         rules.append(("-i", b, *CTSTATE, "RELATED,ESTABLISHED", "-j", "ACCEPT"))
         rules.append(("-i", b, "-o", b, "-j", "ACCEPT"))
+        if not net.internal:
+            rules.append(("-o", b, *CTSTATE, "DNAT", "-j", "ACCEPT"))
+    for net in nets:
+        b = net.bridge
         if net.internal:
             rules.append(("-i", b, "-j", "DROP"))
             rules.append(("-o", b, "-j", "DROP"))
             continue
-        rules.append(("-o", b, *CTSTATE, "DNAT", "-j", "ACCEPT"))
+        others = (*DOCKER_BRIDGES, *(o.bridge for o in nets if o.bridge != b))
         rules += [("-i", b, "-o", other, "-j", "DROP") for other in others]
         rules.append(("-i", b, "-j", "ACCEPT"))
         if not net.masquerade:

@@ -106,8 +106,12 @@ def test_internal_network_has_no_egress(mn):
             containers(lab) as names:
         run(lab, names, "sealed1", "--network", "sealed")
         run(lab, names, "sealed2", "--network", "sealed", cmd=web_cmd("inside"))
-        out = lab.docker("exec", "sealed1", "sh", "-c", "timeout 3 nc 198.51.100.10 7002 </dev/null", check=False)
-        assert out.stdout.strip() != "192.168.101.2"
+        lab.serve_peer_echo(lab.c0_ns, 7003)
+        # give r0 a way back to the subnet, so only the plugin's firewall can stop the traffic
+        lab.run(lab.r0_ns, "ip", "route", "replace", "10.17.0.0/24", "via", "192.168.100.2")
+        for client in ("198.51.100.10 7002", "203.0.113.10 7003"):  # behind eth1, behind eth0
+            out = lab.docker("exec", "sealed1", "sh", "-c", f"timeout 3 nc {client} </dev/null", check=False)
+            assert out.stdout.strip() == "", (client, out.stdout)
         # containers of the internal network still reach each other
         ip = inspect_ip(lab, "sealed2", "sealed")
         assert lab.docker("exec", "sealed1", "sh", "-c", f"timeout 5 wget -qO- http://{ip}/").stdout == "inside\n"

@@ -6,7 +6,17 @@ import socket
 import subprocess
 import sys
 
-from tests.e2e.helpers import HOST_PYTHON, containers, network, run, status, udp_echo_cmd, wait_for, web_cmd
+from tests.e2e.helpers import (
+    HOST_PYTHON,
+    containers,
+    inspect_ip,
+    network,
+    run,
+    status,
+    udp_echo_cmd,
+    wait_for,
+    web_cmd,
+)
 
 
 def test_seed_case_client_behind_eth1_gets_the_page(mn):
@@ -163,3 +173,42 @@ def test_sctp_port_is_published(mn):
         assert rows and rows[0]["proto"] == "sctp" and rows[0]["host"] == "192.168.101.2:4014"
         nat = lab.host("iptables", "-t", "nat", "-S", "MULTINIC-DNAT").stdout
         assert "-p sctp -m sctp --dport 4014 -j DNAT" in nat
+
+
+def test_container_on_two_networks_of_one_parent_keeps_its_ports(mn):
+    """dockerd sends the whole port map to every Join: the second endpoint's is not a conflict."""
+    lab = mn
+    with network(lab, "two_a", "--opt", "parent=eth1", "--subnet", "10.36.0.0/24"), \
+            network(lab, "two_b", "--opt", "parent=eth1", "--subnet", "10.37.0.0/24"), containers(lab) as names:
+        run(lab, names, "two-web", "--network", "two_a", "-p", "4050:80", cmd=web_cmd("two"))
+        lab.docker("network", "connect", "two_b", "two-web")
+        assert wait_for(lambda: lab.http_get(lab.c1_ns, "http://192.168.101.2:4050/")) == "two\n"
+        lab.docker("network", "disconnect", "two_b", "two-web")
+        assert wait_for(lambda: lab.http_get(lab.c1_ns, "http://192.168.101.2:4050/")) == "two\n"
+
+
+def test_published_ports_across_two_multinic_networks_both_ways(mn):
+    lab = mn
+    with network(lab, "cross_a", "--opt", "parent=eth1", "--subnet", "10.38.0.0/24"), \
+            network(lab, "cross_b", "--opt", "parent=eth1", "--subnet", "10.39.0.0/24"), containers(lab) as names:
+        run(lab, names, "cross-a", "--network", "cross_a", "-p", "4051:80", cmd=web_cmd("from-a"))
+        run(lab, names, "cross-b", "--network", "cross_b", "-p", "4052:80", cmd=web_cmd("from-b"))
+        for client, port, want in (("cross-a", 4052, "from-b\n"), ("cross-b", 4051, "from-a\n")):
+            out = wait_for(lambda c=client, p=port: lab.docker(
+                "exec", c, "sh", "-c", f"timeout 5 wget -qO- http://192.168.101.2:{p}/", check=False).stdout)
+            assert out == want, (client, port)
+        # but no direct path between the two bridges (isolation)
+        ip_b = inspect_ip(lab, "cross-b", "cross_b")
+        out = lab.docker("exec", "cross-a", "sh", "-c", f"timeout 3 wget -qO- http://{ip_b}/", check=False)
+        assert out.returncode != 0
+
+
+def test_host_ip_any_and_loopback(mn):
+    lab = mn
+    with network(lab, "anynet", "--opt", "parent=eth1", "--subnet", "10.42.0.0/24"), containers(lab) as names:
+        run(lab, names, "any-web", "--network", "anynet", "-p", "0.0.0.0:4053:80", cmd=web_cmd("any"))
+        assert wait_for(lambda: lab.http_get(lab.c1_ns, "http://192.168.101.2:4053/")) == "any\n"
+        names.append("lo-web")
+        proc = lab.docker("run", "-d", "--name", "lo-web", "--network", "anynet", "-p", "127.0.0.1:4054:80",
+                          "mn-busybox:latest", "sleep", "60", check=False)
+        assert proc.returncode != 0 and "127.0.0.1 is a loopback address" in proc.stderr, proc.stderr

@@ -140,3 +140,41 @@ def test_shared_parent_shares_table_and_mark_until_last_network(topo):
     assert sh(topo.host, "cat /proc/sys/net/ipv4/conf/eth1/rp_filter").strip() == "2"
     assert topo.in_host(call, topo.state_dir, "DeleteNetwork", {"NetworkID": "b2" * 32})["status"] == 200
     assert topo.dump() == before
+
+
+def test_internal_network_with_parent_does_not_poison_later_networks(topo):
+    before = topo.dump()
+    internal = {"NetworkID": "c3" * 32, "Options": {"com.docker.network.generic": {"parent": "eth1"},
+                                                     "com.docker.network.internal": True},
+                "IPv4Data": [{**SUBNET, "Pool": "10.12.0.0/24", "Gateway": "10.12.0.1/24"}], "IPv6Data": []}
+    assert topo.in_host(call, topo.state_dir, "CreateNetwork", internal)["status"] == 200
+    assert create_network(topo, {"parent": "eth1"})["status"] == 200
+    rules = sh(topo.host, "ip rule")
+    assert "from 10.10.0.0/24 lookup 20000" in rules and "fwmark 0x10000/0xff0000 lookup 20000" in rules
+    assert "10.12.0.0" not in rules
+    for nid in (NID, "c3" * 32):
+        assert topo.in_host(call, topo.state_dir, "DeleteNetwork", {"NetworkID": nid})["status"] == 200
+    assert topo.dump() == before
+
+
+def test_parent_down_fails_closed_and_other_networks_keep_working(topo):
+    from plugin.driver import Driver
+    from plugin.state import Store
+
+    assert create_network(topo, {"parent": "eth1"})["status"] == 200
+    attach_container(topo)
+    topo.serve_peer(topo.c1, 7000)
+    sh(topo.host, "ip link set eth1 down")
+    # nothing leaks out of eth0 while eth1 is down
+    got = sh(topo.host, f"ip route get 203.0.113.9 from 10.10.0.2 iif mn-{NID[:12]} 2>&1", check=False)
+    assert "No route to host" in got or "unreachable" in got, got
+    assert "dev eth0" not in got
+    # other verbs still work, on other networks and on this one
+    other = create_network(topo, {}, {**SUBNET, "Pool": "10.13.0.0/24", "Gateway": "10.13.0.1/24"}, nid="d4" * 32)
+    assert other["status"] == 200, other
+    assert topo.in_host(call, topo.state_dir, "DeleteNetwork", {"NetworkID": "d4" * 32})["status"] == 200
+    # eth1 back: the next reconcile (the healer's) restores the parent's routes
+    sh(topo.host, "ip link set eth1 up")
+    topo.in_host(lambda: Driver(Store(topo.state_dir)).recover(None) and None)
+    assert topo.connect(topo.k, "198.51.100.10", 7000) == "192.168.101.2"
+    detach_and_remove(topo)
