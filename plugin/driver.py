@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import time
 from typing import Any, Callable
 
 from pyroute2 import IPRoute
@@ -182,6 +183,7 @@ class Driver:
             masquerade=opts.masquerade,
             gw_priority=opts.gw_priority,
             options={k: str(v) for k, v in req.generic.items()},
+            created=time.time(),
         )
         return record, parent_record
 
@@ -309,6 +311,7 @@ class Driver:
                     host_veth=host,
                     peer_veth=peer,
                     gw_priority=req.options.gw_priority,
+                    created=time.time(),
                 )
                 try:
                     self._commit(state)
@@ -433,6 +436,31 @@ class Driver:
     def revoke_external_connectivity(self, req: EndpointRef) -> dict[str, Any]:
         """Nothing to undo: published ports follow the endpoint (removed at Leave), not the gateway."""
         return {}
+
+    def collect_garbage(self, docker_view: dict[str, set[str]], now: float, grace: float = 120.0) -> list[str]:
+        """Forget what dockerd no longer has: it never says so when the plugin was down or killed
+        during ``docker stop``/``network rm`` (a ghost endpoint keeps its DNAT rules pointing at an
+        address IPAM hands to the next container). ``docker_view``: network id → endpoint ids of
+        running containers, for every network dockerd has. Records younger than ``grace`` are left
+        alone: dockerd lists a network or endpoint only after the driver call that creates it."""
+        forgotten: list[str] = []
+        with self.store.locked() as state:
+            for nid, net in list(state.networks.items()):
+                if nid not in docker_view and now - net.created > grace:
+                    del state.networks[nid]
+                    forgotten.append(f"network {nid[:12]}")
+            for eid, ep in list(state.endpoints.items()):
+                gone = ep.network_id not in state.networks
+                stale = ep.network_id in docker_view and eid not in docker_view[ep.network_id]
+                if gone or (stale and now - ep.created > grace):
+                    del state.endpoints[eid]
+                    forgotten.append(f"endpoint {eid[:12]}")
+            if forgotten:
+                log.warning("forgetting what dockerd no longer has: %s", ", ".join(forgotten))
+                self._commit(state)
+                self._restore_parents(self._forget_idle_parents(state))
+                self.store.save(state)
+        return forgotten
 
     # -- recovery -------------------------------------------------------------------------
     def recover(self, known_networks: set[str] | None) -> State:

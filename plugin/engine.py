@@ -77,3 +77,18 @@ def endpoint_owners(timeout: int = 5) -> dict[str, dict[str, str]]:
     except Exception as exc:  # noqa: BLE001
         log.info("cannot read docker endpoints: %s", exc)
     return out
+
+
+def endpoints_by_network(timeout: int = 5) -> dict[str, set[str]] | None:
+    """network id → endpoint ids of its running containers, for every network dockerd has;
+    None if dockerd does not answer (then nothing may be garbage-collected)."""
+    try:
+        api = client(timeout).api
+        view = {}
+        for net in api.networks():
+            detail = api.inspect_network(net["Id"])
+            view[net["Id"]] = {info.get("EndpointID", "") for info in (detail.get("Containers") or {}).values()}
+        return view
+    except Exception as exc:  # noqa: BLE001
+        log.info("cannot read docker networks: %s", exc)
+        return None

@@ -10,12 +10,13 @@ the full reconcile (under the state lock) when they drift, and unconditionally e
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
 from pyroute2 import IPRoute
 
-from . import background, netlink
+from . import background, engine, netlink
 from .background import BackgroundProcess
 from .desired import host_state
 from .driver import Driver
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 2.0
 FULL_INTERVAL = 30.0
+# Garbage collection of what dockerd forgot to tell us (env overrides exist for the tests).
+GC_INTERVAL = float(os.environ.get("MULTINIC_GC_INTERVAL", "60"))
+GC_GRACE = float(os.environ.get("MULTINIC_GC_GRACE", "120"))
 
 
 def drift(state: State) -> list[str]:
@@ -47,7 +51,7 @@ def drift(state: State) -> list[str]:
 
 def run(store: Store, stop_event: Any) -> None:
     driver = Driver(store)
-    last_full = time.monotonic()
+    last_full = last_gc = time.monotonic()
     while not stop_event.wait(CHECK_INTERVAL):
         try:
             state = store.load()
@@ -59,6 +63,11 @@ def run(store: Store, stop_event: Any) -> None:
                     log.warning("kernel drifted from state (%s); re-applying", "; ".join(reasons))
                 driver.recover(None)
                 last_full = time.monotonic()
+            if time.monotonic() - last_gc > GC_INTERVAL:
+                last_gc = time.monotonic()
+                view = engine.endpoints_by_network(timeout=5)
+                if view is not None:
+                    driver.collect_garbage(view, time.time(), grace=GC_GRACE)
         except Exception:  # noqa: BLE001 - keep healing; the next round may succeed
             log.exception("healer round failed")
 

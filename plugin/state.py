@@ -46,6 +46,7 @@ class NetworkRecord:
     masquerade: bool = True
     gw_priority: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    created: float = 0.0  # unix time; garbage collection leaves young records alone
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class EndpointRecord:
     joined: bool = False
     sandbox_key: str = ""
     ports: tuple[PublishedPort, ...] = ()
+    created: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -34,3 +34,26 @@ def test_plugin_restart_keeps_running_containers_working(mn):
         run(lab, names, "live2", "--network", "live")
         out = lab.docker("exec", "live2", "sh", "-c", "nc 198.51.100.10 7010 </dev/null").stdout.strip()
         assert out == "192.168.101.2"
+
+
+def test_ghost_endpoint_of_a_container_removed_while_the_plugin_was_down_is_collected(mn):
+    """dockerd only logs a failed Leave/DeleteEndpoint: the plugin must notice by itself that the
+    endpoint is gone, or its DNAT keeps pointing at an address IPAM hands to the next container."""
+    lab = mn
+    lab.stop_plugin()
+    lab.start_plugin(env={"MULTINIC_GC_INTERVAL": "2", "MULTINIC_GC_GRACE": "1"})
+    try:
+        with network(lab, "ghostnet", "--opt", "parent=eth1", "--subnet", "10.43.0.0/24"), \
+                containers(lab) as names:
+            run(lab, names, "ghost", "--network", "ghostnet", "-p", "4060:80", cmd=web_cmd("ghost"))
+            assert "--dport 4060" in lab.host("iptables", "-t", "nat", "-S", "MULTINIC-DNAT").stdout
+            lab.stop_plugin()
+            lab.docker("rm", "-f", "ghost", timeout=180)  # dockerd retries the plugin ~30 s, then gives up
+            lab.start_plugin(env={"MULTINIC_GC_INTERVAL": "2", "MULTINIC_GC_GRACE": "1"})
+            assert wait_for(lambda: "--dport 4060" not in lab.host("iptables", "-t", "nat", "-S",
+                                                                   "MULTINIC-DNAT").stdout, timeout=20)
+            # and the port is free again
+            run(lab, names, "ghost2", "--network", "ghostnet", "-p", "4060:80", cmd=web_cmd("again"))
+            assert wait_for(lambda: lab.http_get(lab.c1_ns, "http://192.168.101.2:4060/")) == "again\n"
+    finally:
+        lab.stop_plugin()  # the next test's `mn` starts it again with the defaults

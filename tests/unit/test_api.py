@@ -118,3 +118,30 @@ def test_engine_version_gate():
     assert EngineInfo("28.5.2", "1.51").supported
     assert not EngineInfo("19.03.15", "1.40").supported
     assert not EngineInfo("garbage", "?").supported
+
+
+def test_garbage_collection_forgets_only_old_records_dockerd_lacks(tmp_path):
+    from plugin.state import EndpointRecord, NetworkRecord, State
+
+    applied = []
+    store = Store(tmp_path)
+    state = State()
+    for nid, created in (("gone", 0.0), ("young", 990.0), ("kept", 0.0)):
+        state.networks[nid] = NetworkRecord(id=nid, bridge=nid, subnet="10.0.0.0/24", gateway="10.0.0.1/24",
+                                            created=created)
+    for eid, nid, created in (("ghost", "kept", 0.0), ("live", "kept", 0.0), ("new", "kept", 990.0),
+                              ("orphan", "gone", 0.0)):
+        state.endpoints[eid] = EndpointRecord(id=eid, network_id=nid, address="10.0.0.2/24", mac="",
+                                              host_veth="h", peer_veth="p", created=created)
+    store.save(state)
+    forgotten = Driver(store, reconciler=applied.append).collect_garbage({"kept": {"live"}}, now=1000.0)
+    left = store.load()
+    assert set(left.networks) == {"young", "kept"}
+    assert set(left.endpoints) == {"live", "new"}
+    assert "network gone" in forgotten and "endpoint ghost" in forgotten
+    assert applied and applied[-1].endpoints.keys() == {"live", "new"}
+    # nothing to forget: no kernel work at all
+    applied.clear()
+    assert Driver(store, reconciler=applied.append).collect_garbage({"kept": {"live", "new"}, "young": set()},
+                                                                    now=1000.0) == []
+    assert applied == []
