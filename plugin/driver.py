@@ -416,6 +416,7 @@ class Driver:
             if ep is not None and (ep.joined or ep.ports):
                 state.endpoints[ep.id] = dataclasses.replace(ep, joined=False, ports=(), sandbox_key="")
                 self._commit(state)
+                ports.forget_flows(ep.ports)
         return {}
 
     def program_external_connectivity(self, req: ProgramRequest) -> dict[str, Any]:

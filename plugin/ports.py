@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import shutil
 import socket
+import subprocess
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -48,6 +50,20 @@ def port_is_bindable(proto: str, host_ip: str, port: int) -> bool:
                 return True
             raise
     return True
+
+
+def forget_flows(published: Iterable[PublishedPort]) -> None:
+    """Drop conntrack entries of unpublished ports (best effort, `conntrack` CLI): a UDP client
+    that never pauses would otherwise stay on the old DNAT, possibly to an address IPAM has
+    handed to another container. Docker's bridge driver does the same."""
+    tool = shutil.which("conntrack")
+    if not tool:
+        return
+    for port in published:
+        cmd = [tool, "-D", "-p", port.proto, "--orig-port-dst", str(port.host_port)]
+        if port.host_ip:
+            cmd += ["--orig-dst", port.host_ip]
+        subprocess.run(cmd, capture_output=True)
 
 
 def describe(port: PublishedPort) -> str:

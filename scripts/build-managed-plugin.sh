@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: scripts/build-managed-plugin.sh DIR}
-cache=${MULTINIC_ROOTFS_CACHE:-/var/cache/multinic/rootfs-bookworm}
+cache=${MULTINIC_ROOTFS_CACHE:-/var/cache/multinic/rootfs-bookworm-v2}  # bump when the package list changes
 export DEBIAN_FRONTEND=noninteractive
 
 if [[ ! -x "$cache/usr/bin/python3" ]]; then
@@ -16,7 +16,7 @@ if [[ ! -x "$cache/usr/bin/python3" ]]; then
   mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources)
   rm -rf "$cache.new"
   mkdir -p "$(dirname "$cache")"
-  debootstrap --variant=minbase --include=python3,python3-venv,iptables,nftables,iproute2 \
+  debootstrap --variant=minbase --include=python3,python3-venv,iptables,nftables,iproute2,conntrack \
     bookworm "$cache.new" "$mirror" >/dev/null
   rm -rf "$cache"
   mv "$cache.new" "$cache"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -178,3 +179,15 @@ def test_parent_down_fails_closed_and_other_networks_keep_working(topo):
     topo.in_host(lambda: Driver(Store(topo.state_dir)).recover(None) and None)
     assert topo.connect(topo.k, "198.51.100.10", 7000) == "192.168.101.2"
     detach_and_remove(topo)
+
+
+def test_leave_forgets_conntrack_flows_of_its_ports(topo):
+    create_network(topo, {"parent": "eth1"})
+    attach_container(topo, [{"Proto": 17, "IP": "", "Port": 90, "HostIP": "", "HostPort": 4090,
+                             "HostPortEnd": 4090}])
+    send = "import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.sendto(b'x',('192.168.101.2',4090))"
+    sh(topo.c1, f"{sys.executable} -c \"{send}\"")
+    flows = "conntrack -L -p udp --orig-port-dst 4090 2>/dev/null | wc -l"
+    assert sh(topo.host, flows).strip() == "1"
+    detach_and_remove(topo)
+    assert sh(topo.host, flows).strip() == "0"
