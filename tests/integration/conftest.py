@@ -11,12 +11,23 @@ import pytest
 
 from tests.nsutil import connect, in_netns, scratch_netns, serve_peer, sh
 
-pytestmark = pytest.mark.integration
+INTEGRATION_DIR = os.path.dirname(os.path.abspath(__file__))
 
-if os.geteuid() != 0:  # pragma: no cover
-    if os.environ.get("CI") == "true":
-        raise RuntimeError("integration tests need root in CI")
-    pytest.skip("integration tests need root", allow_module_level=True)
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything here is marked ``integration`` and needs root: skipped without it, except in
+    CI, where a missing root is a failure rather than a quiet skip."""
+    for item in items:
+        if str(item.path).startswith(INTEGRATION_DIR):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _needs_root() -> None:
+    if os.geteuid() != 0:  # pragma: no cover
+        if os.environ.get("CI") == "true":
+            pytest.fail("integration tests need root in CI", pytrace=False)
+        pytest.skip("integration tests need root")
 
 
 

@@ -21,14 +21,6 @@ import pytest
 from plugin import gateway
 from tests.nsutil import connect, in_netns, scratch_netns, serve_peer, sh
 
-pytestmark = pytest.mark.integration
-
-if os.geteuid() != 0:  # pragma: no cover
-    if os.environ.get("CI") == "true":
-        raise RuntimeError("integration tests need root in CI")
-    pytest.skip("integration tests need root", allow_module_level=True)
-
-
 
 @dataclass
 class Box:
