@@ -198,6 +198,18 @@ except Exception as exc:
 """
 
 
+def _exclusive_lock(name: str, busy: str) -> int:
+    """A held flock on ``<LOCK_DIR>/<name>`` (the fd), or LabError(busy) if another process holds it."""
+    os.makedirs(LOCK_DIR, exist_ok=True)
+    fd = os.open(f"{LOCK_DIR}/{name}", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LabError(busy) from None
+    return fd
+
+
 class Lab:
     """One fake multi-homed host with its own dockerd; see the module docstring for the topology.
 
@@ -383,14 +395,9 @@ class Lab:
         """Hold ``<LOCK_DIR>/lab-<name>.lock`` while the lab exists: a second live lab of that name is refused."""
         if self._name_lock is not None:
             return
-        os.makedirs(LOCK_DIR, exist_ok=True)
-        fd = os.open(f"{LOCK_DIR}/lab-{self.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise LabError(f"a lab named {self.name!r} is in use by another process; pick another name") from None
-        self._name_lock = fd
+        self._name_lock = _exclusive_lock(
+            f"lab-{self.name}.lock", f"a lab named {self.name!r} is in use by another process; pick another name"
+        )
 
     @staticmethod
     def _ip(*args: str) -> None:
@@ -612,15 +619,10 @@ class Lab:
     def _lock_driver(self) -> None:
         if self._plugin_lock is not None:
             return
-        os.makedirs(LOCK_DIR, exist_ok=True)
-        fd = os.open(f"{LOCK_DIR}/{self.driver}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise LabError(
-                f"plugin socket {self.plugin_socket} is in use by another lab; give this lab another driver name"
-            ) from None
+        fd = _exclusive_lock(
+            f"{self.driver}.lock",
+            f"plugin socket {self.plugin_socket} is in use by another lab; give this lab another driver name",
+        )
         os.ftruncate(fd, 0)
         os.write(fd, f"{self.name} {os.getpid()}\n".encode())
         self._plugin_lock = fd
