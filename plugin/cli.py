@@ -53,8 +53,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log.error("docker engine %s is too old: multinic needs Engine 20.10 or newer", info.version)
             return 2
     driver = Driver(store)
-    known = engine.network_ids(timeout=3) if info else None
-    driver.recover(known)
+    from . import health
+
+    usable, problem, restored = store.check()
+    health.note_state(store.directory, usable, problem, restored)
+    if restored:
+        log.error("state file was unreadable; restored the last good copy from %s", restored)
+    if usable:
+        known = engine.network_ids(timeout=3) if info else None
+        try:
+            driver.recover(known)
+        except Exception:  # noqa: BLE001 - serve anyway: dockerd needs a listening plugin; the healer retries
+            log.exception("reconcile at start failed; serving anyway, the healer retries")
+    else:
+        log.error("%s; serving anyway, every verb that needs the state refuses", problem)
 
     Path(sock).parent.mkdir(parents=True, exist_ok=True)
     if Path(sock).exists():
@@ -82,22 +94,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         def load(self) -> Any:
             return app
 
-    from . import healer, watcher
+    from . import background, healer, watcher
 
     log.info("multinic %s serving on %s (driver name %r)", __version__, sock, driver_name(sock))
-    gateways = watcher.spawn(store, driver_name(sock))
-    healing = healer.spawn(store)
+    background.HEALTH_STATE_DIR = str(store.directory)
+    supervisor = background.Supervisor(
+        str(store.directory),
+        {"watcher": lambda: watcher.spawn(store, driver_name(sock)), "healer": lambda: healer.spawn(store)},
+    )
+    supervisor.start()
     try:
         Server().run()
     finally:
-        gateways.stop()
-        healing.stop()
+        supervisor.stop()
     return 0
 
 
 def collect_status(args: argparse.Namespace) -> dict[str, Any]:
     from pyroute2 import IPRoute
 
+    from . import health
     from .reconcile import firewall
 
     state = _store(args).load()
@@ -128,6 +144,7 @@ def collect_status(args: argparse.Namespace) -> dict[str, Any]:
     from .watcher import gateway_rows, load_decisions, load_watcher_info
 
     return {
+        "health": health.report(str(_store(args).directory)),
         "gateway_watcher": load_watcher_info(str(_store(args).directory)),
         "gateways": gateway_rows(str(_store(args).directory)),
         "gateway_decisions": load_decisions(str(_store(args).directory)),
@@ -157,6 +174,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{eng['version'] + ' (API ' + eng['api_version'] + ')' if eng else 'not reachable'}  "
         f"firewall: {status['firewall']}"
     )
+    hl = status["health"]
+    print(f"health: {'healthy' if hl['healthy'] else 'UNHEALTHY'}")
+    for problem in hl["problems"]:
+        print(f"  ! {problem}")
+    for key, loop in sorted(hl["loops"].items()):
+        print(
+            f"  {key:8} {'alive' if loop['alive'] else 'DEAD'} pid={loop['pid']} last_run={loop['age']}s ago "
+            f"rounds={loop['rounds']} repairs={loop['repairs']} failures={loop['failures']} "
+            f"restarts={loop['restarts']} last_error={loop['last_error'] or '-'}"
+        )
     print("\nNETWORK       BRIDGE           SUBNET             PARENT   TABLE  MARK  GW_PRIO  MODE")
     for net in status["networks"]:
         mode = "internal" if net["internal"] else ("masquerade" if net["masquerade"] else "routed")

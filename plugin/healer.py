@@ -16,7 +16,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from . import background, engine, netlink
+from . import background, engine, health, netlink
 from .background import BackgroundProcess
 from .desired import host_state
 from .driver import Driver
@@ -63,13 +63,15 @@ def run(store: Store, stop_event: Any) -> None:
                     log.warning("kernel drifted from state (%s); re-applying", "; ".join(reasons))
                 driver.recover(None)
                 last_full = time.monotonic()
+                health.note(True, repaired=bool(reasons))
             if time.monotonic() - last_gc > GC_INTERVAL:
                 last_gc = time.monotonic()
                 view = engine.endpoints_by_network(timeout=5)
                 if view is not None:
                     driver.collect_garbage(view, time.time(), grace=GC_GRACE)
-        except Exception:  # noqa: BLE001 - keep healing; the next round may succeed
+        except Exception as exc:  # noqa: BLE001 - keep healing; the next round may succeed
             log.exception("healer round failed")
+            health.note(False, exc)
 
 
 def spawn(store: Store) -> BackgroundProcess:

@@ -4,6 +4,15 @@ Every verb runs as ``with store.locked() as state: ...; store.save(state)``, so 
 workers and parallel dockerd calls see one consistent state and a plugin killed at any
 instant leaves either the old or the new file, never half of one. Nothing another worker
 needs is kept in process memory.
+
+Each save first keeps the file it replaces as ``state.json.bak`` (a hard link: no copy). A state
+file that cannot be read (truncated by a full disk or a filesystem without ordered data, edited
+by hand) is never guessed at: :meth:`Store.load` refuses with :class:`StateCorrupt`, and
+``multinic serve`` calls :meth:`Store.check` at start, which restores the last good backup (the
+bad file is kept as ``state.json.corrupt-<time>``). If the backup is unusable too, the plugin
+still starts and listens - dockerd 20.10 can panic at its next start on a managed plugin that
+failed to start - but every verb that needs the state refuses with the reason and the fix,
+and /Plugin.Health reports unhealthy.
 """
 
 from __future__ import annotations
@@ -13,12 +22,19 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import DriverError
+
 STATE_VERSION = 1
+
+
+class StateCorrupt(DriverError):
+    """The state file exists but cannot be read as multinic state."""
 
 
 @dataclass(frozen=True)
@@ -140,16 +156,63 @@ class Store:
     def _ensure_dir(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
+    @property
+    def backup_path(self) -> Path:
+        return self.directory / "state.json.bak"
+
+    @staticmethod
+    def _read(path: Path) -> State:
+        """FileNotFoundError if absent; ValueError (and kin) if it is not multinic state."""
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        if not isinstance(data, dict):
+            raise ValueError(f"top level is {type(data).__name__}, not an object")
+        if int(data.get("version", STATE_VERSION)) > STATE_VERSION:
+            raise ValueError(f"written by a newer multinic (state version {data['version']})")
+        return State.from_json(data)
+
     def load(self) -> State:
         """Read without the lock (for status): atomic renames make any read whole."""
         try:
-            with open(self.path, encoding="utf-8") as fh:
-                return State.from_json(json.load(fh))
+            return self._read(self.path)
         except FileNotFoundError:
             return State()
+        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
+            raise StateCorrupt(
+                f"multinic state file {self.path} is unreadable ({type(exc).__name__}: {str(exc)[:120]}) and "
+                "multinic will not act on networks it cannot see; restart the plugin to restore the last "
+                f"good copy ({self.backup_path.name}), or if that fails move the file aside, restart, and "
+                "re-create the multinic networks"
+            ) from None
 
     def save(self, state: State) -> None:
+        if self.path.exists():  # keep the version being replaced: the last known-good state
+            tmp = self.directory / f".{self.backup_path.name}.{os.getpid()}"
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            os.link(self.path, tmp)
+            os.replace(tmp, self.backup_path)
         write_json_atomically(self.path, state.to_json())
+
+    def check(self) -> tuple[bool, str | None, str | None]:
+        """At start: (usable, error, restored_from). Restores the backup over an unreadable file."""
+        try:
+            self.load()
+            return True, None, None
+        except StateCorrupt as exc:
+            error = str(exc)
+        try:
+            backup = self._read(self.backup_path)
+        except FileNotFoundError:
+            return False, error + f"; no backup {self.backup_path} exists", None
+        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
+            return False, error + f"; the backup is unreadable too ({type(exc).__name__})", None
+        kept = self.directory / f"state.json.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+        os.replace(self.path, kept)
+        write_json_atomically(self.path, backup.to_json())
+        return True, None, f"{self.backup_path} (the unreadable file was kept as {kept.name})"
 
     @contextmanager
     def locked(self) -> Iterator[State]:

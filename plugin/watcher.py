@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import background, gateway
+from . import background, gateway, health
 from .background import BackgroundProcess, StopFlag
 from .gateway import Attachment
 from .state import State, Store, write_json_atomically
@@ -388,6 +388,7 @@ class Watcher:
             self.info.update(since=time.strftime("%Y-%m-%dT%H:%M:%S%z"), docker=os.environ.get("DOCKER_HOST"))
             self._written = None  # say we are (back) online
             self.resync(api)
+            health.note(True)
             next_resync = time.monotonic() + RESYNC_INTERVAL
             due: list[tuple[float, str]] = []
             while not stop_event.is_set():
@@ -419,6 +420,7 @@ class Watcher:
                     self.reconcile_container(api, cid)
                 if now >= next_resync:
                     self.resync(api)
+                    health.note(True)
                     next_resync = time.monotonic() + RESYNC_INTERVAL
                 elif batch:
                     self.flush()
@@ -476,6 +478,7 @@ def run(store: Store, stop_event: Any, driver_name: str, client_factory: Callabl
             log.info("%s; reconnecting", exc)
         except Exception as exc:  # noqa: BLE001 - dockerd away, API errors: retry
             log.info("gateway watcher: docker not usable (%s); retrying in %.1fs", exc, backoff)
+            health.note(False, f"docker not usable: {exc}")
         if time.monotonic() - started > 2 * BACKOFF_MAX:
             backoff = BACKOFF_FIRST  # the session worked for a while: retry quickly
         stop_event.wait(backoff)

@@ -39,7 +39,8 @@ def test_join_port_map():
 
 def test_bad_protocol_and_missing_ids():
     with pytest.raises(DriverError, match="protocol 1 is not supported"):
-        parse_join({"NetworkID": NID, "EndpointID": "e", "Options": {"com.docker.network.portmap": [{"Proto": 1}]}})
+        parse_join({"NetworkID": NID, "EndpointID": "e" * 64,
+                    "Options": {"com.docker.network.portmap": [{"Proto": 1, "Port": 80}]}})
     with pytest.raises(DriverError, match="missing EndpointID"):
         parse_create_endpoint({"NetworkID": NID, "Interface": {}})
 

@@ -1,0 +1,238 @@
+"""Health that tells the truth, across processes: small JSON files in ``<state dir>/health/``.
+
+Writers (each file has one writer, written by rename, so a reader sees old or new, whole):
+
+- ``<loop>.json`` (``healer``, ``watcher``): the helper process itself. A heartbeat thread in
+  the helper (:func:`start_beat`) rewrites it every :data:`BEAT_INTERVAL` s with the time the
+  loop last looked at its stop flag (a loop that hangs stops looking, so ``last_run`` goes
+  stale even though its process is alive), and the loop reports each round with :func:`note`
+  (a repair, a failure and its error). Counters survive a restart of the loop.
+- ``supervisor.json``: ``multinic serve``'s supervisor (:class:`plugin.background.Supervisor`):
+  which loops must run, their pids, restarts and how the last one ended.
+- ``verbs.json``: a gunicorn worker, when applying a valid request failed (not a refusal).
+- ``state.json``: ``multinic serve`` at start: whether the state file was usable, or restored
+  from its backup (see :meth:`plugin.state.Store.check`).
+
+:func:`report` (``/Plugin.Health``, ``multinic status``, and ``multinic doctor``) reads them.
+Its JSON shape - keep it stable, other tools parse it::
+
+    {"healthy": false,                    # every problem below is absent
+     "problems": ["healer: process 123 is dead (restarting)", ...],   # human readable, one per problem
+     "serving": true,                     # a supervisor file exists (``multinic serve`` runs loops)
+     "loops": {
+       "healer": {"alive": true, "pid": 123, "started": 1764560000.1, "last_run": 1764560100.2,
+                  "age": 0.4,             # seconds since last_run
+                  "rounds": 50, "repairs": 2, "failures": 1,
+                  "last_ok": 1764560100.2, "last_error": "NetlinkError(...)", "last_error_at": 1764560090.0,
+                  "restarts": 1, "last_exit": "killed by signal 9", "last_restart": 1764560050.0},
+       "watcher": {... same keys ...}},
+     "state": {"ok": true, "error": null, "restored_from": null},
+     "last_verb_error": {"verb": "NetworkDriver.Join", "error": "...", "at": 1764560000.0} | null,
+     "version": "x.y.z"}                  # added by the HTTP handler
+
+Unhealthy when: a supervised loop's process is dead, or its heartbeat is older than
+:data:`STALE_AFTER` s (hung or stopped), or its last round failed (for the healer: the reconcile,
+firewall included, could not be applied), or the state file is unusable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+HEALTH_DIR = "health"
+BEAT_INTERVAL = 1.0
+STALE_AFTER = float(os.environ.get("MULTINIC_HEALTH_STALE", "30"))
+LOOP_KEYS = {"healer": "healer", "gateway watcher": "watcher"}
+COUNTERS = ("rounds", "repairs", "failures")
+
+
+def health_dir(state_dir: str | os.PathLike[str]) -> Path:
+    return Path(state_dir) / HEALTH_DIR
+
+
+def write(path: Path, data: dict[str, Any]) -> None:
+    """Rename into place without fsync: health files are advisory and rewritten every second."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(json.dumps(data, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# -- writer side: inside a helper process ---------------------------------------------------------
+class Beat:
+    """This process's loop record; the heartbeat thread writes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        previous = read(path)
+        self.data: dict[str, Any] = {k: int(previous.get(k) or 0) for k in COUNTERS}
+        for key in ("last_error", "last_error_at"):
+            self.data[key] = previous.get(key)
+        self.data.update(pid=os.getpid(), started=time.time(), last_run=time.time(), last_ok=None, ok=True)
+
+    def touch(self) -> None:
+        self.data["last_run"] = time.time()
+
+    def note(self, ok: bool, error: BaseException | str | None = None, repaired: bool = False) -> None:
+        with self.lock:
+            now = time.time()
+            self.data["rounds"] += 1
+            self.data["last_run"] = now
+            self.data["ok"] = ok
+            if repaired:
+                self.data["repairs"] += 1
+            if ok:
+                self.data["last_ok"] = now
+            else:
+                self.data["failures"] += 1
+                self.data["last_error"] = str(error)[:500] if error is not None else "failed"
+                self.data["last_error_at"] = now
+        self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            snapshot = dict(self.data)
+        try:
+            write(self.path, snapshot)
+        except OSError as exc:  # the state dir vanished (cleanup): nothing to report to
+            log.debug("health file %s: %s", self.path, exc)
+
+
+_beat: Beat | None = None
+
+
+class WatchedFlag:
+    """Wraps a loop's stop flag: every look at it is a sign of life (``last_run``)."""
+
+    def __init__(self, stop: Any, beat: Beat) -> None:
+        self._stop = stop
+        self._beat = beat
+
+    def set(self) -> None:
+        self._stop.set()
+
+    def is_set(self) -> bool:
+        self._beat.touch()
+        return self._stop.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._stop.is_set():  # beat while waiting: a long wait is not a hang
+            self._beat.touch()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._stop.wait(min(left, BEAT_INTERVAL))
+        return True
+
+
+def start_beat(state_dir: str | os.PathLike[str], name: str, stop: Any) -> WatchedFlag:
+    """In a helper process: start writing ``<loop>.json``; returns the stop flag the loop should use."""
+    global _beat
+    beat = Beat(health_dir(state_dir) / f"{LOOP_KEYS.get(name, name)}.json")
+    _beat = beat
+    beat.flush()
+
+    def pump() -> None:
+        while not stop.is_set():
+            beat.flush()
+            time.sleep(BEAT_INTERVAL)
+
+    threading.Thread(target=pump, name="health-beat", daemon=True).start()
+    return WatchedFlag(stop, beat)
+
+
+def note(ok: bool, error: BaseException | str | None = None, repaired: bool = False) -> None:
+    """A loop reports one round; a no-op outside a supervised helper (tests calling ``run``)."""
+    if _beat is not None:
+        _beat.note(ok, error, repaired)
+
+
+# -- other writers ----------------------------------------------------------------------------------
+def note_verb_error(state_dir: str | os.PathLike[str], verb: str, error: BaseException) -> None:
+    try:
+        write(health_dir(state_dir) / "verbs.json", {"verb": verb, "error": str(error)[:500], "at": time.time()})
+    except OSError:
+        pass
+
+
+def note_state(state_dir: str | os.PathLike[str], ok: bool, error: str | None, restored_from: str | None) -> None:
+    write(health_dir(state_dir) / "state.json", {"ok": ok, "error": error, "restored_from": restored_from})
+
+
+# -- reader side ----------------------------------------------------------------------------------
+def pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def report(state_dir: str | os.PathLike[str], now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    hdir = health_dir(state_dir)
+    supervisor = read(hdir / "supervisor.json")
+    supervised = supervisor.get("loops") if isinstance(supervisor.get("loops"), dict) else {}
+    serving = bool(supervisor) and pid_alive(supervisor.get("pid"))
+    problems: list[str] = []
+    loops: dict[str, Any] = {}
+    for key in sorted(set(LOOP_KEYS.values()) | set(supervised)):
+        info = read(hdir / f"{key}.json")
+        sup = supervised.get(key) if isinstance(supervised.get(key), dict) else {}
+        if not info and not sup:
+            continue
+        last_run = info.get("last_run") if isinstance(info.get("last_run"), (int, float)) else None
+        age = round(now - last_run, 3) if last_run else None
+        pid = sup.get("pid") or info.get("pid")
+        alive = pid_alive(pid) and info.get("pid") == pid and age is not None and age <= STALE_AFTER
+        loops[key] = {
+            **{k: info.get(k) for k in ("pid", "started", "last_run", "last_ok", "last_error", "last_error_at")},
+            **{k: int(info.get(k) or 0) for k in COUNTERS},
+            "alive": alive,
+            "age": age,
+            "restarts": int(sup.get("restarts") or 0),
+            "last_exit": sup.get("last_exit"),
+            "last_restart": sup.get("last_restart"),
+        }
+        if not serving:
+            continue  # nothing supervises loops (tests, `multinic status` with the plugin stopped)
+        if not pid_alive(pid):
+            problems.append(f"{key}: process {pid} is dead (the supervisor restarts it)")
+        elif age is None or age > STALE_AFTER or info.get("pid") != pid:
+            problems.append(f"{key}: no sign of life for {age if age is not None else '?'} s (hung or stopped)")
+        elif info.get("ok") is False:
+            problems.append(f"{key}: last round failed: {info.get('last_error')}")
+    if supervisor and not serving:
+        problems.append(f"multinic serve (pid {supervisor.get('pid')}) is not running")
+    state = read(hdir / "state.json") or {"ok": True, "error": None, "restored_from": None}
+    if state.get("ok") is False:
+        problems.append(f"state: {state.get('error')}")
+    verbs = read(hdir / "verbs.json") or None
+    return {
+        "healthy": not problems,
+        "problems": problems,
+        "serving": serving,
+        "loops": loops,
+        "state": state,
+        "last_verb_error": verbs,
+    }
