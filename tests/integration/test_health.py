@@ -1,0 +1,175 @@
+"""The real ``multinic serve`` in a scratch namespace: its loops are killed and hung, /Plugin.Health
+reports it, the supervisor restarts them; a corrupt state file is recovered from its backup, or
+(no usable backup) the plugin still serves, refusing verbs clearly and reporting unhealthy.
+
+No dockerd here (DOCKER_HOST points nowhere): the gateway watcher then reports "docker not
+usable", which is the truth, so these tests look at each loop's own record, not at the verdict.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.nsutil import scratch_netns
+
+NID = "b8" * 32
+VENV_BIN = Path(sys.executable).parent
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=10)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(self.path)
+
+
+def post(sock: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    conn = UnixHTTP(sock)
+    try:
+        conn.request("POST", path, body=json.dumps(body or {}))
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@contextmanager
+def serving(tmp_path: Path, stale: float = 3.0):
+    ns = f"mnh{os.getpid() % 100000}"
+    sock = str(tmp_path / "mnh.sock")
+    state = tmp_path / "state"
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock", "MULTINIC_HEALTH_STALE": str(stale)}
+    with scratch_netns(ns):
+        log = open(tmp_path / "serve.log", "w")
+        proc = subprocess.Popen(
+            ["nsenter", f"--net=/var/run/netns/{ns}", str(VENV_BIN / "multinic"), "--state-dir", str(state),
+             "serve", "--socket", sock, "--workers", "2"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            wait_for(lambda: os.path.exists(sock) and _answers(sock), what="the plugin socket")
+            yield sock, state
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            log.close()
+            print((tmp_path / "serve.log").read_text()[-3000:])
+
+
+def _answers(sock: str) -> bool:
+    try:
+        return post(sock, "/Plugin.Activate")[0] == 200
+    except OSError:
+        return False
+
+
+def alive_loop(sock: str, loop: str) -> dict | None:
+    info = health(sock)["loops"].get(loop) or {}
+    return info if info.get("alive") else None
+
+
+def health(sock: str) -> dict:
+    code, body = post(sock, "/Plugin.Health")
+    assert code == 200, body
+    return body
+
+
+@pytest.mark.parametrize("loop", ["healer", "watcher"])
+def test_killed_loop_is_reported_and_restarted(tmp_path, loop):
+    with serving(tmp_path) as (sock, _state):
+        first = wait_for(lambda: alive_loop(sock, loop), what=f"{loop} alive")
+        os.kill(first["pid"], signal.SIGKILL)
+        seen_dead = []
+
+        def restarted():
+            report = health(sock)
+            info = report["loops"][loop]
+            if not info["alive"]:
+                seen_dead.append(report["problems"])
+            return info["alive"] and info["restarts"] == 1 and info["pid"] != first["pid"] and info
+
+        again = wait_for(restarted, what=f"{loop} restarted")
+        print(f"\n{loop}: pid {first['pid']} killed -> pid {again['pid']}, last_exit={again['last_exit']!r}, "
+              f"problems seen while dead: {seen_dead[:1]}")
+        assert again["last_exit"] and again["last_restart"]
+
+
+def test_hung_loop_is_unhealthy_then_killed_and_restarted(tmp_path):
+    with serving(tmp_path, stale=2.0) as (sock, _state):
+        first = wait_for(lambda: alive_loop(sock, "healer"), what="healer alive")
+        os.kill(first["pid"], signal.SIGSTOP)  # hung: alive, but no sign of life
+        problems = wait_for(lambda: [p for p in health(sock)["problems"] if p.startswith("healer")],
+                            what="the hung healer reported")
+        assert not health(sock)["healthy"]
+        assert "no sign of life" in problems[0] or "dead" in problems[0]
+        again = wait_for(lambda: (h := health(sock)["loops"]["healer"])["alive"] and h["pid"] != first["pid"] and h,
+                         what="healer replaced")
+        assert again["restarts"] == 1 and "hung" in again["last_exit"]
+
+
+def test_status_shows_health(tmp_path):
+    with serving(tmp_path) as (_sock, state):
+        wait_for(lambda: health(_sock)["loops"].get("healer", {}).get("alive"), what="healer alive")
+        out = subprocess.run([str(VENV_BIN / "multinic"), "--state-dir", str(state), "status", "--json"],
+                             capture_output=True, text=True, env={**os.environ, "DOCKER_HOST": "unix:///nonexistent"})
+        report = json.loads(out.stdout)["health"]
+        assert report["serving"] and report["loops"]["healer"]["alive"]
+
+
+GOOD = {"version": 1, "networks": {}, "endpoints": {}, "parents": {}}
+
+
+def test_corrupt_state_is_restored_from_backup(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "state.json").write_text('{"version": 1, "networks": {"x": {"id": ')  # truncated
+    (state / "state.json.bak").write_text(json.dumps(GOOD))
+    with serving(tmp_path) as (sock, _):
+        report = health(sock)
+        assert report["state"]["ok"] and "state.json.bak" in report["state"]["restored_from"]
+        assert list(state.glob("state.json.corrupt-*"))
+        code, body = post(sock, "/NetworkDriver.DeleteNetwork", {"NetworkID": NID})
+        assert code == 200, body
+
+
+def test_corrupt_state_without_backup_serves_and_refuses(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "state.json").write_bytes(b"\x00\x00\x00")
+    with serving(tmp_path) as (sock, _):
+        report = health(sock)
+        assert not report["healthy"] and not report["state"]["ok"]
+        assert any("state" in p and "unreadable" in p for p in report["problems"])
+        code, body = post(sock, "/NetworkDriver.DeleteNetwork", {"NetworkID": NID})
+        assert code == 400 and "state file" in body["Err"] and "unreadable" in body["Err"]
+        assert post(sock, "/NetworkDriver.GetCapabilities")[0] == 200
+        assert (state / "state.json").read_bytes() == b"\x00\x00\x00"  # never overwritten
