@@ -24,7 +24,7 @@ from typing import Any, Callable
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import __version__, health, messages
+from . import __version__, faults, health, messages
 from .driver import CAPABILITIES, Driver
 from .errors import DriverError
 from .state import Store
@@ -66,9 +66,14 @@ def create_app(driver: Driver | None = None) -> Flask:
     state_dir = str(driver.store.directory)
 
     def route(path: str, handler: Callable[[dict[str, Any]], dict[str, Any]], reads_body: bool = True) -> None:
+        verb = path.rsplit(".", 1)[-1]
+
         def view() -> Response:
+            faults.entering(verb)
             try:
-                return _reply(handler(parse_body(request.get_data(cache=True)) if reads_body else {}))
+                answer = handler(parse_body(request.get_data(cache=True)) if reads_body else {})
+                faults.point("applied", state_dir)
+                return _reply(answer)
             except DriverError as exc:
                 log.warning("%s refused: %s", path, exc)
                 return _reply({"Err": str(exc)}, REFUSED)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import faults
 from .errors import DriverError
 
 STATE_VERSION = 1
@@ -195,6 +196,7 @@ class Store:
             os.link(self.path, tmp)
             os.replace(tmp, self.backup_path)
         write_json_atomically(self.path, state.to_json())
+        faults.point("saved", self.directory)
 
     def check(self) -> tuple[bool, str | None, str | None]:
         """At start: (usable, error, restored_from). Restores the backup over an unreadable file."""

@@ -34,6 +34,7 @@ def kernel_dump() -> str:
              + f" kind={(link.get('linkinfo') or {}).get('info_kind')}"
              + f" up={'UP' in (link.get('flags') or [])}" for link in links]
     dump = subprocess.run(["sh", "-c", DUMP], capture_output=True, text=True, check=True).stdout
+    dump = dump.replace(" linkdown", "")  # carrier follows asynchronously, not a change we made
     return "\n".join(lines) + "\n" + dump
 
 
