@@ -379,13 +379,16 @@ class Driver:
         net = state.networks[ep.network_id]
         if net.internal or not bindings:
             return ()
-        taken = [
-            p
-            for other in state.endpoints.values()
-            if other.id != ep.id and not (sandbox and other.sandbox_key == sandbox)
-            for p in other.ports
-        ]
         with IPRoute() as ipr:
+            facts = gather_facts(ipr, state)
+            taken = [  # ports kept without an address are on their parent's addresses of now
+                dataclasses.replace(p, host_ip=ip)
+                for other in state.endpoints.values()
+                if other.id != ep.id and not (sandbox and other.sandbox_key == sandbox)
+                and other.network_id in state.networks
+                for p in other.ports
+                for ip in publish_addresses(state.networks[other.network_id], p.host_ip, facts)
+            ]
             return ports.allocate(bindings, self._publish_ips(ipr, net), taken)
 
     def join(self, req: JoinRequest) -> dict[str, Any]:

@@ -80,10 +80,14 @@ def allocate(
     """Turn dockerd's port map into concrete ports, refusing conflicts.
 
     ``publish_ips(host_ip)`` gives the addresses a binding lands on ("" = everywhere);
-    ``taken`` are ports other endpoints already publish. A range ``9000-9001:90`` takes
-    one free port of the range, as Docker does; port 0 takes one from ``ephemeral``.
+    ``taken`` are ports other endpoints already publish, with their addresses resolved. A
+    range ``9000-9001:90`` takes one free port of the range, as Docker does; port 0 takes
+    one from ``ephemeral``. A binding without a HostIP is kept without one (``host_ip ""``):
+    the firewall rules resolve it to the parent's addresses *when rendered*, so a published
+    port follows a readdressed parent NIC (DHCP renewal, a moved secondary IP).
     """
     chosen: list[PublishedPort] = []
+    kept: list[PublishedPort] = []
     low, high = ephemeral or ephemeral_range()
     for binding in bindings:
         proto = binding.proto_name
@@ -115,4 +119,8 @@ def allocate(
                 )
             raise DriverError(f"no free ephemeral host port left for {binding.container_port}/{proto}")
         chosen.extend(picked)
-    return tuple(chosen)
+        if binding.host_ip in ("", "0.0.0.0"):
+            kept.append(PublishedPort(proto, "", picked[0].host_port, binding.container_port))
+        else:
+            kept.extend(picked)
+    return tuple(kept)

@@ -45,3 +45,10 @@ def test_port_held_on_host_is_refused():
 def test_two_bindings_in_one_request_do_not_collide():
     got = allocate([PortBinding(6, 80), PortBinding(6, 81)], ips, [], free, (50000, 50001))
     assert {p.host_port for p in got} == {50000, 50001}
+
+
+def test_port_without_host_ip_is_kept_without_one():
+    """Resolved to the parent's addresses when the rules are rendered: it follows a readdressed parent."""
+    got = allocate([PortBinding(6, 80, "", 4000, 4000), PortBinding(6, 81, "0.0.0.0", 4001, 4001),
+                    PortBinding(6, 82, "192.168.101.2", 4002, 4002)], ips, [], free)
+    assert [(p.host_ip, p.host_port) for p in got] == [("", 4000), ("", 4001), ("192.168.101.2", 4002)]
