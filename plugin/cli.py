@@ -94,13 +94,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         def load(self) -> Any:
             return app
 
-    from . import background, healer, watcher
+    from . import background, healer, nicwatch, watcher
 
     log.info("multinic %s serving on %s (driver name %r)", __version__, sock, driver_name(sock))
     background.HEALTH_STATE_DIR = str(store.directory)
     supervisor = background.Supervisor(
         str(store.directory),
-        {"watcher": lambda: watcher.spawn(store, driver_name(sock)), "healer": lambda: healer.spawn(store)},
+        {
+            "watcher": lambda: watcher.spawn(store, driver_name(sock)),
+            "healer": lambda: healer.spawn(store),
+            "nicwatch": lambda: nicwatch.spawn(store),
+        },
     )
     supervisor.start()
     try:

@@ -2,7 +2,7 @@
 
 Writers (each file has one writer, written by rename, so a reader sees old or new, whole):
 
-- ``<loop>.json`` (``healer``, ``watcher``): the helper process itself. A heartbeat thread in
+- ``<loop>.json`` (``healer``, ``watcher``, ``nicwatch``): the helper process itself. A heartbeat thread in
   the helper (:func:`start_beat`) rewrites it every :data:`BEAT_INTERVAL` s with the time the
   loop last looked at its stop flag (a loop that hangs stops looking, so ``last_run`` goes
   stale even though its process is alive), and the loop reports each round with :func:`note`
@@ -25,7 +25,8 @@ Its JSON shape - keep it stable, other tools parse it::
                   "rounds": 50, "repairs": 2, "failures": 1,
                   "last_ok": 1764560100.2, "last_error": "NetlinkError(...)", "last_error_at": 1764560090.0,
                   "restarts": 1, "last_exit": "killed by signal 9", "last_restart": 1764560050.0},
-       "watcher": {... same keys ...}},
+       "watcher": {... same keys ...},
+       "nicwatch": {... same keys ...}},
      "state": {"ok": true, "error": null, "restored_from": null},
      "last_verb_error": {"verb": "NetworkDriver.Join", "error": "...", "at": 1764560000.0} | null,
      "version": "x.y.z"}                  # added by the HTTP handler
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 HEALTH_DIR = "health"
 BEAT_INTERVAL = 1.0
 STALE_AFTER = float(os.environ.get("MULTINIC_HEALTH_STALE", "30"))
-LOOP_KEYS = {"healer": "healer", "gateway watcher": "watcher"}
+LOOP_KEYS = {"healer": "healer", "gateway watcher": "watcher", "nicwatch": "nicwatch"}
 COUNTERS = ("rounds", "repairs", "failures")
 
 
