@@ -1,7 +1,7 @@
 import json
 import multiprocessing
 
-from plugin.state import EndpointRecord, NetworkRecord, PublishedPort, State, Store
+from plugin.state import EndpointRecord, NetworkRecord, ParentRecord, PublishedPort, State, Store
 
 
 def test_round_trip(tmp_path):
@@ -32,3 +32,36 @@ def test_lock_serialises_processes(tmp_path):
     for p in procs:
         p.join()
     assert len(Store(tmp_path).load().networks) == 80
+
+
+def test_save_keeps_the_replaced_file_as_backup_and_check_restores_it(tmp_path):
+    import pytest
+
+    from plugin.state import StateCorrupt, Store
+
+    store = Store(tmp_path)
+    first = State()
+    store.save(first)
+    first.parents["eth1"] = ParentRecord(rp_filter_before=1)
+    store.save(first)
+    assert store.backup_path.exists() and '"eth1"' not in store.backup_path.read_text()
+    store.path.write_text('{"version": 1, "networks": ')  # truncated
+    with pytest.raises(StateCorrupt, match="unreadable"):
+        store.load()
+    usable, error, restored = store.check()
+    assert usable and error is None and "state.json.bak" in restored
+    assert store.load().parents == {}  # the last good copy (one write older)
+    assert list(tmp_path.glob("state.json.corrupt-*"))
+
+
+def test_check_without_usable_backup_refuses_and_keeps_the_file(tmp_path):
+    from plugin.state import Store
+
+    store = Store(tmp_path)
+    store.path.write_text("[]")
+    usable, error, restored = store.check()
+    assert not usable and "no backup" in error and restored is None
+    store.backup_path.write_text("garbage")
+    usable, error, _ = store.check()
+    assert not usable and "backup is unreadable too" in error
+    assert store.path.read_text() == "[]"
