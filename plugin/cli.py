@@ -118,7 +118,8 @@ def collect_status(args: argparse.Namespace) -> dict[str, Any]:
     from pyroute2 import IPRoute
 
     from . import health
-    from .reconcile import firewall
+    from .firewall.rules import publish_addresses
+    from .reconcile import firewall, gather_facts
 
     state = _store(args).load()
     owners = engine.endpoint_owners(timeout=3)
@@ -127,19 +128,22 @@ def collect_status(args: argparse.Namespace) -> dict[str, Any]:
         links = netlink.tagged_links(ipr)
         routes = sorted(netlink.owned_routes(ipr), key=repr)
         rules = sorted(netlink.owned_rules(ipr), key=repr)
+        facts = gather_facts(ipr, state)
     networks = []
     for net in sorted(state.networks.values(), key=lambda n: n.bridge):
         networks.append({**dataclasses.asdict(net), "bridge_present": net.bridge in links})
     ports = []
     for ep in sorted(state.endpoints.values(), key=lambda e: e.id):
         owner = owners.get(ep.id, {})
-        for port in ep.ports:
+        net = state.networks.get(ep.network_id)
+        for port, where in [(p, w) for p in ep.ports
+                            for w in (publish_addresses(net, p.host_ip, facts) if net else (p.host_ip,))]:
             ports.append(
                 {
                     "container": owner.get("container", ""),
                     "network": owner.get("network", ep.network_id[:12]),
                     "endpoint": ep.id[:12],
-                    "host": f"{port.host_ip or '*'}:{port.host_port}",
+                    "host": f"{where or '*'}:{port.host_port}",
                     "container_port": f"{ep.address.split('/')[0]}:{port.container_port}/{port.proto}",
                     "proto": port.proto,
                 }
