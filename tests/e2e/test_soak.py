@@ -20,8 +20,9 @@ FD_SLACK = 16  # a pyroute2 socket or a log handle opened lazily once is not a l
 RSS_SLACK_KIB = 32 * 1024
 
 
-def group_usage(pgid: int) -> tuple[int, int, int]:
-    """(processes, RSS KiB, open fds) summed over the plugin's process group."""
+def group_usage(pgid: int, detail: dict | None = None) -> tuple[int, int, int]:
+    """(processes, RSS KiB, open fds) summed over the plugin's process group; ``detail`` gets
+    pid -> (role, RSS KiB, fds)."""
     procs = rss = fds = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -32,9 +33,12 @@ def group_usage(pgid: int) -> tuple[int, int, int]:
             if int(fields[2]) != pgid:
                 continue
             with open(f"/proc/{entry}/status") as fh:
-                rss += next((int(ln.split()[1]) for ln in fh if ln.startswith("VmRSS:")), 0)
-            fds += len(os.listdir(f"/proc/{entry}/fd"))
-            procs += 1
+                one = next((int(ln.split()[1]) for ln in fh if ln.startswith("VmRSS:")), 0)
+            nfds = len(os.listdir(f"/proc/{entry}/fd"))
+            rss, fds, procs = rss + one, fds + nfds, procs + 1
+            if detail is not None:
+                with open(f"/proc/{entry}/comm") as fh:
+                    detail[int(entry)] = (fh.read().strip(), one, nfds)
         except (OSError, IndexError, ValueError):
             continue
     return procs, rss, fds
@@ -67,11 +71,21 @@ def test_soak_cycles_leave_host_identical_and_plugin_flat(mn):
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
         list(pool.map(lambda w: worker_loop(lab, w, warm[w]), range(PARALLEL)))
-    warm_usage = group_usage(pgid)
+    warm_detail: dict = {}
+    warm_usage = group_usage(pgid, warm_detail)
+    rest = [per_worker[w] - warm[w] for w in range(PARALLEL)]
     with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
-        done = sum(pool.map(lambda w: worker_loop(lab, w, per_worker[w] - warm[w]), range(PARALLEL)))
+        done = sum(pool.map(lambda w: worker_loop(lab, w, rest[w] // 2), range(PARALLEL)))
+    mid_usage = group_usage(pgid)
+    with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
+        done += sum(pool.map(lambda w: worker_loop(lab, w, rest[w] - rest[w] // 2), range(PARALLEL)))
     elapsed = time.monotonic() - t0
-    end_usage = group_usage(pgid)
+    end_detail: dict = {}
+    end_usage = group_usage(pgid, end_detail)
+    for pid in sorted(set(warm_detail) | set(end_detail)):
+        print(f"  pid {pid} {(warm_detail.get(pid) or end_detail.get(pid))[0]}: RSS KiB/fds "
+              f"{warm_detail.get(pid, ('', '-', '-'))[1:]} -> {end_detail.get(pid, ('', '-', '-'))[1:]}")
+    print(f"soak checkpoints (processes, RSS KiB, fds): warm-up {warm_usage}, half-way {mid_usage}, end {end_usage}")
     print(f"\nsoak: {sum(warm) + done} cycles, {PARALLEL} in parallel, {elapsed:.0f} s "
           f"({elapsed / (sum(warm) + done):.2f} s/cycle); plugin group after warm-up: {warm_usage[0]} processes, "
           f"RSS {warm_usage[1] // 1024} MiB, {warm_usage[2]} fds; at the end: {end_usage[0]} processes, "
