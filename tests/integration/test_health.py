@@ -59,11 +59,13 @@ def wait_for(predicate, timeout: float = 30.0, what: str = ""):
 
 
 @contextmanager
-def serving(tmp_path: Path, stale: float = 3.0):
+def serving(tmp_path: Path, stale: float = 3.0, path_prefix: str = ""):
     ns = f"mnh{os.getpid() % 100000}"
     sock = str(tmp_path / "mnh.sock")
     state = tmp_path / "state"
     env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock", "MULTINIC_HEALTH_STALE": str(stale)}
+    if path_prefix:
+        env["PATH"] = f"{path_prefix}:{env['PATH']}"
     with scratch_netns(ns):
         log = open(tmp_path / "serve.log", "w")
         proc = subprocess.Popen(
@@ -173,3 +175,25 @@ def test_corrupt_state_without_backup_serves_and_refuses(tmp_path):
         assert code == 400 and "state file" in body["Err"] and "unreadable" in body["Err"]
         assert post(sock, "/NetworkDriver.GetCapabilities")[0] == 200
         assert (state / "state.json").read_bytes() == b"\x00\x00\x00"  # never overwritten
+
+
+def test_firewall_that_cannot_be_applied_is_unhealthy(tmp_path):
+    """The healer's reconcile fails when iptables-restore does (a broken backend, a kernel without
+    the module): /Plugin.Health says so with the error, and counts the failures."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for flavour in ("nft", "legacy"):
+        tool = bin_dir / f"iptables-{flavour}-restore"
+        tool.write_text("#!/bin/sh\necho 'iptables-restore: simulated failure' >&2\nexit 1\n")
+        tool.chmod(0o755)
+    state = tmp_path / "state"
+    state.mkdir()
+    record = {"id": NID, "bridge": "mnhfw0", "subnet": "10.47.0.0/24", "gateway": "10.47.0.1/24", "internal": True}
+    (state / "state.json").write_text(json.dumps({**GOOD, "networks": {NID: record}}))
+    with serving(tmp_path, path_prefix=str(bin_dir)) as (sock, _):
+        problems = wait_for(lambda: [p for p in health(sock)["problems"] if p.startswith("healer")],
+                            what="the firewall failure reported")
+        report = health(sock)
+        print(f"\nreported: {problems[0][:160]}")
+        assert not report["healthy"] and "simulated failure" in (report["loops"]["healer"]["last_error"] or "")
+        assert report["loops"]["healer"]["failures"] >= 1
