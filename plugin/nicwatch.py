@@ -210,17 +210,27 @@ def run(store: Store, stop: Any) -> None:
     driver = Driver(store)
     monitor = Monitor()
     parents: dict[str, int | None] = {}
-    refreshed = 0.0
+    refreshed, seen = 0.0, None
+
+    def stamp() -> int | None:
+        try:
+            return os.stat(store.path).st_mtime_ns
+        except OSError:
+            return None
+
     try:
         while not stop.is_set():
-            if time.monotonic() - refreshed > REFRESH:
+            events = monitor.read(POLL)
+            # which NICs are parents: re-read when the state changed (a network was just created
+            # on a NIC) before judging the events, and every REFRESH s (a parent's index changes)
+            if stamp() != seen or time.monotonic() - refreshed > REFRESH:
+                seen = stamp()
                 try:
                     with IPRoute() as ipr:
                         parents = parents_of(store.load(), ipr)
                 except Exception as exc:  # noqa: BLE001 - state unreadable: health says so
                     health.note(False, exc)
                 refreshed = time.monotonic()
-            events = monitor.read(POLL)
             if events == [] or (events and not any(relevant(e, parents) for e in events)):
                 continue
             first = time.monotonic()
@@ -235,9 +245,7 @@ def run(store: Store, stop: Any) -> None:
             except Exception as exc:  # noqa: BLE001 - the healer retries; health reports it
                 log.exception("reconcile after a parent NIC event failed")
                 health.note(False, exc)
-            with IPRoute() as ipr:
-                parents = parents_of(store.load(), ipr)  # a re-created parent has a new index
-            refreshed = time.monotonic()
+            refreshed = 0.0  # re-read the parents: a re-created parent has a new index
     finally:
         monitor.close()
 
