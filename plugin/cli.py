@@ -20,6 +20,24 @@ DEFAULT_SOCKET = "/run/docker/plugins/multinic.sock"
 DEFAULT_STATE = "/var/lib/multinic"
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _env_int(name: str, default: int) -> int:
+    """A numeric setting from the environment; a bad value is logged, never fatal (see cmd_serve)."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        log.warning("%s=%r is not a number; using %s", name, raw, default)
+        return default
+
+
+def _env_log_level() -> str:
+    raw = (os.environ.get("LOG_LEVEL") or "info").strip().lower()
+    return raw if raw in LOG_LEVELS else "info"
+
+
 def _socket(args: argparse.Namespace) -> str:
     return args.socket or os.environ.get("MULTINIC_SOCKET") or DEFAULT_SOCKET
 
@@ -41,7 +59,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = _socket(args)
     store = _store(args)
     os.environ["MULTINIC_STATE_DIR"] = str(store.directory)
-    info = engine.engine_info(timeout=3)
+    # Whatever goes wrong before the socket listens must not keep it from listening: dockerd
+    # (20.10) panics at its next start while an enabled managed plugin cannot start, and a
+    # legacy plugin's absent socket stalls every docker command for ~30 s. Recovery errors are
+    # logged and left to the healer; the verbs answer with a clear Err meanwhile.
+    info = None
+    try:
+        info = engine.engine_info(timeout=3)
+    except Exception:  # noqa: BLE001 - the engine check is advice, not a precondition
+        log.exception("could not ask the docker engine for its version")
     if info is None:
         log.warning(
             "docker engine not reachable yet (DOCKER_HOST=%s); serving anyway",
@@ -53,8 +79,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log.error("docker engine %s is too old: multinic needs Engine 20.10 or newer", info.version)
             return 2
     driver = Driver(store)
-    known = engine.network_ids(timeout=3) if info else None
-    driver.recover(known)
+    try:
+        known = engine.network_ids(timeout=3) if info else None
+        driver.recover(known)
+    except Exception:  # noqa: BLE001 - see above: serve anyway, the healer retries
+        log.exception("recovery at start failed; serving anyway (the healer retries)")
 
     Path(sock).parent.mkdir(parents=True, exist_ok=True)
     if Path(sock).exists():
@@ -65,8 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "umask": 0o077,  # the socket rewrites the host's firewall: root only
         "timeout": 120,
         "graceful_timeout": 10,
-        "accesslog": "-" if args.verbose else None,
-        "loglevel": "debug" if args.verbose else "info",
+        "accesslog": "-" if args.log_level == "debug" else None,
+        "loglevel": args.log_level,
         "proc_name": "multinic",
         # gunicorn >= 23 opens a control socket in $HOME; two plugins (or two labs) would share it.
         "control_socket_disable": True,
@@ -206,8 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the plugin (gunicorn on a unix socket)")
     serve.add_argument("--socket", help=f"unix socket (MULTINIC_SOCKET, default {DEFAULT_SOCKET})")
-    serve.add_argument("--workers", type=int, default=int(os.environ.get("MULTINIC_WORKERS", "2")))
-    serve.add_argument("-v", "--verbose", action="store_true")
+    serve.add_argument("--workers", type=int, default=_env_int("MULTINIC_WORKERS", 2))
+    serve.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=_env_log_level(),
+        help="debug, info, warning, error (LOG_LEVEL; default info)",
+    )
+    serve.add_argument("-v", "--verbose", action="store_const", dest="log_level", const="debug",
+                       help="same as --log-level debug")
     status = sub.add_parser("status", help="networks, published ports, gateways, kernel objects")
     status.add_argument("--json", action="store_true")
     status.add_argument("--socket", help="socket of the plugin (names the driver)")
@@ -215,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("cleanup", help="remove everything multinic added to the kernel and forget state")
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        level=getattr(logging, getattr(args, "log_level", "info").upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     handlers = {"serve": cmd_serve, "status": cmd_status, "reconcile": cmd_reconcile, "cleanup": cmd_cleanup}
