@@ -20,7 +20,6 @@ lab's namespace only), so they hold a machine-wide lock and remove what they cre
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -33,7 +32,7 @@ from typing import Iterator
 import pytest
 
 from tests.e2e.helpers import containers, network, run, wait_for, web_cmd
-from tests.lab import C1_ADDR, HOST_ETH1, LOCK_DIR, NETNS_DIR, Lab
+from tests.lab import C1_ADDR, HOST_ETH1, NETNS_DIR, Lab
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY = "localhost:5000"
@@ -54,15 +53,6 @@ def plugin_dir(tmp_path_factory) -> Path:
                           text=True, timeout=1200, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
-
-
-@pytest.fixture(scope="module")
-def machine_lock() -> Iterator[None]:
-    """One run at a time on this machine may use /var/lib/multinic and /run/xtables.lock."""
-    os.makedirs(LOCK_DIR, exist_ok=True)
-    with open(f"{LOCK_DIR}/managed-plugin.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
 
 
 @pytest.fixture
@@ -167,6 +157,23 @@ def _seed_case(lab: Lab, port: int, text: str, ctr: str) -> None:
     assert out.strip() == HOST_ETH1
 
 
+def _status_inside(lab: Lab) -> str:
+    """``multinic status`` run inside the managed plugin, as the README says (nsenter into its mount and
+    network namespaces)."""
+    host_ns = os.stat(f"{NETNS_DIR}/{lab.host_ns}").st_ino
+    pids = subprocess.run(["pgrep", "-f", "/usr/local/bin/multinic serve"], capture_output=True, text=True).stdout
+    for pid in pids.split():
+        with contextlib.suppress(OSError):
+            if os.stat(f"/proc/{pid}/ns/net").st_ino == host_ns:
+                proc = subprocess.run(["nsenter", "-t", pid, "-m", "-n", "--", "env",
+                                       f"DOCKER_HOST=unix:///host/run/{lab.run_docker_sock.name}", "multinic",
+                                       "--state-dir", "/host/var/lib/multinic", "status"],
+                                      capture_output=True, text=True, timeout=60)
+                assert proc.returncode == 0, proc.stderr
+                return proc.stdout
+    raise AssertionError(f"no managed multinic process in {lab.host_ns}: {pids!r}")
+
+
 WIPE = r"""
 import sys
 from pyroute2 import IPRoute
@@ -235,6 +242,8 @@ def test_install_from_registry_on_a_pristine_host(lab: Lab, pristine: Lab) -> No
             assert "front" in lab.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
             _seed_case(lab, 4070, "hello-v1", "web")
             assert (STATE / "state.json").exists()
+            status = _status_inside(lab)  # the README's recipe
+            assert "4070" in status and "10.70.0.0/24" in status, status
             lab.docker("rm", "-f", "web")  # before its network goes
     lab.docker("plugin", "disable", NAME)
     lab.docker("plugin", "rm", NAME)
