@@ -199,6 +199,21 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the host for what breaks multinic; exit 0 all pass, 1 warnings, 2 errors."""
+    from . import doctor
+
+    logging.getLogger().setLevel(logging.WARNING)  # the verdicts are the output, not the SDK's chatter
+    facts = doctor.gather(state_dir=args.state_dir, socket_path=args.socket, parents=args.parent or ())
+    results = doctor.run_checks(facts)
+    if args.json:
+        print(json.dumps(doctor.as_json(results, facts), indent=2))
+    else:
+        print(f"multinic doctor: state {facts.state_dir}, socket {facts.socket_path} ({facts.socket_from})")
+        print(doctor.render(results))
+    return doctor.exit_code(results)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="multinic", description="Docker network driver bound to a host NIC")
     parser.add_argument("--state-dir", help=f"state directory (MULTINIC_STATE_DIR, default {DEFAULT_STATE})")
@@ -212,13 +227,18 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--json", action="store_true")
     status.add_argument("--socket", help="socket of the plugin (names the driver)")
     sub.add_parser("reconcile", help="make the kernel match the saved state now")
+    doc = sub.add_parser("doctor", help="check the host; print each problem and its fix (exit 0/1/2)")
+    doc.add_argument("--json", action="store_true")
+    doc.add_argument("--socket", help="plugin socket (default: the service's, else the managed plugin's)")
+    doc.add_argument("--parent", action="append", help="also check this NIC as a parent (repeatable)")
     sub.add_parser("cleanup", help="remove everything multinic added to the kernel and forget state")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"serve": cmd_serve, "status": cmd_status, "reconcile": cmd_reconcile, "cleanup": cmd_cleanup}
+    handlers = {"serve": cmd_serve, "status": cmd_status, "reconcile": cmd_reconcile, "cleanup": cmd_cleanup,
+                "doctor": cmd_doctor}
     return handlers[args.command](args)
 
 
