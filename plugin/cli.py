@@ -52,6 +52,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not info.supported:
             log.error("docker engine %s is too old: multinic needs Engine 20.10 or newer", info.version)
             return 2
+    from . import metrics
+
+    address = args.metrics_address or os.environ.get(metrics.ENV_ADDRESS, "").strip()
+    if address:
+        try:
+            metrics_at = metrics.setup(address)
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
     driver = Driver(store)
     known = engine.network_ids(timeout=3) if info else None
     driver.recover(known)
@@ -87,11 +96,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("multinic %s serving on %s (driver name %r)", __version__, sock, driver_name(sock))
     gateways = watcher.spawn(store, driver_name(sock))
     healing = healer.spawn(store)
+    exporter = metrics.spawn(*metrics_at, str(store.directory)) if address else None
+    if exporter:
+        log.info("prometheus metrics on http://%s:%s/metrics", *metrics_at)
     try:
         Server().run()
     finally:
         gateways.stop()
         healing.stop()
+        if exporter:
+            exporter.stop()
+            metrics.teardown()
     return 0
 
 
@@ -223,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--socket", help=f"unix socket (MULTINIC_SOCKET, default {DEFAULT_SOCKET})")
     serve.add_argument("--workers", type=int, default=int(os.environ.get("MULTINIC_WORKERS", "2")))
     serve.add_argument("-v", "--verbose", action="store_true")
+    serve.add_argument("--metrics-address", metavar="HOST:PORT",
+                       help="serve Prometheus metrics there (MULTINIC_METRICS_ADDRESS; default: off)")
     status = sub.add_parser("status", help="networks, published ports, gateways, kernel objects")
     status.add_argument("--json", action="store_true")
     status.add_argument("--socket", help="socket of the plugin (names the driver)")
