@@ -282,12 +282,14 @@ def _our_flavours(f: Facts) -> list[str]:
     return [fl for fl in FLAVOURS if fl in f.iptables and f.iptables[fl].has_ours]
 
 
+def _our_flavour(f: Facts) -> str | None:
+    """The flavour whose FORWARD matters: where our chains are, else where Docker's are."""
+    return next(iter(_our_flavours(f) or _docker_flavours(f)), None)
+
+
 def _our_view(f: Facts) -> IptablesView | None:
-    ours = _our_flavours(f)
-    if ours:
-        return f.iptables[ours[0]]
-    docker = _docker_flavours(f)
-    return f.iptables[docker[0]] if docker else None
+    flavour = _our_flavour(f)
+    return f.iptables[flavour] if flavour else None
 
 
 def _target(rule: str) -> str | None:
@@ -296,24 +298,21 @@ def _target(rule: str) -> str | None:
 
 
 def check_forward(f: Facts) -> list[Result]:
-    view = _our_view(f)
-    if view is None:
+    flavour = _our_flavour(f)
+    if flavour is None:
         return [Result("forward", SKIP, "no iptables view (neither Docker's nor multinic's chains found)")]
+    view = f.iptables[flavour]
     policy = view.policies.get("filter", {}).get("FORWARD", "ACCEPT")
+    if not f.state.networks:
+        return [Result("forward", OK, f"FORWARD policy {policy}; no multinic network, so no jump expected")]
     rules = view.chain_rules("filter", "FORWARD")
     targets = [_target(r) for r in rules]
-    ours = [i for i, r in enumerate(rules) if _target(r) == "MULTINIC-FORWARD" and COMMENT in r]
+    ours = [i for i, r in enumerate(rules) if targets[i] == "MULTINIC-FORWARD" and COMMENT in r]
     user_has_ours = any(_target(r) == "MULTINIC-FORWARD" for r in view.chain_rules("filter", DOCKER_USER))
     entry = [i for i, t in enumerate(targets) if t == DOCKER_USER] if user_has_ours else []
     ours_at = min(ours + entry, default=None)
-    docker_at = next(
-        (i for i, t in enumerate(targets) if t and t.startswith("DOCKER") and t != DOCKER_USER), None
-    )
-    if docker_at is None:
-        docker_at = next((i for i, r in enumerate(rules) if "docker0" in r or " br-" in r), None)
-    fix = "multinic reconcile   (re-inserts the jumps; or restart the plugin)"
-    if not f.state.networks:
-        return [Result("forward", OK, f"FORWARD policy {policy}; no multinic network, so no jump expected")]
+    tool = f"iptables-{flavour}"
+    jump = "FORWARD -m comment --comment multinic -j MULTINIC-FORWARD"
     if ours_at is None:
         return [
             Result(
@@ -321,21 +320,30 @@ def check_forward(f: Facts) -> list[Result]:
                 ERROR,
                 f"FORWARD policy {policy} and no jump to MULTINIC-FORWARD (comment {COMMENT!r}) in FORWARD or "
                 "DOCKER-USER: multinic's networks are not forwarded (or not isolated)",
-                fix,
+                "multinic reconcile   (managed plugin: docker plugin disable/enable it; either re-inserts the jumps)",
             )
         ]
-    if docker_at is not None and docker_at < ours_at:
+    before = [(i, rules[i]) for i in range(ours_at) if targets[i] not in (DOCKER_USER, "MULTINIC-FORWARD")]
+    fix = (f"{tool} -D {jump} && {tool} -I {jump.replace('FORWARD', 'FORWARD 1', 1)}   "
+           "(or delete the jump and run multinic reconcile, which inserts it first)")
+    docker_first = [(i, r) for i, r in before
+                    if (_target(r) or "").startswith("DOCKER") or re.search(r"-[io] (docker0|br-)", r)]
+    if docker_first:
+        i, r = docker_first[0]
         return [
             Result(
                 "forward",
                 ERROR,
-                f"FORWARD rule {docker_at + 1} ({rules[docker_at]}) comes before multinic's jump (rule "
-                f"{ours_at + 1}): another tool reordered FORWARD, Docker's accepts now bypass multinic's isolation",
-                fix + f"; iptables -S FORWARD shows the order (multinic's jump must sit at or above rule "
-                f"{docker_at + 1})",
+                f"FORWARD rule {i + 1} ({r}) comes before multinic's jump (rule {ours_at + 1}): another tool "
+                "reordered FORWARD, and Docker's accepts now bypass multinic's isolation",
+                fix,
             )
         ]
-    return [Result("forward", OK, f"FORWARD policy {policy}; multinic's jump is rule {ours_at + 1}, above Docker's")]
+    if before:
+        listing = "; ".join(f"rule {i + 1}: {r}" for i, r in before[:3])
+        return [Result("forward", WARN, f"FORWARD rules of another tool run before multinic's jump (rule "
+                       f"{ours_at + 1}): {listing}", fix + "; or move that tool's rules below it")]
+    return [Result("forward", OK, f"FORWARD policy {policy}; multinic's jump (rule {ours_at + 1}) comes first")]
 
 
 def check_iptables_flavour(f: Facts) -> list[Result]:
