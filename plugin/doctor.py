@@ -807,7 +807,7 @@ def scan_processes(proc: str) -> list[Proc]:
     """Processes in this network namespace (a multinic or networkd in another netns is not ours)."""
     me = _netns_id("self", "/proc")
     out = []
-    for entry in Path(proc).iterdir():
+    for entry in sorted(Path(proc).iterdir(), key=lambda e: int(e.name) if e.name.isdigit() else -1):
         if not entry.name.isdigit():
             continue
         try:
