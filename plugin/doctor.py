@@ -920,11 +920,18 @@ def gather_kernel(f: Facts, extra_parents: Iterable[str] = ()) -> None:
                 info.rp_filter = _read(f"/proc/sys/net/ipv4/conf/{name}/rp_filter")
             f.parents[name] = info
         for m in ipr.get_rules(family=socket.AF_INET):
-            spec = netlink._rule_spec(m)
-            f.rules.append(RuleInfo(spec.priority, spec.table, netlink._attr(m, "FRA_PROTOCOL", 0) or 0,
-                                    spec.fwmark, spec.fwmask, str(spec.src) if spec.src else None))
-        for m in netlink.all_routes(ipr):
-            table = netlink._attr(m, "RTA_TABLE", m["table"])
+            src = m.get_attr("FRA_SRC")
+            mark = m.get_attr("FRA_FWMARK")
+            f.rules.append(RuleInfo(
+                priority=m.get_attr("FRA_PRIORITY") or 0,
+                table=m.get_attr("FRA_TABLE") or m["table"],
+                proto=m.get_attr("FRA_PROTOCOL") or 0,
+                fwmark=mark,
+                fwmask=m.get_attr("FRA_FWMASK") if mark is not None else None,
+                src=f"{src}/{m['src_len']}" if src else None,
+            ))
+        for m in ipr.route("dump", family=socket.AF_INET):  # every table (get_routes(table=0) is empty)
+            table = m.get_attr("RTA_TABLE") or m["table"]
             if m["proto"] != RT_PROTO and table not in (253, 254, 255):
                 f.foreign_routes_by_table[table] = f.foreign_routes_by_table.get(table, 0) + 1
         f.link_names = netlink.link_names(ipr)
@@ -955,7 +962,9 @@ def gather_docker(f: Facts, timeout: int = 5) -> None:
                      for t in (cfg.get("Interface") or {}).get("Types") or []]
             if not plugin.get("Name", "").startswith("multinic") or not any(PLUGIN_TYPE in t for t in types):
                 continue
-            mounts = {m.get("Name"): m.get("Source") for m in (plugin.get("Settings") or {}).get("Mounts") or []}
+            settings = plugin.get("Settings") or {}
+            mounts = {m.get("Name"): m.get("Source") for m in settings.get("Mounts") or []}
+            env = dict(e.split("=", 1) for e in settings.get("Env") or [] if "=" in e)
             f.plugins.append({
                 "name": plugin.get("Name", ""),
                 "id": plugin.get("Id", ""),
@@ -963,6 +972,7 @@ def gather_docker(f: Facts, timeout: int = 5) -> None:
                 "socket": f"/run/docker/plugins/{plugin.get('Id', '')}/"
                           f"{(cfg.get('Interface') or {}).get('Socket') or 'multinic.sock'}",
                 "state_source": mounts.get("state"),
+                "firewall": env.get("MULTINIC_FIREWALL", ""),
             })
     except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
         f.docker_error = str(exc) or type(exc).__name__
@@ -1000,6 +1010,8 @@ def gather(
         f.state_error = str(exc)
     gather_kernel(f, parents)
     f.firewall_forced = os.environ.get("MULTINIC_FIREWALL", "").strip()
+    if not f.firewall_forced and enabled and f.socket_path == enabled["socket"]:
+        f.firewall_forced = enabled.get("firewall", "").strip()
     for flavour in FLAVOURS:
         f.iptables[flavour] = read_iptables(flavour)
     f.networkd_settings, f.networkd_files = networkd_config(paths)
