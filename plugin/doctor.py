@@ -99,13 +99,14 @@ class RuleInfo:
     fwmask: int | None = None
     src: str | None = None
 
-    def describe(self) -> str:
+    def describe(self, proto: bool = True) -> str:
+        """``ip rule`` words; ``proto=False`` gives the selector ``ip rule del`` takes."""
         parts = [f"pref {self.priority}"]
         if self.src:
             parts.append(f"from {self.src}")
         if self.fwmark is not None:
             parts.append(f"fwmark {self.fwmark:#x}/{(self.fwmask or 0xFFFFFFFF):#x}")
-        parts.append(f"lookup {self.table} proto {self.proto}")
+        parts.append(f"lookup {self.table}" + (f" proto {self.proto}" if proto else ""))
         return " ".join(parts)
 
 
@@ -482,7 +483,7 @@ def check_foreign_rules(f: Facts) -> list[Result]:
     if at_prefs:
         out.append(Result(name, ERROR, "ip rules not made by multinic sit at its priorities "
                           f"{RULE_PREF_FWMARK}-{RULE_PREF_SOURCE}: " + "; ".join(r.describe() for r in at_prefs),
-                          "; ".join(f"ip rule del {_rule_del_args(r)}" for r in at_prefs)
+                          "; ".join(f"ip rule del {r.describe(proto=False)}" for r in at_prefs)
                           + "   (or move that tool's rules to other priorities)"))
     tables = _our_tables(f)
     in_tables = [r for r in foreign if r.table in tables or TABLE_ALLOC_FIRST <= r.table <= TABLE_ALLOC_LAST]
@@ -509,16 +510,6 @@ def check_foreign_rules(f: Facts) -> list[Result]:
                           + "; ".join(marks_fw[:5]),
                           f"change them to a mask without {MARK_MASK:#x} (e.g. --set-xmark V/0xffff)"))
     return out or [Result(name, OK, "no foreign ip rule at 10000-10002, in multinic's tables or on its mark bits")]
-
-
-def _rule_del_args(r: RuleInfo) -> str:
-    args = [f"pref {r.priority}"]
-    if r.src:
-        args.append(f"from {r.src}")
-    if r.fwmark is not None:
-        args.append(f"fwmark {r.fwmark:#x}/{(r.fwmask or 0xFFFFFFFF):#x}")
-    args.append(f"lookup {r.table}")
-    return " ".join(args)
 
 
 _SET_MARK = re.compile(r"--set-(?:x)?mark\s+(0x[0-9a-fA-F]+|\d+)(?:/(0x[0-9a-fA-F]+|\d+))?")
