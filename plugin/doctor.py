@@ -969,6 +969,32 @@ def gather_docker(f: Facts, timeout: int = 5) -> None:
         f.docker_error = str(exc) or type(exc).__name__
 
 
+def locate(
+    plugins: list[dict[str, Any]],
+    socket_arg: str | None,
+    state_arg: str | None,
+    env: Any,
+    service_socket_exists: bool,
+) -> tuple[str, str, str, str]:
+    """(socket, where it came from, the legacy socket to count as an instance, state dir).
+
+    ``--socket``, else MULTINIC_SOCKET, else the service's default socket, unless only an enabled managed
+    plugin exists: then its ``/run/docker/plugins/<id>/<socket>`` and its ``state`` mount source."""
+    enabled = next((p for p in plugins if p.get("enabled")), None)
+    sock, origin = DEFAULT_SOCKET, "default"
+    if socket_arg:
+        sock, origin = socket_arg, "--socket"
+    elif env.get("MULTINIC_SOCKET"):
+        sock, origin = env["MULTINIC_SOCKET"], "MULTINIC_SOCKET"
+    elif enabled and not service_socket_exists:
+        sock, origin = enabled["socket"], f"managed plugin {enabled['name']}"
+    managed = enabled is not None and sock == enabled["socket"]
+    legacy = DEFAULT_SOCKET if managed else sock
+    state = state_arg or env.get("MULTINIC_STATE_DIR") or (
+        enabled.get("state_source") if managed and enabled else None) or "/var/lib/multinic"
+    return sock, origin, legacy, state
+
+
 def gather(
     state_dir: str | None = None,
     socket_path: str | None = None,
@@ -986,15 +1012,9 @@ def gather(
     if docker:
         gather_docker(f)
     enabled = next((p for p in f.plugins if p["enabled"]), None)
-    if socket_path:
-        f.socket_path, f.socket_from = socket_path, "--socket"
-    elif os.environ.get("MULTINIC_SOCKET"):
-        f.socket_path, f.socket_from = os.environ["MULTINIC_SOCKET"], "MULTINIC_SOCKET"
-    elif enabled and not os.path.exists(DEFAULT_SOCKET):
-        f.socket_path, f.socket_from = enabled["socket"], f"managed plugin {enabled['name']}"
-    f.legacy_socket_path = f.socket_path if not enabled or f.socket_path != enabled["socket"] else DEFAULT_SOCKET
-    f.state_dir = (state_dir or os.environ.get("MULTINIC_STATE_DIR")
-                   or (enabled or {}).get("state_source") or "/var/lib/multinic")
+    f.socket_path, f.socket_from, f.legacy_socket_path, f.state_dir = locate(
+        f.plugins, socket_path, state_dir, os.environ, os.path.exists(DEFAULT_SOCKET)
+    )
     try:
         f.state = Store(f.state_dir).load()
     except Exception as exc:  # noqa: BLE001

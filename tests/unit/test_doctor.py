@@ -299,3 +299,26 @@ def test_facts_serialise_for_json():
     f = fw_facts()
     json.dumps(doctor.as_json(doctor.run_checks(f), f))
     json.dumps(f.to_json(), default=str)
+
+
+MANAGED = {"name": "multinic:latest", "id": "f" * 64, "enabled": True,
+           "socket": f"/run/docker/plugins/{'f' * 64}/multinic.sock", "state_source": "/srv/multinic"}
+
+
+def test_locate_service_managed_and_overrides():
+    default = doctor.DEFAULT_SOCKET
+    # the service alone
+    assert doctor.locate([], None, None, {}, True) == (default, "default", default, "/var/lib/multinic")
+    # a managed plugin alone: its socket under its id, its state mount
+    sock, origin, legacy, state = doctor.locate([MANAGED], None, None, {}, False)
+    assert sock == MANAGED["socket"] and "managed plugin multinic:latest" in origin
+    assert legacy == default and state == "/srv/multinic"
+    # both: the service's socket is the one asked, the managed plugin still counts as an instance
+    sock, _, legacy, state = doctor.locate([MANAGED], None, None, {}, True)
+    assert sock == default and legacy == default and state == "/var/lib/multinic"
+    # explicit flags and environment win
+    assert doctor.locate([MANAGED], "/x.sock", "/st", {}, False)[::3] == ("/x.sock", "/st")
+    env = {"MULTINIC_SOCKET": "/e.sock", "MULTINIC_STATE_DIR": "/es"}
+    assert doctor.locate([MANAGED], None, None, env, False)[::3] == ("/e.sock", "/es")
+    # a disabled managed plugin is not looked at
+    assert doctor.locate([{**MANAGED, "enabled": False}], None, None, {}, False)[0] == default
