@@ -171,6 +171,7 @@ class Facts:
     socket_from: str = "default"
     socket_stat: dict[str, int] | None = None  # mode, uid
     socket_dir_stat: dict[str, int] | None = None
+    state_dir_stat: dict[str, int] | None = None
     legacy_socket_alive: bool = False
     legacy_socket_path: str = DEFAULT_SOCKET
     processes: list[Proc] = field(default_factory=list)  # multinic serve processes in our netns
@@ -690,7 +691,38 @@ def check_health(f: Facts) -> list[Result]:
     return out
 
 
+def check_state(f: Facts) -> list[Result]:
+    name = "state"
+    if f.state_error:
+        return [Result(name, ERROR, f"{f.state_dir}/state.json cannot be read: {f.state_error}",
+                       f"move {f.state_dir}/state.json aside and restart the plugin; then recreate multinic networks "
+                       "Docker still lists (the ghosts check names them)")]
+    if f.state_dir_stat is None:
+        return [Result(name, OK, f"{f.state_dir} does not exist yet (no network created)")]
+    if f.state_dir_stat["mode"] & 0o022 or f.state_dir_stat["uid"] != 0:
+        return [Result(name, WARN, f"{f.state_dir} is mode {stat.S_IMODE(f.state_dir_stat['mode']):04o} uid "
+                       f"{f.state_dir_stat['uid']}: others can rewrite what multinic applies to the kernel",
+                       f"chown root {f.state_dir} && chmod 700 {f.state_dir}")]
+    return [Result(name, OK, f"{f.state_dir}: {len(f.state.networks)} network(s), {len(f.state.endpoints)} "
+                   "endpoint(s)")]
+
+
+def check_managed_mounts(f: Facts) -> list[Result]:
+    """A bind mount whose source is missing makes ``docker plugin enable`` fail (facts.md)."""
+    out = []
+    for p in f.plugins:
+        for src in p.get("missing_mounts") or ():
+            fix = "touch /run/xtables.lock" if src.endswith(".lock") else f"mkdir -p -m 700 {src}"
+            out.append(Result("plugin_mounts", ERROR if not p.get("enabled") else WARN,
+                              f"managed plugin {p['name']}: mount source {src} does not exist, so `docker plugin "
+                              "enable` fails (and after a reboot, /run is empty again)",
+                              f"{fix}; or docker plugin set {p['name']} <mount>.source=<existing path>"))
+    return out
+
+
 CHECKS: tuple[Callable[[Facts], list[Result]], ...] = (
+    check_state,
+    check_managed_mounts,
     check_ip_forward,
     check_rp_filter,
     check_br_netfilter,
@@ -956,6 +988,7 @@ def gather_docker(f: Facts, timeout: int = 5) -> None:
             settings = plugin.get("Settings") or {}
             mounts = {m.get("Name"): m.get("Source") for m in settings.get("Mounts") or []}
             env = dict(e.split("=", 1) for e in settings.get("Env") or [] if "=" in e)
+            missing = sorted(src for src in mounts.values() if src and not os.path.exists(src))
             f.plugins.append({
                 "name": plugin.get("Name", ""),
                 "id": plugin.get("Id", ""),
@@ -964,6 +997,7 @@ def gather_docker(f: Facts, timeout: int = 5) -> None:
                           f"{(cfg.get('Interface') or {}).get('Socket') or 'multinic.sock'}",
                 "state_source": mounts.get("state"),
                 "firewall": env.get("MULTINIC_FIREWALL", ""),
+                "missing_mounts": missing,
             })
     except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
         f.docker_error = str(exc) or type(exc).__name__
@@ -1015,6 +1049,7 @@ def gather(
     f.socket_path, f.socket_from, f.legacy_socket_path, f.state_dir = locate(
         f.plugins, socket_path, state_dir, os.environ, os.path.exists(DEFAULT_SOCKET)
     )
+    f.state_dir_stat = _stat(f.state_dir)
     try:
         f.state = Store(f.state_dir).load()
     except Exception as exc:  # noqa: BLE001

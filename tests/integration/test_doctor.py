@@ -257,3 +257,13 @@ def test_real_plugin_socket_health_and_two_instances(topo, tmp_path):
         _stop(a)
     r = only(run_doctor(topo, tmp_path, sock=a_sock), "socket")
     assert r.status == doctor.ERROR and "not serving" in r.message
+
+
+def test_unreadable_state_is_named(topo, tmp_path):
+    os.makedirs(topo.state_dir, mode=0o700)
+    with open(f"{topo.state_dir}/state.json", "w") as fh:
+        fh.write("{half a file")
+    r = only(run_doctor(topo, tmp_path), "state")
+    assert r.status == doctor.ERROR and "state.json cannot be read" in r.message
+    os.unlink(f"{topo.state_dir}/state.json")
+    assert only(run_doctor(topo, tmp_path), "state").status == doctor.OK

@@ -322,3 +322,21 @@ def test_locate_service_managed_and_overrides():
     assert doctor.locate([MANAGED], None, None, env, False)[::3] == ("/e.sock", "/es")
     # a disabled managed plugin is not looked at
     assert doctor.locate([{**MANAGED, "enabled": False}], None, None, {}, False)[0] == default
+
+
+def test_state_unreadable_open_or_fine():
+    r = one(doctor.check_state(Facts(state_dir="/s", state_error="Expecting value: line 1")))
+    assert r.status == ERROR and "/s/state.json" in r.message and "move /s/state.json aside" in r.fix
+    assert one(doctor.check_state(Facts(state_dir="/s"))).status == OK  # not created yet
+    r = one(doctor.check_state(Facts(state_dir="/s", state_dir_stat={"mode": 0o40777, "uid": 0})))
+    assert r.status == WARN and "chmod 700 /s" in r.fix
+    assert one(doctor.check_state(Facts(state_dir="/s", state_dir_stat={"mode": 0o40700, "uid": 0}))).status == OK
+
+
+def test_managed_plugin_mount_source_missing():
+    f = Facts(plugins=[{**MANAGED, "enabled": False, "missing_mounts": ["/run/xtables.lock", "/var/lib/multinic"]}])
+    results = doctor.check_managed_mounts(f)
+    assert [r.status for r in results] == [ERROR, ERROR]
+    assert results[0].fix.startswith("touch /run/xtables.lock")
+    assert results[1].fix.startswith("mkdir -p -m 700 /var/lib/multinic")
+    assert doctor.check_managed_mounts(Facts(plugins=[MANAGED])) == []
