@@ -174,3 +174,33 @@ def _try_scrape(lab):
     except Exception:  # noqa: BLE001 - not listening yet
         time.sleep(0.2)
         return None
+
+
+def test_firewall_flavour_other_than_dockers_on_a_legacy_host():
+    """A host whose Docker writes the legacy tables: doctor agrees with the detected backend, and names a
+    multinic forced onto nf_tables (rules Docker's FORWARD never sees) with the setting that fixes it."""
+    from tests.e2e.conftest import missing_prerequisite, skip_or_fail
+    from tests.lab import Lab
+
+    if reason := missing_prerequisite("20.10"):
+        skip_or_fail(reason)
+    prefix = os.environ.get("MULTINIC_LAB_PREFIX", "mne")[:4]
+    driver = os.environ.get("MULTINIC_LAB_DRIVER", "multinic") + "lg"
+    with Lab(f"{prefix}lg", engine="20.10", driver=driver, iptables="legacy") as lab:
+        lab.start_plugin()
+        try:
+            with network(lab, "legnet", "--opt", "parent=eth1", "--subnet", "10.55.0.0/24"):
+                code, checks = doctor(lab)
+                assert checks["iptables_flavour"][0]["status"] == "ok", checks["iptables_flavour"]
+                assert "Docker uses iptables-legacy" in checks["iptables_flavour"][0]["message"]
+                assert code == 0, {k: v for k, v in checks.items() if status_of(checks, k) != "ok"}
+            lab.stop_plugin()
+            lab.start_plugin(env={"MULTINIC_FIREWALL": "nft"})
+            with network(lab, "nftnet", "--opt", "parent=eth1", "--subnet", "10.56.0.0/24"):
+                code, checks = doctor(lab, env={"MULTINIC_FIREWALL": "nft"})
+                flavour = checks["iptables_flavour"][0]
+                assert code == 2 and flavour["status"] == "error"
+                assert "Docker uses iptables-legacy, multinic's chains are in iptables-nft" in flavour["message"]
+                assert "MULTINIC_FIREWALL=legacy" in flavour["fix"]
+        finally:
+            lab.stop_plugin()
