@@ -672,8 +672,9 @@ def check_health(f: Facts) -> list[Result]:
                        "look at the plugin's log (journalctl -u multinic, or dockerd's log for a managed plugin)")]
     out = []
     if f.health.get("healthy") is False:
-        out.append(Result(name, ERROR, f"plugin reports unhealthy: {json.dumps(f.health)}",
-                          "restart the plugin and read its log"))
+        problems = f.health.get("problems")
+        why = "; ".join(map(str, problems)) if isinstance(problems, list) and problems else json.dumps(f.health)
+        out.append(Result(name, ERROR, f"plugin reports unhealthy: {why}", "restart the plugin and read its log"))
     loops = health_loops(f.health)
     if not loops:
         out.append(Result(name, OK if not out else WARN, f"plugin {f.health.get('version', '?')} answers; it does not "

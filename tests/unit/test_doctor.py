@@ -198,6 +198,14 @@ def test_two_instances_service_and_managed_plugin():
          "alive"),
         ({"healthy": True, "healer": True, "watcher": {"running": False}}, ERROR, "watcher"),
         ({"healthy": True, "loops": {"healer": True}}, WARN, "not watcher"),
+        # the shape issue 14's Health reports: loops with heartbeats, problems spelled out
+        ({"healthy": False, "problems": ["watcher: process 42 is dead (the supervisor restarts it)"],
+          "serving": True, "loops": {"healer": {"pid": 41, "alive": True, "age": 1.0, "restarts": 0},
+                                     "watcher": {"pid": 42, "alive": False, "age": 9.0, "restarts": 1},
+                                     "nicwatch": {"pid": 43, "alive": True}}}, ERROR, "process 42 is dead"),
+        ({"healthy": True, "problems": [], "serving": True,
+          "loops": {"healer": {"alive": True}, "watcher": {"alive": True}, "nicwatch": {"alive": True}}}, OK,
+         "alive: healer, nicwatch, watcher"),
     ],
 )
 def test_health_shapes(health, status, words):
