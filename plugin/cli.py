@@ -216,10 +216,10 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Check the host for what breaks multinic; exit 0 all pass, 1 warnings, 2 errors."""
-    from . import doctor
+    from . import doctor, hostfacts
 
     logging.getLogger().setLevel(logging.WARNING)  # the verdicts are the output, not the SDK's chatter
-    facts = doctor.gather(state_dir=args.state_dir, socket_path=args.socket, parents=args.parent or ())
+    facts = hostfacts.gather(state_dir=args.state_dir, socket_path=args.socket, parents=args.parent or ())
     results = doctor.run_checks(facts)
     if args.json:
         print(json.dumps(doctor.as_json(results, facts), indent=2))

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from plugin import doctor
+from plugin import doctor, hostfacts
 from tests.integration.test_datapath import create_network
 from tests.nsutil import sh
 
@@ -21,8 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _gather_and_check(state_dir: str, sock: str, parents: tuple[str, ...], root: str, env: dict) -> list:
     os.environ.update(env)
-    facts = doctor.gather(state_dir=state_dir, socket_path=sock, parents=parents, docker=False,
-                          paths=doctor.HostPaths(root=root))
+    facts = hostfacts.gather(state_dir=state_dir, socket_path=sock, parents=parents, docker=False,
+                          paths=hostfacts.HostPaths(root=root))
     return doctor.run_checks(facts)
 
 

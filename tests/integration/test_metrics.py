@@ -10,7 +10,7 @@ import socket
 import time
 import urllib.request
 
-from plugin import doctor
+from plugin import hostfacts
 from tests.integration.test_doctor import _serve, _stop
 from tests.nsutil import in_netns, sh
 
@@ -37,7 +37,7 @@ def scrape(t) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def call(t, sock: str, verb: str, body: dict) -> tuple[int, dict]:
-    status, raw = in_netns(t.host, doctor.http_over_unix, sock, f"/NetworkDriver.{verb}", json.dumps(body).encode())
+    status, raw = in_netns(t.host, hostfacts.http_over_unix, sock, f"/NetworkDriver.{verb}", json.dumps(body).encode())
     return status, json.loads(raw)
 
 

@@ -8,8 +8,9 @@ import os
 
 import pytest
 
-from plugin import doctor
-from plugin.doctor import ERROR, OK, SKIP, WARN, Facts, HostPaths, Proc, Result
+from plugin import doctor, hostfacts
+from plugin.doctor import ERROR, OK, SKIP, WARN, Facts, Proc, Result
+from plugin.hostfacts import HostPaths
 from plugin.state import EndpointRecord, NetworkRecord, State
 
 NID = "a" * 64
@@ -51,7 +52,7 @@ def write(path, text: str) -> None:
 def test_networkd_defaults_to_managing_foreign_rules_and_the_dropin_fixes_it(tmp_path):
     paths = HostPaths(root=str(tmp_path))
     write(tmp_path / "etc/systemd/networkd.conf", "[Network]\n#ManageForeignRoutingPolicyRules=yes\n")
-    settings, files = doctor.networkd_config(paths)
+    settings, files = hostfacts.networkd_config(paths)
     f = Facts(networkd_running=True, networkd_settings=settings)
     r = one(doctor.check_networkd(f))
     assert r.status == ERROR and "ManageForeignRoutingPolicyRules=yes" in r.message
@@ -61,7 +62,7 @@ def test_networkd_defaults_to_managing_foreign_rules_and_the_dropin_fixes_it(tmp
     shipped = doctor.REPO_CONTRIB / "systemd/networkd.conf.d/multinic.conf"
     assert shipped.read_text() == doctor.NETWORKD_DROPIN
     write(tmp_path / "etc/systemd/networkd.conf.d/multinic.conf", shipped.read_text())
-    settings, files = doctor.networkd_config(paths)
+    settings, files = hostfacts.networkd_config(paths)
     assert files[-1].endswith("networkd.conf.d/multinic.conf")
     assert one(doctor.check_networkd(Facts(networkd_running=True, networkd_settings=settings))).status == OK
 
@@ -72,12 +73,12 @@ def test_networkd_dropin_order_and_precedence(tmp_path):
           "[Network]\nManageForeignRoutingPolicyRules=no\nManageForeignRoutes=no\n")
     # a later drop-in (by name) turns it back on ...
     write(tmp_path / "usr/lib/systemd/networkd.conf.d/90-vendor.conf", "[Network]\nManageForeignRoutes=yes\n")
-    settings, _ = doctor.networkd_config(paths)
+    settings, _ = hostfacts.networkd_config(paths)
     assert settings["ManageForeignRoutes"] == "yes"
     assert one(doctor.check_networkd(Facts(networkd_running=True, networkd_settings=settings))).status == ERROR
     # ... and an /etc drop-in of the same name masks the vendor's
     write(tmp_path / "etc/systemd/networkd.conf.d/90-vendor.conf", "[Network]\nManageForeignRoutes=false\n")
-    settings, _ = doctor.networkd_config(paths)
+    settings, _ = hostfacts.networkd_config(paths)
     assert settings["ManageForeignRoutes"] == "false"
     assert one(doctor.check_networkd(Facts(networkd_running=True, networkd_settings=settings))).status == OK
 
@@ -105,9 +106,9 @@ def test_process_scan_finds_networkd_nm_and_multinic_in_this_netns_only(tmp_path
     fake_proc(proc, 21, "multinic", "/usr/bin/python3 /usr/local/bin/multinic serve --socket /run/x.sock", ppid=20)
     fake_proc(proc, 30, "python3", "python -m plugin.cli serve --socket /run/y.sock", netns="net:[1]")
     fake_proc(proc, 40, "python3", "python -m plugin.cli --state-dir /x status")
-    procs = doctor.scan_processes(str(proc))
+    procs = hostfacts.scan_processes(str(proc))
     assert {p.pid for p in procs} == {10, 11, 20, 21, 40}  # 30 lives in another netns
-    servers = doctor.multinic_servers(procs)
+    servers = hostfacts.multinic_servers(procs)
     assert [p.pid for p in servers] == [20, 21]
     assert one(doctor.check_instances(Facts(processes=servers))).status == OK  # a master and its worker
 
@@ -118,7 +119,7 @@ def test_nm_device_files_say_which_links_it_manages(tmp_path):
     write(tmp_path / "root/run/NetworkManager/devices/3", "[device]\nmanaged=true\n")
     write(tmp_path / "root/run/NetworkManager/devices/4", "[device]\nmanaged=false\n")
     write(tmp_path / "root/run/NetworkManager/devices/7", "[device]\nmanaged=true\n")
-    managed = doctor.nm_managed(paths, {3: "eth1", 4: "eth2", 7: "mn-aaaaaaaaaaaa"})
+    managed = hostfacts.nm_managed(paths, {3: "eth1", 4: "eth2", 7: "mn-aaaaaaaaaaaa"})
     assert managed == {"eth1": True, "eth2": False, "mn-aaaaaaaaaaaa": True}
     f = Facts(nm_running=True, nm_managed=managed, state=state(),
               parents={"eth1": doctor.ParentInfo("eth1", True, True, ["192.168.101.2/24"])})
@@ -241,7 +242,7 @@ COMMIT
 
 def fw_facts(nft: str = DOCKER_NFT, legacy: str = "") -> Facts:
     return Facts(state=state(), br_netfilter_loaded=True, bridge_nf_call_iptables="1",
-                 iptables={"nft": doctor.parse_iptables_save(nft), "legacy": doctor.parse_iptables_save(legacy)})
+                 iptables={"nft": hostfacts.parse_iptables_save(nft), "legacy": hostfacts.parse_iptables_save(legacy)})
 
 
 def test_healthy_docker_forward_layout_passes():
@@ -316,20 +317,20 @@ MANAGED = {"name": "multinic:latest", "id": "f" * 64, "enabled": True,
 def test_locate_service_managed_and_overrides():
     default = doctor.DEFAULT_SOCKET
     # the service alone
-    assert doctor.locate([], None, None, {}, True) == (default, "default", default, "/var/lib/multinic")
+    assert hostfacts.locate([], None, None, {}, True) == (default, "default", default, "/var/lib/multinic")
     # a managed plugin alone: its socket under its id, its state mount
-    sock, origin, legacy, state = doctor.locate([MANAGED], None, None, {}, False)
+    sock, origin, legacy, state = hostfacts.locate([MANAGED], None, None, {}, False)
     assert sock == MANAGED["socket"] and "managed plugin multinic:latest" in origin
     assert legacy == default and state == "/srv/multinic"
     # both: the service's socket is the one asked, the managed plugin still counts as an instance
-    sock, _, legacy, state = doctor.locate([MANAGED], None, None, {}, True)
+    sock, _, legacy, state = hostfacts.locate([MANAGED], None, None, {}, True)
     assert sock == default and legacy == default and state == "/var/lib/multinic"
     # explicit flags and environment win
-    assert doctor.locate([MANAGED], "/x.sock", "/st", {}, False)[::3] == ("/x.sock", "/st")
+    assert hostfacts.locate([MANAGED], "/x.sock", "/st", {}, False)[::3] == ("/x.sock", "/st")
     env = {"MULTINIC_SOCKET": "/e.sock", "MULTINIC_STATE_DIR": "/es"}
-    assert doctor.locate([MANAGED], None, None, env, False)[::3] == ("/e.sock", "/es")
+    assert hostfacts.locate([MANAGED], None, None, env, False)[::3] == ("/e.sock", "/es")
     # a disabled managed plugin is not looked at
-    assert doctor.locate([{**MANAGED, "enabled": False}], None, None, {}, False)[0] == default
+    assert hostfacts.locate([{**MANAGED, "enabled": False}], None, None, {}, False)[0] == default
 
 
 def test_state_unreadable_open_or_fine():
