@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from flask import Flask, Response, request
 
-from . import __version__, messages
+from . import __version__, messages, metrics
 from .driver import CAPABILITIES, Driver
 from .errors import DriverError
 from .state import Store
@@ -53,7 +53,7 @@ def create_app(driver: Driver | None = None) -> Flask:
                 log.exception("%s failed", path)
                 return _reply({"Err": f"multinic internal error in {path.strip('/')}: {exc}"}, 500)
 
-        app.add_url_rule(path, endpoint=path, view_func=view, methods=["POST"])
+        app.add_url_rule(path, endpoint=path, view_func=metrics.instrument(path, view), methods=["POST"])
 
     nd = "/NetworkDriver."
     route("/Plugin.Activate", lambda b: {"Implements": ["NetworkDriver"]})

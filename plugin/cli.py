@@ -78,6 +78,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not info.supported:
             log.error("docker engine %s is too old: multinic needs Engine 20.10 or newer", info.version)
             return 2
+    from . import metrics
+
+    address = args.metrics_address or os.environ.get(metrics.ENV_ADDRESS, "").strip()
+    if address:
+        try:
+            metrics_at = metrics.setup(address)
+        except ValueError as exc:  # serve without metrics: a bad setting must not keep the socket shut
+            log.error("metrics off: %s", exc)
+            address = ""
     driver = Driver(store)
     try:
         known = engine.network_ids(timeout=3) if info else None
@@ -116,11 +125,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("multinic %s serving on %s (driver name %r)", __version__, sock, driver_name(sock))
     gateways = watcher.spawn(store, driver_name(sock))
     healing = healer.spawn(store)
+    exporter = metrics.spawn(*metrics_at, str(store.directory)) if address else None
+    if exporter:
+        log.info("prometheus metrics on http://%s:%s/metrics", *metrics_at)
     try:
         Server().run()
     finally:
         gateways.stop()
         healing.stop()
+        if exporter:
+            exporter.stop()
+            metrics.teardown()
     return 0
 
 
@@ -228,6 +243,21 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the host for what breaks multinic; exit 0 all pass, 1 warnings, 2 errors."""
+    from . import doctor, hostfacts
+
+    logging.getLogger().setLevel(logging.WARNING)  # the verdicts are the output, not the SDK's chatter
+    facts = hostfacts.gather(state_dir=args.state_dir, socket_path=args.socket, parents=args.parent or ())
+    results = doctor.run_checks(facts)
+    if args.json:
+        print(json.dumps(doctor.as_json(results, facts), indent=2))
+    else:
+        print(f"multinic doctor: state {facts.state_dir}, socket {facts.socket_path} ({facts.socket_from})")
+        print(doctor.render(results))
+    return doctor.exit_code(results)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="multinic", description="Docker network driver bound to a host NIC")
     parser.add_argument("--state-dir", help=f"state directory (MULTINIC_STATE_DIR, default {DEFAULT_STATE})")
@@ -245,17 +275,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.add_argument("-v", "--verbose", action="store_const", dest="log_level", const="debug",
                        help="same as --log-level debug")
+    serve.add_argument("--metrics-address", metavar="HOST:PORT",
+                       help="serve Prometheus metrics there (MULTINIC_METRICS_ADDRESS; default: off)")
     status = sub.add_parser("status", help="networks, published ports, gateways, kernel objects")
     status.add_argument("--json", action="store_true")
     status.add_argument("--socket", help="socket of the plugin (names the driver)")
     sub.add_parser("reconcile", help="make the kernel match the saved state now")
+    doc = sub.add_parser("doctor", help="check the host; print each problem and its fix (exit 0/1/2)")
+    doc.add_argument("--json", action="store_true")
+    doc.add_argument("--socket", help="plugin socket (default: the service's, else the managed plugin's)")
+    doc.add_argument("--parent", action="append", help="also check this NIC as a parent (repeatable)")
     sub.add_parser("cleanup", help="remove everything multinic added to the kernel and forget state")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, getattr(args, "log_level", "info").upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"serve": cmd_serve, "status": cmd_status, "reconcile": cmd_reconcile, "cleanup": cmd_cleanup}
+    handlers = {"serve": cmd_serve, "status": cmd_status, "reconcile": cmd_reconcile, "cleanup": cmd_cleanup,
+                "doctor": cmd_doctor}
     return handlers[args.command](args)
 
 
