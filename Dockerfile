@@ -10,5 +10,5 @@ COPY plugin /src/plugin
 RUN python3 -m venv /opt/multinic \
  && /opt/multinic/bin/pip install --no-cache-dir /src \
  && ln -s /opt/multinic/bin/multinic /usr/local/bin/multinic \
- && mkdir -p /run/docker/plugins /var/lib/multinic
-ENTRYPOINT ["/usr/local/bin/multinic", "serve"]
+ && mkdir -p /run/docker/plugins /host/var/lib /host/run
+ENTRYPOINT ["/usr/local/bin/multinic", "serve", "--socket", "/run/docker/plugins/multinic.sock"]

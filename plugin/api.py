@@ -24,7 +24,7 @@ from typing import Any, Callable
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import __version__, faults, health, messages
+from . import __version__, faults, health, messages, metrics
 from .driver import CAPABILITIES, Driver
 from .errors import DriverError
 from .state import Store
@@ -78,7 +78,7 @@ def create_app(driver: Driver | None = None) -> Flask:
                 log.warning("%s refused: %s", path, exc)
                 return _reply({"Err": str(exc)}, REFUSED)
 
-        app.add_url_rule(path, endpoint=path, view_func=view, methods=["POST"])
+        app.add_url_rule(path, endpoint=path, view_func=metrics.instrument(path, view), methods=["POST"])
 
     nd = "/NetworkDriver."
     # Verbs that ignore their body answer whatever it holds: dockerd sends none for the first two.

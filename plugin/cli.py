@@ -20,6 +20,24 @@ DEFAULT_SOCKET = "/run/docker/plugins/multinic.sock"
 DEFAULT_STATE = "/var/lib/multinic"
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _env_int(name: str, default: int) -> int:
+    """A numeric setting from the environment; a bad value is logged, never fatal (see cmd_serve)."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        log.warning("%s=%r is not a number; using %s", name, raw, default)
+        return default
+
+
+def _env_log_level() -> str:
+    raw = (os.environ.get("LOG_LEVEL") or "info").strip().lower()
+    return raw if raw in LOG_LEVELS else "info"
+
+
 def _socket(args: argparse.Namespace) -> str:
     return args.socket or os.environ.get("MULTINIC_SOCKET") or DEFAULT_SOCKET
 
@@ -41,7 +59,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = _socket(args)
     store = _store(args)
     os.environ["MULTINIC_STATE_DIR"] = str(store.directory)
-    info = engine.engine_info(timeout=3)
+    # Whatever goes wrong before the socket listens must not keep it from listening: dockerd
+    # (20.10) panics at its next start while an enabled managed plugin cannot start, and a
+    # legacy plugin's absent socket stalls every docker command for ~30 s. Recovery errors are
+    # logged and left to the healer; the verbs answer with a clear Err meanwhile.
+    info = None
+    try:
+        info = engine.engine_info(timeout=3)
+    except Exception:  # noqa: BLE001 - the engine check is advice, not a precondition
+        log.exception("could not ask the docker engine for its version")
     if info is None:
         log.warning(
             "docker engine not reachable yet (DOCKER_HOST=%s); serving anyway",
@@ -52,6 +78,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not info.supported:
             log.error("docker engine %s is too old: multinic needs Engine 20.10 or newer", info.version)
             return 2
+    from . import metrics
+
+    address = args.metrics_address or os.environ.get(metrics.ENV_ADDRESS, "").strip()
+    if address:
+        try:
+            metrics_at = metrics.setup(address)
+        except ValueError as exc:  # serve without metrics: a bad setting must not keep the socket shut
+            log.error("metrics off: %s", exc)
+            address = ""
     driver = Driver(store)
     from . import health
 
@@ -60,11 +95,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if restored:
         log.error("state file was unreadable; restored the last good copy from %s", restored)
     if usable:
-        known = engine.network_ids(timeout=3) if info else None
         try:
+            known = engine.network_ids(timeout=3) if info else None
             driver.recover(known)
         except Exception:  # noqa: BLE001 - serve anyway: dockerd needs a listening plugin; the healer retries
-            log.exception("reconcile at start failed; serving anyway, the healer retries")
+            log.exception("recovery at start failed; serving anyway (the healer retries)")
     else:
         log.error("%s; serving anyway, every verb that needs the state refuses", problem)
 
@@ -77,8 +112,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "umask": 0o077,  # the socket rewrites the host's firewall: root only
         "timeout": 120,
         "graceful_timeout": 10,
-        "accesslog": "-" if args.verbose else None,
-        "loglevel": "debug" if args.verbose else "info",
+        "accesslog": "-" if args.log_level == "debug" else None,
+        "loglevel": args.log_level,
         "proc_name": "multinic",
         # gunicorn >= 23 opens a control socket in $HOME; two plugins (or two labs) would share it.
         "control_socket_disable": True,
@@ -98,19 +133,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     log.info("multinic %s serving on %s (driver name %r)", __version__, sock, driver_name(sock))
     background.HEALTH_STATE_DIR = str(store.directory)
-    supervisor = background.Supervisor(
-        str(store.directory),
-        {
-            "watcher": lambda: watcher.spawn(store, driver_name(sock)),
-            "healer": lambda: healer.spawn(store),
-            "nicwatch": lambda: nicwatch.spawn(store),
-        },
-    )
+    loops = {
+        "watcher": lambda: watcher.spawn(store, driver_name(sock)),
+        "healer": lambda: healer.spawn(store),
+        "nicwatch": lambda: nicwatch.spawn(store),
+    }
+    if address:
+        loops["metrics"] = lambda: metrics.spawn(*metrics_at, str(store.directory))
+        log.info("prometheus metrics on http://%s:%s/metrics", *metrics_at)
+    supervisor = background.Supervisor(str(store.directory), loops)
     supervisor.start()
     try:
         Server().run()
     finally:
         supervisor.stop()
+        if address:
+            metrics.teardown()
     return 0
 
 
@@ -234,6 +272,21 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the host for what breaks multinic; exit 0 all pass, 1 warnings, 2 errors."""
+    from . import doctor, hostfacts
+
+    logging.getLogger().setLevel(logging.WARNING)  # the verdicts are the output, not the SDK's chatter
+    facts = hostfacts.gather(state_dir=args.state_dir, socket_path=args.socket, parents=args.parent or ())
+    results = doctor.run_checks(facts)
+    if args.json:
+        print(json.dumps(doctor.as_json(results, facts), indent=2))
+    else:
+        print(f"multinic doctor: state {facts.state_dir}, socket {facts.socket_path} ({facts.socket_from})")
+        print(doctor.render(results))
+    return doctor.exit_code(results)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="multinic", description="Docker network driver bound to a host NIC")
     parser.add_argument("--state-dir", help=f"state directory (MULTINIC_STATE_DIR, default {DEFAULT_STATE})")
@@ -241,19 +294,34 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the plugin (gunicorn on a unix socket)")
     serve.add_argument("--socket", help=f"unix socket (MULTINIC_SOCKET, default {DEFAULT_SOCKET})")
-    serve.add_argument("--workers", type=int, default=int(os.environ.get("MULTINIC_WORKERS", "2")))
-    serve.add_argument("-v", "--verbose", action="store_true")
+    serve.add_argument("--workers", type=int, default=_env_int("MULTINIC_WORKERS", 2))
+    serve.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=_env_log_level(),
+        help="debug, info, warning, error (LOG_LEVEL; default info)",
+    )
+    serve.add_argument("-v", "--verbose", action="store_const", dest="log_level", const="debug",
+                       help="same as --log-level debug")
+    serve.add_argument("--metrics-address", metavar="HOST:PORT",
+                       help="serve Prometheus metrics there (MULTINIC_METRICS_ADDRESS; default: off)")
     status = sub.add_parser("status", help="networks, published ports, gateways, kernel objects")
     status.add_argument("--json", action="store_true")
     status.add_argument("--socket", help="socket of the plugin (names the driver)")
     sub.add_parser("reconcile", help="make the kernel match the saved state now")
+    doc = sub.add_parser("doctor", help="check the host; print each problem and its fix (exit 0/1/2)")
+    doc.add_argument("--json", action="store_true")
+    doc.add_argument("--socket", help="plugin socket (default: the service's, else the managed plugin's)")
+    doc.add_argument("--parent", action="append", help="also check this NIC as a parent (repeatable)")
     sub.add_parser("cleanup", help="remove everything multinic added to the kernel and forget state")
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        level=getattr(logging, getattr(args, "log_level", "info").upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"serve": cmd_serve, "status": cmd_status, "reconcile": cmd_reconcile, "cleanup": cmd_cleanup}
+    handlers = {"serve": cmd_serve, "status": cmd_status, "reconcile": cmd_reconcile, "cleanup": cmd_cleanup,
+                "doctor": cmd_doctor}
     return handlers[args.command](args)
 
 

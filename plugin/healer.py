@@ -16,7 +16,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from . import background, engine, health, netlink
+from . import background, engine, health, metrics, netlink
 from .background import BackgroundProcess
 from .desired import host_state
 from .driver import Driver
@@ -32,18 +32,23 @@ GC_INTERVAL = float(os.environ.get("MULTINIC_GC_INTERVAL", "60"))
 GC_GRACE = float(os.environ.get("MULTINIC_GC_GRACE", "120"))
 
 
-def drift(state: State) -> list[str]:
-    """What the kernel lacks or has extra, compared with the state (empty list: in sync)."""
+def drift(state: State, counts: dict[str, int] | None = None) -> list[str]:
+    """What the kernel lacks or has extra, compared with the state (empty list: in sync);
+    ``counts`` gets the number of missing objects per kind (for the repairs metric)."""
+    counts = {} if counts is None else counts
     with IPRoute() as ipr:
         desired = host_state(state, gather_facts(ipr, state))
         reasons = []
         routes = netlink.owned_routes(ipr)
         rules = netlink.owned_rules(ipr)
+        counts["route"] = len(desired.routes - routes)
+        counts["rule"] = len(desired.rules - rules)
         if missing := desired.routes - routes:
             reasons.append(f"{len(missing)} route(s) missing")
         if missing := desired.rules - rules:
             reasons.append(f"{len(missing)} rule(s) missing")
         links = netlink.tagged_links(ipr)
+        counts["bridge"] = sum(1 for b in desired.bridges if b.name not in links)
         if missing := [b.name for b in desired.bridges if b.name not in links]:
             reasons.append(f"bridge(s) missing: {', '.join(missing)}")
     return reasons
@@ -58,11 +63,14 @@ def run(store: Store, stop_event: Any) -> None:
             state = store.load()
             if not state.networks:
                 continue
-            reasons = drift(state)
+            counts: dict[str, int] = {}
+            reasons = drift(state, counts)
             if reasons or time.monotonic() - last_full > FULL_INTERVAL:
                 if reasons:
                     log.warning("kernel drifted from state (%s); re-applying", "; ".join(reasons))
                 driver.recover(None)
+                for kind, n in counts.items():  # metrics hook (issue 15): after the repair succeeded
+                    metrics.repaired(kind, n)
                 last_full = time.monotonic()
                 health.note(True, repaired=bool(reasons))
             if time.monotonic() - last_gc > GC_INTERVAL:

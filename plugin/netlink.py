@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from . import devconf
 from .desired import BridgeSpec, RouteSpec, RuleSpec, VethSpec
 from .facts import ParentFacts
 from .tags import LINK_BRIDGE, LINK_VETH, RT_PROTO, link_alias, parse_link_alias
@@ -266,8 +268,24 @@ def delete_rule(ipr: IPRoute, spec: RuleSpec) -> None:
 
 
 # -- sysctls --------------------------------------------------------------------------
+_DEVCONF_PATH = re.compile(r"net/ipv4/conf/([^/]+)/([a-z_]+)")
+
+
+def _devconf_key(path: str) -> tuple[str, str] | None:
+    """``net/ipv4/conf/<if>/<name>`` for a real interface → (if, name); None otherwise."""
+    match = _DEVCONF_PATH.fullmatch(path)
+    if match and match.group(1) not in ("all", "default") and match.group(2) in devconf.DEVCONF:
+        return match.group(1), match.group(2)
+    return None
+
+
 def read_sysctl(path: str) -> str | None:
-    """``path`` like ``net/ipv4/conf/eth1/rp_filter``; /proc/sys/net follows the caller's netns."""
+    """``path`` like ``net/ipv4/conf/eth1/rp_filter``, in the caller's netns. Per-interface IPv4
+    settings are read over netlink (see :mod:`plugin.devconf`), the rest from /proc/sys."""
+    key = _devconf_key(path)
+    if key is not None:
+        value = devconf.read(*key)
+        return None if value is None else str(value)
     try:
         return Path("/proc/sys", path).read_text().strip()
     except FileNotFoundError:
@@ -275,6 +293,13 @@ def read_sysctl(path: str) -> str | None:
 
 
 def write_sysctl(path: str, value: str) -> None:
+    """Per-interface IPv4 settings go over netlink: a managed plugin sees /proc/sys read-only."""
+    key = _devconf_key(path)
+    if key is not None:
+        current = devconf.read(*key)
+        if current is not None and current != int(value):
+            devconf.write(*key, int(value))
+        return
     target = Path("/proc/sys", path)
     if target.exists() and target.read_text().strip() != value:
         target.write_text(value)

@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 
 need=()
-for pkg in docker.io iptables nftables busybox-static conntrack iproute2 python3-venv debootstrap; do
+# docker-registry: the local plugin registry of the managed-plugin e2e test (run as a plain process in
+# the lab); systemd: systemd-analyze verifies the host-service unit.
+for pkg in docker.io iptables nftables busybox-static conntrack iproute2 python3-venv debootstrap docker-registry \
+    systemd; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then
@@ -19,6 +22,10 @@ fi
 # it and the root namespace must stay untouched, so stop it if systemd started one.
 if command -v systemctl >/dev/null && systemctl is-active -q docker 2>/dev/null; then
   systemctl stop docker.socket docker.service containerd.service 2>/dev/null || true
+fi
+# Likewise the registry the docker-registry package may start on the host's port 5000.
+if command -v systemctl >/dev/null && systemctl is-active -q docker-registry 2>/dev/null; then
+  systemctl disable --now docker-registry 2>/dev/null || true
 fi
 
 if [[ ",${MULTINIC_ENGINES:-20.10,28.5}," == *",28.5,"* ]]; then

@@ -3,12 +3,13 @@
 # with python3, iptables, nftables, iproute2 and multinic in /opt/multinic), ready for
 #   docker plugin create multinic:latest DIR && docker plugin enable multinic:latest
 # No registry is needed: the rootfs comes from debootstrap, multinic and its dependencies from
-# wheels built here. The base rootfs is cached in $MULTINIC_ROOTFS_CACHE (default
-# /var/cache/multinic/rootfs-bookworm).
+# wheels built here. The base rootfs is cached in $MULTINIC_ROOTFS_CACHE (default .cache/ in this
+# checkout: a fresh clone builds it anew, nothing outside the repo is relied on).
+# To publish it: docker plugin create REGISTRY/multinic:TAG DIR && docker plugin push REGISTRY/multinic:TAG
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: scripts/build-managed-plugin.sh DIR}
-cache=${MULTINIC_ROOTFS_CACHE:-/var/cache/multinic/rootfs-bookworm-v2}  # bump when the package list changes
+cache=${MULTINIC_ROOTFS_CACHE:-$PWD/.cache/rootfs-bookworm-v2}  # bump when the package list changes
 export DEBIAN_FRONTEND=noninteractive
 
 if [[ ! -x "$cache/usr/bin/python3" ]]; then
@@ -33,6 +34,7 @@ chroot "$out/rootfs" /opt/multinic/bin/pip install -q --disable-pip-version-chec
   --find-links /tmp/wheels multinic
 rm -rf "$wheels"
 ln -sf /opt/multinic/bin/multinic "$out/rootfs/usr/local/bin/multinic"
-mkdir -p "$out/rootfs/run/docker/plugins" "$out/rootfs/var/lib/multinic"
+# Mount points of config.json (the host's /var/lib and /run) and the plugin socket directory.
+mkdir -p "$out/rootfs/run/docker/plugins" "$out/rootfs/host/var/lib" "$out/rootfs/host/run"
 cp config.json "$out/config.json"
 echo "managed plugin ready in $out ($(du -sh "$out/rootfs" | cut -f1) rootfs)"

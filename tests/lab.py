@@ -251,6 +251,8 @@ class Lab:
         self.r0_ns, self.r1_ns, self.c0_ns, self.c1_ns = self.r0, self.r1, self.c0, self.c1
         self.docker_sock = self.dir / "docker.sock"
         self.docker_host = f"unix://{self.docker_sock}"
+        # dockerd also listens here: a managed plugin sees the host's /run (as /host/run), not /tmp.
+        self.run_docker_sock = Path(f"/run/multinic-lab-{name}.sock")
         self.data_root = self.dir / "data"
         self.exec_root = self.dir / "exec"
         self.pidfile = self.dir / "dockerd.pid"
@@ -466,6 +468,8 @@ class Lab:
             str(self.exec_root),
             "-H",
             self.docker_host,
+            "-H",
+            f"unix://{self.run_docker_sock}",
             "--pidfile",
             str(self.pidfile),
             "--config-file",
@@ -569,8 +573,9 @@ class Lab:
             timeout=120,
         )
 
-    def stop_dockerd(self, timeout: float = 30) -> None:
-        """``docker rm -f`` every container, then SIGTERM dockerd, wait, SIGKILL its process group."""
+    def stop_dockerd(self, timeout: float = 30, remove_containers: bool = True) -> None:
+        """``docker rm -f`` every container (unless ``remove_containers`` is false: a restart keeps them),
+        then SIGTERM dockerd, wait, SIGKILL its process group."""
         pid = None
         if self._dockerd is not None:
             pid = self._dockerd.pid
@@ -579,7 +584,7 @@ class Lab:
                 pid = int(self.pidfile.read_text().strip())
                 if not _pid_alive(pid) or str(self.dir) not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
                     pid = None
-        if pid is not None and _pid_alive(pid) and self.docker_sock.exists():
+        if remove_containers and pid is not None and _pid_alive(pid) and self.docker_sock.exists():
             ids = self.docker("ps", "-aq", check=False, timeout=30).stdout.split()
             if ids:
                 self.docker("rm", "-f", *ids, check=False, timeout=60)
@@ -889,6 +894,7 @@ class Lab:
                     errors.append(f"ip netns del {ns}: {proc.stderr.strip()}")
         step("cgroups", self._remove_cgroups)
         step("plugin socket", self._remove_plugin_socket)
+        step("docker socket in /run", self.run_docker_sock.unlink, True)
         self._unlock_driver()
         if self.dir.exists():
             step("work dir", shutil.rmtree, self.dir)

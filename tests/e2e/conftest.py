@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.lab import BUSYBOX, DOCKERD, ENGINES, Lab
+from tests.lab import BUSYBOX, DOCKERD, ENGINES, LOCK_DIR, Lab
 
 E2E_DIR = Path(__file__).resolve().parent
 
@@ -118,3 +119,13 @@ def mn(lab: Lab) -> Iterator[Lab]:
         log = lab.plugin_log_tail()
         lab.stop_plugin()
         pytest.fail(f"the plugin exited with {code} during the test:\n{log}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def machine_lock() -> Iterator[None]:
+    """One test module at a time on this machine may use the host-wide paths of a real install
+    (/var/lib/multinic, /run/xtables.lock, /run/docker/plugins/multinic.sock)."""
+    os.makedirs(LOCK_DIR, exist_ok=True)
+    with open(f"{LOCK_DIR}/host-install.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield

@@ -1,0 +1,294 @@
+"""Installed the way users install it: ``docker plugin install`` from a registry, on a pristine host.
+
+The lab's host starts as a new machine would: no ``/var/lib/multinic``, no ``/run/xtables.lock``,
+rp_filter=1 (strict) on the parent. A registry (Debian's ``docker-registry``, a plain process on
+127.0.0.1:5000 inside the lab's host namespace) serves the plugin built by
+scripts/build-managed-plugin.sh; then, through the real docker CLI:
+
+push → rm → ``install --alias multinic`` → the seed case (a published port answers via eth1, egress leaves
+by eth1) → gw_priority across two multinic networks → dockerd restarted after /run and multinic's kernel
+objects were wiped (a reboot), with a ``--restart always`` container → ``docker plugin upgrade`` to a second
+tag with that container still running → disable, rm: the host is byte-identical to before.
+
+The one setting the lab changes is ``DOCKER_HOST``: the lab's dockerd listens on
+``/run/multinic-lab-<name>.sock``, not on the default ``/run/docker.sock``.
+
+These tests use machine-wide paths (``/var/lib/multinic``, ``/run/xtables.lock``, registry port 5000 in the
+lab's namespace only), so they hold a machine-wide lock and remove what they create.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.e2e.helpers import containers, network, run, wait_for, web_cmd
+from tests.lab import C1_ADDR, HOST_ETH1, NETNS_DIR, Lab
+
+REPO = Path(__file__).resolve().parents[2]
+REGISTRY = "localhost:5000"
+REF1 = f"{REGISTRY}/multinic:1"
+REF2 = f"{REGISTRY}/multinic:2"
+ALIAS = "multinic"
+NAME = "multinic:latest"  # what Docker registers the driver as (see test_bare_driver_name_...)
+STATE = Path("/var/lib/multinic")
+XTABLES_LOCK = Path("/run/xtables.lock")
+PROBE = "198.18.0.1"  # nothing answers there: only the route lookup matters
+
+
+# -- fixtures ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def plugin_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("managed") / "plugin"
+    proc = subprocess.run(["bash", str(REPO / "scripts/build-managed-plugin.sh"), str(out)], capture_output=True,
+                          text=True, timeout=1200, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture
+def pristine(lab: Lab, registry: str) -> Iterator[Lab]:
+    """The lab host as a new machine: no legacy plugin, no multinic state, no xtables lock, strict
+    rp_filter on eth1. Afterwards: plugins removed, state directory removed, rp_filter back."""
+    lab.stop_plugin()  # one multinic per host
+    _remove_all_plugins(lab)
+    shutil.rmtree(STATE, ignore_errors=True)
+    XTABLES_LOCK.unlink(missing_ok=True)
+    lab.sysctl(lab.host_ns, "net.ipv4.conf.eth1.rp_filter", "1")
+    try:
+        yield lab
+    finally:
+        if not lab.dockerd_running():
+            lab.start_dockerd()
+        for ctr in lab.docker("ps", "-aq", check=False).stdout.split():
+            lab.docker("rm", "-f", ctr, check=False)
+        for net in lab.docker("network", "ls", "-q", "--filter", "type=custom", check=False).stdout.split():
+            lab.docker("network", "rm", net, check=False)
+        _remove_all_plugins(lab)
+        shutil.rmtree(STATE, ignore_errors=True)
+        lab.sysctl(lab.host_ns, "net.ipv4.conf.eth1.rp_filter", str(lab.rp_filter))
+
+
+@pytest.fixture(scope="module")
+def registry(lab: Lab, machine_lock: None, plugin_dir: Path, tmp_path_factory) -> Iterator[str]:
+    """Debian's docker-registry on 127.0.0.1:5000 in the lab's host namespace, holding REF1 and REF2.
+    Its files live outside the lab's directory: the lab kills whatever names that directory when it
+    stops dockerd, and the registry must outlive the dockerd restart."""
+    root = tmp_path_factory.mktemp("registry")
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}\n"
+        "http: {addr: '127.0.0.1:5000'}\n"
+    )
+    log = open(root / "registry.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(["nsenter", f"--net={NETNS_DIR}/{lab.host_ns}", "docker-registry", "serve", str(config)],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    try:
+        assert wait_for(lambda: lab.http_get(lab.host_ns, "http://127.0.0.1:5000/v2/") is not None, timeout=20), \
+            (root / "registry.log").read_text()[-2000:]
+        lab.stop_plugin()  # one multinic per host: the legacy plugin of other tests would fight this one
+        _remove_all_plugins(lab)
+        for ref in (REF1, REF2):
+            release = ref.rsplit(":", 1)[1]  # two releases must differ, or the upgrade changes nothing
+            config = json.loads((plugin_dir / "config.json").read_text())
+            config["description"] = f"{config['description'].split(' [')[0]} [release {release}]"
+            (plugin_dir / "config.json").write_text(json.dumps(config, indent=2))
+            lab.docker("plugin", "create", ref, str(plugin_dir), timeout=600)
+            lab.docker("plugin", "push", ref, timeout=600)
+            lab.docker("plugin", "rm", ref)
+        yield REGISTRY
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+def _remove_all_plugins(lab: Lab) -> None:
+    for ref in lab.docker("plugin", "ls", "-q", check=False).stdout.split():
+        lab.docker("plugin", "disable", "-f", ref, check=False)
+        lab.docker("plugin", "rm", "-f", ref, check=False)
+
+
+def _docker_host(lab: Lab) -> str:
+    """DOCKER_HOST as the plugin sees the lab's dockerd (the host's /run is the plugin's /host/run)."""
+    return f"DOCKER_HOST=unix:///host/run/{lab.run_docker_sock.name}"
+
+
+def _install(lab: Lab, ref: str = REF1, *settings: str) -> None:
+    lab.docker("plugin", "install", "--grant-all-permissions", "--alias", ALIAS, ref, _docker_host(lab), *settings,
+               timeout=300)
+
+
+def _rp_filter(lab: Lab) -> str:
+    return lab.sh(lab.host_ns, "cat /proc/sys/net/ipv4/conf/eth1/rp_filter").strip()
+
+
+def _route_via(lab: Lab, ctr: str) -> str | None:
+    pid = lab.container_pid(ctr)
+    out = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-4", "route", "get", PROBE],
+                         capture_output=True, text=True, timeout=30).stdout
+    m = re.search(r"\bvia (\S+)", out)
+    return m.group(1) if m else None
+
+
+def _seed_case(lab: Lab, port: int, text: str, ctr: str) -> None:
+    """The published port answers c1 (reachable only through eth1) and the container's egress leaves by
+    eth1 with eth1's address."""
+    got = wait_for(lambda: lab.http_get(lab.c1_ns, f"http://{HOST_ETH1}:{port}/"), timeout=30)
+    assert got == f"{text}\n", f"port {port} via eth1 answered {got!r}"
+    out = lab.docker("exec", ctr, "sh", "-c", f"nc {C1_ADDR} 7080 </dev/null").stdout
+    assert out.strip() == HOST_ETH1
+
+
+def _status_inside(lab: Lab) -> str:
+    """``multinic status`` run inside the managed plugin, as the README says (nsenter into its mount and
+    network namespaces)."""
+    host_ns = os.stat(f"{NETNS_DIR}/{lab.host_ns}").st_ino
+    pids = subprocess.run(["pgrep", "-f", "/usr/local/bin/multinic serve"], capture_output=True, text=True).stdout
+    for pid in pids.split():
+        with contextlib.suppress(OSError):
+            if os.stat(f"/proc/{pid}/ns/net").st_ino == host_ns:
+                proc = subprocess.run(["nsenter", "-t", pid, "-m", "-n", "--", "env",
+                                       f"DOCKER_HOST=unix:///host/run/{lab.run_docker_sock.name}", "multinic",
+                                       "--state-dir", "/host/var/lib/multinic", "status"],
+                                      capture_output=True, text=True, timeout=60)
+                assert proc.returncode == 0, proc.stderr
+                return proc.stdout
+    raise AssertionError(f"no managed multinic process in {lab.host_ns}: {pids!r}")
+
+
+WIPE = r"""
+import sys
+from pyroute2 import IPRoute
+from plugin import netlink
+from plugin.firewall import backend_for
+with IPRoute() as ipr:
+    for name in netlink.tagged_links(ipr):
+        netlink.delete_link(ipr, name)
+    for rule in netlink.owned_rules(ipr):
+        netlink.delete_rule(ipr, rule)
+    for route in netlink.owned_routes(ipr):
+        netlink.delete_route(ipr, route)
+backend_for(sys.argv[1]).remove()
+"""
+
+
+def _reboot_wipe(lab: Lab) -> None:
+    """What a reboot takes away: /run's xtables lock and every kernel object multinic made."""
+    XTABLES_LOCK.unlink(missing_ok=True)
+    subprocess.run(["nsenter", f"--net={NETNS_DIR}/{lab.host_ns}", sys.executable, "-c", WIPE, lab.iptables],
+                   check=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60)
+
+
+# -- tests ---------------------------------------------------------------------------------------------
+def test_install_from_registry_on_a_pristine_host(lab: Lab, pristine: Lab) -> None:
+    assert not STATE.exists() and not XTABLES_LOCK.exists() and _rp_filter(lab) == "1"
+    before = lab.dump_host_state()
+    _install(lab)
+    assert lab.docker("plugin", "inspect", "-f", "{{.Enabled}}", NAME).stdout.strip() == "true"
+    lab.serve_peer_echo(lab.c1_ns, 7080)
+    with containers(lab) as names:
+        with network(lab, "front", "--opt", "parent=eth1", "--subnet", "10.70.0.0/24", driver=NAME):
+            assert _rp_filter(lab) == "2"  # written over netlink: the plugin's /proc/sys is read-only
+            run(lab, names, "web", "--network", "front", "--restart", "always", "-p", "4070:80",
+                cmd=web_cmd("hello-v1"))
+            _seed_case(lab, 4070, "hello-v1", "web")
+
+            # gw_priority across two multinic networks: "aaa" sorts first, "zzz" has the priority.
+            with network(lab, "aaa", "--subnet", "10.71.0.0/24", driver=NAME), \
+                    network(lab, "zzz", "--opt", "parent=eth1", "--opt", "gw_priority=10", "--subnet",
+                            "10.72.0.0/24", driver=NAME):
+                run(lab, names, "gw", "--network", "aaa")
+                lab.docker("network", "connect", "zzz", "gw")
+                assert wait_for(lambda: _route_via(lab, "gw") == "10.72.0.1", timeout=15), _route_via(lab, "gw")
+                out = lab.docker("exec", "gw", "sh", "-c", f"nc {C1_ADDR} 7080 </dev/null").stdout
+                assert out.strip() == HOST_ETH1  # c1 is only reachable through eth1: zzz carries the route
+                lab.docker("rm", "-f", "gw")
+
+            # A reboot: dockerd stops, /run and multinic's kernel objects are gone, dockerd starts again.
+            lab.stop_dockerd(remove_containers=False)
+            _reboot_wipe(lab)
+            lab.start_dockerd()
+            assert lab.docker("plugin", "inspect", "-f", "{{.Enabled}}", NAME).stdout.strip() == "true"
+            _seed_case(lab, 4070, "hello-v1", "web")  # --restart always brought it back, on eth1
+
+            # Upgrade to a second tag while the network and the container (with its port) exist.
+            lab.docker("plugin", "disable", "-f", NAME)
+            # --skip-remote-check: the CLI otherwise asks "Plugin images do not match, are you sure?" for any
+            # other tag, and without a terminal takes the answer as no (exit 0, nothing upgraded).
+            upgraded = lab.docker("plugin", "upgrade", "--grant-all-permissions", "--skip-remote-check", NAME, REF2,
+                                  timeout=300)
+            lab.docker("plugin", "set", NAME, _docker_host(lab))
+            lab.docker("plugin", "enable", NAME, timeout=120)
+            described = lab.docker("plugin", "inspect", "-f", "{{.Config.Description}}", NAME).stdout
+            assert "[release 2]" in described, (described, upgraded.stdout, upgraded.stderr)
+            assert "front" in lab.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+            _seed_case(lab, 4070, "hello-v1", "web")
+            assert (STATE / "state.json").exists()
+            status = _status_inside(lab)  # the README's recipe
+            assert "4070" in status and "10.70.0.0/24" in status, status
+            lab.docker("rm", "-f", "web")  # before its network goes
+    lab.docker("plugin", "disable", NAME)
+    lab.docker("plugin", "rm", NAME)
+    assert _rp_filter(lab) == "1"  # put back when the last network on eth1 went
+    assert wait_for(lambda: lab.dump_host_state() == before, timeout=10), lab.dump_host_state()
+
+
+def test_bare_driver_name_cannot_reach_a_managed_plugin(lab: Lab, pristine: Lab) -> None:
+    """Docker registers a managed plugin's driver as NAME:TAG and looks drivers up by exact name, so
+    ``-d multinic`` cannot reach a plugin installed as ``multinic`` (moby #33347's trap, network side):
+    the name that works, and that the README, compose examples and messages use, is ``multinic:latest``."""
+    _install(lab)
+    bare = lab.docker("network", "create", "-d", "multinic", "--opt", "parent=eth1", "--subnet", "10.73.0.0/24",
+                      "bare", check=False)
+    assert bare.returncode != 0
+    assert "could not resolve driver multinic" in bare.stderr, bare.stderr
+    with network(lab, "tagged", "--opt", "parent=eth1", "--subnet", "10.73.0.0/24", driver=NAME):
+        driver = lab.docker("network", "inspect", "-f", "{{.Driver}}", "tagged").stdout.strip()
+        assert driver == NAME
+
+
+def test_a_plugin_that_cannot_work_never_keeps_dockerd_from_starting(lab: Lab, pristine: Lab) -> None:
+    """A broken setting (an unknown firewall backend) leaves the plugin serving clear errors, not dead: an
+    enabled managed plugin that cannot start made dockerd 20.10 panic at its next start."""
+    _install(lab)
+    with network(lab, "keep", "--opt", "parent=eth1", "--subnet", "10.74.0.0/24", driver=NAME):
+        lab.docker("plugin", "disable", "-f", NAME)
+        lab.docker("plugin", "set", NAME, "MULTINIC_FIREWALL=bogus")
+        lab.docker("plugin", "enable", NAME, timeout=120)
+        lab.stop_dockerd(remove_containers=False)
+        lab.start_dockerd()  # raises if dockerd does not answer
+        assert "keep" in lab.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+        refused = lab.docker("network", "create", "-d", NAME, "--opt", "parent=eth1", "--subnet", "10.75.0.0/24",
+                             "refused", check=False)
+        assert refused.returncode != 0 and "MULTINIC_FIREWALL" in refused.stderr, refused.stderr
+        lab.docker("plugin", "disable", "-f", NAME)
+        lab.docker("plugin", "set", NAME, "MULTINIC_FIREWALL=")
+        lab.docker("plugin", "enable", NAME, timeout=120)
+
+
+def test_log_level_is_settable(lab: Lab, pristine: Lab) -> None:
+    """``docker plugin set multinic:latest LOG_LEVEL=debug``: debug lines reach dockerd's log."""
+    _install(lab, REF1, "LOG_LEVEL=debug")
+    plugin_id = lab.docker("plugin", "inspect", "-f", "{{.Id}}", NAME).stdout.strip()
+    lab.docker("network", "create", "-d", NAME, "--subnet", "10.76.0.0/24", "dbg")
+    lab.docker("network", "rm", "dbg")
+    assert wait_for(lambda: any(plugin_id in ln and "DEBUG" in ln for ln in lab.dockerd_log.read_text(
+        errors="replace").splitlines()), timeout=10)

@@ -1,0 +1,97 @@
+"""multinic as a host service (the legacy plugin): contrib/systemd/multinic.service, installed and removed
+by scripts/install-service.sh.
+
+The unit is checked by ``systemd-analyze verify`` and its ExecStart line, with the unit's Environment=,
+is started in the lab's host namespace: dockerd finds the socket it sets and serves the seed case. The
+lab has no systemd, so the script installs into a scratch prefix and unit directory and starts nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.helpers import containers, network, run, wait_for, web_cmd
+from tests.lab import HOST_ETH1, NETNS_DIR, Lab
+
+REPO = Path(__file__).resolve().parents[2]
+UNIT = REPO / "contrib/systemd/multinic.service"
+
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    """key → values of a unit file (every section; repeated keys kept in order)."""
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")) and "=" in line:
+            key, value = line.split("=", 1)
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def test_unit_orders_before_docker_restarts_and_sets_paths() -> None:
+    unit = unit_settings(UNIT.read_text())
+    assert "docker.service" in unit["Before"][0].split()
+    assert unit["Restart"] == ["on-failure"]
+    env = dict(e.split("=", 1) for e in unit["Environment"])
+    assert env["MULTINIC_STATE_DIR"] == "/var/lib/multinic"
+    assert env["MULTINIC_SOCKET"] == "/run/docker/plugins/multinic.sock"
+    assert "${MULTINIC_STATE_DIR}" in unit["ExecStart"][0] and "${MULTINIC_SOCKET}" in unit["ExecStart"][0]
+    assert "--log-level ${LOG_LEVEL}" in unit["ExecStart"][0]
+
+
+def test_install_verify_start_and_remove(lab: Lab, machine_lock: None, tmp_path: Path) -> None:
+    if lab.driver != "multinic":
+        pytest.skip("the unit's socket names the driver 'multinic'; this run's labs use another driver name")
+    prefix, unit_dir = tmp_path / "opt-multinic", tmp_path / "units"
+    env = dict(os.environ, MULTINIC_PREFIX=str(prefix), SYSTEMD_UNIT_DIR=str(unit_dir))
+    proc = subprocess.run(["bash", "scripts/install-service.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    installed = unit_dir / "multinic.service"
+    assert installed.exists() and (prefix / "bin/multinic").exists()
+
+    verify = subprocess.run(["systemd-analyze", "verify", str(installed)], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+
+    unit = unit_settings(installed.read_text())
+    unit_env = dict(e.split("=", 1) for e in unit["Environment"])
+    argv = [re.sub(r"\$\{(\w+)\}", lambda m: unit_env[m.group(1)], arg) for arg in shlex.split(unit["ExecStart"][0])]
+    assert argv[0] == str(prefix / "bin/multinic")
+    state = Path(unit_env["MULTINIC_STATE_DIR"])
+    lab.stop_plugin()  # the lab's own plugin serves the same socket
+    shutil.rmtree(state, ignore_errors=True)
+    log = open(tmp_path / "service.log", "ab")  # noqa: SIM115 - handed to the child
+    service = subprocess.Popen(["nsenter", f"--net={NETNS_DIR}/{lab.host_ns}", *argv], stdout=log,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                               env={**os.environ, **unit_env, "DOCKER_HOST": lab.docker_host})
+    log.close()
+    try:
+        assert wait_for(lambda: lab._connectable(unit_env["MULTINIC_SOCKET"]), timeout=30), \
+            (tmp_path / "service.log").read_text()
+        lab.serve_peer_echo(lab.c1_ns, 7090)
+        with containers(lab) as names, \
+                network(lab, "svc", "--opt", "parent=eth1", "--subnet", "10.77.0.0/24", driver="multinic"):
+            run(lab, names, "svc-web", "--network", "svc", "-p", "4090:80", cmd=web_cmd("from-the-service"))
+            got = wait_for(lambda: lab.http_get(lab.c1_ns, f"http://{HOST_ETH1}:4090/"), timeout=30)
+            assert got == "from-the-service\n"
+            lab.docker("rm", "-f", "svc-web")
+        assert (state / "state.json").exists()
+    finally:
+        os.killpg(service.pid, signal.SIGTERM)
+        service.wait(timeout=30)
+        lab.stop_background()
+        shutil.rmtree(state, ignore_errors=True)
+        Path(unit_env["MULTINIC_SOCKET"]).unlink(missing_ok=True)
+
+    proc = subprocess.run(["bash", "scripts/install-service.sh", "--remove"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert not installed.exists() and not prefix.exists()

@@ -1,0 +1,34 @@
+"""IPv4 per-interface settings over netlink (plugin/devconf.py): what a managed plugin, whose /proc/sys is
+read-only, uses for rp_filter. Checked against the kernel's own view in /proc/sys, in a scratch namespace."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from plugin import devconf, netlink
+from tests.nsutil import in_netns, scratch_netns
+
+
+def _exercise() -> list[str]:
+    subprocess.run(["ip", "link", "add", "eth9", "type", "veth", "peer", "name", "eth8"], check=True)
+    proc = "/proc/sys/net/ipv4/conf/eth9/rp_filter"
+    seen = []
+    for value in ("1", "2", "0"):
+        netlink.write_sysctl("net/ipv4/conf/eth9/rp_filter", value)
+        seen.append(open(proc).read().strip())
+        assert netlink.read_sysctl("net/ipv4/conf/eth9/rp_filter") == value
+    # "all" and "default" are no links: they still go through /proc/sys
+    all_rp = open("/proc/sys/net/ipv4/conf/all/rp_filter").read().strip()
+    assert netlink.read_sysctl("net/ipv4/conf/all/rp_filter") == all_rp
+    assert devconf.read("nosuch0", "rp_filter") is None
+    with pytest.raises(OSError):
+        devconf.write("nosuch0", "rp_filter", 2)
+    return seen
+
+
+def test_rp_filter_written_and_read_over_netlink() -> None:
+    with scratch_netns(f"mnd{os.getpid() % 1000}") as ns:
+        assert in_netns(ns, _exercise) == ["1", "2", "0"]
