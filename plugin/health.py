@@ -24,6 +24,7 @@ Its JSON shape - keep it stable, other tools parse it::
                   "age": 0.4,             # seconds since last_run
                   "rounds": 50, "repairs": 2, "failures": 1,
                   "last_ok": 1764560100.2, "last_error": "NetlinkError(...)", "last_error_at": 1764560090.0,
+                  "waiting": null,        # or what it waits for, e.g. "docker not usable: ..." (not a problem)
                   "restarts": 1, "last_exit": "killed by signal 9", "last_restart": 1764560050.0},
        "watcher": {... same keys ...},
        "nicwatch": {... same keys ...}},
@@ -31,7 +32,9 @@ Its JSON shape - keep it stable, other tools parse it::
      "last_verb_error": {"verb": "NetworkDriver.Join", "error": "...", "at": 1764560000.0} | null,
      "version": "x.y.z"}                  # added by the HTTP handler
 
-Unhealthy when: a supervised loop's process is dead, or its heartbeat is older than
+A loop waiting for something outside the plugin (the gateway watcher while dockerd is unreachable)
+says so in ``waiting`` and stays healthy: the plugin still answers dockerd, and ``multinic doctor``
+checks dockerd itself. Unhealthy when: a supervised loop's process is dead, or its heartbeat is older than
 :data:`STALE_AFTER` s (hung or stopped), or its last round failed (for the healer: the reconcile,
 firewall included, could not be applied), or the state file is unusable.
 """
@@ -97,6 +100,7 @@ class Beat:
             self.data["rounds"] += 1
             self.data["last_run"] = now
             self.data["ok"] = ok
+            self.data["waiting"] = None
             if repaired:
                 self.data["repairs"] += 1
             if ok:
@@ -114,6 +118,14 @@ class Beat:
             write(self.path, snapshot)
         except OSError as exc:  # the state dir vanished (cleanup): nothing to report to
             log.debug("health file %s: %s", self.path, exc)
+
+
+    def waiting(self, reason: str) -> None:
+        """Not a failure of the plugin: the loop waits for something outside it (dockerd)."""
+        with self.lock:
+            self.data["last_run"] = time.time()
+            self.data["waiting"] = reason[:500]
+        self.flush()
 
 
 _beat: Beat | None = None
@@ -166,6 +178,12 @@ def note(ok: bool, error: BaseException | str | None = None, repaired: bool = Fa
         _beat.note(ok, error, repaired)
 
 
+def waiting(reason: str) -> None:
+    """A loop waits for a dependency (reported in its record, not a health problem)."""
+    if _beat is not None:
+        _beat.waiting(reason)
+
+
 # -- other writers ----------------------------------------------------------------------------------
 def note_verb_error(state_dir: str | os.PathLike[str], verb: str, error: BaseException) -> None:
     try:
@@ -207,7 +225,8 @@ def report(state_dir: str | os.PathLike[str], now: float | None = None) -> dict[
         pid = sup.get("pid") or info.get("pid")
         alive = pid_alive(pid) and info.get("pid") == pid and age is not None and age <= STALE_AFTER
         loops[key] = {
-            **{k: info.get(k) for k in ("pid", "started", "last_run", "last_ok", "last_error", "last_error_at")},
+            **{k: info.get(k) for k in ("pid", "started", "last_run", "last_ok", "last_error", "last_error_at",
+                                        "waiting")},
             **{k: int(info.get(k) or 0) for k in COUNTERS},
             "alive": alive,
             "age": age,

@@ -478,7 +478,7 @@ def run(store: Store, stop_event: Any, driver_name: str, client_factory: Callabl
             log.info("%s; reconnecting", exc)
         except Exception as exc:  # noqa: BLE001 - dockerd away, API errors: retry
             log.info("gateway watcher: docker not usable (%s); retrying in %.1fs", exc, backoff)
-            health.note(False, f"docker not usable: {exc}")
+            health.waiting(f"docker not usable: {exc}")
         if time.monotonic() - started > 2 * BACKOFF_MAX:
             backoff = BACKOFF_FIRST  # the session worked for a while: retry quickly
         stop_event.wait(backoff)
