@@ -98,8 +98,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             known = engine.network_ids(timeout=3) if info else None
             driver.recover(known)
-        except Exception:  # noqa: BLE001 - serve anyway: dockerd needs a listening plugin; the healer retries
+            health.note_startup(store.directory, True)
+        except Exception as exc:  # noqa: BLE001 - serve anyway: dockerd needs a listening plugin; the healer retries
             log.exception("recovery at start failed; serving anyway (the healer retries)")
+            health.note_startup(store.directory, False, exc)
     else:
         log.error("%s; serving anyway, every verb that needs the state refuses", problem)
 

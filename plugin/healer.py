@@ -56,8 +56,7 @@ def drift(state: State, counts: dict[str, int] | None = None) -> list[str]:
 
 def run(store: Store, stop_event: Any) -> None:
     driver = Driver(store)
-    last_gc = time.monotonic()
-    last_full = 0.0  # a full pass at once: health must learn soon whether the firewall applies
+    last_full = last_gc = time.monotonic()
     while not stop_event.wait(CHECK_INTERVAL):
         try:
             state = store.load()

@@ -12,6 +12,7 @@ Writers (each file has one writer, written by rename, so a reader sees old or ne
 - ``verbs.json``: a gunicorn worker, when applying a valid request failed (not a refusal).
 - ``state.json``: ``multinic serve`` at start: whether the state file was usable, or restored
   from its backup (see :meth:`plugin.state.Store.check`).
+- ``startup.json``: ``multinic serve`` at start: whether its reconcile (firewall included) applied.
 
 :func:`report` (``/Plugin.Health``, ``multinic status``, and ``multinic doctor``) reads them.
 Its JSON shape - keep it stable, other tools parse it::
@@ -29,6 +30,7 @@ Its JSON shape - keep it stable, other tools parse it::
        "watcher": {... same keys ...},
        "nicwatch": {... same keys ...}},
      "state": {"ok": true, "error": null, "restored_from": null},
+     "startup": {"ok": true, "error": null, "at": 1764560000.0} | null,   # reconcile before listening
      "last_verb_error": {"verb": "NetworkDriver.Join", "error": "...", "at": 1764560000.0} | null,
      "version": "x.y.z"}                  # added by the HTTP handler
 
@@ -36,7 +38,8 @@ A loop waiting for something outside the plugin (the gateway watcher while docke
 says so in ``waiting`` and stays healthy: the plugin still answers dockerd, and ``multinic doctor``
 checks dockerd itself. Unhealthy when: a supervised loop's process is dead, or its heartbeat is older than
 :data:`STALE_AFTER` s (hung or stopped), or its last round failed (for the healer: the reconcile,
-firewall included, could not be applied), or the state file is unusable.
+firewall included, could not be applied), or the reconcile at start failed and no healer pass has
+succeeded since, or the state file is unusable.
 """
 
 from __future__ import annotations
@@ -192,6 +195,13 @@ def note_verb_error(state_dir: str | os.PathLike[str], verb: str, error: BaseExc
         pass
 
 
+def note_startup(state_dir: str | os.PathLike[str], ok: bool, error: BaseException | str | None = None) -> None:
+    """The reconcile ``multinic serve`` runs before listening (firewall included) worked or not;
+    a failure stays a problem until the healer's next successful pass."""
+    write(health_dir(state_dir) / "startup.json",
+          {"ok": ok, "error": str(error)[:500] if error is not None else None, "at": time.time()})
+
+
 def note_state(state_dir: str | os.PathLike[str], ok: bool, error: str | None, restored_from: str | None) -> None:
     write(health_dir(state_dir) / "state.json", {"ok": ok, "error": error, "restored_from": restored_from})
 
@@ -244,6 +254,11 @@ def report(state_dir: str | os.PathLike[str], now: float | None = None) -> dict[
             problems.append(f"{key}: last round failed: {info.get('last_error')}")
     if supervisor and not serving:
         problems.append(f"multinic serve (pid {supervisor.get('pid')}) is not running")
+    startup = read(hdir / "startup.json") or None
+    if startup and startup.get("ok") is False:
+        healed = (loops.get("healer") or {}).get("last_ok")
+        if not (isinstance(healed, (int, float)) and healed > (startup.get("at") or 0)):
+            problems.append(f"reconcile at start failed: {startup.get('error')}")
     state = read(hdir / "state.json") or {"ok": True, "error": None, "restored_from": None}
     if state.get("ok") is False:
         problems.append(f"state: {state.get('error')}")
@@ -254,5 +269,6 @@ def report(state_dir: str | os.PathLike[str], now: float | None = None) -> dict[
         "serving": serving,
         "loops": loops,
         "state": state,
+        "startup": startup,
         "last_verb_error": verbs,
     }

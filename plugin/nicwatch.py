@@ -63,6 +63,11 @@ BURST_MAX = 1.0
 REFRESH = 5.0  # re-read which NICs are parents (networks come and go) at least this often
 
 
+IFLA_MTU = 4
+IFF_UP, IFF_RUNNING, IFF_LOWER_UP = 0x1, 0x40, 0x10000
+LINK_FLAGS = IFF_UP | IFF_RUNNING | IFF_LOWER_UP
+
+
 @dataclass(frozen=True)
 class Event:
     kind: int
@@ -70,6 +75,14 @@ class Event:
     name: str = ""
     dst_len: int = -1
     proto: int = 0
+    mtu: int = 0
+    flags: int = 0
+
+    @property
+    def link_key(self) -> tuple[str, int, int]:
+        """What of a link matters to us: a RTM_NEWLINK that changes none of it (our own rp_filter
+        write over netlink, statistics) is not an event."""
+        return self.name, self.mtu, self.flags & LINK_FLAGS
 
 
 def _attrs(data: bytes, offset: int) -> dict[int, bytes]:
@@ -97,9 +110,11 @@ def parse(data: bytes) -> list[Event]:
             break
         body = offset + 16
         if kind in (RTM_NEWLINK, RTM_DELLINK) and length >= 32:
-            index = struct.unpack_from("i", data, body + 4)[0]
-            name = _name(_attrs(data[: offset + length], body + 16).get(IFLA_IFNAME))
-            events.append(Event(kind, index=index, name=name))
+            index, flags = struct.unpack_from("iI", data, body + 4)
+            attrs = _attrs(data[: offset + length], body + 16)
+            mtu = attrs.get(IFLA_MTU)
+            events.append(Event(kind, index=index, name=_name(attrs.get(IFLA_IFNAME)), flags=flags,
+                                mtu=struct.unpack("I", mtu)[0] if mtu and len(mtu) == 4 else 0))
         elif kind in (RTM_NEWADDR, RTM_DELADDR) and length >= 24:
             index = struct.unpack_from("I", data, body + 4)[0]
             name = _name(_attrs(data[: offset + length], body + 8).get(IFA_LABEL))
@@ -113,13 +128,29 @@ def parse(data: bytes) -> list[Event]:
     return events
 
 
-def relevant(event: Event, parents: dict[str, int | None]) -> bool:
-    """Does the event concern a parent NIC (by name, or by the index it had)?"""
+KIND_NAMES = {RTM_NEWLINK: "link", RTM_DELLINK: "link deleted", RTM_NEWADDR: "address added",
+              RTM_DELADDR: "address removed", RTM_NEWROUTE: "default route added",
+              RTM_DELROUTE: "default route removed"}
+
+
+def describe(event: Event) -> str:
+    return f"{KIND_NAMES.get(event.kind, event.kind)} {event.name or event.index}"
+
+
+def relevant(event: Event, parents: dict[str, int | None], links: dict[int, tuple] | None = None) -> bool:
+    """Does the event change something about a parent NIC (by name, or by the index it had)?
+    ``links``: index → :attr:`Event.link_key` last seen (updated here)."""
     indexes = {i for i in parents.values() if i}
     if event.kind in (RTM_NEWROUTE, RTM_DELROUTE):
         # a foreign default route through a parent (its gateway); our own routes are proto 211
         return event.dst_len == 0 and event.proto != RT_PROTO and event.index in indexes
-    return event.name in parents or event.index in indexes
+    if not (event.name in parents or event.index in indexes):
+        return False
+    if event.kind == RTM_NEWLINK and links is not None:
+        before = links.get(event.index)
+        links[event.index] = event.link_key
+        return before != event.link_key
+    return True
 
 
 class Monitor:
@@ -156,6 +187,15 @@ class Monitor:
 def parents_of(state: State, ipr: IPRoute) -> dict[str, int | None]:
     return {net.parent: netlink.link_index(ipr, net.parent)
             for net in state.networks.values() if net.parent and not net.internal}
+
+
+def link_keys(ipr: IPRoute, parents: dict[str, int | None]) -> dict[int, tuple]:
+    """index → :attr:`Event.link_key` of the parents as they are now."""
+    keys = {}
+    for index in filter(None, parents.values()):
+        for msg in ipr.get_links(index):
+            keys[index] = (msg.get_attr("IFLA_IFNAME"), msg.get_attr("IFLA_MTU") or 0, msg["flags"] & LINK_FLAGS)
+    return keys
 
 
 def follow(
@@ -207,9 +247,15 @@ def converge(store: Store, driver: Driver) -> list[str]:
 
 
 def run(store: Store, stop: Any) -> None:
+    """Bind first, then read the parents as they are, then follow events. Link events are judged
+    against the last state seen (:func:`relevant`); each re-read of the parents from the kernel
+    (when the state file changed, and every :data:`REFRESH` s) compares with that too, so a change
+    whose event was read before the re-read is not lost."""
     driver = Driver(store)
     monitor = Monitor()
+    log.info("watching parent NICs (netlink link, address and route events)")
     parents: dict[str, int | None] = {}
+    links: dict[int, tuple] = {}
     refreshed, seen = 0.0, None
 
     def stamp() -> int | None:
@@ -219,8 +265,13 @@ def run(store: Store, stop: Any) -> None:
             return None
 
     try:
+        first_pass = True
         while not stop.is_set():
-            events = monitor.read(POLL)
+            # the first look at the parents comes before the first read: a change between the two
+            # would otherwise look already known (the window left, between bind and this look, is
+            # the healer's to cover)
+            events = [] if first_pass else monitor.read(POLL)
+            first_pass, drifted = False, False
             # which NICs are parents: re-read when the state changed (a network was just created
             # on a NIC) before judging the events, and every REFRESH s (a parent's index changes)
             if stamp() != seen or time.monotonic() - refreshed > REFRESH:
@@ -228,10 +279,16 @@ def run(store: Store, stop: Any) -> None:
                 try:
                     with IPRoute() as ipr:
                         parents = parents_of(store.load(), ipr)
+                        now = link_keys(ipr, parents)
+                    # a known parent that changed since we last looked (its event may be the one
+                    # just read, or lost); a parent new to us was just configured by a verb
+                    drifted = any(i in links and now[i] != links[i] for i in now)
+                    links = now
                 except Exception as exc:  # noqa: BLE001 - state unreadable: health says so
                     health.note(False, exc)
                 refreshed = time.monotonic()
-            if events == [] or (events and not any(relevant(e, parents) for e in events)):
+            woken = [e for e in events or () if relevant(e, parents, links)]
+            if not drifted and events is not None and not woken:
                 continue
             first = time.monotonic()
             while time.monotonic() - first < BURST_MAX and monitor.read(DEBOUNCE) != []:
@@ -239,8 +296,10 @@ def run(store: Store, stop: Any) -> None:
             try:
                 changes = converge(store, driver)
                 elapsed = (time.monotonic() - first) * 1000
-                log.info("parent NIC event: reconciled in %.0f ms%s", elapsed, f" ({len(changes)} change(s))"
-                         if changes else "")
+                why = "kernel dropped events" if events is None else ", ".join(
+                    sorted({describe(e) for e in woken})) or "a parent changed since last seen"
+                log.info("parent NIC event (%s): reconciled in %.0f ms%s", why, elapsed,
+                         f" ({len(changes)} change(s))" if changes else "")
                 health.note(True, repaired=True)
             except Exception as exc:  # noqa: BLE001 - the healer retries; health reports it
                 log.exception("reconcile after a parent NIC event failed")

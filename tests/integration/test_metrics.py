@@ -90,7 +90,7 @@ def test_scrape_shows_verbs_errors_state_and_healer_repairs(topo, tmp_path):
                     and now.get(("multinic_healer_repairs_total", (("kind", "route"),)), 0) >= 1) and now
 
         m = wait_for(repaired)
-        assert m, "the healer's repairs did not show up in the metrics"
+        assert m, "the healer's repairs did not show up in the metrics:\n" + open(f"{state}.log").read()[-9000:]
         assert "from 10.12.0.0/24" in sh(topo.host, "ip rule show pref 10002")
     finally:
         _stop(proc)

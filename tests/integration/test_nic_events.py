@@ -35,7 +35,11 @@ def watched(topo, tmp_path):
     proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{topo.host}", sys.executable, "-m", "plugin.nicwatch",
                              "--state-dir", topo.state_dir], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    time.sleep(1.0)  # subscribed and parents read
+    deadline = time.monotonic() + 30
+    while "watching parent NICs" not in (tmp_path / "nicwatch.log").read_text():  # subscribed
+        assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "nicwatch.log").read_text()
+        time.sleep(0.05)
+    time.sleep(0.3)  # and the parents read
     try:
         yield topo
     finally:

@@ -83,3 +83,14 @@ def test_health_report_dead_hung_failed_and_state(tmp_path):
 def test_health_without_serve_is_healthy(tmp_path):
     report = health.report(tmp_path)
     assert report["healthy"] and report["loops"] == {} and not report["serving"]
+
+
+def test_startup_failure_is_a_problem_until_the_healer_succeeds(tmp_path):
+    health.note_startup(tmp_path, False, "firewall update failed")
+    me = os.getpid()
+    hdir = health.health_dir(tmp_path)
+    (hdir / "supervisor.json").write_text(json.dumps({"pid": me, "loops": {"healer": {"pid": me}}}))
+    (hdir / "healer.json").write_text(json.dumps({"pid": me, "last_run": time.time(), "last_ok": None}))
+    assert "reconcile at start failed: firewall update failed" in health.report(tmp_path)["problems"]
+    (hdir / "healer.json").write_text(json.dumps({"pid": me, "last_run": time.time(), "last_ok": time.time() + 1}))
+    assert health.report(tmp_path)["healthy"]
