@@ -15,7 +15,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .desired import BridgeSpec, RouteSpec, RuleSpec, VethSpec
-from .facts import ParentFacts
+from .facts import HostFacts, ParentFacts
 from .tags import LINK_BRIDGE, LINK_VETH, RT_PROTO, link_alias, parse_link_alias
 
 SCOPE_LINK = 253
@@ -67,6 +67,50 @@ def parent_facts(ipr: IPRoute, ifname: str) -> ParentFacts:
     return ParentFacts(
         ifname=ifname, exists=True, addresses=ipv4_addresses(ipr, index), mtu=_attr(link, "IFLA_MTU", 1500),
         up=bool(link["flags"] & IFF_UP),
+    )
+
+
+def host_facts(ipr: IPRoute, parents: Iterable[str], *, routing: bool = False, addresses: bool = False) -> HostFacts:
+    """One snapshot for planning: the given parents, and with ``routing`` the link names, the
+    tables in use and foreign default gateways; with ``addresses`` every local IPv4 address.
+    A handful of netlink dumps, whatever the number of networks."""
+    wanted = sorted(set(parents))
+    links = {_attr(link, "IFLA_IFNAME"): link for link in ipr.get_links()} if (routing or wanted) else {}
+    index_names = {link["index"]: name for name, link in links.items()}
+    addrs: dict[int, list[ipaddress.IPv4Interface]] = {}
+    if wanted or addresses:
+        for msg in ipr.get_addr(family=AF_INET):
+            addrs.setdefault(msg["index"], []).append(
+                ipaddress.IPv4Interface(f"{_attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}")
+            )
+    parent_facts_ = {}
+    for name in wanted:
+        link = links.get(name)
+        if link is None:
+            parent_facts_[name] = ParentFacts(ifname=name, exists=False)
+        else:
+            parent_facts_[name] = ParentFacts(
+                ifname=name, exists=True, addresses=tuple(addrs.get(link["index"], ())),
+                mtu=_attr(link, "IFLA_MTU", 1500), up=bool(link["flags"] & IFF_UP),
+            )
+    tables: set[int] = set()
+    gateways: dict[str, ipaddress.IPv4Address] = {}
+    if routing:
+        for msg in all_routes(ipr):
+            tables.add(_attr(msg, "RTA_TABLE", msg["table"]))
+            if msg["dst_len"] == 0 and msg["proto"] != RT_PROTO and _attr(msg, "RTA_GATEWAY"):
+                dev = index_names.get(_attr(msg, "RTA_OIF"))
+                if dev and dev not in gateways:
+                    gateways[dev] = ipaddress.IPv4Address(_attr(msg, "RTA_GATEWAY"))
+        for msg in ipr.get_rules(family=AF_INET):
+            if _attr(msg, "FRA_PROTOCOL") != RT_PROTO:
+                tables.add(_attr(msg, "FRA_TABLE", msg["table"]))
+    return HostFacts(
+        parents=parent_facts_,
+        links=frozenset(links) if routing else frozenset(),
+        tables_in_use=frozenset(tables),
+        default_gateways=gateways,
+        local_addresses=frozenset(str(a.ip) for lst in addrs.values() for a in lst) if addresses else frozenset(),
     )
 
 
