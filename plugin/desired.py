@@ -117,7 +117,11 @@ def change(before: HostState, after: HostState) -> Change:
         firewall = diff(before.firewall, after.firewall)
     return Change(
         bridges=tuple(b for name, b in new_bridges.items() if old_bridges.get(name) != b),
-        veths=tuple(v for host, v in new_veths.items() if old_veths.get(host) != v),
+        # Join and Leave flip ``joined`` only: dockerd moves the peer, the host side stays as it is.
+        veths=tuple(
+            v for host, v in new_veths.items()
+            if host not in old_veths or dataclasses.replace(old_veths[host], joined=v.joined) != v
+        ),
         links_gone=(
             *(v for v in old_veths if v not in new_veths),
             *(b for b in old_bridges if b not in new_bridges),

@@ -153,3 +153,10 @@ def test_random_verb_sequences_keep_the_kernel_equal_to_the_desired_state():
             got = apply_edits(old.firewall, todo.firewall)
             want = {(t, c): list(new.firewall.rules(t, c)) for t in TABLES for c in CHAINS[t]}
             assert {k: Counter(v) for k, v in got.items()} == {k: Counter(v) for k, v in want.items()}
+
+
+def test_join_and_leave_without_ports_change_nothing_on_the_host():
+    steps = dict(run_rm(host(2, 10)))
+    assert steps["Join"].is_empty() and steps["Leave"].is_empty()
+    assert [v.host for v in steps["CreateEndpoint"].veths] == [endpoint(999, net(0)).host_veth]
+    assert steps["DeleteEndpoint"].links_gone == (endpoint(999, net(0)).host_veth,)
