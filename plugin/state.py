@@ -8,7 +8,6 @@ needs is kept in process memory.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import json
 import os
