@@ -61,7 +61,6 @@ def apply_change(before: State, after: State, backend: FirewallBackend | None = 
         todo = change(old, new)
         if todo.is_empty():
             return todo
-        backend = backend or firewall()
         try:
             _apply(ipr, todo, new, backend)
         except Exception as exc:  # noqa: BLE001 - the full writer decides; its error is the one raised
@@ -70,7 +69,7 @@ def apply_change(before: State, after: State, backend: FirewallBackend | None = 
     return todo
 
 
-def _apply(ipr: IPRoute, todo: Change, new: HostState, backend: FirewallBackend) -> None:
+def _apply(ipr: IPRoute, todo: Change, new: HostState, backend: FirewallBackend | None) -> None:
     for bridge in todo.bridges:
         netlink.ensure_bridge(ipr, bridge)
     for veth in todo.veths:
@@ -86,9 +85,9 @@ def _apply(ipr: IPRoute, todo: Change, new: HostState, backend: FirewallBackend)
     for path, value in todo.sysctls.items():
         netlink.write_sysctl(path, value)
     if todo.firewall is None:
-        _firewall_full(new, backend)
-    else:
-        backend.edit(todo.firewall, new.firewall)
+        _firewall_full(new, backend or firewall())
+    elif todo.firewall:
+        (backend or firewall()).edit(todo.firewall, new.firewall)
     for name in todo.links_gone:  # veths before bridges (ordered so by change())
         netlink.delete_link(ipr, name)
     ports.forget_flows(todo.flows_gone)

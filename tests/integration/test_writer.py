@@ -1,0 +1,91 @@
+"""The one writer against the real kernel: each verb pays for its own change only, and a kernel
+that no longer holds what the state says is healed by the whole-host path."""
+
+from __future__ import annotations
+
+import subprocess
+
+from tests.integration.test_datapath import EID, NID, attach_container, call, create_network, detach_and_remove
+from tests.nsutil import sh
+
+PORT = {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 4000, "HostPortEnd": 4000}
+
+
+def _spawns_of_verbs(state_dir: str, ports: list) -> dict[str, list[str]]:
+    """Run CreateEndpoint, Join, Leave, DeleteEndpoint here, recording every process started
+    (the firewall flavour is detected once per process, at plugin start: done first here)."""
+    from plugin.reconcile import firewall
+
+    firewall()
+    spawned: list[str] = []
+    real = subprocess.Popen.__init__
+
+    def record(self, args, *a, **kw):  # noqa: ANN001 - subprocess.Popen's own signature
+        spawned.append(" ".join(map(str, args if isinstance(args, (list, tuple)) else [args]))[:80])
+        return real(self, args, *a, **kw)
+
+    subprocess.Popen.__init__ = record
+    out: dict[str, list[str]] = {}
+    ref = {"NetworkID": NID, "EndpointID": EID}
+    try:
+        bodies = {
+            "CreateEndpoint": {**ref, "Interface": {"Address": "10.10.0.2/24"}},
+            "Join": {**ref, "SandboxKey": "", "Options": {"com.docker.network.portmap": ports}},
+            "Leave": ref,
+            "DeleteEndpoint": ref,
+        }
+        for verb, body in bodies.items():
+            spawned.clear()
+            resp = call(state_dir, verb, body)
+            assert resp["status"] == 200, (verb, resp)
+            out[verb] = [s.split()[0].rsplit("/", 1)[-1] for s in spawned]
+    finally:
+        subprocess.Popen.__init__ = real
+    return out
+
+
+def test_verbs_without_ports_start_no_process_and_with_ports_one_commit(topo):
+    before = topo.dump()
+    assert create_network(topo, {"parent": "eth1"})["status"] == 200
+    quiet = topo.in_host(_spawns_of_verbs, topo.state_dir, [])
+    assert quiet == {"CreateEndpoint": [], "Join": [], "Leave": [], "DeleteEndpoint": []}
+    loud = topo.in_host(_spawns_of_verbs, topo.state_dir, [PORT])
+    assert loud["CreateEndpoint"] == [] and loud["DeleteEndpoint"] == []
+    assert loud["Join"] == ["iptables-nft-restore"]
+    assert loud["Leave"][0] == "iptables-nft-restore" and set(loud["Leave"][1:]) <= {"conntrack"}
+    assert call_in(topo, "DeleteNetwork", {"NetworkID": NID})["status"] == 200
+    assert topo.dump() == before
+
+
+def call_in(t, verb, body):
+    return t.in_host(call, t.state_dir, verb, body)
+
+
+def test_rule_deleted_behind_our_back_is_healed_by_the_next_verb(topo):
+    """Leave's edit deletes a DNAT rule someone already removed: nf_tables refuses the whole
+    edit and the writer re-applies the whole host; nothing is left behind."""
+    before = topo.dump()
+    create_network(topo, {"parent": "eth1"})
+    attach_container(topo, [PORT])
+    rule = next(ln for ln in sh(topo.host, "iptables-nft -t nat -S MULTINIC-DNAT").splitlines() if "4000" in ln)
+    sh(topo.host, "iptables-nft -t nat " + rule.replace("-A ", "-D ", 1))
+    detach_and_remove(topo)
+    assert topo.dump() == before
+
+
+def test_missing_jump_is_the_healers_job(topo):
+    """The request path does not check jumps (that costs 7 `iptables -S`); the whole-host
+    writer the healer runs puts a deleted jump back, once."""
+    from plugin.driver import Driver
+    from plugin.state import Store
+
+    before = topo.dump()
+    create_network(topo, {"parent": "eth1"})
+    jump = "FORWARD -m comment --comment multinic -j MULTINIC-FORWARD"
+    sh(topo.host, f"iptables-nft -D {jump}")
+    attach_container(topo, [PORT])  # the edit still applies: our chains are there
+    assert "MULTINIC-FORWARD" not in sh(topo.host, "iptables-nft -S FORWARD")
+    topo.in_host(lambda: Driver(Store(topo.state_dir)).recover(None) and None)
+    assert sh(topo.host, "iptables-nft -S FORWARD").count("-j MULTINIC-FORWARD") == 1
+    detach_and_remove(topo)
+    assert topo.dump() == before
