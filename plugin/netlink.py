@@ -75,7 +75,11 @@ def host_facts(ipr: IPRoute, parents: Iterable[str], *, routing: bool = False, a
     tables in use and foreign default gateways; with ``addresses`` every local IPv4 address.
     A handful of netlink dumps, whatever the number of networks."""
     wanted = sorted(set(parents))
-    links = {_attr(link, "IFLA_IFNAME"): link for link in ipr.get_links()} if (routing or wanted) else {}
+    if not routing and not addresses:
+        # The common case (a verb's desired state): a kernel lookup per parent, not a dump of
+        # every link (a full host has a veth per container).
+        return HostFacts(parents={name: parent_facts(ipr, name) for name in wanted})
+    links = {_attr(link, "IFLA_IFNAME"): link for link in ipr.get_links()}
     index_names = {link["index"]: name for name, link in links.items()}
     addrs: dict[int, list[ipaddress.IPv4Interface]] = {}
     if wanted or addresses:

@@ -56,7 +56,7 @@ def gather_facts(ipr: IPRoute, *states: State) -> dict[str, ParentFacts]:
 def apply_change(before: State, after: State, backend: FirewallBackend | None = None) -> Change:
     """Make the kernel go from ``before``'s desired state to ``after``'s, touching only what differs."""
     with IPRoute() as ipr:
-        facts = gather_facts(ipr, before, after)
+        facts = gather_facts(ipr, before, after) if _needs_facts(before, after) else {}
         old, new = host_state(before, facts), host_state(after, facts)
         todo = change(old, new)
         if todo.is_empty():
@@ -67,6 +67,19 @@ def apply_change(before: State, after: State, backend: FirewallBackend | None = 
             log.warning("kernel did not match the saved state (%s); re-applying the whole host", exc)
             reconcile(after, backend)
     return todo
+
+
+def _needs_facts(before: State, after: State) -> bool:
+    """Parent facts only shape routes and published ports: a verb that changes neither a
+    network nor an endpoint with ports gets the same difference without reading them (both
+    sides are computed over the same, empty, facts)."""
+    if before.networks != after.networks:
+        return True
+    for eid in before.endpoints.keys() | after.endpoints.keys():
+        old, new = before.endpoints.get(eid), after.endpoints.get(eid)
+        if old != new and ((old is not None and old.ports) or (new is not None and new.ports)):
+            return True
+    return False
 
 
 def _apply(ipr: IPRoute, todo: Change, new: HostState, backend: FirewallBackend | None) -> None:

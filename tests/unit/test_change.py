@@ -160,3 +160,22 @@ def test_join_and_leave_without_ports_change_nothing_on_the_host():
     assert steps["Join"].is_empty() and steps["Leave"].is_empty()
     assert [v.host for v in steps["CreateEndpoint"].veths] == [endpoint(999, net(0)).host_veth]
     assert steps["DeleteEndpoint"].links_gone == (endpoint(999, net(0)).host_veth,)
+
+
+def test_verbs_without_ports_need_no_parent_facts():
+    """The writer skips reading the parents when only port-less endpoints change: the
+    difference is the same over empty facts."""
+    from plugin.reconcile import _needs_facts
+
+    before = host(2, 30)
+    ep = endpoint(999, net(0))
+    after = snapshot(before)
+    after.endpoints[ep.id] = ep
+    assert not _needs_facts(before, after)
+    assert change(host_state(before, {}), host_state(after, {})) == diff(before, after)
+    with_port = snapshot(before)
+    with_port.endpoints[ep.id] = endpoint(999, net(0), ports=(PublishedPort("tcp", "", 9, 9),))
+    assert _needs_facts(before, with_port) and _needs_facts(with_port, after)
+    other = snapshot(before)
+    other.networks[net(7).id] = net(7)
+    assert _needs_facts(before, other)
