@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 
+from plugin.driver import Driver
+from plugin.state import Store
 from tests.integration.test_datapath import EID, NID, attach_container, call, create_network, detach_and_remove
 from tests.nsutil import sh
 
@@ -76,9 +78,6 @@ def test_rule_deleted_behind_our_back_is_healed_by_the_next_verb(topo):
 def test_missing_jump_is_the_healers_job(topo):
     """The request path does not check jumps (that costs 7 `iptables -S`); the whole-host
     writer the healer runs puts a deleted jump back, once."""
-    from plugin.driver import Driver
-    from plugin.state import Store
-
     before = topo.dump()
     create_network(topo, {"parent": "eth1"})
     jump = "FORWARD -m comment --comment multinic -j MULTINIC-FORWARD"
@@ -87,5 +86,33 @@ def test_missing_jump_is_the_healers_job(topo):
     assert "MULTINIC-FORWARD" not in sh(topo.host, "iptables-nft -S FORWARD")
     topo.in_host(lambda: Driver(Store(topo.state_dir)).recover(None) and None)
     assert sh(topo.host, "iptables-nft -S FORWARD").count("-j MULTINIC-FORWARD") == 1
+    detach_and_remove(topo)
+    assert topo.dump() == before
+
+
+def _drifts(state_dir: str) -> tuple[list[str], list[str]]:
+    from plugin import healer
+    from plugin.reconcile import firewall
+    from plugin.state import Store
+
+    state = Store(state_dir).load()
+    return healer.drift(state), healer.firewall_drift(state, firewall())
+
+
+def test_healer_sees_no_drift_on_a_host_the_writer_made_and_sees_what_others_delete(topo):
+    """The healer's checks read the kernel as the writer wrote it (else it would rewrite the
+    host on every period): after verbs, no drift; a deleted rule, route or jump is seen."""
+    before = topo.dump()
+    create_network(topo, {"parent": "eth1"})
+    attach_container(topo, [PORT])
+    assert topo.in_host(_drifts, topo.state_dir) == ([], [])
+    sh(topo.host, "iptables-nft -t mangle -F MULTINIC-PREROUTING")
+    assert topo.in_host(_drifts, topo.state_dir)[1]
+    sh(topo.host, "iptables-nft -D FORWARD -m comment --comment multinic -j MULTINIC-FORWARD")
+    sh(topo.host, "ip rule del pref 10002")
+    routes, fw = topo.in_host(_drifts, topo.state_dir)
+    assert routes and any("jump" in r for r in fw)
+    topo.in_host(lambda: Driver(Store(topo.state_dir)).recover(None) and None)
+    assert topo.in_host(_drifts, topo.state_dir) == ([], [])
     detach_and_remove(topo)
     assert topo.dump() == before
