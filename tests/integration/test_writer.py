@@ -116,3 +116,22 @@ def test_healer_sees_no_drift_on_a_host_the_writer_made_and_sees_what_others_del
     assert topo.in_host(_drifts, topo.state_dir) == ([], [])
     detach_and_remove(topo)
     assert topo.dump() == before
+
+
+def _cleanup(state_dir: str) -> int:
+    from plugin.cli import main
+
+    return main(["--state-dir", state_dir, "cleanup"])
+
+
+def test_cleanup_goes_through_the_writer_and_puts_rp_filter_back(topo):
+    sh(topo.host, "sysctl -qw net.ipv4.conf.eth1.rp_filter=1")
+    before = topo.dump()
+    create_network(topo, {"parent": "eth1"})
+    attach_container(topo, [PORT])
+    assert sh(topo.host, "cat /proc/sys/net/ipv4/conf/eth1/rp_filter").strip() == "2"
+    src = "mnc" + EID[:12]
+    sh(topo.k, f"ip link set eth0 down; ip link set eth0 name {src}; ip link set {src} netns {topo.host}")
+    assert topo.in_host(_cleanup, topo.state_dir) == 0
+    assert topo.dump() == before
+    assert Store(topo.state_dir).load().parents == {}
