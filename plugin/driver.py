@@ -124,8 +124,14 @@ class Driver:
         with self.store.locked() as state:
             if req.network_id in state.networks:
                 return {}
+            bridge = opts.bridge_name or bridge_name_for(req.network_id)
+            # Tables in use and the parent's own next hop matter only for the first network on
+            # a parent (a route dump); later ones share its table, mark and gateway.
+            first_on_parent = bool(opts.parent) and not req.internal and not state.networks_on(opts.parent)
             with IPRoute() as ipr:
-                facts = netlink.host_facts(ipr, [opts.parent] if opts.parent else [], routing=True)
+                facts = netlink.host_facts(
+                    ipr, [opts.parent] if opts.parent else [], names=[bridge], routing=first_on_parent
+                )
             rp = None
             if opts.parent and not req.internal and not state.networks_on(opts.parent):
                 rp = netlink.read_sysctl(f"net/ipv4/conf/{opts.parent}/rp_filter")

@@ -70,36 +70,24 @@ def parent_facts(ipr: IPRoute, ifname: str) -> ParentFacts:
     )
 
 
-def host_facts(ipr: IPRoute, parents: Iterable[str], *, routing: bool = False, addresses: bool = False) -> HostFacts:
-    """One snapshot for planning: the given parents, and with ``routing`` the link names, the
-    tables in use and foreign default gateways; with ``addresses`` every local IPv4 address.
-    A handful of netlink dumps, whatever the number of networks."""
-    wanted = sorted(set(parents))
-    if not routing and not addresses:
-        # The common case (a verb's desired state): a kernel lookup per parent, not a dump of
-        # every link (a full host has a veth per container).
-        return HostFacts(parents={name: parent_facts(ipr, name) for name in wanted})
-    links = {_attr(link, "IFLA_IFNAME"): link for link in ipr.get_links()}
-    index_names = {link["index"]: name for name, link in links.items()}
-    addrs: dict[int, list[ipaddress.IPv4Interface]] = {}
-    if wanted or addresses:
-        for msg in ipr.get_addr(family=AF_INET):
-            addrs.setdefault(msg["index"], []).append(
-                ipaddress.IPv4Interface(f"{_attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}")
-            )
-    parent_facts_ = {}
-    for name in wanted:
-        link = links.get(name)
-        if link is None:
-            parent_facts_[name] = ParentFacts(ifname=name, exists=False)
-        else:
-            parent_facts_[name] = ParentFacts(
-                ifname=name, exists=True, addresses=tuple(addrs.get(link["index"], ())),
-                mtu=_attr(link, "IFLA_MTU", 1500), up=bool(link["flags"] & IFF_UP),
-            )
+def host_facts(
+    ipr: IPRoute,
+    parents: Iterable[str],
+    *,
+    names: Iterable[str] = (),
+    routing: bool = False,
+    addresses: bool = False,
+) -> HostFacts:
+    """One snapshot for planning, reading only what is asked for: the given parents (a kernel
+    lookup each), which of ``names`` exist as links (a lookup each), with ``routing`` the tables
+    in use and the foreign default gateways (a route and a rule dump: only for the first network
+    on a parent), with ``addresses`` every local IPv4 address (one address dump)."""
+    parent_facts_ = {name: parent_facts(ipr, name) for name in sorted(set(parents))}
+    links = frozenset(name for name in set(names) if link_index(ipr, name) is not None)
     tables: set[int] = set()
     gateways: dict[str, ipaddress.IPv4Address] = {}
     if routing:
+        index_names = link_names(ipr)
         for msg in all_routes(ipr):
             tables.add(_attr(msg, "RTA_TABLE", msg["table"]))
             if msg["dst_len"] == 0 and msg["proto"] != RT_PROTO and _attr(msg, "RTA_GATEWAY"):
@@ -109,12 +97,12 @@ def host_facts(ipr: IPRoute, parents: Iterable[str], *, routing: bool = False, a
         for msg in ipr.get_rules(family=AF_INET):
             if _attr(msg, "FRA_PROTOCOL") != RT_PROTO:
                 tables.add(_attr(msg, "FRA_TABLE", msg["table"]))
+    local: frozenset[str] = frozenset()
+    if addresses:
+        local = frozenset(str(_attr(msg, "IFA_ADDRESS")) for msg in ipr.get_addr(family=AF_INET))
     return HostFacts(
-        parents=parent_facts_,
-        links=frozenset(links) if routing else frozenset(),
-        tables_in_use=frozenset(tables),
-        default_gateways=gateways,
-        local_addresses=frozenset(str(a.ip) for lst in addrs.values() for a in lst) if addresses else frozenset(),
+        parents=parent_facts_, links=links, tables_in_use=frozenset(tables), default_gateways=gateways,
+        local_addresses=local,
     )
 
 
