@@ -122,18 +122,13 @@ class Bench:
         for driver in DRIVERS:
             self.network(driver, f"bn-{driver}", {"bridge": "10.150.0.0/24", "multinic": "10.151.0.0/24"}[driver])
         self.network("bridge", "bn-home", "10.152.0.0/24")
+        ops = (self.op_run_rm, self.op_run_p, self.op_net_create_rm, self.op_connect_disconnect, self.op_parallel,
+               self.op_requests, self.op_throughput, self.op_api, self.op_spawns, self.op_scale_networks,
+               self.op_scale_containers)
         try:
-            self.op_run_rm()
-            self.op_run_p()
-            self.op_net_create_rm()
-            self.op_connect_disconnect()
-            self.op_parallel()
-            self.op_requests()
-            self.op_throughput()
-            self.op_api()
-            self.op_spawns()
-            self.op_scale_networks()
-            self.op_scale_containers()
+            for op in ops:
+                if not self.args.only or op.__name__[3:] in self.args.only:
+                    op()
         finally:
             self.docker("rm", "-f", "bhome", check=False)
             for name in ("bn-bridge", "bn-multinic", "bn-home"):
@@ -413,6 +408,9 @@ def main() -> int:
     parser.add_argument("--plugin-root", default=None, help="run the plugin from this checkout (before/after)")
     parser.add_argument("--out", default="bench-results")
     parser.add_argument("--tag", default="", help="suffix of the output files")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="run only these operations (run_rm run_p net_create_rm connect_disconnect parallel "
+                             "requests throughput api spawns scale_networks scale_containers)")
     args = parser.parse_args()
     if args.quick:
         args.rounds = min(args.rounds, 3)
