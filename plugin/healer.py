@@ -36,6 +36,7 @@ from .tags import LINK_BRIDGE, LINK_VETH
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 2.0
+SETTLE = 1.0  # a verb in flight finishes well within this
 FIREWALL_INTERVAL = float(os.environ.get("MULTINIC_FIREWALL_CHECK_INTERVAL", "15"))
 FULL_INTERVAL = float(os.environ.get("MULTINIC_FULL_INTERVAL", "300"))
 # Garbage collection of what dockerd forgot to tell us (env overrides exist for the tests).
@@ -108,10 +109,11 @@ def firewall_drift(state: State, backend: FirewallBackend) -> list[str]:
     return reasons
 
 
-def confirmed(store: Store) -> bool:
-    """Drift seen without the lock may be a verb in flight: look again, holding the lock."""
-    with store.locked() as state:
-        return bool(drift(state) or firewall_drift(state, firewall()))
+def still(check: Any, store: Store) -> list[str]:
+    """Drift seen without the lock may be a verb between "state saved" and "kernel changed":
+    look again a moment later, on a fresh state, before paying for the whole-host writer."""
+    time.sleep(SETTLE)
+    return check(store.load())
 
 
 def run(store: Store, stop_event: Any) -> None:
@@ -123,11 +125,12 @@ def run(store: Store, stop_event: Any) -> None:
             if not state.networks:
                 continue
             reasons = drift(state)
+            if reasons:
+                reasons = still(drift, store)
             if not reasons and time.monotonic() - last_fw > FIREWALL_INTERVAL:
                 last_fw = time.monotonic()
-                reasons = firewall_drift(state, firewall())
-            if reasons and not confirmed(store):
-                reasons = []  # a verb was between "state saved" and "kernel changed"
+                if firewall_drift(state, firewall()):
+                    reasons = still(lambda s: firewall_drift(s, firewall()), store)
             if reasons or time.monotonic() - last_full > FULL_INTERVAL:
                 if reasons:
                     log.warning("kernel drifted from state (%s); re-applying", "; ".join(reasons))
