@@ -188,13 +188,19 @@ def _route_spec(msg: Any, names: dict[int, str]) -> RouteSpec | None:
 
 
 def owned_routes(ipr: IPRoute) -> set[RouteSpec]:
-    names = link_names(ipr)
+    owned = [msg for msg in all_routes(ipr) if msg["proto"] == RT_PROTO]
+    # Names of the few links our routes use (a lookup each), not a dump of every link.
+    names: dict[int, str] = {}
+    for index in {_attr(m, "RTA_OIF") for m in owned} - {None}:
+        try:
+            names[index] = _attr(ipr.get_links(index)[0], "IFLA_IFNAME")
+        except (NetlinkError, IndexError):
+            pass
     out = set()
-    for msg in all_routes(ipr):
-        if msg["proto"] == RT_PROTO:
-            spec = _route_spec(msg, names)
-            if spec:
-                out.add(spec)
+    for msg in owned:
+        spec = _route_spec(msg, names)
+        if spec:
+            out.add(spec)
     return out
 
 
