@@ -264,12 +264,9 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     driver = Driver(store)
     remove_all(store.directory)  # our policy rules inside running containers
     with store.locked() as state:
-        parents = dict(state.parents)
-        store.save(State())
+        # Parents stay until the writer has put their rp_filter back (desired state), then go.
+        store.save(State(parents=dict(state.parents)))
     driver.recover(set())
-    for parent, record in parents.items():
-        if record.rp_filter_before is not None:
-            netlink.write_sysctl(f"net/ipv4/conf/{parent}/rp_filter", str(record.rp_filter_before))
     print("removed all multinic bridges, veths, routes, rules and firewall chains")
     return 0
 

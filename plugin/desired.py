@@ -1,18 +1,20 @@
-"""Pure: the host kernel objects (links, routes, rules, sysctls) the persisted state asks for.
+"""Pure: the host kernel objects (links, routes, rules, sysctls, firewall, published flows)
+the persisted state asks for, and the change between two of them.
 
-Nothing here touches the kernel; :mod:`plugin.reconcile` makes the kernel match.
+Nothing here touches the kernel; :mod:`plugin.reconcile` (the one writer) makes the kernel match.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 from .facts import ParentFacts
-from .firewall.model import Ruleset
+from .firewall.model import Edit, Ruleset, diff
 from .firewall.rules import ruleset_for
-from .state import State
+from .state import PublishedPort, State
 from .tags import MAIN_MARK_SLOT, MARK_MASK, RULE_PREF_FWMARK, RULE_PREF_LOCAL, RULE_PREF_SOURCE, mark_for_slot
 
 MAIN_TABLE = 254
@@ -65,6 +67,73 @@ class HostState:
     rules: frozenset[RuleSpec]
     sysctls: Mapping[str, str]
     firewall: Ruleset
+    # Ports whose conntrack flows are live: a port leaving this set has its flows forgotten
+    # (a UDP client that never pauses would stay on the old DNAT).
+    flows: frozenset[PublishedPort] = frozenset()
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a verb must do to the kernel: the difference between two desired states.
+
+    Links are compared by spec (a changed spec is re-ensured); removed links are deleted.
+    ``firewall`` is None when one side has no rules at all: creating or removing our chains
+    and jumps is the full writer's job (:func:`plugin.reconcile.reconcile`).
+    """
+
+    bridges: tuple[BridgeSpec, ...] = ()
+    veths: tuple[VethSpec, ...] = ()
+    links_gone: tuple[str, ...] = ()
+    routes_add: tuple[RouteSpec, ...] = ()
+    routes_del: tuple[RouteSpec, ...] = ()
+    rules_add: tuple[RuleSpec, ...] = ()
+    rules_del: tuple[RuleSpec, ...] = ()
+    sysctls: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    firewall: tuple[Edit, ...] | None = ()
+    flows_gone: tuple[PublishedPort, ...] = ()
+
+    def is_empty(self) -> bool:
+        return not any(
+            (self.bridges, self.veths, self.links_gone, self.routes_add, self.routes_del, self.rules_add,
+             self.rules_del, self.sysctls, self.flows_gone)
+        ) and self.firewall == ()
+
+
+def _ordered(items: frozenset[Any]) -> tuple[Any, ...]:
+    return tuple(sorted(items, key=repr))
+
+
+def change(before: HostState, after: HostState) -> Change:
+    """Pure: the kernel operations that take a host matching ``before`` to ``after``."""
+    old_bridges = {b.name: b for b in before.bridges}
+    new_bridges = {b.name: b for b in after.bridges}
+    old_veths = {v.host: v for v in before.veths}
+    new_veths = {v.host: v for v in after.veths}
+    if before.firewall.is_empty() and after.firewall.is_empty():
+        firewall: tuple[Edit, ...] | None = ()
+    elif before.firewall.is_empty() or after.firewall.is_empty():
+        firewall = None
+    else:
+        firewall = diff(before.firewall, after.firewall)
+    return Change(
+        bridges=tuple(b for name, b in new_bridges.items() if old_bridges.get(name) != b),
+        # Join and Leave flip ``joined`` only: dockerd moves the peer, the host side stays as it is.
+        veths=tuple(
+            v for host, v in new_veths.items()
+            if host not in old_veths or dataclasses.replace(old_veths[host], joined=v.joined) != v
+        ),
+        links_gone=(
+            *(v for v in old_veths if v not in new_veths),
+            *(b for b in old_bridges if b not in new_bridges),
+        ),
+        routes_add=_ordered(after.routes - before.routes),
+        routes_del=_ordered(before.routes - after.routes),
+        rules_add=_ordered(after.rules - before.rules),
+        rules_del=_ordered(before.rules - after.rules),
+        sysctls={k: v for k, v in after.sysctls.items() if before.sysctls.get(k) != v},
+        firewall=firewall,
+        flows_gone=_ordered(before.flows - after.flows),
+    )
 
 
 def host_state(state: State, facts: Mapping[str, ParentFacts]) -> HostState:
@@ -131,6 +200,14 @@ def host_state(state: State, facts: Mapping[str, ParentFacts]) -> HostState:
                     fwmask=MARK_MASK,
                 )
             )
+    for parent, record in state.parents.items():
+        # The last network on a parent is gone: put back the rp_filter we found there
+        # (the record is forgotten only once this is applied).
+        if not state.networks_on(parent) and record.rp_filter_before is not None:
+            sysctls[f"net/ipv4/conf/{parent}/rp_filter"] = str(record.rp_filter_before)
+    flows = frozenset(
+        p for ep in state.endpoints.values() if ep.joined and ep.network_id in state.networks for p in ep.ports
+    )
     return HostState(
         bridges=tuple(bridges),
         veths=tuple(veths),
@@ -138,4 +215,5 @@ def host_state(state: State, facts: Mapping[str, ParentFacts]) -> HostState:
         rules=frozenset(rules),
         sysctls=sysctls,
         firewall=ruleset_for(state, facts),
+        flows=flows,
     )

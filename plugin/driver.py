@@ -1,4 +1,10 @@
-"""The remote-driver verbs: typed request in, decision, persisted state, reconcile, response.
+"""The remote-driver verbs: typed request in, pure plan over (state, facts), persisted state,
+the one kernel writer, response.
+
+Planning (:meth:`Driver._plan_network`, :meth:`Driver._table_and_mark`, :meth:`Driver._publish_ips`)
+works over a :class:`~plugin.facts.HostFacts` snapshot read once per verb and never opens netlink
+itself. The kernel is written by :mod:`plugin.reconcile` only: a verb hands it the state before
+and after its change, and only the difference is applied.
 
 Each verb holds the state lock for its whole run, so parallel dockerd calls and several
 gunicorn workers are serialised on the host's one state file. Verbs that remove things
@@ -15,9 +21,9 @@ from typing import Any, Callable
 
 from pyroute2 import IPRoute
 
-from . import netlink, ports
+from . import netlink, ports, reconcile
 from .errors import DriverError
-from .facts import ParentFacts
+from .facts import HostFacts, ParentFacts
 from .firewall.rules import publish_addresses
 from .messages import (
     CreateEndpointRequest,
@@ -29,7 +35,6 @@ from .messages import (
     ProgramRequest,
 )
 from .options import NetworkOptions, parse_network_options
-from .reconcile import gather_facts, reconcile
 from .state import EndpointRecord, NetworkRecord, ParentRecord, PublishedPort, State, Store
 from .tags import MAX_MARK_SLOT, TABLE_ALLOC_FIRST, TABLE_ALLOC_LAST
 
@@ -52,30 +57,49 @@ def mac_for(address: ipaddress.IPv4Interface) -> str:
     return "02:42:" + ":".join(f"{b:02x}" for b in address.ip.packed)
 
 
+def snapshot(state: State) -> State:
+    """A copy of ``state`` a verb can keep as "before" while it changes ``state`` (records are frozen)."""
+    return State(networks=dict(state.networks), endpoints=dict(state.endpoints), parents=dict(state.parents))
+
+
 class Driver:
-    def __init__(self, store: Store, reconciler: Callable[[State], Any] = reconcile) -> None:
+    def __init__(self, store: Store, reconciler: Callable[[State], Any] | None = None) -> None:
+        """``reconciler``: a test hook replacing the kernel writer, called with every state
+        the verbs commit (both the per-verb and the whole-host path)."""
         self.store = store
         self.reconciler = reconciler
 
     # -- helpers ------------------------------------------------------------------------
-    def _commit(self, state: State) -> None:
-        """Persist first (intent), then make the kernel match."""
+    def _commit(self, state: State, before: State) -> None:
+        """Persist first (intent), then make the kernel go from ``before`` to ``state``."""
         self.store.save(state)
-        self.reconciler(state)
+        if self.reconciler is not None:
+            self.reconciler(state)
+        else:
+            reconcile.apply_change(before, state)
+
+    def _sync(self, state: State) -> None:
+        """Persist, then make the whole host match (start, healer, rollback)."""
+        self.store.save(state)
+        if self.reconciler is not None:
+            self.reconciler(state)
+        else:
+            reconcile.reconcile(state)
+
+    def _settle_parents(self, state: State) -> None:
+        """After the writer put rp_filter back on parents no network uses (desired state),
+        forget those parents. If the plugin dies before, the record is still there and the
+        next writer run restores rp_filter again."""
+        if self._forget_idle_parents(state):
+            self.store.save(state)
 
     def _rollback(self, state: State) -> None:
         """Best effort after a failed commit: the caller already undid its change in ``state``."""
         try:
-            self._restore_parents(self._forget_idle_parents(state))
-            self._commit(state)
+            self._sync(state)
+            self._settle_parents(state)
         except Exception:  # noqa: BLE001 - the original error is the one to report
             log.exception("rollback incomplete; the next reconcile will finish it")
-
-    @staticmethod
-    def _restore_parents(idle: dict[str, ParentRecord]) -> None:
-        for parent, record in idle.items():
-            if record.rp_filter_before is not None:
-                netlink.write_sysctl(f"net/ipv4/conf/{parent}/rp_filter", str(record.rp_filter_before))
 
     @staticmethod
     def gw_alloc_check(options: dict[str, Any]) -> dict[str, Any]:
@@ -100,13 +124,24 @@ class Driver:
         with self.store.locked() as state:
             if req.network_id in state.networks:
                 return {}
+            bridge = opts.bridge_name or bridge_name_for(req.network_id)
+            # Tables in use and the parent's own next hop matter only for the first network on
+            # a parent (a route dump); later ones share its table, mark and gateway.
+            first_on_parent = bool(opts.parent) and not req.internal and not state.networks_on(opts.parent)
             with IPRoute() as ipr:
-                record, parent_record = self._plan_network(ipr, state, req, opts)
+                facts = netlink.host_facts(
+                    ipr, [opts.parent] if opts.parent else [], names=[bridge], routing=first_on_parent
+                )
+            rp = None
+            if opts.parent and not req.internal and not state.networks_on(opts.parent):
+                rp = netlink.read_sysctl(f"net/ipv4/conf/{opts.parent}/rp_filter")
+            record, parent_record = self._plan_network(state, req, opts, facts, rp)
+            before = snapshot(state)
             state.networks[record.id] = record
             if parent_record is not None and record.parent:
                 state.parents[record.parent] = parent_record
             try:
-                self._commit(state)
+                self._commit(state, before)
             except Exception:
                 log.exception("create of network %s failed; rolling back", req.network_id[:12])
                 state.networks.pop(record.id, None)
@@ -121,10 +156,17 @@ class Driver:
         )
         return {}
 
+    @classmethod
     def _plan_network(
-        self, ipr: IPRoute, state: State, req: CreateNetworkRequest, opts: NetworkOptions
+        cls,
+        state: State,
+        req: CreateNetworkRequest,
+        opts: NetworkOptions,
+        facts: HostFacts,
+        rp_filter: str | None = None,
     ) -> tuple[NetworkRecord, ParentRecord | None]:
-        """Every check that needs the kernel or other networks; nothing is changed here."""
+        """Pure: every check against the host (``facts``) and the other networks; the record to
+        persist. ``rp_filter``: the parent's current value, remembered to put back later."""
         pool = req.ipv4[0]
         subnet = pool.pool
         for other in state.networks.values():
@@ -134,7 +176,7 @@ class Driver:
                     "choose a --subnet that does not overlap"
                 )
         bridge = opts.bridge_name or bridge_name_for(req.network_id)
-        if any(n.bridge == bridge for n in state.networks.values()) or netlink.link_index(ipr, bridge):
+        if any(n.bridge == bridge for n in state.networks.values()) or bridge in facts.links:
             raise DriverError(
                 f"option bridge_name={bridge}: an interface with that name already exists; "
                 "choose another bridge_name or omit it"
@@ -143,30 +185,30 @@ class Driver:
         parent_gateway = table = slot = None
         parent_record = None
         if opts.parent and not req.internal:
-            facts = netlink.parent_facts(ipr, opts.parent)
-            if not facts.exists:
+            parent = facts.parent(opts.parent)
+            if not parent.exists:
                 raise DriverError(
                     f"option parent={opts.parent}: no such network interface on this host; "
                     "give the name of an existing NIC (see `ip link`)"
                 )
-            if not facts.addresses:
+            if not parent.addresses:
                 raise DriverError(
                     f"option parent={opts.parent}: the interface has no IPv4 address; "
                     "configure one first or pick another NIC"
                 )
-            for addr in facts.addresses:
+            for addr in parent.addresses:
                 if addr.network.overlaps(subnet):
                     raise DriverError(
                         f"subnet {subnet} overlaps {opts.parent}'s own network {addr.network}; "
                         "choose a --subnet outside the parent NIC's network"
                     )
             siblings = state.networks_on(opts.parent)
-            parent_gateway = self._parent_gateway(ipr, opts, facts, siblings)
-            table, slot = self._table_and_mark(ipr, state, opts, siblings)
-            mtu = mtu or facts.mtu
+            parent_gateway = cls._parent_gateway(opts, parent, facts, siblings)
+            table, slot = cls._table_and_mark(state, opts, siblings, facts)
+            mtu = mtu or parent.mtu
             if not siblings:
-                rp = netlink.read_sysctl(f"net/ipv4/conf/{opts.parent}/rp_filter")
-                parent_record = ParentRecord(rp_filter_before=int(rp) if rp is not None else None)
+                rp = int(rp_filter) if rp_filter is not None and rp_filter.strip().isdigit() else None
+                parent_record = ParentRecord(rp_filter_before=rp)
         record = NetworkRecord(
             id=req.network_id,
             bridge=bridge,
@@ -189,7 +231,7 @@ class Driver:
 
     @staticmethod
     def _parent_gateway(
-        ipr: IPRoute, opts: NetworkOptions, facts: ParentFacts, siblings: list[NetworkRecord]
+        opts: NetworkOptions, facts: ParentFacts, host: HostFacts, siblings: list[NetworkRecord]
     ) -> ipaddress.IPv4Address | None:
         if siblings:
             current = siblings[0].parent_gateway
@@ -207,7 +249,7 @@ class Driver:
                     f"{nets}; give a next hop reachable on that NIC"
                 )
             return opts.parent_gateway
-        found = netlink.foreign_default_gateway(ipr, opts.parent)
+        found = host.default_gateways.get(opts.parent)
         if found:
             return found
         primary = facts.primary
@@ -220,7 +262,7 @@ class Driver:
 
     @staticmethod
     def _table_and_mark(
-        ipr: IPRoute, state: State, opts: NetworkOptions, siblings: list[NetworkRecord]
+        state: State, opts: NetworkOptions, siblings: list[NetworkRecord], facts: HostFacts
     ) -> tuple[int | None, int | None]:
         if siblings:
             table = siblings[0].table
@@ -233,11 +275,7 @@ class Driver:
         used_tables = {n.table for n in state.networks.values() if n.table is not None}
 
         def in_use(candidate: int) -> bool:
-            return (
-                candidate in used_tables
-                or bool(netlink.routes_in_table(ipr, candidate))
-                or bool(netlink.rules_using_table(ipr, candidate))
-            )
+            return candidate in used_tables or candidate in facts.tables_in_use
 
         if opts.table is not None:
             if in_use(opts.table):
@@ -267,15 +305,13 @@ class Driver:
         with self.store.locked() as state:
             if req.network_id not in state.networks:
                 return {}
+            before = snapshot(state)
             del state.networks[req.network_id]
             for ep in list(state.endpoints.values()):
                 if ep.network_id == req.network_id:
                     del state.endpoints[ep.id]
-            self._commit(state)
-            # Only now put rp_filter back and forget the parent: if the plugin dies before,
-            # the record is still there and recover() restores it.
-            self._restore_parents(self._forget_idle_parents(state))
-            self.store.save(state)
+            self._commit(state, before)
+            self._settle_parents(state)
         log.info("deleted network %s", req.network_id[:12])
         return {}
 
@@ -302,6 +338,7 @@ class Driver:
             existing = state.endpoints.get(req.endpoint_id)
             mac = req.mac or (existing.mac if existing else mac_for(req.address))
             if existing is None:
+                before = snapshot(state)
                 host, peer = veth_names_for(req.endpoint_id)
                 state.endpoints[req.endpoint_id] = EndpointRecord(
                     id=req.endpoint_id,
@@ -314,7 +351,7 @@ class Driver:
                     created=time.time(),
                 )
                 try:
-                    self._commit(state)
+                    self._commit(state, before)
                 except Exception:
                     del state.endpoints[req.endpoint_id]
                     self._rollback(state)
@@ -323,8 +360,9 @@ class Driver:
 
     def delete_endpoint(self, req: EndpointRef) -> dict[str, Any]:
         with self.store.locked() as state:
+            before = snapshot(state)
             if state.endpoints.pop(req.endpoint_id, None) is not None:
-                self._commit(state)
+                self._commit(state, before)
         return {}
 
     def endpoint_info(self, req: EndpointRef) -> dict[str, Any]:
@@ -334,9 +372,9 @@ class Driver:
         return {"Value": {"ports": [dataclasses.asdict(p) for p in ep.ports]}}
 
     @staticmethod
-    def _publish_ips(ipr: IPRoute, net: NetworkRecord) -> Callable[[str], tuple[str, ...]]:
-        """host_ip → the addresses a binding lands on, refusing addresses the host does not have."""
-        local = {str(a.ip) for _n, a in netlink.all_ipv4_addresses(ipr)}
+    def _publish_ips(net: NetworkRecord, facts: HostFacts) -> Callable[[str], tuple[str, ...]]:
+        """Pure: host_ip → the addresses a binding lands on, refusing addresses the host does not have."""
+        local = facts.local_addresses
 
         def resolve(host_ip: str) -> tuple[str, ...]:
             if host_ip == "0.0.0.0":
@@ -361,7 +399,7 @@ class Driver:
                         f"use one of {', '.join(sorted(a for a in local if not a.startswith('127.')))} "
                         "or leave it out (-p HOSTPORT:PORT)"
                     )
-            addrs = publish_addresses(net, host_ip, gather_facts(ipr, State(networks={net.id: net})))
+            addrs = publish_addresses(net, host_ip, facts.parents)
             if not addrs:
                 raise DriverError(
                     f"parent {net.parent} has no IPv4 address to publish ports on; configure one first"
@@ -379,17 +417,23 @@ class Driver:
         net = state.networks[ep.network_id]
         if net.internal or not bindings:
             return ()
+        # Ports kept without an address (no HostIP) are on their parent's addresses of now.
+        others = [
+            other
+            for other in state.endpoints.values()
+            if other.id != ep.id and not (sandbox and other.sandbox_key == sandbox)
+            and other.network_id in state.networks and other.ports
+        ]
+        parents = sorted({p for p in (net.parent, *(state.networks[o.network_id].parent for o in others)) if p})
         with IPRoute() as ipr:
-            facts = gather_facts(ipr, state)
-            taken = [  # ports kept without an address are on their parent's addresses of now
-                dataclasses.replace(p, host_ip=ip)
-                for other in state.endpoints.values()
-                if other.id != ep.id and not (sandbox and other.sandbox_key == sandbox)
-                and other.network_id in state.networks
-                for p in other.ports
-                for ip in publish_addresses(state.networks[other.network_id], p.host_ip, facts)
-            ]
-            return ports.allocate(bindings, self._publish_ips(ipr, net), taken)
+            facts = netlink.host_facts(ipr, parents, addresses=True)
+        taken = [
+            dataclasses.replace(p, host_ip=ip)
+            for other in others
+            for p in other.ports
+            for ip in publish_addresses(state.networks[other.network_id], p.host_ip, facts.parents)
+        ]
+        return ports.allocate(bindings, self._publish_ips(net, facts), taken)
 
     def join(self, req: JoinRequest) -> dict[str, Any]:
         with self.store.locked() as state:
@@ -398,11 +442,12 @@ class Driver:
             if ep is None:
                 raise DriverError(f"endpoint {req.endpoint_id[:12]} was never created; retry the command")
             published = self._publish(state, ep, req.ports, req.sandbox_key)
+            before = snapshot(state)
             state.endpoints[ep.id] = dataclasses.replace(
                 ep, joined=True, sandbox_key=req.sandbox_key, ports=published
             )
             try:
-                self._commit(state)
+                self._commit(state, before)
             except Exception:
                 state.endpoints[ep.id] = ep
                 self._rollback(state)
@@ -417,9 +462,10 @@ class Driver:
         with self.store.locked() as state:
             ep = state.endpoints.get(req.endpoint_id)
             if ep is not None and (ep.joined or ep.ports):
+                before = snapshot(state)
+                # The writer forgets the conntrack flows of the ports this unpublishes (desired state).
                 state.endpoints[ep.id] = dataclasses.replace(ep, joined=False, ports=(), sandbox_key="")
-                self._commit(state)
-                ports.forget_flows(ep.ports)
+                self._commit(state, before)
         return {}
 
     def program_external_connectivity(self, req: ProgramRequest) -> dict[str, Any]:
@@ -431,10 +477,11 @@ class Driver:
             ep = state.endpoints.get(req.endpoint_id)
             if ep is None or not ep.joined or ep.ports or not req.ports:
                 return {}
+            before = snapshot(state)
             state.endpoints[ep.id] = dataclasses.replace(
                 ep, ports=self._publish(state, ep, req.ports, ep.sandbox_key)
             )
-            self._commit(state)
+            self._commit(state, before)
         return {}
 
     def revoke_external_connectivity(self, req: EndpointRef) -> dict[str, Any]:
@@ -449,6 +496,7 @@ class Driver:
         alone: dockerd lists a network or endpoint only after the driver call that creates it."""
         forgotten: list[str] = []
         with self.store.locked() as state:
+            before = snapshot(state)
             for nid, net in list(state.networks.items()):
                 if nid not in docker_view and now - net.created > grace:
                     del state.networks[nid]
@@ -461,14 +509,14 @@ class Driver:
                     forgotten.append(f"endpoint {eid[:12]}")
             if forgotten:
                 log.warning("forgetting what dockerd no longer has: %s", ", ".join(forgotten))
-                self._commit(state)
-                self._restore_parents(self._forget_idle_parents(state))
-                self.store.save(state)
+                self._commit(state, before)
+                self._settle_parents(state)
         return forgotten
 
     # -- recovery -------------------------------------------------------------------------
     def recover(self, known_networks: set[str] | None) -> State:
-        """At start: forget networks dockerd no longer has (if it answered), then reconcile."""
+        """At start and from the healer: forget networks dockerd no longer has (if it answered),
+        then make the whole host match (the same writer, over every object)."""
         with self.store.locked() as state:
             if known_networks is not None:
                 for nid in [n for n in state.networks if n not in known_networks]:
@@ -476,6 +524,6 @@ class Driver:
                     del state.networks[nid]
                 for eid in [e for e, ep in state.endpoints.items() if ep.network_id not in state.networks]:
                     del state.endpoints[eid]
-                self._restore_parents(self._forget_idle_parents(state))
-            self._commit(state)
+            self._sync(state)
+            self._settle_parents(state)
             return state

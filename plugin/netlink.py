@@ -17,7 +17,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from . import devconf
 from .desired import BridgeSpec, RouteSpec, RuleSpec, VethSpec
-from .facts import ParentFacts
+from .facts import HostFacts, ParentFacts
 from .tags import LINK_BRIDGE, LINK_VETH, RT_PROTO, link_alias, parse_link_alias
 
 SCOPE_LINK = 253
@@ -69,6 +69,42 @@ def parent_facts(ipr: IPRoute, ifname: str) -> ParentFacts:
     return ParentFacts(
         ifname=ifname, exists=True, addresses=ipv4_addresses(ipr, index), mtu=_attr(link, "IFLA_MTU", 1500),
         up=bool(link["flags"] & IFF_UP),
+    )
+
+
+def host_facts(
+    ipr: IPRoute,
+    parents: Iterable[str],
+    *,
+    names: Iterable[str] = (),
+    routing: bool = False,
+    addresses: bool = False,
+) -> HostFacts:
+    """One snapshot for planning, reading only what is asked for: the given parents (a kernel
+    lookup each), which of ``names`` exist as links (a lookup each), with ``routing`` the tables
+    in use and the foreign default gateways (a route and a rule dump: only for the first network
+    on a parent), with ``addresses`` every local IPv4 address (one address dump)."""
+    parent_facts_ = {name: parent_facts(ipr, name) for name in sorted(set(parents))}
+    links = frozenset(name for name in set(names) if link_index(ipr, name) is not None)
+    tables: set[int] = set()
+    gateways: dict[str, ipaddress.IPv4Address] = {}
+    if routing:
+        index_names = link_names(ipr)
+        for msg in all_routes(ipr):
+            tables.add(_attr(msg, "RTA_TABLE", msg["table"]))
+            if msg["dst_len"] == 0 and msg["proto"] != RT_PROTO and _attr(msg, "RTA_GATEWAY"):
+                dev = index_names.get(_attr(msg, "RTA_OIF"))
+                if dev and dev not in gateways:
+                    gateways[dev] = ipaddress.IPv4Address(_attr(msg, "RTA_GATEWAY"))
+        for msg in ipr.get_rules(family=AF_INET):
+            if _attr(msg, "FRA_PROTOCOL") != RT_PROTO:
+                tables.add(_attr(msg, "FRA_TABLE", msg["table"]))
+    local: frozenset[str] = frozenset()
+    if addresses:
+        local = frozenset(str(_attr(msg, "IFA_ADDRESS")) for msg in ipr.get_addr(family=AF_INET))
+    return HostFacts(
+        parents=parent_facts_, links=links, tables_in_use=frozenset(tables), default_gateways=gateways,
+        local_addresses=local,
     )
 
 
@@ -154,13 +190,19 @@ def _route_spec(msg: Any, names: dict[int, str]) -> RouteSpec | None:
 
 
 def owned_routes(ipr: IPRoute) -> set[RouteSpec]:
-    names = link_names(ipr)
+    owned = [msg for msg in all_routes(ipr) if msg["proto"] == RT_PROTO]
+    # Names of the few links our routes use (a lookup each), not a dump of every link.
+    names: dict[int, str] = {}
+    for index in {_attr(m, "RTA_OIF") for m in owned} - {None}:
+        try:
+            names[index] = _attr(ipr.get_links(index)[0], "IFLA_IFNAME")
+        except (NetlinkError, IndexError):
+            pass
     out = set()
-    for msg in all_routes(ipr):
-        if msg["proto"] == RT_PROTO:
-            spec = _route_spec(msg, names)
-            if spec:
-                out.add(spec)
+    for msg in owned:
+        spec = _route_spec(msg, names)
+        if spec:
+            out.add(spec)
     return out
 
 

@@ -1,9 +1,22 @@
-"""Make the kernel match the persisted state, idempotently. The only writer of kernel state.
+"""The one writer of host kernel state: make the kernel match the desired state.
 
-Every verb ends here, and so do plugin start and the watcher that re-applies what
-systemd-networkd or a cloud NIC agent deleted. Whatever carries our tag but is not in the
-desired state is removed, so a crash between "state saved" and "kernel changed" heals on
-the next run.
+Two entry points, one code path for each kind of object:
+
+- :func:`apply_change` — the request path. A verb passes the persisted state before and after
+  its change; the writer computes both desired states over the same facts, takes their
+  difference (:func:`plugin.desired.change`, pure) and applies only that: a container without
+  published ports touches no route, rule or firewall chain and spawns no process; a Join with
+  ports is one ``iptables-restore --noflush`` holding that endpoint's rules only. Should the
+  kernel not hold what the state says it holds (someone deleted a rule, a crash happened
+  between two steps), the kernel refuses the edit (a ``-D`` of a missing rule fails the whole
+  transaction) or a netlink call fails, and the writer falls back to :func:`reconcile`.
+- :func:`reconcile` — the whole host: plugin start, the healer (periodic, and when it sees
+  drift), the fallback above. Every link, route, rule and chain carrying our tag but not in
+  the desired state is removed, our chains and jumps are checked and re-created, so a crash
+  between "state saved" and "kernel changed" heals on the next run.
+
+The rp_filter restore and the conntrack flush of unpublished ports are desired state too
+(:class:`plugin.desired.HostState` ``sysctls`` and ``flows``), applied by the same writer.
 """
 
 from __future__ import annotations
@@ -13,8 +26,8 @@ import logging
 
 from pyroute2 import IPRoute
 
-from . import netlink
-from .desired import HostState, host_state
+from . import netlink, ports
+from .desired import Change, HostState, change, host_state
 from .facts import ParentFacts
 from .firewall import FirewallBackend, get_backend
 from .state import State
@@ -31,12 +44,77 @@ def firewall() -> FirewallBackend:
     return backend
 
 
-def gather_facts(ipr: IPRoute, state: State) -> dict[str, ParentFacts]:
-    parents = {net.parent for net in state.networks.values() if net.parent}
-    return {parent: netlink.parent_facts(ipr, parent) for parent in sorted(parents)}
+def parents_of(*states: State) -> set[str]:
+    return {net.parent for state in states for net in state.networks.values() if net.parent}
+
+
+def gather_facts(ipr: IPRoute, *states: State) -> dict[str, ParentFacts]:
+    """The parents' facts (addresses, MTU, up) the desired state of ``states`` depends on."""
+    return dict(netlink.host_facts(ipr, parents_of(*states)).parents)
+
+
+def apply_change(before: State, after: State, backend: FirewallBackend | None = None) -> Change:
+    """Make the kernel go from ``before``'s desired state to ``after``'s, touching only what differs."""
+    with IPRoute() as ipr:
+        facts = gather_facts(ipr, before, after) if _needs_facts(before, after) else {}
+        old, new = host_state(before, facts), host_state(after, facts)
+        todo = change(old, new)
+        if todo.is_empty():
+            return todo
+        try:
+            _apply(ipr, todo, new, backend)
+        except Exception as exc:  # noqa: BLE001 - the full writer decides; its error is the one raised
+            log.warning("kernel did not match the saved state (%s); re-applying the whole host", exc)
+            reconcile(after, backend)
+    return todo
+
+
+def _needs_facts(before: State, after: State) -> bool:
+    """Parent facts only shape routes and published ports: a verb that changes neither a
+    network nor an endpoint with ports gets the same difference without reading them (both
+    sides are computed over the same, empty, facts)."""
+    if before.networks != after.networks:
+        return True
+    for eid in before.endpoints.keys() | after.endpoints.keys():
+        old, new = before.endpoints.get(eid), after.endpoints.get(eid)
+        if old != new and ((old is not None and old.ports) or (new is not None and new.ports)):
+            return True
+    return False
+
+
+def _apply(ipr: IPRoute, todo: Change, new: HostState, backend: FirewallBackend | None) -> None:
+    for bridge in todo.bridges:
+        netlink.ensure_bridge(ipr, bridge)
+    for veth in todo.veths:
+        netlink.ensure_veth(ipr, veth)
+    for route in todo.routes_del:
+        netlink.delete_route(ipr, route)
+    for route in todo.routes_add:
+        netlink.replace_route(ipr, route)
+    for rule in todo.rules_del:
+        netlink.delete_rule(ipr, rule)
+    for rule in todo.rules_add:
+        netlink.add_rule(ipr, rule)
+    for path, value in todo.sysctls.items():
+        netlink.write_sysctl(path, value)
+    if todo.firewall is None:
+        _firewall_full(new, backend or firewall())
+    elif todo.firewall:
+        (backend or firewall()).edit(todo.firewall, new.firewall)
+    for name in todo.links_gone:  # veths before bridges (ordered so by change())
+        netlink.delete_link(ipr, name)
+    ports.forget_flows(todo.flows_gone)
+
+
+def _firewall_full(desired: HostState, backend: FirewallBackend) -> None:
+    if desired.firewall.is_empty():
+        backend.remove()
+    else:
+        backend.apply(desired.firewall)
 
 
 def reconcile(state: State, backend: FirewallBackend | None = None) -> HostState:
+    """The whole host: every tagged object made to match ``state`` (chains and jumps checked)."""
     backend = backend or firewall()
     with IPRoute() as ipr:
         desired = host_state(state, gather_facts(ipr, state))
@@ -58,10 +136,7 @@ def reconcile(state: State, backend: FirewallBackend | None = None) -> HostState
         )
         for path, value in desired.sysctls.items():
             netlink.write_sysctl(path, value)
-        if desired.firewall.is_empty():
-            backend.remove()
-        else:
-            backend.apply(desired.firewall)
+        _firewall_full(desired, backend)
         remove_stale_links(ipr, state)
     return desired
 

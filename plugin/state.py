@@ -17,7 +17,6 @@ and /Plugin.Health reports unhealthy.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import json
 import os
@@ -103,9 +102,9 @@ class State:
     def to_json(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
-            "networks": {k: dataclasses.asdict(v) for k, v in sorted(self.networks.items())},
-            "endpoints": {k: dataclasses.asdict(v) for k, v in sorted(self.endpoints.items())},
-            "parents": {k: dataclasses.asdict(v) for k, v in sorted(self.parents.items())},
+            "networks": {k: _plain(v) for k, v in sorted(self.networks.items())},
+            "endpoints": {k: _plain(v) for k, v in sorted(self.endpoints.items())},
+            "parents": {k: _plain(v) for k, v in sorted(self.parents.items())},
         }
 
     @classmethod
@@ -122,6 +121,17 @@ class State:
         )
 
 
+def _plain(record: Any) -> dict[str, Any]:
+    """``dataclasses.asdict`` for our flat records, without its deep copies (every verb saves
+    the whole state: this keeps the cost of a save flat as the host fills up)."""
+    out = dict(record.__dict__)
+    if "ports" in out:
+        out["ports"] = [dict(p.__dict__) for p in out["ports"]]
+    if "options" in out:
+        out["options"] = dict(out["options"])
+    return out
+
+
 def write_json_atomically(path: Path, data: Any) -> None:
     """Temp file, fsync, rename, fsync the directory: a reader (or a crash) sees old or new, whole."""
     directory = path.parent
@@ -129,7 +139,8 @@ def write_json_atomically(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
+            # No indent: only then does json use its C encoder (5-10x faster on a full host).
+            fh.write(json.dumps(data, sort_keys=True, separators=(",", ":")))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -41,7 +41,8 @@ from .state import State, Store, write_json_atomically
 log = logging.getLogger(__name__)
 
 DECISIONS_FILE = "gateways.json"
-RESYNC_INTERVAL = 10.0
+# Every container is inspected and its netns checked: the cost grows with the host, so not too often.
+RESYNC_INTERVAL = float(os.environ.get("MULTINIC_RESYNC_INTERVAL", "30"))
 FOLLOW_UPS = (0.3, 1.0)  # seconds after an event: re-read once dockerd has saved the container
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0

@@ -1,28 +1,58 @@
 """Benchmark multinic against Docker's own bridge driver, in the same lab and the same run.
 
-Reports ratios (multinic / bridge; 1.0 = as fast as Docker's bridge), never absolute pass/fail:
-- network create + rm,
-- container start with a published port (`docker run -d -p`, until the port answers),
-- published-port request rate from a client on eth0's side (both networks publish on eth0).
+Every timed operation runs for both drivers, interleaved round by round (bridge, multinic,
+bridge, ...) so machine noise hits both alike; the report is the median of the rounds and the
+ratio multinic / bridge (1.0 = as fast as Docker's bridge). Nothing here asserts: this is a
+measurement, not a test.
 
-Usage (root): .venv/bin/python scripts/bench.py [--engine 20.10|28.5] [--rounds N]
+Operations:
+- ``run_rm``: ``docker run --rm --network N busybox true``;
+- ``run_p``: ``docker run -d -p PORT:80`` until the port answers from the client namespace (c0);
+- ``net_create_rm``: ``docker network create`` + ``rm``;
+- ``connect_disconnect``: ``docker network connect`` + ``disconnect`` of a running container;
+- ``parallel20``: 20 ``run --rm`` at once, until the last one exits;
+- ``throughput_MBps``: one TCP stream through a published port (iperf3 if the host has it,
+  else busybox ``nc`` in the container and a Python sender in c0);
+- ``requests_per_s``: HTTP requests through a published port, one connection each;
+- scale: the k-th container with a published port (kept running) and the k-th network (kept),
+  for k = 1..N, written per k to the CSV and plotted;
+- ``api_ms``: the plugin's CreateEndpoint / Join / Leave / DeleteEndpoint without ports, called
+  on its socket directly (p50 / p99 over many calls);
+- ``spawns``: processes the plugin starts during one ``run --rm`` and one ``run -d -p`` (strace).
+
+Usage (root)::
+
+    .venv/bin/python scripts/bench.py --engine 20.10 [--rounds 7] [--quick] [--lab b13 --driver mn13b]
+
+The lab name and driver default to ``$MULTINIC_BENCH_LAB`` / ``$MULTINIC_BENCH_DRIVER`` (else
+``mnbnch`` / ``mnbench``), so parallel labs never collide. Results go to ``--out``
+(``bench-results/``): ``bench-<engine>.csv`` (every sample), ``bench-<engine>.json`` (medians and
+ratios) and ``bench-<engine>.png`` (cost against the number of containers and of networks,
+both drivers; needs the ``bench`` extra: ``pip install -e '.[bench]'``).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import http.client
 import json
+import os
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.e2e.helpers import web_cmd  # noqa: E402
-from tests.lab import Lab  # noqa: E402
+from tests.lab import HOST_ETH0, IMAGE, Lab, _clean_env  # noqa: E402
 
-IMAGE = "mn-busybox:latest"
 REQUESTS = (
     "import sys,time,urllib.request\n"
     "o=urllib.request.build_opener(urllib.request.ProxyHandler({}))\n"
@@ -30,60 +60,398 @@ REQUESTS = (
     "for _ in range(n): o.open(sys.argv[1], timeout=5).read()\n"
     "print(n/(time.monotonic()-t))\n"
 )
+SENDER = (
+    "import socket,sys,time\n"
+    "n=int(sys.argv[3])*1024*1024; buf=b'x'*65536; s=socket.create_connection((sys.argv[1],int(sys.argv[2])),5)\n"
+    "t=time.monotonic(); left=n\n"
+    "while left>0: left-=s.send(buf[:min(left,len(buf))])\n"
+    "s.shutdown(socket.SHUT_WR); s.settimeout(10)\n"
+    "try:\n  s.recv(1)\nexcept OSError:\n  pass\n"
+    "print(n/(time.monotonic()-t)/1e6)\n"
+)
+DRIVERS = ("bridge", "multinic")
 
 
-def bench_driver(lab: Lab, driver: str, opts: list[str], port: int, rounds: int) -> dict[str, float]:
-    creates, starts = [], []
-    for i in range(rounds):
-        name = f"b{driver[:2]}{i}"
+class Bench:
+    def __init__(self, lab: Lab, args: argparse.Namespace) -> None:
+        self.lab = lab
+        self.args = args
+        self.samples: list[dict[str, Any]] = []
+        self.opts = {"bridge": ("-d", "bridge"), "multinic": ("-d", lab.driver, "--opt", "parent=eth0")}
+        self.t0 = time.monotonic()
+
+    # -- plumbing -------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.t0:7.1f}s] {text}", file=sys.stderr, flush=True)
+
+    def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.lab.docker(*args, check=check, timeout=180)
+
+    def record(self, driver: str, op: str, x: int, value: float, unit: str = "s") -> None:
+        self.samples.append({"engine": self.lab.engine, "driver": driver, "operation": op, "x": x,
+                             "value": value, "unit": unit})
+
+    def timed(self, func: Callable[[], Any]) -> float:
         start = time.monotonic()
-        lab.docker("network", "create", "-d", driver, *opts, "--subnet", f"10.{70 + i}.0.0/24", name)
-        lab.docker("network", "rm", name)
-        creates.append(time.monotonic() - start)
-    lab.docker("network", "create", "-d", driver, *opts, "--subnet", "10.99.0.0/24", "benchnet")
-    try:
-        for i in range(rounds):
+        func()
+        return time.monotonic() - start
+
+    def wait_port(self, port: int, limit: float = 60) -> None:
+        deadline = time.monotonic() + limit
+        while self.lab.http_get(self.lab.c0_ns, f"http://{HOST_ETH0}:{port}/", timeout=1) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"port {port} did not answer in {limit}s")
+            time.sleep(0.02)
+
+    def network(self, driver: str, name: str, subnet: str) -> None:
+        self.docker("network", "create", *self.opts[driver], "--subnet", subnet, name)
+
+    def rounds(self, op: str, body: Callable[[str, int], float | None], rounds: int | None = None) -> None:
+        n = rounds or self.args.rounds
+        for i in range(n):
+            for driver in DRIVERS:
+                value = body(driver, i)
+                if value is not None:
+                    self.record(driver, op, i, value)
+            last = {d: [s["value"] for s in self.samples if s["operation"] == op and s["driver"] == d][-1:]
+                    for d in DRIVERS}
+            self.say(f"{op} round {i + 1}/{n}: " + "  ".join(f"{d} {v[0]:.3f}" for d, v in last.items() if v))
+
+    # -- operations -----------------------------------------------------------------------
+    def run_all(self) -> None:
+        for driver in DRIVERS:
+            self.network(driver, f"bn-{driver}", {"bridge": "10.150.0.0/24", "multinic": "10.151.0.0/24"}[driver])
+        self.network("bridge", "bn-home", "10.152.0.0/24")
+        ops = (self.op_run_rm, self.op_run_p, self.op_net_create_rm, self.op_connect_disconnect, self.op_parallel,
+               self.op_requests, self.op_throughput, self.op_api, self.op_spawns, self.op_scale_networks,
+               self.op_scale_containers)
+        try:
+            for op in ops:
+                if not self.args.only or op.__name__[3:] in self.args.only:
+                    op()
+        finally:
+            self.docker("rm", "-f", "bhome", check=False)
+            for name in ("bn-bridge", "bn-multinic", "bn-home"):
+                self.docker("network", "rm", name, check=False)
+
+    def op_run_rm(self) -> None:
+        self.rounds("run_rm", lambda d, i: self.timed(
+            lambda: self.docker("run", "--rm", "--network", f"bn-{d}", IMAGE, "true")))
+
+    def op_run_p(self) -> None:
+        def body(driver: str, i: int) -> float:
+            port = 5100 + 2 * i + DRIVERS.index(driver)
+            name = f"brp-{driver}"
+
+            def start() -> None:
+                self.docker("run", "-d", "--name", name, "--network", f"bn-{driver}", "-p", f"{port}:80", IMAGE,
+                            *web_cmd("x"))
+                self.wait_port(port)
+            took = self.timed(start)
+            self.docker("rm", "-f", name)
+            return took
+        self.rounds("run_p", body)
+
+    def op_net_create_rm(self) -> None:
+        def body(driver: str, i: int) -> float:
+            subnet = f"10.{153 + DRIVERS.index(driver)}.{i}.0/24"
+            return self.timed(lambda: (self.network(driver, f"bc-{driver}", subnet),
+                                       self.docker("network", "rm", f"bc-{driver}")))
+        self.rounds("net_create_rm", body)
+
+    def op_connect_disconnect(self) -> None:
+        self.docker("run", "-d", "--name", "bhome", "--network", "bn-home", IMAGE, "sleep", "100000")
+
+        def body(driver: str, i: int) -> float:
+            return self.timed(lambda: (self.docker("network", "connect", f"bn-{driver}", "bhome"),
+                                       self.docker("network", "disconnect", f"bn-{driver}", "bhome")))
+        self.rounds("connect_disconnect", body)
+
+    def op_parallel(self) -> None:
+        def body(driver: str, i: int) -> float:
+            env = _clean_env({"DOCKER_HOST": self.lab.docker_host, "DOCKER_CONFIG": str(self.lab.dir / "cli")})
             start = time.monotonic()
-            lab.docker("run", "-d", "--name", f"bench{i}", "--network", "benchnet", "-p", f"{port}:80", IMAGE,
-                       *web_cmd("b"))
-            while lab.http_get(lab.c0_ns, f"http://192.168.100.2:{port}/", timeout=1) is None:
-                time.sleep(0.05)
-            starts.append(time.monotonic() - start)
-            if i < rounds - 1:
-                lab.docker("rm", "-f", f"bench{i}")
-        rate = float(lab.run(lab.c0_ns, sys.executable, "-c", REQUESTS, f"http://192.168.100.2:{port}/",
-                             "300").stdout)
-        lab.docker("rm", "-f", f"bench{rounds - 1}")
-    finally:
-        lab.docker("network", "rm", "benchnet", check=False)
-    return {"network_create_rm_s": statistics.median(creates), "container_start_s": statistics.median(starts),
-            "requests_per_s": rate}
+            procs = [subprocess.Popen([self.lab.docker_bin, "run", "--rm", "--network", f"bn-{driver}", IMAGE,
+                                       "true"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                     for _ in range(20)]
+            failed = [p for p in procs if p.wait() != 0]
+            took = time.monotonic() - start
+            if failed:
+                self.say(f"parallel20 {driver}: {len(failed)} failed: {failed[0].stderr.read().decode()[:200]}")
+            return took
+        self.rounds("parallel20", body, rounds=max(3, self.args.rounds // 2) if self.args.quick else None)
+
+    def _published(self, driver: str, port: int, cmd: list[str], name: str) -> None:
+        self.docker("run", "-d", "--name", name, "--network", f"bn-{driver}", "-p", f"{port}:{port}", IMAGE, *cmd)
+
+    def op_requests(self) -> None:
+        count = 100 if self.args.quick else 300
+        for driver in DRIVERS:
+            self._published(driver, 5300 + DRIVERS.index(driver), web_cmd("r", 5300 + DRIVERS.index(driver)),
+                            f"brq-{driver}")
+        try:
+            def body(driver: str, i: int) -> float:
+                port = 5300 + DRIVERS.index(driver)
+                self.wait_port(port)
+                out = self.lab.run(self.lab.c0_ns, sys.executable, "-c", REQUESTS, f"http://{HOST_ETH0}:{port}/",
+                                   str(count), timeout=120).stdout
+                return float(out)
+            self.rounds("requests_per_s", body)
+        finally:
+            for driver in DRIVERS:
+                self.docker("rm", "-f", f"brq-{driver}", check=False)
+
+    def op_throughput(self) -> None:
+        megabytes = 100 if self.args.quick else 400
+        for driver in DRIVERS:
+            port = 5400 + DRIVERS.index(driver)
+            self._published(driver, port, ["sh", "-c", f"while true; do nc -l -p {port} > /dev/null; done"],
+                            f"bth-{driver}")
+        time.sleep(1)
+        try:
+            def body(driver: str, i: int) -> float:
+                port = 5400 + DRIVERS.index(driver)
+                out = self.lab.run(self.lab.c0_ns, sys.executable, "-c", SENDER, HOST_ETH0, str(port),
+                                   str(megabytes), timeout=120).stdout
+                time.sleep(0.3)  # nc restarts
+                return float(out)
+            self.rounds("throughput_MBps", body)
+        finally:
+            for driver in DRIVERS:
+                self.docker("rm", "-f", f"bth-{driver}", check=False)
+
+    # -- plugin API latency, on its socket ---------------------------------------------------
+    def _call(self, verb: str, body: dict[str, Any]) -> float:
+        conn = _UnixHTTP(self.lab.plugin_socket)
+        start = time.monotonic()
+        conn.request("POST", f"/NetworkDriver.{verb}", json.dumps(body))
+        resp = json.loads(conn.getresponse().read() or b"{}")
+        took = time.monotonic() - start
+        conn.close()
+        if resp.get("Err"):
+            raise RuntimeError(f"{verb}: {resp['Err']}")
+        return took
+
+    def op_api(self) -> None:
+        nid = self.docker("network", "inspect", "-f", "{{.Id}}", "bn-multinic").stdout.strip()
+        calls = 30 if self.args.quick else 100
+        times: dict[str, list[float]] = {v: [] for v in ("CreateEndpoint", "Join", "Leave", "DeleteEndpoint")}
+        for i in range(calls):
+            eid = f"{0xbe0000 + i:064x}"
+            ref = {"NetworkID": nid, "EndpointID": eid}
+            times["CreateEndpoint"].append(self._call("CreateEndpoint", {
+                **ref, "Interface": {"Address": f"10.151.0.{200 + i % 50}/24", "AddressIPv6": "", "MacAddress": ""},
+                "Options": {}}))
+            times["Join"].append(self._call("Join", {**ref, "SandboxKey": "", "Options": {}}))
+            times["Leave"].append(self._call("Leave", ref))
+            times["DeleteEndpoint"].append(self._call("DeleteEndpoint", ref))
+        for verb, values in times.items():
+            for k, v in enumerate(values):
+                self.record("multinic", f"api_{verb}", k, v * 1000, "ms")
+            self.say(f"api {verb}: p50 {_pct(values, 50) * 1000:.1f} ms  p99 {_pct(values, 99) * 1000:.1f} ms")
+
+    # -- process spawns -------------------------------------------------------------------------
+    def op_spawns(self) -> None:
+        if not shutil.which("strace") or self.lab._plugin is None:
+            self.say("spawns: no strace (or plugin not started by the lab); skipped")
+            return
+        pgid = self.lab._plugin.pid
+        pids = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pgid]
+        for op, cmd in (("spawns_run_rm", ["run", "--rm", "--network", "bn-multinic", IMAGE, "true"]),
+                        ("spawns_run_p", ["run", "--rm", "--network", "bn-multinic", "-p", "5500:80", IMAGE,
+                                          "true"])):
+            with tempfile.NamedTemporaryFile(prefix="mn-strace-", suffix=".txt") as out:
+                tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=execve", "-o", out.name,
+                                           *[a for p in pids for a in ("-p", p)]],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1.0)
+                self.docker(*cmd)
+                time.sleep(0.5)
+                tracer.terminate()
+                tracer.wait(10)
+                lines = [ln for ln in Path(out.name).read_text().splitlines() if "execve(" in ln and "= 0" in ln]
+            progs = sorted({ln.split('execve("', 1)[1].split('"', 1)[0] for ln in lines})
+            self.record("multinic", op, 0, len(lines), "spawns")
+            self.say(f"{op}: {len(lines)} spawn(s) {', '.join(progs)}")
+
+    # -- scale ------------------------------------------------------------------------------------
+    def op_scale_networks(self) -> None:
+        n = self.args.networks
+        made: list[str] = []
+        try:
+            for k in range(n):
+                for driver in DRIVERS:
+                    name = f"bs{driver[0]}{k}"
+                    subnet = f"10.{160 + DRIVERS.index(driver)}.{k}.0/24"
+                    self.record(driver, "scale_network_create", k + 1, self.timed(
+                        lambda: self.network(driver, name, subnet)))  # noqa: B023
+                    made.append(name)
+                if (k + 1) % 10 == 0 or k + 1 == n:
+                    self.say(f"scale networks: {k + 1}/{n}")
+        finally:
+            for name in made:
+                self.docker("network", "rm", name, check=False)
+
+    def op_scale_containers(self) -> None:
+        n = self.args.containers
+        made: list[str] = []
+        try:
+            for k in range(n):
+                for driver in DRIVERS:
+                    name = f"bsc-{driver}-{k}"
+                    port = {"bridge": 20000, "multinic": 21000}[driver] + k
+
+                    def start() -> None:
+                        self.docker("run", "-d", "--name", name, "--network", f"bn-{driver}",  # noqa: B023
+                                    "-p", f"{port}:80", IMAGE, *web_cmd("s"))  # noqa: B023
+                        self.wait_port(port)  # noqa: B023
+                    self.record(driver, "scale_run_p", k + 1, self.timed(start))
+                    made.append(name)
+                if (k + 1) % 10 == 0 or k + 1 == n:
+                    self.say(f"scale containers: {k + 1}/{n}")
+        finally:
+            for i in range(0, len(made), 50):
+                self.docker("rm", "-f", *made[i:i + 50], check=False)
+
+
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=30)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        self.sock.connect(self.path)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    by: dict[tuple[str, str], list[float]] = {}
+    for s in samples:
+        by.setdefault((s["operation"], s["driver"]), []).append(s["value"])
+    out: dict[str, Any] = {}
+    for op in sorted({op for op, _ in by}):
+        row: dict[str, Any] = {}
+        for driver in DRIVERS:
+            values = by.get((op, driver))
+            if not values:
+                continue
+            if op.startswith("scale_"):
+                head, tail = values[: min(10, len(values))], values[-min(10, len(values)):]
+                row[driver] = {"first10": statistics.median(head), "last10": statistics.median(tail),
+                               "growth": statistics.median(tail) / statistics.median(head)}
+            elif op.startswith("api_"):
+                row[driver] = {"p50_ms": _pct(values, 50), "p99_ms": _pct(values, 99), "n": len(values)}
+            else:
+                row[driver] = {"median": statistics.median(values), "n": len(values)}
+        if "bridge" in row and "multinic" in row:
+            if op.startswith("scale_"):
+                row["ratio_last10"] = row["multinic"]["last10"] / row["bridge"]["last10"]
+            else:
+                row["ratio"] = row["multinic"]["median"] / row["bridge"]["median"]
+        out[op] = row
+    return out
+
+
+def plot(samples: list[dict[str, Any]], path: Path, title: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing (pip install -e '.[bench]'): no plot", file=sys.stderr)
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, op, xlabel in ((axes[0], "scale_run_p", "k-th container with a published port (others kept)"),
+                           (axes[1], "scale_network_create", "k-th network (others kept)")):
+        for driver, style in (("bridge", "o-"), ("multinic", "s-")):
+            pts = [(s["x"], s["value"]) for s in samples if s["operation"] == op and s["driver"] == driver]
+            if pts:
+                xs = [p[0] for p in pts]
+                ys = [p[1] for p in pts]
+                ax.plot(xs, ys, style, markersize=2.5, linewidth=0.8, label=driver)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("seconds")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_title("docker run -d -p, until the port answers")
+    axes[1].set_title("docker network create")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engine", default="20.10")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7, help="rounds per operation (median reported)")
+    parser.add_argument("--quick", action="store_true", help="few rounds and a small scale, for iteration")
+    parser.add_argument("--containers", type=int, default=None, help="scale: containers (default 200; quick 20)")
+    parser.add_argument("--networks", type=int, default=None, help="scale: networks (default 50; quick 10)")
+    parser.add_argument("--lab", default=os.environ.get("MULTINIC_BENCH_LAB", "mnbnch"))
+    parser.add_argument("--driver", default=os.environ.get("MULTINIC_BENCH_DRIVER", "mnbench"))
+    parser.add_argument("--plugin-root", default=None, help="run the plugin from this checkout (before/after)")
+    parser.add_argument("--out", default="bench-results")
+    parser.add_argument("--tag", default="", help="suffix of the output files")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="run only these operations (run_rm run_p net_create_rm connect_disconnect parallel "
+                             "requests throughput api spawns scale_networks scale_containers)")
     args = parser.parse_args()
-    with Lab("mnbnch", engine=args.engine, driver="mnbench") as lab:
-        lab.start_plugin()
-        bridge = bench_driver(lab, "bridge", [], 5000, args.rounds)
-        multinic = bench_driver(lab, lab.driver, ["--opt", "parent=eth0"], 5001, args.rounds)
-    ratios = {
-        "network create+rm time (multinic/bridge)": multinic["network_create_rm_s"] / bridge["network_create_rm_s"],
-        "container start time (multinic/bridge)": multinic["container_start_s"] / bridge["container_start_s"],
-        "published-port request rate (multinic/bridge)": multinic["requests_per_s"] / bridge["requests_per_s"],
-    }
-    result = {"engine": args.engine, "rounds": args.rounds, "bridge": bridge, "multinic": multinic,
-              "ratios": ratios}
-    out = Path("bench-results")
+    if args.quick:
+        args.rounds = min(args.rounds, 3)
+    args.containers = args.containers or (20 if args.quick else 200)
+    args.networks = args.networks or (10 if args.quick else 50)
+    out = Path(args.out)
     out.mkdir(exist_ok=True)
-    (out / f"bench-{args.engine}.json").write_text(json.dumps(result, indent=2))
-    print(f"engine {args.engine}, median of {args.rounds} rounds")
-    for key in bridge:
-        print(f"  {key:22} bridge {bridge[key]:10.3f}   multinic {multinic[key]:10.3f}")
-    for key, value in ratios.items():
-        print(f"  {key:48} {value:6.2f}")
+    stem = out / f"bench-{args.engine}{args.tag}"
+    with Lab(args.lab, engine=args.engine, driver=args.driver) as lab:
+        if args.plugin_root:
+            lab.plugin_root = Path(args.plugin_root).resolve()
+        lab.start_plugin()
+        bench = Bench(lab, args)
+        bench.say(f"lab {args.lab}, driver {args.driver}, engine {args.engine} ({lab.server_version}), "
+                  f"{args.rounds} rounds, scale {args.containers} containers / {args.networks} networks")
+        try:
+            bench.run_all()
+        finally:
+            samples = bench.samples
+            with open(f"{stem}.csv", "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=["engine", "driver", "operation", "x", "value", "unit"])
+                writer.writeheader()
+                writer.writerows(samples)
+    summary = summarize(samples)
+    conditions = {"engine": args.engine, "rounds": args.rounds, "quick": args.quick, "cpus": os.cpu_count(),
+                  "load_avg": os.getloadavg(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "containers": args.containers, "networks": args.networks}
+    Path(f"{stem}.json").write_text(json.dumps({"conditions": conditions, "summary": summary}, indent=2))
+    plotted = plot(samples, Path(f"{stem}.png"), f"multinic vs bridge, Engine {args.engine}")
+    print(f"engine {args.engine}: medians of {args.rounds} rounds (ratio = multinic / bridge)")
+    for op, row in summary.items():
+        if "ratio" in row:
+            print(f"  {op:22} bridge {row['bridge']['median']:9.3f}  multinic {row['multinic']['median']:9.3f}"
+                  f"  ratio {row['ratio']:5.2f}")
+        elif "ratio_last10" in row:
+            print(f"  {op:22} growth last10/first10: bridge {row['bridge']['growth']:5.2f}  multinic "
+                  f"{row['multinic']['growth']:5.2f}  multinic/bridge at the end {row['ratio_last10']:5.2f}")
+        else:
+            for driver, stats in row.items():
+                print(f"  {op:22} {driver}: {stats}")
+    print(f"wrote {stem}.csv, {stem}.json" + (f", {stem}.png" if plotted else ""))
     return 0
 
 

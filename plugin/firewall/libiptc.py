@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from ..errors import DriverError
-from .model import CHAINS, JUMPS, TABLES, Jump, Rule, Ruleset
+from .model import CHAINS, JUMPS, TABLES, Edit, Jump, Rule, Ruleset
 from .restore import RestoreBackend
 
 XT_LOCK_NAME = "/run/xtables.lock"  # iptables' own; XTABLES_LOCKFILE overrides it, as for iptables
@@ -365,6 +365,12 @@ class LibiptcBackend:
                         iptc.Chain(table, jump.chain).insert_rule(build_rule(table, jump.rule), 0)
 
         self._transaction("update", prepare)
+
+    def edit(self, edits: tuple[Edit, ...], full: Ruleset) -> None:
+        """Legacy iptables replaces a whole table per commit whatever the change, so an edit is
+        an :meth:`apply` of the full ruleset: in-process (no spawn), one commit per table."""
+        if edits:
+            self.apply(full)
 
     def remove(self) -> None:
         def prepare(open_table: Callable[[str], Any], where: list[str]) -> None:

@@ -7,6 +7,7 @@ backend through python-iptables.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,6 +20,9 @@ MANGLE_POSTROUTING = "MULTINIC-CONNMARK"
 NAT_DNAT = "MULTINIC-DNAT"
 NAT_POSTROUTING = "MULTINIC-POSTROUTING"
 FILTER_FORWARD = "MULTINIC-FORWARD"
+FILTER_ACCEPT = "MULTINIC-ACCEPT"  # accepts of every bridge, entered first from MULTINIC-FORWARD
+FILTER_ISOLATE_DST = "MULTINIC-ISOLATE-DST"  # "-o <any container bridge> DROP"
+FILTER_ISOLATE_SRC = "MULTINIC-ISOLATE-SRC"  # "-i <any container bridge> DROP" (routed mode)
 
 TABLES = ("mangle", "nat", "filter")
 
@@ -58,7 +62,7 @@ JUMPS: tuple[Jump, ...] = (
 CHAINS: dict[str, tuple[str, ...]] = {
     "mangle": (MANGLE_PREROUTING, MANGLE_POSTROUTING),
     "nat": (NAT_DNAT, NAT_POSTROUTING),
-    "filter": (FILTER_FORWARD,),
+    "filter": (FILTER_FORWARD, FILTER_ACCEPT, FILTER_ISOLATE_DST, FILTER_ISOLATE_SRC),
 }
 
 
@@ -75,6 +79,44 @@ class Ruleset:
         return not any(rules for chains in self.chains.values() for rules in chains.values())
 
 
+@dataclass(frozen=True)
+class Edit:
+    """One rule to add at the end of (``-A``) or delete from (``-D``) one of our chains."""
+
+    table: str
+    chain: str
+    action: str  # "-A" or "-D"
+    rule: Rule
+
+
+def diff(before: Ruleset, after: Ruleset) -> tuple[Edit, ...]:
+    """The rule edits that turn ``before`` into ``after``, chain by chain, as multisets.
+
+    Only valid when both are non-empty (our chains and jumps exist on both sides) and when the
+    order of rules *between* networks or endpoints does not matter, which :mod:`.rules`
+    guarantees: every rule of a chain names its own bridge or port, and rules that must come
+    first live in a chain of their own. Deletions come first; additions keep ``after``'s order.
+    """
+    deletes: list[Edit] = []
+    adds: list[Edit] = []
+    for table in TABLES:
+        for chain in CHAINS[table]:
+            old, new = before.rules(table, chain), after.rules(table, chain)
+            if old == new:
+                continue
+            gone = Counter(old) - Counter(new)
+            extra = Counter(new) - Counter(old)
+            for rule in old:
+                if gone[rule]:
+                    gone[rule] -= 1
+                    deletes.append(Edit(table, chain, "-D", rule))
+            for rule in new:
+                if extra[rule]:
+                    extra[rule] -= 1
+                    adds.append(Edit(table, chain, "-A", rule))
+    return (*deletes, *adds)
+
+
 class FirewallBackend(Protocol):
     """One implementation per iptables flavour (nf_tables CLI, legacy libiptc, ...)."""
 
@@ -82,6 +124,11 @@ class FirewallBackend(Protocol):
 
     def apply(self, ruleset: Ruleset) -> None:
         """Make our chains hold exactly ``ruleset`` and the jumps exist; atomic per table."""
+
+    def edit(self, edits: tuple[Edit, ...], full: Ruleset) -> None:
+        """Apply ``edits`` (computed against what the writer believes is in place) as ONE
+        atomic commit; raise if the kernel does not match that belief (the writer then falls
+        back to :meth:`apply` of ``full``). Jumps and chains are assumed present."""
 
     def remove(self) -> None:
         """Remove every jump and chain we own; no error if already gone."""

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 
 from ..errors import DriverError
-from .model import CHAINS, JUMPS, TABLES, Jump, Rule, Ruleset
+from .model import CHAINS, JUMPS, TABLES, Edit, Jump, Rule, Ruleset
 
 
 class RestoreBackend:
@@ -79,6 +79,25 @@ class RestoreBackend:
                     lines.append(self._line("-I", jump.chain, ("1", *jump.rule)))
             lines.append("COMMIT")
         self._restore("\n".join(lines) + "\n")
+
+    def edit(self, edits: tuple[Edit, ...], full: Ruleset) -> None:
+        """One ``iptables-restore --noflush`` holding only ``edits``: its size is the verb's own
+        rules, whatever else is on the host. nf_tables commits it as one transaction, and a
+        ``-D`` of a rule that is not there fails the whole of it (the writer then re-applies)."""
+        if not edits:
+            return
+        self._restore(self.edit_payload(edits))
+
+    @classmethod
+    def edit_payload(cls, edits: tuple[Edit, ...]) -> str:
+        lines: list[str] = []
+        for table in TABLES:
+            mine = [e for e in edits if e.table == table]
+            if mine:
+                lines.append(f"*{table}")
+                lines += [cls._line(e.action, e.chain, e.rule) for e in mine]
+                lines.append("COMMIT")
+        return "\n".join(lines) + "\n"
 
     def remove(self) -> None:
         for table in TABLES:

@@ -18,7 +18,18 @@ from typing import Mapping
 from ..facts import ParentFacts
 from ..state import NetworkRecord, State
 from ..tags import MAIN_MARK_SLOT, MARK_MASK, mark_for_slot
-from .model import FILTER_FORWARD, MANGLE_POSTROUTING, MANGLE_PREROUTING, NAT_DNAT, NAT_POSTROUTING, Rule, Ruleset
+from .model import (
+    FILTER_ACCEPT,
+    FILTER_FORWARD,
+    FILTER_ISOLATE_DST,
+    FILTER_ISOLATE_SRC,
+    MANGLE_POSTROUTING,
+    MANGLE_PREROUTING,
+    NAT_DNAT,
+    NAT_POSTROUTING,
+    Rule,
+    Ruleset,
+)
 
 DOCKER_BRIDGES = ("docker0", "br-+")
 CTSTATE = ("-m", "conntrack", "--ctstate")
@@ -105,35 +116,57 @@ def nat_postrouting_rules(state: State) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def forward_rules(state: State) -> tuple[Rule, ...]:
-    """Accepts that must hold whatever the isolation says come first, for every bridge: replies,
+def accept_rules(state: State) -> tuple[Rule, ...]:
+    """Accepts that must hold whatever the isolation says, for every bridge: replies,
     intra-bridge traffic and published ports (DNAT), also when reached from another bridge.
-    Then, per bridge, isolation drops and the bridge's own egress/ingress policy."""
-    nets = sorted(state.networks.values(), key=lambda n: n.bridge)
+    A chain of their own, entered before any bridge's isolation."""
     rules: list[Rule] = []
-    for net in nets:
+    for net in sorted(state.networks.values(), key=lambda n: n.bridge):
         b = net.bridge
         rules.append(("-o", b, *CTSTATE, "RELATED,ESTABLISHED", "-j", "ACCEPT"))
         rules.append(("-i", b, *CTSTATE, "RELATED,ESTABLISHED", "-j", "ACCEPT"))
         rules.append(("-i", b, "-o", b, "-j", "ACCEPT"))
         if not net.internal:
             rules.append(("-o", b, *CTSTATE, "DNAT", "-j", "ACCEPT"))
-    for net in nets:
+    return tuple(rules)
+
+
+def forward_rules(state: State) -> tuple[Rule, ...]:
+    """After the accepts, per bridge: isolation drops and the bridge's own egress/ingress policy.
+
+    Isolation is two-staged, as Docker's bridge driver does it: a bridge's new traffic enters
+    MULTINIC-ISOLATE-DST, which drops it towards any container bridge (Docker's and ours), so
+    adding a network adds its own rules only, never one per other network. Every rule names its
+    own bridge, so the order between bridges does not matter (rules are appended and deleted
+    per network)."""
+    rules: list[Rule] = [("-j", FILTER_ACCEPT)]
+    for net in sorted(state.networks.values(), key=lambda n: n.bridge):
         b = net.bridge
         if net.internal:
             rules.append(("-i", b, "-j", "DROP"))
             rules.append(("-o", b, "-j", "DROP"))
             continue
-        others = (*DOCKER_BRIDGES, *(o.bridge for o in nets if o.bridge != b))
-        rules += [("-i", b, "-o", other, "-j", "DROP") for other in others]
+        rules.append(("-i", b, "-j", FILTER_ISOLATE_DST))
         rules.append(("-i", b, "-j", "ACCEPT"))
         if not net.masquerade:
             # Routed mode: new connections from outside reach the containers directly,
             # but never from another container network.
-            rules += [("-i", other, "-o", b, "-j", "DROP") for other in others]
+            rules.append(("-o", b, "-j", FILTER_ISOLATE_SRC))
             rules.append(("-o", b, "-j", "ACCEPT"))
         rules.append(("-o", b, "-j", "DROP"))
     return tuple(rules)
+
+
+def isolate_dst_rules(state: State) -> tuple[Rule, ...]:
+    """Traffic a bridge's container starts towards another container bridge is dropped
+    (traffic within a bridge was accepted before)."""
+    nets = sorted(state.networks.values(), key=lambda n: n.bridge)
+    return (*(("-o", b, "-j", "DROP") for b in DOCKER_BRIDGES), *(("-o", n.bridge, "-j", "DROP") for n in nets))
+
+
+def isolate_src_rules(state: State) -> tuple[Rule, ...]:
+    nets = sorted(state.networks.values(), key=lambda n: n.bridge)
+    return (*(("-i", b, "-j", "DROP") for b in DOCKER_BRIDGES), *(("-i", n.bridge, "-j", "DROP") for n in nets))
 
 
 def ruleset_for(state: State, facts: Mapping[str, ParentFacts]) -> Ruleset:
@@ -144,6 +177,11 @@ def ruleset_for(state: State, facts: Mapping[str, ParentFacts]) -> Ruleset:
         chains={
             "mangle": {MANGLE_PREROUTING: mangle_rules(state), MANGLE_POSTROUTING: connmark_rules(state)},
             "nat": {NAT_DNAT: _dnat_rules(state, facts), NAT_POSTROUTING: nat_postrouting_rules(state)},
-            "filter": {FILTER_FORWARD: forward_rules(state)},
+            "filter": {
+                FILTER_FORWARD: forward_rules(state),
+                FILTER_ACCEPT: accept_rules(state),
+                FILTER_ISOLATE_DST: isolate_dst_rules(state),
+                FILTER_ISOLATE_SRC: isolate_src_rules(state),
+            },
         }
     )

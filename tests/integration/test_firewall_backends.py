@@ -36,6 +36,7 @@ from plugin.firewall.model import (
     NAT_DNAT,
     NAT_POSTROUTING,
     TABLES,
+    Edit,
     Rule,
     Ruleset,
 )
@@ -551,3 +552,43 @@ def test_legacy_rules_do_not_reach_nf_tables() -> None:
         call(rtr, restore_nft, "apply", allow)
         assert "-A MULTINIC-FORWARD -i r0 -o r1 -j ACCEPT" in sh(rtr, "iptables-nft -S")
         assert in_netns(cli_ns, _tcp_probe, "10.231.2.2", 9) == "refused"  # now forwarded
+
+
+# -- (h) the request path: one atomic edit of our own rules only ------------------------------
+EDITS_ADD = (
+    Edit("nat", NAT_DNAT, "-A", r("-d 192.168.101.2/32 -p tcp -m tcp --dport 4100 -j DNAT --to-destination "
+                                  "10.10.0.9:80")),
+    Edit("filter", FILTER_FORWARD, "-A", r("-i br7 -j ACCEPT")),
+)
+EDITS_DEL = tuple(Edit(e.table, e.chain, "-D", e.rule) for e in EDITS_ADD)
+
+
+def _apply_edits(base: Ruleset, edits: tuple[Edit, ...]) -> Ruleset:
+    chains = {t: {c: list(base.rules(t, c)) for c in CHAINS[t]} for t in TABLES}
+    for e in edits:
+        (chains[e.table][e.chain].append if e.action == "-A" else chains[e.table][e.chain].remove)(e.rule)
+    return Ruleset(chains={t: {c: tuple(v) for c, v in cs.items()} for t, cs in chains.items()})
+
+
+@pytest.mark.parametrize(
+    "flavour,factory",
+    [("nft", restore_nft), ("legacy", restore_legacy), pytest.param("legacy", libiptc, marks=needs_iptc)],
+    ids=["restore-nft", "restore-legacy", "libiptc"],
+)
+def test_edit_adds_and_deletes_own_rules_and_refuses_a_missing_one(flavour: str, factory: Callable[[], Any]) -> None:
+    with scratch_netns(*names(f"h-{factory.__name__}")) as ns:
+        docker_like(ns, flavour)
+        call(ns, factory, "apply", FULL)
+        added = _apply_edits(FULL, EDITS_ADD)
+        call(ns, factory, "edit", EDITS_ADD, added)
+        assert call(ns, factory, "dump") == expected_dump(added)
+        call(ns, factory, "edit", EDITS_DEL, FULL)
+        assert call(ns, factory, "dump") == expected_dump(FULL)
+        if factory is not libiptc:  # libiptc rewrites from the full ruleset, so it cannot be wrong
+            before = save(ns, flavour)
+            # A rule the writer believes present but someone deleted: the whole edit is refused.
+            both = (EDITS_ADD[1], *EDITS_DEL[:1])
+            assert driver_error(ns, factory, "edit", both, FULL) is not None
+            if flavour == "nft":  # one nf_tables transaction: nothing of it was applied
+                assert save(ns, flavour) == before
+        call(ns, factory, "remove")

@@ -83,10 +83,14 @@ def test_internal_network_is_closed():
 
 def test_isolation_between_multinic_bridges():
     state = State(networks={"a" * 64: net(), "b" * 64: net("b" * 64, subnet="10.11.0.0/24", gateway="10.11.0.1/24")})
-    fwd = host_state(state, FACTS).firewall.rules("filter", FILTER_FORWARD)
-    assert ("-i", "mn-aaaaaaaaaaaa", "-o", "mn-bbbbbbbbbbbb", "-j", "DROP") in fwd
-    assert ("-i", "mn-bbbbbbbbbbbb", "-o", "mn-aaaaaaaaaaaa", "-j", "DROP") in fwd
-    assert ("-i", "mn-aaaaaaaaaaaa", "-o", "docker0", "-j", "DROP") in fwd
+    fw = host_state(state, FACTS).firewall
+    fwd = fw.rules("filter", FILTER_FORWARD)
+    assert fwd[0] == ("-j", "MULTINIC-ACCEPT")
+    assert ("-i", "mn-aaaaaaaaaaaa", "-j", "MULTINIC-ISOLATE-DST") in fwd
+    assert ("-i", "mn-bbbbbbbbbbbb", "-j", "MULTINIC-ISOLATE-DST") in fwd
+    isolate = fw.rules("filter", "MULTINIC-ISOLATE-DST")
+    for bridge in ("mn-aaaaaaaaaaaa", "mn-bbbbbbbbbbbb", "docker0", "br-+"):
+        assert ("-o", bridge, "-j", "DROP") in isolate
 
 
 def test_no_networks_no_firewall():

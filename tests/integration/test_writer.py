@@ -1,0 +1,137 @@
+"""The one writer against the real kernel: each verb pays for its own change only, and a kernel
+that no longer holds what the state says is healed by the whole-host path."""
+
+from __future__ import annotations
+
+import subprocess
+
+from plugin.driver import Driver
+from plugin.state import Store
+from tests.integration.test_datapath import EID, NID, attach_container, call, create_network, detach_and_remove
+from tests.nsutil import sh
+
+PORT = {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 4000, "HostPortEnd": 4000}
+
+
+def _spawns_of_verbs(state_dir: str, ports: list) -> dict[str, list[str]]:
+    """Run CreateEndpoint, Join, Leave, DeleteEndpoint here, recording every process started
+    (the firewall flavour is detected once per process, at plugin start: done first here)."""
+    from plugin.reconcile import firewall
+
+    firewall()
+    spawned: list[str] = []
+    real = subprocess.Popen.__init__
+
+    def record(self, args, *a, **kw):  # noqa: ANN001 - subprocess.Popen's own signature
+        spawned.append(" ".join(map(str, args if isinstance(args, (list, tuple)) else [args]))[:80])
+        return real(self, args, *a, **kw)
+
+    subprocess.Popen.__init__ = record
+    out: dict[str, list[str]] = {}
+    ref = {"NetworkID": NID, "EndpointID": EID}
+    try:
+        bodies = {
+            "CreateEndpoint": {**ref, "Interface": {"Address": "10.10.0.2/24"}},
+            "Join": {**ref, "SandboxKey": "", "Options": {"com.docker.network.portmap": ports}},
+            "Leave": ref,
+            "DeleteEndpoint": ref,
+        }
+        for verb, body in bodies.items():
+            spawned.clear()
+            resp = call(state_dir, verb, body)
+            assert resp["status"] == 200, (verb, resp)
+            out[verb] = [s.split()[0].rsplit("/", 1)[-1] for s in spawned]
+    finally:
+        subprocess.Popen.__init__ = real
+    return out
+
+
+def test_verbs_without_ports_start_no_process_and_with_ports_one_commit(topo):
+    before = topo.dump()
+    assert create_network(topo, {"parent": "eth1"})["status"] == 200
+    quiet = topo.in_host(_spawns_of_verbs, topo.state_dir, [])
+    assert quiet == {"CreateEndpoint": [], "Join": [], "Leave": [], "DeleteEndpoint": []}
+    loud = topo.in_host(_spawns_of_verbs, topo.state_dir, [PORT])
+    assert loud["CreateEndpoint"] == [] and loud["DeleteEndpoint"] == []
+    assert loud["Join"] == ["iptables-nft-restore"]
+    assert loud["Leave"][0] == "iptables-nft-restore" and set(loud["Leave"][1:]) <= {"conntrack"}
+    assert call_in(topo, "DeleteNetwork", {"NetworkID": NID})["status"] == 200
+    assert topo.dump() == before
+
+
+def call_in(t, verb, body):
+    return t.in_host(call, t.state_dir, verb, body)
+
+
+def test_rule_deleted_behind_our_back_is_healed_by_the_next_verb(topo):
+    """Leave's edit deletes a DNAT rule someone already removed: nf_tables refuses the whole
+    edit and the writer re-applies the whole host; nothing is left behind."""
+    before = topo.dump()
+    create_network(topo, {"parent": "eth1"})
+    attach_container(topo, [PORT])
+    rule = next(ln for ln in sh(topo.host, "iptables-nft -t nat -S MULTINIC-DNAT").splitlines() if "4000" in ln)
+    sh(topo.host, "iptables-nft -t nat " + rule.replace("-A ", "-D ", 1))
+    detach_and_remove(topo)
+    assert topo.dump() == before
+
+
+def test_missing_jump_is_the_healers_job(topo):
+    """The request path does not check jumps (that costs 7 `iptables -S`); the whole-host
+    writer the healer runs puts a deleted jump back, once."""
+    before = topo.dump()
+    create_network(topo, {"parent": "eth1"})
+    jump = "FORWARD -m comment --comment multinic -j MULTINIC-FORWARD"
+    sh(topo.host, f"iptables-nft -D {jump}")
+    attach_container(topo, [PORT])  # the edit still applies: our chains are there
+    assert "MULTINIC-FORWARD" not in sh(topo.host, "iptables-nft -S FORWARD")
+    topo.in_host(lambda: Driver(Store(topo.state_dir)).recover(None) and None)
+    assert sh(topo.host, "iptables-nft -S FORWARD").count("-j MULTINIC-FORWARD") == 1
+    detach_and_remove(topo)
+    assert topo.dump() == before
+
+
+def _drifts(state_dir: str) -> tuple[list[str], list[str]]:
+    from plugin import healer
+    from plugin.reconcile import firewall
+    from plugin.state import Store
+
+    state = Store(state_dir).load()
+    return healer.drift(state), healer.firewall_drift(state, firewall())
+
+
+def test_healer_sees_no_drift_on_a_host_the_writer_made_and_sees_what_others_delete(topo):
+    """The healer's checks read the kernel as the writer wrote it (else it would rewrite the
+    host on every period): after verbs, no drift; a deleted rule, route or jump is seen."""
+    before = topo.dump()
+    create_network(topo, {"parent": "eth1"})
+    attach_container(topo, [PORT])
+    assert topo.in_host(_drifts, topo.state_dir) == ([], [])
+    sh(topo.host, "iptables-nft -t mangle -F MULTINIC-PREROUTING")
+    assert topo.in_host(_drifts, topo.state_dir)[1]
+    sh(topo.host, "iptables-nft -D FORWARD -m comment --comment multinic -j MULTINIC-FORWARD")
+    sh(topo.host, "ip rule del pref 10002")
+    routes, fw = topo.in_host(_drifts, topo.state_dir)
+    assert routes and any("jump" in r for r in fw)
+    topo.in_host(lambda: Driver(Store(topo.state_dir)).recover(None) and None)
+    assert topo.in_host(_drifts, topo.state_dir) == ([], [])
+    detach_and_remove(topo)
+    assert topo.dump() == before
+
+
+def _cleanup(state_dir: str) -> int:
+    from plugin.cli import main
+
+    return main(["--state-dir", state_dir, "cleanup"])
+
+
+def test_cleanup_goes_through_the_writer_and_puts_rp_filter_back(topo):
+    sh(topo.host, "sysctl -qw net.ipv4.conf.eth1.rp_filter=1")
+    before = topo.dump()
+    create_network(topo, {"parent": "eth1"})
+    attach_container(topo, [PORT])
+    assert sh(topo.host, "cat /proc/sys/net/ipv4/conf/eth1/rp_filter").strip() == "2"
+    src = "mnc" + EID[:12]
+    sh(topo.k, f"ip link set eth0 down; ip link set eth0 name {src}; ip link set {src} netns {topo.host}")
+    assert topo.in_host(_cleanup, topo.state_dir) == 0
+    assert topo.dump() == before
+    assert Store(topo.state_dir).load().parents == {}

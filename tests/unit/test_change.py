@@ -1,0 +1,181 @@
+"""The writer's request path: what a verb changes is the difference of two desired states (pure)."""
+
+import ipaddress
+import random
+from collections import Counter
+
+from plugin.desired import change, host_state
+from plugin.driver import snapshot
+from plugin.facts import ParentFacts
+from plugin.firewall.model import CHAINS, TABLES, Ruleset
+from plugin.firewall.restore import RestoreBackend
+from plugin.state import EndpointRecord, NetworkRecord, ParentRecord, PublishedPort, State
+
+FACTS = {"eth1": ParentFacts("eth1", True, (ipaddress.IPv4Interface("192.168.101.2/24"),), 1500)}
+
+
+def net(i, **kw):
+    nid = f"{i:064x}"
+    base = dict(id=nid, bridge=f"mn-{nid[-12:]}", subnet=f"10.{i // 256}.{i % 256}.0/24",
+                gateway=f"10.{i // 256}.{i % 256}.1/24", parent="eth1", parent_gateway="192.168.101.1", table=20000,
+                mark_slot=1)
+    base.update(kw)
+    return NetworkRecord(**base)
+
+
+def endpoint(i, network, joined=True, ports=()):
+    eid = f"e{i:063x}"
+    return EndpointRecord(id=eid, network_id=network.id, address=f"10.0.{i % 250}.{2 + i // 250}/16", mac="",
+                          host_veth=f"mnh{eid[-12:]}", peer_veth=f"mnc{eid[-12:]}", joined=joined, ports=ports)
+
+
+def host(n_networks=1, n_endpoints=0, ports=True):
+    state = State(parents={"eth1": ParentRecord(rp_filter_before=1)})
+    for i in range(n_networks):
+        state.networks[net(i).id] = net(i)
+    first = net(0)
+    for i in range(n_endpoints):
+        ep = endpoint(i, first, ports=(PublishedPort("tcp", "", 10000 + i, 80),) if ports else ())
+        state.endpoints[ep.id] = ep
+    return state
+
+
+def diff(before, after):
+    return change(host_state(before, FACTS), host_state(after, FACTS))
+
+
+def run_rm(state, ports=()):
+    """The four verbs of `docker run --rm`, as state transitions: the change of each."""
+    ep = endpoint(999, net(0))
+    steps = []
+    s0 = snapshot(state)
+    s1 = snapshot(s0)
+    s1.endpoints[ep.id] = ep.__class__(**{**ep.__dict__, "joined": False})
+    steps.append(("CreateEndpoint", diff(s0, s1)))
+    s2 = snapshot(s1)
+    s2.endpoints[ep.id] = ep.__class__(**{**ep.__dict__, "ports": ports})
+    steps.append(("Join", diff(s1, s2)))
+    s3 = snapshot(s2)
+    s3.endpoints[ep.id] = ep.__class__(**{**ep.__dict__, "joined": False, "ports": ()})
+    steps.append(("Leave", diff(s2, s3)))
+    steps.append(("DeleteEndpoint", diff(s3, s0)))
+    return steps
+
+
+def test_endpoint_without_ports_touches_no_firewall_route_or_rule():
+    for verb, todo in run_rm(host(3, 50)):
+        assert todo.firewall == (), verb
+        assert not (todo.routes_add or todo.routes_del or todo.rules_add or todo.rules_del or todo.sysctls), verb
+        assert not todo.flows_gone, verb
+
+
+def test_join_and_leave_with_ports_edit_only_their_own_rules_whatever_is_on_the_host():
+    port = (PublishedPort("tcp", "", 9999, 80),)
+    sizes = []
+    for existing in (0, 200):
+        steps = dict(run_rm(host(1, existing), ports=port))
+        join, leave = steps["Join"], steps["Leave"]
+        assert [(e.chain, e.action) for e in join.firewall] == [("MULTINIC-DNAT", "-A")]
+        assert [(e.chain, e.action) for e in leave.firewall] == [("MULTINIC-DNAT", "-D")]
+        assert leave.flows_gone == port  # conntrack flush expressed as desired state
+        sizes.append(len(RestoreBackend.edit_payload(join.firewall)))
+    assert sizes[0] == sizes[1]
+
+
+def test_network_create_edits_the_same_number_of_rules_for_the_1st_and_50th_network():
+    counts = []
+    for existing in (1, 49):
+        before = host(existing)
+        after = snapshot(before)
+        new = net(existing)
+        after.networks[new.id] = new
+        todo = diff(before, after)
+        assert all(new.bridge in " ".join(e.rule) or "eth1" in e.rule for e in todo.firewall)
+        assert not todo.routes_del and not todo.rules_del
+        counts.append(len(todo.firewall))
+    assert counts[0] == counts[1]
+
+
+def test_first_and_last_network_go_through_the_full_writer():
+    empty, one = State(parents={}), host(1)
+    assert diff(empty, one).firewall is None  # chains and jumps are created by the full writer
+    assert diff(one, State(parents=one.parents)).firewall is None
+
+
+def test_last_network_on_a_parent_restores_rp_filter_as_desired_state():
+    one = host(1)
+    gone = State(parents=dict(one.parents))
+    assert host_state(one, FACTS).sysctls == {"net/ipv4/conf/eth1/rp_filter": "2"}
+    assert diff(one, gone).sysctls == {"net/ipv4/conf/eth1/rp_filter": "1"}
+
+
+def apply_edits(ruleset: Ruleset, edits) -> dict:
+    """What iptables does with -A (append) and -D (delete the first equal rule)."""
+    chains = {(t, c): list(ruleset.rules(t, c)) for t in TABLES for c in CHAINS[t]}
+    for e in edits:
+        if e.action == "-A":
+            chains[(e.table, e.chain)].append(e.rule)
+        else:
+            chains[(e.table, e.chain)].remove(e.rule)  # ValueError = iptables refusing the -D
+    return chains
+
+
+def test_random_verb_sequences_keep_the_kernel_equal_to_the_desired_state():
+    """Property: starting from the desired rules of any state, applying each verb's edits leaves
+    every chain holding the same rules as the full writer would write (as a multiset; the order
+    between networks and endpoints does not matter by construction of the rules)."""
+    rng = random.Random(13)
+    for _trial in range(30):
+        state = host(1)
+        for _step in range(40):
+            before = snapshot(state)
+            choice = rng.random()
+            if choice < 0.2 and len(state.networks) < 6:
+                i = rng.randrange(1, 40)
+                state.networks.setdefault(net(i).id, net(i, masquerade=rng.random() < 0.7,
+                                                       internal=rng.random() < 0.2))
+            elif choice < 0.3 and len(state.networks) > 1:
+                nid = rng.choice(sorted(state.networks))
+                del state.networks[nid]
+                state.endpoints = {k: v for k, v in state.endpoints.items() if v.network_id != nid}
+            elif choice < 0.7:
+                network = state.networks[rng.choice(sorted(state.networks))]
+                i = rng.randrange(0, 500)
+                ports = tuple(PublishedPort(rng.choice(["tcp", "udp"]), "", 20000 + i, 80)
+                              for _ in range(rng.randrange(0, 2)))
+                state.endpoints[endpoint(i, network).id] = endpoint(i, network, ports=ports)
+            elif state.endpoints:
+                del state.endpoints[rng.choice(sorted(state.endpoints))]
+            old, new = host_state(before, FACTS), host_state(state, FACTS)
+            todo = change(old, new)
+            if todo.firewall is None:
+                continue
+            got = apply_edits(old.firewall, todo.firewall)
+            want = {(t, c): list(new.firewall.rules(t, c)) for t in TABLES for c in CHAINS[t]}
+            assert {k: Counter(v) for k, v in got.items()} == {k: Counter(v) for k, v in want.items()}
+
+
+def test_join_and_leave_without_ports_change_nothing_on_the_host():
+    steps = dict(run_rm(host(2, 10)))
+    assert steps["Join"].is_empty() and steps["Leave"].is_empty()
+    assert [v.host for v in steps["CreateEndpoint"].veths] == [endpoint(999, net(0)).host_veth]
+    assert steps["DeleteEndpoint"].links_gone == (endpoint(999, net(0)).host_veth,)
+
+
+def test_verbs_without_ports_need_no_parent_facts():
+    """The writer skips reading the parents when only port-less endpoints change: the
+    difference is the same over empty facts."""
+    from plugin.reconcile import _needs_facts
+
+    before = host(2, 30)
+    ep = endpoint(999, net(0))
+    after = snapshot(before)
+    after.endpoints[ep.id] = ep
+    assert not _needs_facts(before, after)
+    assert change(host_state(before, {}), host_state(after, {})) == diff(before, after)
+    with_port = snapshot(before)
+    with_port.endpoints[ep.id] = endpoint(999, net(0), ports=(PublishedPort("tcp", "", 9, 9),))
+    assert _needs_facts(before, with_port) and _needs_facts(with_port, after)
+    other = snapshot(before)
+    other.networks[net(7).id] = net(7)
+    assert _needs_facts(before, other)

@@ -1,0 +1,86 @@
+"""Planning is pure over (state, host facts): no kernel needed to test it."""
+
+import ipaddress
+
+import pytest
+
+from plugin.driver import Driver
+from plugin.errors import DriverError
+from plugin.facts import HostFacts, ParentFacts
+from plugin.messages import CreateNetworkRequest, IPv4Pool
+from plugin.options import NetworkOptions
+from plugin.state import NetworkRecord, State
+from plugin.tags import TABLE_ALLOC_FIRST
+
+ETH1 = ParentFacts("eth1", True, (ipaddress.IPv4Interface("192.168.101.2/24"),), 1450)
+FACTS = HostFacts(parents={"eth1": ETH1}, links=frozenset({"lo", "eth1"}),
+                  local_addresses=frozenset({"192.168.101.2", "127.0.0.1"}))
+
+
+def request(nid="a" * 64, subnet="10.10.0.0/24", internal=False):
+    net = ipaddress.IPv4Network(subnet)
+    gw = ipaddress.IPv4Interface(f"{next(net.hosts())}/{net.prefixlen}")
+    return CreateNetworkRequest(network_id=nid, generic={}, internal=internal, ipv6=False,
+                                ipv4=(IPv4Pool(pool=net, gateway=gw),))
+
+
+def plan(state=None, facts=FACTS, rp="1", **opts):
+    return Driver._plan_network(state or State(), request(), NetworkOptions(**opts), facts, rp)
+
+
+def test_parent_network_gets_first_free_table_mark_and_mtu():
+    record, parent = plan(parent="eth1")
+    assert (record.table, record.mark_slot, record.mtu) == (TABLE_ALLOC_FIRST, 1, 1450)
+    assert record.parent_gateway == "192.168.101.1"  # first host of the parent's subnet
+    assert parent.rp_filter_before == 1
+
+
+def test_table_in_use_on_the_host_is_skipped():
+    facts = HostFacts(parents=FACTS.parents, tables_in_use=frozenset({TABLE_ALLOC_FIRST, TABLE_ALLOC_FIRST + 1}))
+    record, _ = plan(facts=facts, parent="eth1")
+    assert record.table == TABLE_ALLOC_FIRST + 2
+
+
+def test_explicit_table_in_use_is_refused():
+    facts = HostFacts(parents=FACTS.parents, tables_in_use=frozenset({100}))
+    with pytest.raises(DriverError, match="table=100"):
+        plan(facts=facts, parent="eth1", table=100)
+
+
+def test_foreign_default_gateway_is_the_parents_next_hop():
+    facts = HostFacts(parents=FACTS.parents, default_gateways={"eth1": ipaddress.IPv4Address("192.168.101.254")})
+    record, _ = plan(facts=facts, parent="eth1")
+    assert record.parent_gateway == "192.168.101.254"
+
+
+def test_missing_parent_and_taken_bridge_name_are_refused():
+    with pytest.raises(DriverError, match="parent=eth9"):
+        plan(parent="eth9")
+    with pytest.raises(DriverError, match="bridge_name=eth1"):
+        plan(bridge_name="eth1")
+
+
+def test_sibling_on_same_parent_shares_table_and_mark_and_keeps_rp_filter():
+    first, _ = plan(parent="eth1")
+    state = State(networks={first.id: first})
+    second, parent = Driver._plan_network(state, request("b" * 64, "10.11.0.0/24"), NetworkOptions(parent="eth1"),
+                                          FACTS, "0")
+    assert (second.table, second.mark_slot) == (first.table, first.mark_slot)
+    assert parent is None  # the first network's record keeps the original rp_filter
+
+
+def test_overlap_with_parent_subnet_is_refused():
+    with pytest.raises(DriverError, match="overlaps eth1"):
+        Driver._plan_network(State(), request(subnet="192.168.101.0/25"), NetworkOptions(parent="eth1"), FACTS)
+
+
+def test_publish_ips_pure():
+    net = NetworkRecord(id="a" * 64, bridge="mn-a", subnet="10.10.0.0/24", gateway="10.10.0.1/24", parent="eth1")
+    resolve = Driver._publish_ips(net, FACTS)
+    assert resolve("") == ("192.168.101.2",)
+    assert resolve("0.0.0.0") == ("192.168.101.2",)
+    assert resolve("192.168.101.2") == ("192.168.101.2",)
+    with pytest.raises(DriverError, match="not an address of this host"):
+        resolve("192.168.101.9")
+    with pytest.raises(DriverError, match="loopback"):
+        resolve("127.0.0.1")
