@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .firewall.model import FILTER_ACCEPT, FILTER_FORWARD
 from .state import State
 from .tags import (
     CHAIN_PREFIX,
@@ -254,17 +255,17 @@ def check_br_netfilter(f: Facts) -> list[Result]:
             )
         ]
     view = _our_view(f)
-    missing = [
-        b for b in _bridges(f) if view is None or f"-A MULTINIC-FORWARD -i {b} -o {b} -j ACCEPT"
-        not in [f"-A MULTINIC-FORWARD {r}" for r in view.chain_rules("filter", "MULTINIC-FORWARD")]
-    ]
+    # The same-bridge accept sits in MULTINIC-ACCEPT (entered first from MULTINIC-FORWARD).
+    accepted = {r for chain in (FILTER_FORWARD, FILTER_ACCEPT) for r in (view.chain_rules("filter", chain) if view
+                                                                      else [])}
+    missing = [b for b in _bridges(f) if f"-i {b} -o {b} -j ACCEPT" not in accepted]
     if missing:
         return [
             Result(
                 "br_netfilter",
                 ERROR,
                 "bridge-nf-call-iptables=1 sends frames between two containers of one network through FORWARD, "
-                f"but MULTINIC-FORWARD does not accept them for {', '.join(missing)}: they talk to nobody",
+                f"but multinic's FORWARD chains do not accept them for {', '.join(missing)}: they talk to nobody",
                 "multinic reconcile   (or restart the plugin: it re-applies its FORWARD rules)",
             )
         ]

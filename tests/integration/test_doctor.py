@@ -178,7 +178,7 @@ def test_br_netfilter_off_and_missing_same_bridge_accept(topo, tmp_path):
     assert r.status == doctor.WARN and "bridge-nf-call-iptables=0" in r.message
     sh(topo.host, r.fix)
     bridge = "mn-" + "a1" * 6
-    sh(topo.host, f"iptables -D MULTINIC-FORWARD -i {bridge} -o {bridge} -j ACCEPT")
+    sh(topo.host, f"iptables -D MULTINIC-ACCEPT -i {bridge} -o {bridge} -j ACCEPT")
     r = only(run_doctor(topo, tmp_path), "br_netfilter")
     assert r.status == doctor.ERROR and bridge in r.message
 
