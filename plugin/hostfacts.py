@@ -285,12 +285,25 @@ def gather_docker(f: Facts, timeout: int = 5) -> None:
                 "enabled": bool(plugin.get("Enabled")),
                 "socket": f"/run/docker/plugins/{plugin.get('Id', '')}/"
                           f"{(cfg.get('Interface') or {}).get('Socket') or 'multinic.sock'}",
-                "state_source": mounts.get("state"),
+                "state_source": mounts.get("state") or host_path(
+                    env.get("MULTINIC_STATE_DIR", "/host/var/lib/multinic"), settings.get("Mounts") or []),
                 "firewall": env.get("MULTINIC_FIREWALL", ""),
                 "missing_mounts": missing,
             })
     except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
         f.docker_error = str(exc) or type(exc).__name__
+
+
+def host_path(path: str, mounts: list[dict[str, Any]]) -> str | None:
+    """Where a path inside a managed plugin is on the host, through its bind mounts (the plugin
+    sees the host's /var/lib as /host/var/lib); None if no mount covers it."""
+    best = None
+    for m in mounts:
+        dest, src = (m.get("Destination") or "").rstrip("/"), m.get("Source")
+        covers = path == dest or path.startswith(dest + "/")
+        if src and dest and covers and (best is None or len(dest) > len(best[0])):
+            best = (dest, src)
+    return None if best is None else best[1].rstrip("/") + path[len(best[0]):]
 
 
 def locate(

@@ -349,3 +349,12 @@ def test_managed_plugin_mount_source_missing():
     assert results[0].fix.startswith("touch /run/xtables.lock")
     assert results[1].fix.startswith("mkdir -p -m 700 /var/lib/multinic")
     assert doctor.check_managed_mounts(Facts(plugins=[MANAGED])) == []
+
+
+def test_managed_plugin_state_dir_is_found_through_its_mounts() -> None:
+    from plugin.hostfacts import host_path
+
+    mounts = [{"Destination": "/host/var/lib", "Source": "/var/lib"}, {"Destination": "/host/run", "Source": "/run"}]
+    assert host_path("/host/var/lib/multinic", mounts) == "/var/lib/multinic"
+    assert host_path("/host/run/docker.sock", mounts) == "/run/docker.sock"
+    assert host_path("/elsewhere", mounts) is None
