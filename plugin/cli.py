@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, engine, netlink
+from .decisions import load_decisions, load_watcher_info
 from .driver import Driver
 from .state import Store
 
@@ -189,7 +190,6 @@ def collect_status(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
     backend = firewall()
-    from .watcher import gateway_rows, load_decisions, load_watcher_info
 
     return {
         "health": health.report(str(_store(args).directory)),
@@ -209,6 +209,17 @@ def collect_status(args: argparse.Namespace) -> dict[str, Any]:
             "firewall": backend.dump(),
         },
     }
+
+
+def gateway_rows(state_dir: str | os.PathLike[str]) -> list[str]:
+    """The GATEWAYS rows of ``multinic status``, one per container: chosen network, gateway, why."""
+    rows = []
+    for cid, dec in sorted(load_decisions(state_dir).items(), key=lambda kv: kv[1].get("container", kv[0])):
+        chosen = dec.get("chosen") or "-"
+        how = "override" if dec.get("override") else "docker"
+        via = f"via {dec['gateway']} dev {dec.get('interface') or '?'}" if dec.get("gateway") else "no default route"
+        rows.append(f"{dec.get('container') or cid[:12]:20} {chosen:16} {via:32} [{how}] {dec.get('reason', '')}")
+    return rows
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -258,7 +269,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Remove everything the plugin owns from the kernel and forget all state (uninstall)."""
     from .state import State
-    from .watcher import remove_all
+    from .uninstall import remove_all
 
     store = _store(args)
     driver = Driver(store)

@@ -132,8 +132,8 @@ class StateCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
+        from .decisions import load_decisions
         from .state import Store
-        from .watcher import load_decisions
 
         state = Store(self.state_dir).load()
         nets = GaugeMetricFamily("multinic_networks", "Networks in multinic's state", labels=["mode"])

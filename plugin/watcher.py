@@ -9,9 +9,9 @@ managed plugin's networks carry the plugin reference as driver), then reconcile 
 as an event names it, again :data:`FOLLOW_UPS` later (insurance against ``inspect`` lagging the
 event or dockerd's routes settling; on 20.10 and 28.5 ``inspect`` was already current), plus a full
 resync every :data:`RESYNC_INTERVAL` seconds that also repairs rules someone else removed. If dockerd
-goes away the loop reconnects with backoff. Decisions are written to ``<state dir>/gateways.json``
-for ``multinic status`` (:func:`load_decisions`, :func:`gateway_rows`); :func:`remove_all` is for
-``multinic cleanup``.
+goes away the loop reconnects with backoff. This file is the event loop only: its decisions go to
+``<state dir>/gateways.json`` (:mod:`plugin.decisions`), shown by ``multinic status``
+(:func:`plugin.cli.gateway_rows`) and undone by ``multinic cleanup`` (:mod:`plugin.uninstall`).
 
 Measured in the namespace lab (20.10.24 and 28.5): rules applied 40–100 ms after the event; when
 dockerd holds the container's lock (a ``docker network connect`` racing a ``docker run``, ``docker
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
-import json
 import logging
 import os
 import queue
@@ -30,17 +29,16 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from . import background, gateway, health
 from .background import BackgroundProcess, StopFlag
+from .decisions import load_decisions, write_decisions
 from .gateway import Attachment
-from .state import State, Store, write_json_atomically
+from .state import State, Store
 
 log = logging.getLogger(__name__)
 
-DECISIONS_FILE = "gateways.json"
 # Every container is inspected and its netns checked: the cost grows with the host, so not too often.
 RESYNC_INTERVAL = float(os.environ.get("MULTINIC_RESYNC_INTERVAL", "30"))
 FOLLOW_UPS = (0.3, 1.0)  # seconds after an event: re-read once dockerd has saved the container
@@ -129,67 +127,6 @@ def build_attachments(
             )
         )
     return out
-
-
-# -- decisions file ---------------------------------------------------------------------------
-def decisions_path(state_dir: str | os.PathLike[str]) -> Path:
-    return Path(state_dir) / DECISIONS_FILE
-
-
-def _load(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    try:
-        with open(decisions_path(state_dir), encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def load_decisions(state_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """container id → decision (see :meth:`Watcher._record`); {} if none written yet."""
-    return _load(state_dir).get("containers") or {}
-
-
-def load_watcher_info(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """{"pid", "driver", "since", "docker"} of the watcher that last wrote the file; {} if none."""
-    return _load(state_dir).get("watcher") or {}
-
-
-def gateway_rows(state_dir: str | os.PathLike[str]) -> list[str]:
-    """One line per container for ``multinic status``: chosen network, gateway, why."""
-    rows = []
-    for cid, dec in sorted(load_decisions(state_dir).items(), key=lambda kv: kv[1].get("container", kv[0])):
-        chosen = dec.get("chosen") or "-"
-        how = "override" if dec.get("override") else "docker"
-        via = f"via {dec['gateway']} dev {dec.get('interface') or '?'}" if dec.get("gateway") else "no default route"
-        rows.append(f"{dec.get('container') or cid[:12]:20} {chosen:16} {via:32} [{how}] {dec.get('reason', '')}")
-    return rows
-
-
-def write_decisions(
-    state_dir: str | os.PathLike[str], decisions: dict[str, dict[str, Any]], info: dict[str, Any] | None = None
-) -> None:
-    """Atomic (see :func:`plugin.state.write_json_atomically`): a reader sees the old or the new file."""
-    write_json_atomically(
-        decisions_path(state_dir), {"version": 1, "watcher": info or {}, "containers": decisions}
-    )
-
-
-def remove_all(state_dir: str | os.PathLike[str]) -> int:
-    """Uninstall: remove our rules and routes from every container the watcher recorded (stop the
-    watcher first). Needs no dockerd; a container that is gone is skipped. Returns how many changed."""
-    changed = 0
-    for cid, dec in load_decisions(state_dir).items():
-        sandbox = dec.get("sandbox") or ""
-        if not sandbox or not os.path.exists(sandbox):
-            continue  # container gone (or its netns not visible): the pid may belong to anything now
-        try:
-            if gateway.remove(f"/proc/{int(dec.get('pid') or 0)}/ns/net", expect=dec.get("sandbox") or None):
-                changed += 1
-        except (OSError, ValueError, gateway.NotThatNetns) as exc:
-            log.debug("container %s: %s", cid[:12], exc)
-    write_decisions(state_dir, {}, load_watcher_info(state_dir))
-    return changed
 
 
 # -- the controller -----------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from typing import Iterator
 
 import pytest
 
-from plugin import watcher
+from plugin import decisions, watcher
+from plugin.cli import gateway_rows
 from tests.e2e.helpers import containers, inspect_ip, multinic, network, run, wait_for
 from tests.lab import C1_ADDR, HOST_ETH1
 
@@ -83,7 +84,7 @@ def dockers_default(lab, ctr: str) -> str | None:
 
 def diagnostics(lab, ctr: str) -> str:
     parts = [netns_cmd(lab, ctr, "sh", "-c", "ip -4 rule; ip -4 route show table all; ip -4 -br addr", check=False)]
-    parts.append(json.dumps(watcher.load_decisions(lab.state_dir), indent=1))
+    parts.append(json.dumps(decisions.load_decisions(lab.state_dir), indent=1))
     parts.append(lab.plugin_log_tail(30))
     return "\n".join(parts)
 
@@ -114,10 +115,10 @@ def decision(lab, ctr: str, networks: int = 1) -> dict:
     cid = lab.docker("inspect", "-f", "{{.Id}}", ctr).stdout.strip()
 
     def current() -> dict:
-        dec = watcher.load_decisions(lab.state_dir).get(cid) or {}
+        dec = decisions.load_decisions(lab.state_dir).get(cid) or {}
         return dec if len(dec.get("networks", ())) == networks else {}
 
-    return wait_for(current, timeout=3) or watcher.load_decisions(lab.state_dir).get(cid) or {}
+    return wait_for(current, timeout=3) or decisions.load_decisions(lab.state_dir).get(cid) or {}
 
 
 @pytest.fixture
@@ -132,7 +133,7 @@ def gw_lab(mn) -> Iterator:
     if not info:
         if os.environ.get("MULTINIC_GW_STANDALONE") != "1":
             pytest.fail("multinic serve did not start the gateway watcher (no live watcher in "
-                        f"{watcher.decisions_path(lab.state_dir)})\n{lab.plugin_log_tail(20)}", pytrace=False)
+                        f"{decisions.decisions_path(lab.state_dir)})\n{lab.plugin_log_tail(20)}", pytrace=False)
         # (state dir in the environment: lab.stop_dockerd kills every process naming the lab dir)
         env = dict(os.environ, DOCKER_HOST=lab.docker_host, PYTHONPATH=str(lab.plugin_root),
                    MULTINIC_STATE_DIR=str(lab.state_dir))
@@ -155,7 +156,7 @@ def gw_lab(mn) -> Iterator:
 
 
 def _live_watcher(lab) -> dict:
-    info = watcher.load_watcher_info(lab.state_dir)
+    info = decisions.load_watcher_info(lab.state_dir)
     pid = info.get("pid")
     if not pid or not os.path.exists(f"/proc/{pid}") or info.get("driver") != lab.driver:
         return {}
@@ -239,7 +240,7 @@ def test_priority_network_first_then_front_then_bridge(gw_lab):
         dec = decision(lab, "gw-a", networks=3)
         assert dec["chosen"] == PRIO and dec["override"] and dec["gateway"] == GW[PRIO]
         assert "app_stage_internal (priority 10, network opt) beats aaa_bridge (priority 0" in dec["reason"]
-        assert any(row.startswith("gw-a") and PRIO in row for row in watcher.gateway_rows(lab.state_dir))
+        assert any(row.startswith("gw-a") and PRIO in row for row in gateway_rows(lab.state_dir))
 
 
 def test_front_first_then_priority_network_then_bridge(gw_lab):
@@ -288,7 +289,7 @@ def test_disconnecting_the_priority_network_moves_the_route_to_the_next(gw_lab):
         assert wait_for(lambda: "proto 211" not in netns_cmd(lab, "gw-c", "ip", "-4", "rule"), timeout=CONVERGE)
         assert "211" not in netns_cmd(lab, "gw-c", "ip", "-4", "route", "show", "table", "all")
         cid = lab.docker("inspect", "-f", "{{.Id}}", "gw-c").stdout.strip()
-        assert wait_for(lambda: cid not in watcher.load_decisions(lab.state_dir), timeout=3)
+        assert wait_for(lambda: cid not in decisions.load_decisions(lab.state_dir), timeout=3)
 
         # Reattach: the rules come back, and connect/disconnect keep working with them in place.
         lab.docker("network", "connect", PRIO, "gw-c")
@@ -368,9 +369,9 @@ def test_resync_repairs_rules_someone_else_removed(gw_lab):
 def test_watcher_reconnects_after_dockerd_restart(gw_lab):
     lab = gw_lab
     lab.stop_dockerd()
-    since = watcher.load_watcher_info(lab.state_dir).get("since")
+    since = decisions.load_watcher_info(lab.state_dir).get("since")
     lab.start_dockerd()
-    assert wait_for(lambda: watcher.load_watcher_info(lab.state_dir).get("since") != since,
+    assert wait_for(lambda: decisions.load_watcher_info(lab.state_dir).get("since") != since,
                     timeout=watcher.BACKOFF_MAX + 5), f"watcher did not reconnect\n{lab.plugin_log_tail(20)}"
     with stage_networks(lab), containers(lab) as names:
         run(lab, names, "gw-h", "--network", PRIO)

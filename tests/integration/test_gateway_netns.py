@@ -204,19 +204,19 @@ def test_refuses_its_own_namespace_and_a_recycled_pid(box):
 
 def test_remove_all_for_uninstall(box, tmp_path):
     """`multinic cleanup` path: remove from every recorded container, by pid, checked against its sandbox."""
-    from plugin import watcher
+    from plugin import decisions, uninstall
 
     before = box.dump()
     gateway.reconcile(box.path, [att("a", 1, 0, "default"), att("b", 2, 10)])
     holder = subprocess.Popen(["nsenter", f"--net={box.path}", "sleep", "30"])  # the "container's" process
     try:
         time.sleep(0.2)
-        watcher.write_decisions(tmp_path, {
+        decisions.write_decisions(tmp_path, {
             "c1": {"container": "k", "pid": holder.pid, "sandbox": box.path},
             "c2": {"container": "gone", "pid": os.getpid(), "sandbox": "/nonexistent"},  # never our own netns
         })
-        assert watcher.remove_all(tmp_path) == 1
-        assert box.dump() == before and watcher.load_decisions(tmp_path) == {}
+        assert uninstall.remove_all(tmp_path) == 1
+        assert box.dump() == before and decisions.load_decisions(tmp_path) == {}
     finally:
         holder.kill()
         holder.wait()

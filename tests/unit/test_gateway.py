@@ -7,7 +7,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
-from plugin import gateway, watcher
+from plugin import decisions, gateway, watcher
+from plugin.cli import gateway_rows
 from plugin.desired import MAIN_TABLE, RouteSpec, RuleSpec
 from plugin.gateway import (
     RULE_PREF_OVERRIDE,
@@ -262,14 +263,14 @@ def test_build_attachments_from_inspect_and_state():
 
 # -- watcher: decisions file and a fake dockerd -------------------------------------------------
 def test_decisions_file_roundtrip(tmp_path):
-    assert watcher.load_decisions(tmp_path) == {}
-    watcher.write_decisions(tmp_path, {"c1": {"container": "web", "chosen": "front", "gateway": "10.1.0.1",
+    assert decisions.load_decisions(tmp_path) == {}
+    decisions.write_decisions(tmp_path, {"c1": {"container": "web", "chosen": "front", "gateway": "10.1.0.1",
                                               "interface": "eth1", "override": True, "reason": "front beats x"}})
-    assert watcher.load_decisions(tmp_path)["c1"]["chosen"] == "front"
-    rows = watcher.gateway_rows(tmp_path)
+    assert decisions.load_decisions(tmp_path)["c1"]["chosen"] == "front"
+    rows = gateway_rows(tmp_path)
     assert len(rows) == 1 and "web" in rows[0] and "via 10.1.0.1 dev eth1" in rows[0] and "[override]" in rows[0]
     (tmp_path / "gateways.json").write_text("{not json")
-    assert watcher.load_decisions(tmp_path) == {}
+    assert decisions.load_decisions(tmp_path) == {}
 
 
 class FakeAPI:
@@ -323,12 +324,12 @@ def test_watcher_skips_foreign_containers_and_forgets_dead_ones(tmp_path, monkey
     w.resync(api)
     assert seen == [("/proc/4242/ns/net", ["front"])]
     assert "c-other" not in api.inspected  # a container without our networks is never inspected in a resync
-    decisions = watcher.load_decisions(tmp_path)
-    assert decisions["c-ours"]["chosen"] == "front" and decisions["c-ours"]["interface"] == "eth0"
+    recorded = decisions.load_decisions(tmp_path)
+    assert recorded["c-ours"]["chosen"] == "front" and recorded["c-ours"]["interface"] == "eth0"
     containers["c-ours"]["State"] = {"Running": False, "Pid": 0}
     w.reconcile_container(api, "c-ours")
     w.flush()
-    assert watcher.load_decisions(tmp_path) == {}
+    assert decisions.load_decisions(tmp_path) == {}
 
 
 def test_run_survives_an_unreachable_docker_and_stops(tmp_path, monkeypatch):
