@@ -76,7 +76,6 @@ def test_install_verify_start_and_remove(lab: Lab, machine_lock: None, tmp_path:
     try:
         assert wait_for(lambda: lab._connectable(unit_env["MULTINIC_SOCKET"]), timeout=30), \
             (tmp_path / "service.log").read_text()
-        lab.serve_peer_echo(lab.c1_ns, 7090)
         with containers(lab) as names, \
                 network(lab, "svc", "--opt", "parent=eth1", "--subnet", "10.77.0.0/24", driver="multinic"):
             run(lab, names, "svc-web", "--network", "svc", "-p", "4090:80", cmd=web_cmd("from-the-service"))
