@@ -67,6 +67,7 @@ def pristine(lab: Lab, registry: str) -> Iterator[Lab]:
     try:
         yield lab
     finally:
+        lab.stop_background()
         if not lab.dockerd_running():
             lab.start_dockerd()
         for ctr in lab.docker("ps", "-aq", check=False).stdout.split():
