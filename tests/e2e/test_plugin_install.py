@@ -175,6 +175,22 @@ def _status_inside(lab: Lab) -> str:
     raise AssertionError(f"no managed multinic process in {lab.host_ns}: {pids!r}")
 
 
+def _doctor_finds_the_managed_plugin(lab: Lab) -> None:
+    """``multinic doctor`` on the host (not inside the plugin) finds the managed plugin's socket and its
+    state directory on its own, and reads the plugin's health through that socket."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MULTINIC_")}
+    proc = subprocess.run(["nsenter", f"--net={NETNS_DIR}/{lab.host_ns}", sys.executable, "-m", "plugin.cli",
+                           "doctor", "--json"], capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={**env, "DOCKER_HOST": lab.docker_host, "PYTHONPATH": str(REPO)})
+    report = json.loads(proc.stdout)
+    plugin_id = lab.docker("plugin", "inspect", "-f", "{{.Id}}", NAME).stdout.strip()
+    assert report["socket"] == f"/run/docker/plugins/{plugin_id}/multinic.sock", report
+    assert report["state_dir"] == str(STATE), report
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["health"]["status"] == "ok", checks["health"]
+    assert checks["instances"]["status"] == "ok", checks["instances"]
+
+
 WIPE = r"""
 import sys
 from pyroute2 import IPRoute
@@ -245,6 +261,7 @@ def test_install_from_registry_on_a_pristine_host(lab: Lab, pristine: Lab) -> No
             assert (STATE / "state.json").exists()
             status = _status_inside(lab)  # the README's recipe
             assert "4070" in status and "10.70.0.0/24" in status, status
+            _doctor_finds_the_managed_plugin(lab)
             lab.docker("rm", "-f", "web")  # before its network goes
     lab.docker("plugin", "disable", NAME)
     lab.docker("plugin", "rm", NAME)
