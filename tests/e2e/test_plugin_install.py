@@ -186,7 +186,7 @@ def _doctor_finds_the_managed_plugin(lab: Lab) -> None:
     plugin_id = lab.docker("plugin", "inspect", "-f", "{{.Id}}", NAME).stdout.strip()
     assert report["socket"] == f"/run/docker/plugins/{plugin_id}/multinic.sock", report
     assert report["state_dir"] == str(STATE), report
-    checks = {c["name"]: c for c in report["checks"]}
+    checks = {c["check"]: c for c in report["checks"]}
     assert checks["health"]["status"] == "ok", checks["health"]
     assert checks["instances"]["status"] == "ok", checks["instances"]
 
