@@ -34,9 +34,17 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
+def _log_level(raw: str) -> str:
+    """A log level; an unknown one is logged and taken as info, never fatal (see cmd_serve)."""
+    level = (raw or "info").strip().lower()
+    if level not in LOG_LEVELS:
+        log.warning("log level %r unknown (use %s); using info", raw, ", ".join(LOG_LEVELS))
+        return "info"
+    return level
+
+
 def _env_log_level() -> str:
-    raw = (os.environ.get("LOG_LEVEL") or "info").strip().lower()
-    return raw if raw in LOG_LEVELS else "info"
+    return _log_level(os.environ.get("LOG_LEVEL") or "info")
 
 
 def _socket(args: argparse.Namespace) -> str:
@@ -307,8 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=_env_int("MULTINIC_WORKERS", 2))
     serve.add_argument(
         "--log-level",
-        type=str.lower,
-        choices=LOG_LEVELS,
+        type=_log_level,
         default=_env_log_level(),
         help="debug, info, warning, error (LOG_LEVEL; default info)",
     )

@@ -61,3 +61,14 @@ def test_endpoint_options_ignore_docker_keys():
     assert parse_endpoint_options({}).gw_priority is None
     with pytest.raises(DriverError, match="unknown endpoint option foo"):
         parse_endpoint_options({"foo": "1"})
+
+
+def test_serve_settings_never_keep_the_plugin_from_starting(monkeypatch) -> None:
+    """A bad LOG_LEVEL or MULTINIC_WORKERS (a systemd override, a `docker plugin set`) is taken as the
+    default, not fatal: a plugin that does not start stalls dockerd."""
+    from plugin import cli
+
+    assert cli._log_level("DEBUG") == "debug"
+    assert cli._log_level("loud") == "info"
+    monkeypatch.setenv("MULTINIC_WORKERS", "many")
+    assert cli._env_int("MULTINIC_WORKERS", 2) == 2
