@@ -100,7 +100,7 @@ def _apply(ipr: IPRoute, todo: Change, new: HostState, backend: FirewallBackend 
     if todo.firewall is None:
         _firewall_full(new, backend or firewall())
     elif todo.firewall:
-        (backend or firewall()).edit(todo.firewall, new.firewall)
+        (backend or firewall()).edit(todo.firewall, lambda: new.firewall)
     for name in todo.links_gone:  # veths before bridges (ordered so by change())
         netlink.delete_link(ipr, name)
     ports.forget_flows(todo.flows_gone)

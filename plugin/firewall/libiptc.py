@@ -366,11 +366,11 @@ class LibiptcBackend:
 
         self._transaction("update", prepare)
 
-    def edit(self, edits: tuple[Edit, ...], full: Ruleset) -> None:
+    def edit(self, edits: tuple[Edit, ...], full: Callable[[], Ruleset]) -> None:
         """Legacy iptables replaces a whole table per commit whatever the change, so an edit is
         an :meth:`apply` of the full ruleset: in-process (no spawn), one commit per table."""
         if edits:
-            self.apply(full)
+            self.apply(full())
 
     def remove(self) -> None:
         def prepare(open_table: Callable[[str], Any], where: list[str]) -> None:

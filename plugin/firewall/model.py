@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 from ..tags import CHAIN_PREFIX, COMMENT
 
@@ -125,10 +125,12 @@ class FirewallBackend(Protocol):
     def apply(self, ruleset: Ruleset) -> None:
         """Make our chains hold exactly ``ruleset`` and the jumps exist; atomic per table."""
 
-    def edit(self, edits: tuple[Edit, ...], full: Ruleset) -> None:
+    def edit(self, edits: tuple[Edit, ...], full: Callable[[], Ruleset]) -> None:
         """Apply ``edits`` (computed against what the writer believes is in place) as ONE
         atomic commit; raise if the kernel does not match that belief (the writer then falls
-        back to :meth:`apply` of ``full``). Jumps and chains are assumed present."""
+        back to the whole host). Jumps and chains are assumed present. ``full`` computes every
+        rule the host wants, for a backend that can only replace whole tables (legacy); the
+        request path never computes it otherwise."""
 
     def remove(self) -> None:
         """Remove every jump and chain we own; no error if already gone."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from typing import Callable
 
 from ..errors import DriverError
 from .model import CHAINS, JUMPS, TABLES, Edit, Jump, Rule, Ruleset
@@ -80,7 +81,7 @@ class RestoreBackend:
             lines.append("COMMIT")
         self._restore("\n".join(lines) + "\n")
 
-    def edit(self, edits: tuple[Edit, ...], full: Ruleset) -> None:
+    def edit(self, edits: tuple[Edit, ...], full: Callable[[], Ruleset]) -> None:
         """One ``iptables-restore --noflush`` holding only ``edits``: its size is the verb's own
         rules, whatever else is on the host. nf_tables commits it as one transaction, and a
         ``-D`` of a rule that is not there fails the whole of it (the writer then re-applies)."""
