@@ -580,15 +580,15 @@ def test_edit_adds_and_deletes_own_rules_and_refuses_a_missing_one(flavour: str,
         docker_like(ns, flavour)
         call(ns, factory, "apply", FULL)
         added = _apply_edits(FULL, EDITS_ADD)
-        call(ns, factory, "edit", EDITS_ADD, added)
+        call(ns, factory, "edit", EDITS_ADD, lambda: added)
         assert call(ns, factory, "dump") == expected_dump(added)
-        call(ns, factory, "edit", EDITS_DEL, FULL)
+        call(ns, factory, "edit", EDITS_DEL, lambda: FULL)
         assert call(ns, factory, "dump") == expected_dump(FULL)
         if factory is not libiptc:  # libiptc rewrites from the full ruleset, so it cannot be wrong
             before = save(ns, flavour)
             # A rule the writer believes present but someone deleted: the whole edit is refused.
             both = (EDITS_ADD[1], *EDITS_DEL[:1])
-            assert driver_error(ns, factory, "edit", both, FULL) is not None
+            assert driver_error(ns, factory, "edit", both, lambda: FULL) is not None
             if flavour == "nft":  # one nf_tables transaction: nothing of it was applied
                 assert save(ns, flavour) == before
         call(ns, factory, "remove")
