@@ -96,7 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except ValueError as exc:  # serve without metrics: a bad setting must not keep the socket shut
             log.error("metrics off: %s", exc)
             address = ""
-    driver = Driver(store)
+    driver = Driver(store, defer_deletes=True)
     from . import health
 
     usable, problem, restored = store.check()

@@ -76,14 +76,15 @@ class HostState:
 class Change:
     """What a verb must do to the kernel: the difference between two desired states.
 
-    Links are compared by spec (a changed spec is re-ensured); removed links are deleted.
-    ``firewall`` is None when one side has no rules at all: creating or removing our chains
+    Links are compared by spec (a changed spec is re-ensured); removed links are deleted
+    (veths before bridges). ``firewall`` is None when one side has no rules at all: creating or removing our chains
     and jumps is the full writer's job (:func:`plugin.reconcile.reconcile`).
     """
 
     bridges: tuple[BridgeSpec, ...] = ()
     veths: tuple[VethSpec, ...] = ()
-    links_gone: tuple[str, ...] = ()
+    veths_gone: tuple[str, ...] = ()
+    bridges_gone: tuple[str, ...] = ()
     routes_add: tuple[RouteSpec, ...] = ()
     routes_del: tuple[RouteSpec, ...] = ()
     rules_add: tuple[RuleSpec, ...] = ()
@@ -92,10 +93,14 @@ class Change:
     firewall: tuple[Edit, ...] | None = ()
     flows_gone: tuple[PublishedPort, ...] = ()
 
+    @property
+    def links_gone(self) -> tuple[str, ...]:
+        return (*self.veths_gone, *self.bridges_gone)
+
     def is_empty(self) -> bool:
         return not any(
-            (self.bridges, self.veths, self.links_gone, self.routes_add, self.routes_del, self.rules_add,
-             self.rules_del, self.sysctls, self.flows_gone)
+            (self.bridges, self.veths, self.veths_gone, self.bridges_gone, self.routes_add, self.routes_del,
+             self.rules_add, self.rules_del, self.sysctls, self.flows_gone)
         ) and self.firewall == ()
 
 
@@ -122,10 +127,8 @@ def change(before: HostState, after: HostState) -> Change:
             v for host, v in new_veths.items()
             if host not in old_veths or dataclasses.replace(old_veths[host], joined=v.joined) != v
         ),
-        links_gone=(
-            *(v for v in old_veths if v not in new_veths),
-            *(b for b in old_bridges if b not in new_bridges),
-        ),
+        veths_gone=tuple(v for v in old_veths if v not in new_veths),
+        bridges_gone=tuple(b for b in old_bridges if b not in new_bridges),
         routes_add=_ordered(after.routes - before.routes),
         routes_del=_ordered(before.routes - after.routes),
         rules_add=_ordered(after.rules - before.rules),
@@ -134,6 +137,60 @@ def change(before: HostState, after: HostState) -> Change:
         firewall=firewall,
         flows_gone=_ordered(before.flows - after.flows),
     )
+
+
+def scope(before: State, after: State) -> tuple[State, State]:
+    """Pure: the parts of ``before`` and ``after`` whose desired kernel objects can differ, so a
+    verb computes its change over what it touched, not over the whole host.
+
+    The change of the scoped pair equals the change of the whole pair (a property test holds it):
+
+    - An endpoint's objects (its veth, its DNAT rules, its flows) depend on itself and its
+      network only. When only endpoints changed, the scope is those endpoints and their
+      networks: the networks' own objects come out the same on both sides, so they cancel.
+    - Network-level objects are shared between networks (one fwmark rule per parent, the
+      "main" mark rule, rp_filter, the parents' records), so when a network or a parent record
+      changed, every network is in scope, with the endpoints of the changed networks. Networks
+      are few; endpoints are what fills a host.
+    """
+    touched = _differing(before.endpoints, after.endpoints)
+    changed_nets = _differing(before.networks, after.networks)
+    if changed_nets or before.parents != after.parents:
+
+        def part(state: State) -> State:
+            return State(
+                networks=dict(state.networks),
+                endpoints={
+                    eid: ep for eid, ep in state.endpoints.items()
+                    if eid in touched or ep.network_id in changed_nets
+                },
+                parents=dict(state.parents),
+            )
+
+        return part(before), part(after)
+    nets = {
+        ep.network_id for state in (before, after) for eid in touched
+        if (ep := state.endpoints.get(eid)) is not None
+    }
+
+    def endpoints_only(state: State) -> State:
+        return State(
+            networks={nid: state.networks[nid] for nid in nets if nid in state.networks},
+            endpoints={eid: state.endpoints[eid] for eid in touched if eid in state.endpoints},
+        )
+
+    return endpoints_only(before), endpoints_only(after)
+
+
+def _differing(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
+    """Keys whose record differs. A verb's "before" is a shallow copy of its "after", so an
+    untouched record is the same object: identity first keeps this cheap on a full host."""
+    out = set()
+    for key in old.keys() | new.keys():
+        a, b = old.get(key), new.get(key)
+        if a is not b and a != b:
+            out.add(key)
+    return out
 
 
 def host_state(state: State, facts: Mapping[str, ParentFacts]) -> HostState:

@@ -63,11 +63,16 @@ def snapshot(state: State) -> State:
 
 
 class Driver:
-    def __init__(self, store: Store, reconciler: Callable[[State], Any] | None = None) -> None:
+    def __init__(
+        self, store: Store, reconciler: Callable[[State], Any] | None = None, *, defer_deletes: bool = False
+    ) -> None:
         """``reconciler``: a test hook replacing the kernel writer, called with every state
-        the verbs commit (both the per-verb and the whole-host path)."""
+        the verbs commit (both the per-verb and the whole-host path). ``defer_deletes``: veths
+        of removed endpoints are deleted after the response (``multinic serve``, whose workers
+        live on; a process that exits right after a verb must not defer)."""
         self.store = store
         self.reconciler = reconciler
+        self.defer_deletes = defer_deletes
 
     # -- helpers ------------------------------------------------------------------------
     def _commit(self, state: State, before: State) -> None:
@@ -76,7 +81,7 @@ class Driver:
         if self.reconciler is not None:
             self.reconciler(state)
         else:
-            reconcile.apply_change(before, state)
+            reconcile.apply_change(before, state, defer_deletes=self.defer_deletes)
 
     def _sync(self, state: State) -> None:
         """Persist, then make the whole host match (start, healer, rollback)."""

@@ -18,7 +18,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from . import devconf
 from .desired import BridgeSpec, RouteSpec, RuleSpec, VethSpec
 from .facts import HostFacts, ParentFacts
-from .tags import LINK_BRIDGE, LINK_VETH, RT_PROTO, link_alias, parse_link_alias
+from .tags import LINK_BRIDGE, LINK_GONE, LINK_VETH, RT_PROTO, link_alias, parse_link_alias
 
 SCOPE_LINK = 253
 RTN_UNREACHABLE = 7
@@ -131,34 +131,78 @@ def ensure_bridge(ipr: IPRoute, spec: BridgeSpec) -> None:
 
 
 def ensure_veth(ipr: IPRoute, spec: VethSpec) -> None:
-    """Host side on the bridge, up, hairpin on; the peer waits for dockerd to take it at Join."""
-    index = link_index(ipr, spec.host)
-    if index is None:
-        if spec.joined:
-            return  # the container owns the peer; nothing sensible to re-create
+    """Host side on the bridge, up, hairpin on; the peer waits for dockerd to take it at Join.
+
+    The common case (a new endpoint) is five round trips: the bridge's index, one create that
+    also enslaves and raises the host side, its index, its tag, hairpin."""
+    bridge = link_index(ipr, spec.bridge)
+    index = None
+    if not spec.joined:
         peer = {"ifname": spec.peer, "mtu": spec.mtu}
         if spec.mac:
             peer["address"] = spec.mac
-        ipr.link("add", ifname=spec.host, kind="veth", mtu=spec.mtu, peer=peer)
+        try:
+            ipr.link("add", ifname=spec.host, kind="veth", mtu=spec.mtu, master=bridge, state="up", peer=peer)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+            index = _reuse_veth(ipr, spec)
+        else:
+            index = link_index(ipr, spec.host)
+    else:
         index = link_index(ipr, spec.host)
-        peer_index = link_index(ipr, spec.peer)
-        if peer_index is not None:
-            ipr.link("set", index=peer_index, ifalias=link_alias(LINK_VETH, spec.endpoint_id))
-    bridge = link_index(ipr, spec.bridge)
+    if index is None:
+        return  # joined and gone: the container owns the peer; nothing sensible to re-create
     ipr.link("set", index=index, ifalias=link_alias(LINK_VETH, spec.endpoint_id), master=bridge, state="up")
     # Hairpin: a container reaching its own published port loops back through its own port.
     ipr.brport("set", index=index, mode=1)
 
 
+def _reuse_veth(ipr: IPRoute, spec: VethSpec) -> int | None:
+    """The host side exists already (a retry, a whole-host run). A retired one (its endpoint
+    went and came back before its deferred deletion) is deleted now and made anew."""
+    try:
+        found = ipr.link("get", ifname=spec.host)[0]
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise
+        found = None  # the peer's name was taken: a retired pair whose deletion just finished
+    if found is not None:
+        if parse_link_alias(_attr(found, "IFLA_IFALIAS")) != (LINK_GONE, spec.endpoint_id):
+            return found["index"]
+        delete_link_index(ipr, found["index"])
+    peer = {"ifname": spec.peer, "mtu": spec.mtu, **({"address": spec.mac} if spec.mac else {})}
+    ipr.link("add", ifname=spec.host, kind="veth", mtu=spec.mtu, peer=peer)
+    return link_index(ipr, spec.host)
+
+
 def delete_link(ipr: IPRoute, name: str) -> None:
     index = link_index(ipr, name)
-    if index is None:
-        return
+    if index is not None:
+        delete_link_index(ipr, index)
+
+
+def delete_link_index(ipr: IPRoute, index: int) -> None:
     try:
         ipr.link("del", index=index)
     except NetlinkError as exc:
         if exc.code != errno.ENODEV:
             raise
+
+
+def retire_link(ipr: IPRoute, name: str) -> int | None:
+    """Re-tag a veth whose endpoint is gone (``multinic:gone:<id>``) and return its index, for a
+    deletion after the response; None if it is not there. It stays enslaved until then: its
+    peer is down (dockerd took it out of the container), so no frame crosses it."""
+    try:
+        found = ipr.link("get", ifname=name)[0]
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
+    alias = parse_link_alias(_attr(found, "IFLA_IFALIAS"))
+    ipr.link("set", index=found["index"], ifalias=link_alias(LINK_GONE, alias[1] if alias else name))
+    return found["index"]
 
 
 # -- routes ---------------------------------------------------------------------------

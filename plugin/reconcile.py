@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+from typing import Callable
 
 from pyroute2 import IPRoute
 
 from . import netlink, ports
-from .desired import Change, HostState, change, host_state
+from .desired import Change, HostState, change, host_state, scope
 from .facts import ParentFacts
-from .firewall import FirewallBackend, get_backend
+from .firewall import FirewallBackend, Ruleset, get_backend
 from .state import State
-from .tags import LINK_BRIDGE, LINK_VETH
+from .tags import LINK_BRIDGE, LINK_GONE, LINK_VETH
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +55,27 @@ def gather_facts(ipr: IPRoute, *states: State) -> dict[str, ParentFacts]:
     return dict(netlink.host_facts(ipr, parents_of(*states)).parents)
 
 
-def apply_change(before: State, after: State, backend: FirewallBackend | None = None) -> Change:
-    """Make the kernel go from ``before``'s desired state to ``after``'s, touching only what differs."""
+def apply_change(
+    before: State, after: State, backend: FirewallBackend | None = None, *, defer_deletes: bool = False
+) -> Change:
+    """Make the kernel go from ``before``'s desired state to ``after``'s, touching only what differs.
+
+    Both desired states are computed over the verb's scope only (:func:`plugin.desired.scope`):
+    the endpoints it touched and their networks, so a verb's cost does not grow with the
+    containers already on the host. ``defer_deletes``: veths that go are retired (re-tagged)
+    at once and deleted by a thread after the response (the kernel's veth deletion waits for
+    an RCU grace period, ~20 ms); a crash in between leaves a tagged link the whole-host path
+    removes."""
+    mine, theirs = scope(before, after)
     with IPRoute() as ipr:
-        facts = gather_facts(ipr, before, after) if _needs_facts(before, after) else {}
-        old, new = host_state(before, facts), host_state(after, facts)
+        facts = gather_facts(ipr, mine, theirs) if _needs_facts(mine, theirs) else {}
+        old, new = host_state(mine, facts), host_state(theirs, facts)
         todo = change(old, new)
         if todo.is_empty():
             return todo
         try:
-            _apply(ipr, todo, new, backend)
+            _apply(ipr, todo, new, backend, lambda: host_state(after, gather_facts(ipr, after)).firewall,
+                   defer_deletes)
         except Exception as exc:  # noqa: BLE001 - the full writer decides; its error is the one raised
             log.warning("kernel did not match the saved state (%s); re-applying the whole host", exc)
             reconcile(after, backend)
@@ -82,7 +95,14 @@ def _needs_facts(before: State, after: State) -> bool:
     return False
 
 
-def _apply(ipr: IPRoute, todo: Change, new: HostState, backend: FirewallBackend | None) -> None:
+def _apply(
+    ipr: IPRoute,
+    todo: Change,
+    new: HostState,
+    backend: FirewallBackend | None,
+    full_firewall: Callable[[], Ruleset],
+    defer_deletes: bool,
+) -> None:
     for bridge in todo.bridges:
         netlink.ensure_bridge(ipr, bridge)
     for veth in todo.veths:
@@ -98,12 +118,49 @@ def _apply(ipr: IPRoute, todo: Change, new: HostState, backend: FirewallBackend 
     for path, value in todo.sysctls.items():
         netlink.write_sysctl(path, value)
     if todo.firewall is None:
+        # One side has no rules at all (first network made, last one gone): the scope then
+        # holds every network, so ``new`` is the whole host's firewall.
         _firewall_full(new, backend or firewall())
     elif todo.firewall:
-        (backend or firewall()).edit(todo.firewall, lambda: new.firewall)
-    for name in todo.links_gone:  # veths before bridges (ordered so by change())
+        (backend or firewall()).edit(todo.firewall, full_firewall)
+    if defer_deletes and todo.veths_gone:
+        retired = [i for i in (netlink.retire_link(ipr, name) for name in todo.veths_gone) if i is not None]
+        _delete_later(retired)
+    else:
+        for name in todo.veths_gone:
+            netlink.delete_link(ipr, name)
+    for name in todo.bridges_gone:
         netlink.delete_link(ipr, name)
     ports.forget_flows(todo.flows_gone)
+
+
+# Deletions handed to a thread by this process (``defer_deletes``). A verb does not wait for
+# them: a retired link has a tag no desired object has, and a veth re-created under the same
+# name first deletes the retired one (:func:`plugin.netlink.ensure_veth`).
+_pending: list[threading.Thread] = []
+
+
+def _delete_later(indexes: list[int]) -> None:
+    if not indexes:
+        return
+
+    def run() -> None:
+        try:
+            with IPRoute() as ipr:
+                for index in indexes:
+                    netlink.delete_link_index(ipr, index)
+        except Exception:  # noqa: BLE001 - retired links are the whole-host writer's to remove
+            log.exception("deferred deletion of links %s failed; the healer removes them", indexes)
+
+    thread = threading.Thread(target=run, name="multinic-delete", daemon=True)
+    thread.start()
+    _pending[:] = [t for t in _pending if t.is_alive()] + [thread]
+
+
+def wait_for_deletes() -> None:
+    """Until this process's deferred deletions are done (tests, and a clean shutdown)."""
+    while _pending:
+        _pending.pop().join()
 
 
 def _firewall_full(desired: HostState, backend: FirewallBackend) -> None:
@@ -148,4 +205,7 @@ def remove_stale_links(ipr: IPRoute, state: State) -> None:
             netlink.delete_link(ipr, name)
         elif kind == LINK_VETH and object_id not in state.endpoints:
             log.info("removing stale veth %s (endpoint %s)", name, object_id[:12])
+            netlink.delete_link(ipr, name)
+        elif kind == LINK_GONE:
+            log.info("removing retired veth %s (endpoint %s)", name, object_id[:12])
             netlink.delete_link(ipr, name)

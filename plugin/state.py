@@ -5,6 +5,12 @@ workers and parallel dockerd calls see one consistent state and a plugin killed 
 instant leaves either the old or the new file, never half of one. Nothing another worker
 needs is kept in process memory.
 
+A verb's cost must not grow with the containers on the host, so a :class:`Store` remembers the
+bytes it last read or wrote with what they parse to, and the JSON text of each record it
+serialised: the file is still read on every load (a few µs), but it is parsed again only when
+another process changed it, and a save serialises only the records that changed. These are
+caches of the file, checked against its bytes, never a second copy of the truth.
+
 Each save first keeps the file it replaces as ``state.json.bak`` (a hard link: no copy). A state
 file that cannot be read (truncated by a full disk or a filesystem without ordered data, edited
 by hand) is never guessed at: :meth:`Store.load` refuses with :class:`StateCorrupt`, and
@@ -121,6 +127,11 @@ class State:
         )
 
 
+def _copy(state: State) -> State:
+    """A state the caller may change (its records are immutable: the dicts are copied)."""
+    return State(networks=dict(state.networks), endpoints=dict(state.endpoints), parents=dict(state.parents))
+
+
 def _plain(record: Any) -> dict[str, Any]:
     """``dataclasses.asdict`` for our flat records, without its deep copies (every verb saves
     the whole state: this keeps the cost of a save flat as the host fills up)."""
@@ -132,15 +143,23 @@ def _plain(record: Any) -> dict[str, Any]:
     return out
 
 
+def _dumps(data: Any) -> str:
+    # No indent: only then does json use its C encoder (5-10x faster on a full host).
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
 def write_json_atomically(path: Path, data: Any) -> None:
     """Temp file, fsync, rename, fsync the directory: a reader (or a crash) sees old or new, whole."""
+    write_text_atomically(path, _dumps(data))
+
+
+def write_text_atomically(path: Path, text: str) -> None:
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            # No indent: only then does json use its C encoder (5-10x faster on a full host).
-            fh.write(json.dumps(data, sort_keys=True, separators=(",", ":")))
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -164,6 +183,8 @@ class Store:
         self.directory = Path(directory)
         self.path = self.directory / "state.json"
         self.lock_path = self.directory / "lock"
+        self._parsed: tuple[bytes, State] | None = None  # the file's bytes → what they parse to
+        self._texts: dict[int, tuple[Any, str, str]] = {}  # id(record) → (record, key, JSON text)
 
     def _ensure_dir(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -175,8 +196,12 @@ class Store:
     @staticmethod
     def _read(path: Path) -> State:
         """FileNotFoundError if absent; ValueError (and kin) if it is not multinic state."""
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        with open(path, "rb") as fh:
+            return Store._parse(fh.read())
+
+    @staticmethod
+    def _parse(raw: bytes) -> State:
+        data = json.loads(raw.decode("utf-8"))
         if not isinstance(data, dict):
             raise ValueError(f"top level is {type(data).__name__}, not an object")
         if int(data.get("version", STATE_VERSION)) > STATE_VERSION:
@@ -186,7 +211,12 @@ class Store:
     def load(self) -> State:
         """Read without the lock (for status): atomic renames make any read whole."""
         try:
-            return self._read(self.path)
+            with open(self.path, "rb") as fh:
+                raw = fh.read()
+            cached = self._parsed
+            if cached is None or cached[0] != raw:
+                cached = self._parsed = (raw, self._parse(raw))
+            return _copy(cached[1])
         except FileNotFoundError:
             return State()
         except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
@@ -206,8 +236,34 @@ class Store:
                 pass
             os.link(self.path, tmp)
             os.replace(tmp, self.backup_path)
-        write_json_atomically(self.path, state.to_json())
+        text = self._serialise(state)
+        write_text_atomically(self.path, text)
+        self._parsed = (text.encode("utf-8"), _copy(state))
         faults.point("saved", self.directory)
+
+    def _serialise(self, state: State) -> str:
+        """``state.to_json()`` as :func:`write_json_atomically` writes it, re-using the text of
+        every record serialised before (records are immutable; the cache holds each record it
+        keys by ``id``, so an id is never reused while cached)."""
+        texts: dict[int, tuple[Any, str, str]] = {}
+
+        def section(records: dict[str, Any]) -> str:
+            parts = []
+            for key in sorted(records):
+                record = records[key]
+                hit = self._texts.get(id(record))
+                if hit is None or hit[0] is not record or hit[1] != key:
+                    hit = (record, key, f"{json.dumps(key)}:{_dumps(_plain(record))}")
+                texts[id(record)] = hit
+                parts.append(hit[2])
+            return "{" + ",".join(parts) + "}"
+
+        text = (
+            f'{{"endpoints":{section(state.endpoints)},"networks":{section(state.networks)},'
+            f'"parents":{section(state.parents)},"version":{STATE_VERSION}}}'
+        )
+        self._texts = texts
+        return text
 
     def check(self) -> tuple[bool, str | None, str | None]:
         """At start: (usable, error, restored_from). Restores the backup over an unreadable file."""

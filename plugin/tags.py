@@ -31,6 +31,8 @@ TABLE_ALLOC_LAST = 20999
 
 LINK_BRIDGE = "net"
 LINK_VETH = "ep"
+# A veth whose endpoint is gone, waiting for its deletion (deferred off the request path).
+LINK_GONE = "gone"
 
 
 def mark_for_slot(slot: int) -> int:
@@ -39,7 +41,8 @@ def mark_for_slot(slot: int) -> int:
 
 
 def link_alias(kind: str, object_id: str) -> str:
-    """The alias a link carries: ``multinic:net:<network id>`` or ``multinic:ep:<endpoint id>``."""
+    """The alias a link carries: ``multinic:net:<network id>``, ``multinic:ep:<endpoint id>``, or
+    ``multinic:gone:<endpoint id>`` once retired."""
     return f"{ALIAS_PREFIX}{kind}:{object_id}"
 
 
@@ -48,6 +51,6 @@ def parse_link_alias(alias: str | None) -> tuple[str, str] | None:
     if not alias or not alias.startswith(ALIAS_PREFIX):
         return None
     kind, _, object_id = alias[len(ALIAS_PREFIX) :].partition(":")
-    if kind not in (LINK_BRIDGE, LINK_VETH) or not object_id:
+    if kind not in (LINK_BRIDGE, LINK_VETH, LINK_GONE) or not object_id:
         return None
     return kind, object_id

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import http.client
 import json
 import os
@@ -237,7 +238,7 @@ class Bench:
         calls = 30 if self.args.quick else 100
         times: dict[str, list[float]] = {v: [] for v in ("CreateEndpoint", "Join", "Leave", "DeleteEndpoint")}
         for i in range(calls):
-            eid = f"{0xbe0000 + i:064x}"
+            eid = hashlib.sha256(f"bench-api-{i}".encode()).hexdigest()  # random-looking, as dockerd's
             ref = {"NetworkID": nid, "EndpointID": eid}
             times["CreateEndpoint"].append(self._call("CreateEndpoint", {
                 **ref, "Interface": {"Address": f"10.151.0.{200 + i % 50}/24", "AddressIPv6": "", "MacAddress": ""},

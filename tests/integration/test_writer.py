@@ -135,3 +135,88 @@ def test_cleanup_goes_through_the_writer_and_puts_rp_filter_back(topo):
     assert topo.in_host(_cleanup, topo.state_dir) == 0
     assert topo.dump() == before
     assert Store(topo.state_dir).load().parents == {}
+
+
+def _deferred_deletes(state_dir: str) -> dict[str, object]:
+    """``multinic serve``'s Driver: DeleteEndpoint retires the veth and a thread deletes it
+    after the response; the same endpoint coming back at once gets a fresh veth."""
+    import json as _json
+
+    from plugin import reconcile
+    from plugin.api import create_app
+
+    client = create_app(Driver(Store(state_dir), defer_deletes=True)).test_client()
+
+    def verb(name: str, body: dict) -> None:
+        resp = client.post(f"/NetworkDriver.{name}", data=_json.dumps(body))
+        assert resp.status_code == 200 and not _json.loads(resp.data).get("Err"), (name, resp.data)
+
+    ref = {"NetworkID": NID, "EndpointID": EID}
+    host_veth = "mnh" + EID[:12]
+    seen: dict[str, object] = {}
+    verb("CreateEndpoint", {**ref, "Interface": {"Address": "10.10.0.2/24"}})
+    verb("DeleteEndpoint", ref)
+    seen["right_after"] = sh_alias(host_veth)
+    reconcile.wait_for_deletes()
+    seen["after_thread"] = sh_alias(host_veth)
+    verb("CreateEndpoint", {**ref, "Interface": {"Address": "10.10.0.2/24"}})
+    verb("DeleteEndpoint", ref)
+    verb("CreateEndpoint", {**ref, "Interface": {"Address": "10.10.0.2/24"}})  # before the thread ran
+    reconcile.wait_for_deletes()
+    seen["recreated"] = sh_alias(host_veth)
+    verb("DeleteEndpoint", ref)
+    reconcile.wait_for_deletes()
+    return seen
+
+
+def sh_alias(name: str) -> str | None:
+    """The link's alias and master as `ip -d link` shows them, None if there is no such link."""
+    proc = subprocess.run(["ip", "-o", "link", "show", name], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None
+    words = proc.stdout.split()
+    master = words[words.index("master") + 1] if "master" in words else ""
+    alias = words[words.index("alias") + 1] if "alias" in words else ""
+    return f"{alias} master={master}"
+
+
+def test_a_removed_endpoints_veth_is_deleted_after_the_response(topo):
+    before = topo.dump()
+    assert create_network(topo, {"parent": "eth1"})["status"] == 200
+    seen = topo.in_host(_deferred_deletes, topo.state_dir)
+    bridge = "mn-" + NID[:12]
+    assert seen["right_after"] in (None, f"multinic:gone:{EID} master={bridge}")
+    assert seen["after_thread"] is None
+    assert seen["recreated"] == f"multinic:ep:{EID} master={bridge}"
+    assert call_in(topo, "DeleteNetwork", {"NetworkID": NID})["status"] == 200
+    assert topo.dump() == before
+
+
+def _retire_then_reconcile(state_dir: str) -> tuple[str | None, str | None]:
+    from pyroute2 import IPRoute
+
+    from plugin import netlink, reconcile
+
+    host_veth = "mnh" + EID[:12]
+    with IPRoute() as ipr:
+        netlink.retire_link(ipr, host_veth)  # as DeleteEndpoint does, then the plugin dies
+    retired = sh_alias(host_veth)
+    reconcile.reconcile(Store(state_dir).load())
+    return retired, sh_alias(host_veth)
+
+
+def test_a_retired_veth_left_by_a_crash_is_removed_by_the_whole_host_writer(topo):
+    before = topo.dump()
+    assert create_network(topo, {"parent": "eth1"})["status"] == 200
+    assert call_in(topo, "CreateEndpoint", {"NetworkID": NID, "EndpointID": EID,
+                                             "Interface": {"Address": "10.10.0.2/24"}})["status"] == 200
+    ep = Store(topo.state_dir).load().endpoints
+    state = Store(topo.state_dir)
+    with state.locked() as s:  # the endpoint is forgotten (saved) but its veth was only retired
+        s.endpoints.clear()
+        state.save(s)
+    assert ep
+    retired, after = topo.in_host(_retire_then_reconcile, topo.state_dir)
+    assert retired.startswith("multinic:gone:") and after is None
+    assert call_in(topo, "DeleteNetwork", {"NetworkID": NID})["status"] == 200
+    assert topo.dump() == before

@@ -179,3 +179,76 @@ def test_verbs_without_ports_need_no_parent_facts():
     other = snapshot(before)
     other.networks[net(7).id] = net(7)
     assert _needs_facts(before, other)
+
+
+# -- scope: a verb's change computed over what it touched equals the whole host's -----------
+from hypothesis import example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from plugin.desired import scope  # noqa: E402
+
+FACTS2 = {**FACTS, "eth2": ParentFacts("eth2", True, (ipaddress.IPv4Interface("192.168.102.2/24"),), 1500)}
+
+
+def _mutate(state: State, ops: list[tuple[int, int, int, int]]) -> State:
+    """A verb-like step: add / replace / drop an endpoint (joined or not, with or without
+    ports), add / drop / change a network (on eth1 or eth2, internal, routed), or a parent
+    record coming or going."""
+    after = snapshot(state)
+    for kind, a, b, c in ops:
+        nets = sorted(after.networks)
+        if kind == 0 and nets:
+            network = after.networks[nets[a % len(nets)]]
+            ports = tuple(PublishedPort("tcp" if c % 2 else "udp", "", 20000 + b, 80) for _ in range(c % 3))
+            ep = endpoint(b, network, joined=bool(c % 4), ports=ports if c % 4 else ())
+            after.endpoints[ep.id] = ep
+        elif kind == 1 and after.endpoints:
+            del after.endpoints[sorted(after.endpoints)[a % len(after.endpoints)]]
+        elif kind == 2:
+            parent = "eth2" if c % 2 else "eth1"
+            n = net(a % 13, parent=parent, table=20000 + c % 2, mark_slot=1 + c % 2,
+                    masquerade=bool(b % 3), internal=b % 5 == 0)
+            after.networks[n.id] = n
+        elif kind == 3 and len(nets) > 1:
+            nid = nets[a % len(nets)]
+            del after.networks[nid]
+            after.endpoints = {k: v for k, v in after.endpoints.items() if v.network_id != nid}
+        elif kind == 4:
+            parent = "eth2" if a % 2 else "eth1"
+            if parent in after.parents:
+                del after.parents[parent]
+            else:
+                after.parents[parent] = ParentRecord(rp_filter_before=b % 3)
+    return after
+
+
+OPS = st.lists(st.tuples(st.integers(0, 4), st.integers(0, 50), st.integers(0, 50), st.integers(0, 7)),
+               min_size=1, max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(OPS, min_size=1, max_size=6), OPS)
+@example([[(0, 0, 1, 1)]], [(2, 0, 1, 1)])  # the network of 20 published endpoints moves to eth2
+@example([[(4, 0, 0, 0)]], [(3, 1, 0, 0)])  # a parent record goes while a network is removed
+def test_the_change_over_a_verbs_scope_is_the_change_over_the_whole_host(history, verb):
+    """Property: whatever is on the host, the writer's scoped change (the endpoints a verb
+    touched and their networks, or every network when one changed) is exactly the change the
+    whole host's desired states give, with or without parent facts."""
+    state = host(2, 20)
+    for ops in history:
+        state = _mutate(state, ops)
+    after = _mutate(state, verb)
+    for facts in (FACTS2, {}):
+        whole = change(host_state(state, facts), host_state(after, facts))
+        mine, theirs = scope(state, after)
+        assert change(host_state(mine, facts), host_state(theirs, facts)) == whole
+
+
+def test_an_endpoint_verb_scopes_to_that_endpoint_and_its_network():
+    before = host(3, 200)
+    ep = endpoint(999, net(1), ports=(PublishedPort("tcp", "", 9999, 80),))
+    after = snapshot(before)
+    after.endpoints[ep.id] = ep
+    mine, theirs = scope(before, after)
+    assert set(mine.networks) == set(theirs.networks) == {net(1).id}
+    assert mine.endpoints == {} and set(theirs.endpoints) == {ep.id}

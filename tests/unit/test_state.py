@@ -65,3 +65,31 @@ def test_check_without_usable_backup_refuses_and_keeps_the_file(tmp_path):
     usable, error, _ = store.check()
     assert not usable and "backup is unreadable too" in error
     assert store.path.read_text() == "[]"
+
+
+def test_two_workers_see_each_others_saves_and_the_file_is_what_to_json_gives(tmp_path):
+    """Each Store caches what it read and wrote; another worker's save must still be seen, and
+    the text written from cached records must be the state's plain JSON."""
+    import dataclasses
+    import json
+
+    from tests.unit.test_change import endpoint, host, net
+
+    a, b = Store(tmp_path), Store(tmp_path)
+    state = host(2, 30)
+    a.save(state)
+    seen = b.load()
+    assert seen == state
+    ep = endpoint(77, net(1))
+    seen.endpoints[ep.id] = ep
+    b.save(seen)
+    again = a.load()
+    assert ep.id in again.endpoints and again == seen
+    again.endpoints[ep.id] = dataclasses.replace(ep, joined=False)
+    del again.endpoints[next(iter(sorted(state.endpoints)))]
+    a.save(again)
+    assert json.loads((tmp_path / "state.json").read_text()) == json.loads(json.dumps(again.to_json()))
+    assert b.load() == again and a.load() == again
+    changed = a.load()
+    changed.networks.clear()  # a caller's changes never reach the cache
+    assert a.load() == again
