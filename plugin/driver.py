@@ -75,13 +75,16 @@ class Driver:
         self.defer_deletes = defer_deletes
 
     # -- helpers ------------------------------------------------------------------------
-    def _commit(self, state: State, before: State) -> None:
-        """Persist first (intent), then make the kernel go from ``before`` to ``state``."""
+    def _commit(self, state: State, before: State, facts: HostFacts | None = None) -> None:
+        """Persist first (intent), then make the kernel go from ``before`` to ``state``.
+        ``facts``: the parents as the verb just read them (the writer need not read them again)."""
         self.store.save(state)
         if self.reconciler is not None:
             self.reconciler(state)
         else:
-            reconcile.apply_change(before, state, defer_deletes=self.defer_deletes)
+            reconcile.apply_change(
+                before, state, defer_deletes=self.defer_deletes, facts=facts.parents if facts else None
+            )
 
     def _sync(self, state: State) -> None:
         """Persist, then make the whole host match (start, healer, rollback)."""
@@ -415,13 +418,13 @@ class Driver:
 
     def _publish(
         self, state: State, ep: EndpointRecord, bindings: tuple[PortBinding, ...], sandbox: str
-    ) -> tuple[PublishedPort, ...]:
+    ) -> tuple[tuple[PublishedPort, ...], HostFacts | None]:
         """dockerd sends the container's whole port map to every Join: the ports the same
         container (sandbox) already publishes through its other multinic endpoints are its own,
         not a conflict."""
         net = state.networks[ep.network_id]
         if net.internal or not bindings:
-            return ()
+            return (), None
         # Ports kept without an address (no HostIP) are on their parent's addresses of now.
         others = [
             other
@@ -438,7 +441,7 @@ class Driver:
             for p in other.ports
             for ip in publish_addresses(state.networks[other.network_id], p.host_ip, facts.parents)
         ]
-        return ports.allocate(bindings, self._publish_ips(net, facts), taken)
+        return ports.allocate(bindings, self._publish_ips(net, facts), taken), facts
 
     def join(self, req: JoinRequest) -> dict[str, Any]:
         with self.store.locked() as state:
@@ -446,13 +449,13 @@ class Driver:
             ep = state.endpoints.get(req.endpoint_id)
             if ep is None:
                 raise DriverError(f"endpoint {req.endpoint_id[:12]} was never created; retry the command")
-            published = self._publish(state, ep, req.ports, req.sandbox_key)
+            published, facts = self._publish(state, ep, req.ports, req.sandbox_key)
             before = snapshot(state)
             state.endpoints[ep.id] = dataclasses.replace(
                 ep, joined=True, sandbox_key=req.sandbox_key, ports=published
             )
             try:
-                self._commit(state, before)
+                self._commit(state, before, facts)
             except Exception:
                 state.endpoints[ep.id] = ep
                 self._rollback(state)
@@ -483,10 +486,9 @@ class Driver:
             if ep is None or not ep.joined or ep.ports or not req.ports:
                 return {}
             before = snapshot(state)
-            state.endpoints[ep.id] = dataclasses.replace(
-                ep, ports=self._publish(state, ep, req.ports, ep.sandbox_key)
-            )
-            self._commit(state, before)
+            published, facts = self._publish(state, ep, req.ports, ep.sandbox_key)
+            state.endpoints[ep.id] = dataclasses.replace(ep, ports=published)
+            self._commit(state, before, facts)
         return {}
 
     def revoke_external_connectivity(self, req: EndpointRef) -> dict[str, Any]:

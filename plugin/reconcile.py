@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from typing import Callable
+from typing import Callable, Mapping
 
 from pyroute2 import IPRoute
 
@@ -56,7 +56,12 @@ def gather_facts(ipr: IPRoute, *states: State) -> dict[str, ParentFacts]:
 
 
 def apply_change(
-    before: State, after: State, backend: FirewallBackend | None = None, *, defer_deletes: bool = False
+    before: State,
+    after: State,
+    backend: FirewallBackend | None = None,
+    *,
+    defer_deletes: bool = False,
+    facts: Mapping[str, ParentFacts] | None = None,
 ) -> Change:
     """Make the kernel go from ``before``'s desired state to ``after``'s, touching only what differs.
 
@@ -65,10 +70,13 @@ def apply_change(
     containers already on the host. ``defer_deletes``: veths that go are retired (re-tagged)
     at once and deleted by a thread after the response (the kernel's veth deletion waits for
     an RCU grace period, ~20 ms); a crash in between leaves a tagged link the whole-host path
-    removes."""
+    removes. ``facts``: the parents as the verb read them, if it did (a Join with ports)."""
     mine, theirs = scope(before, after)
     with IPRoute() as ipr:
-        facts = gather_facts(ipr, mine, theirs) if _needs_facts(mine, theirs) else {}
+        if not _needs_facts(mine, theirs):
+            facts = {}
+        elif facts is None or not parents_of(mine, theirs) <= facts.keys():
+            facts = gather_facts(ipr, mine, theirs)
         old, new = host_state(mine, facts), host_state(theirs, facts)
         todo = change(old, new)
         if todo.is_empty():
