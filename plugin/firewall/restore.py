@@ -37,12 +37,33 @@ class RestoreBackend:
             )
         return proc.stdout
 
-    def _list(self, table: str, chain: str) -> list[str] | None:
-        """``iptables -S chain`` lines, or None if the chain does not exist."""
-        proc = subprocess.run([self.name, "-w", "-t", table, "-S", chain], capture_output=True, text=True)
+    def _save(self, table: str) -> dict[str, list[str]]:
+        """One ``<flavour>-save -t table``: every chain of the table → its ``-A`` lines, in
+        order, as ``iptables -S`` prints them (both use the same printer).
+
+        One spawn per table, whatever the number of our chains (``iptables -S CHAIN`` costs one
+        per chain and per jump, and the healer reads them all every 15 s)."""
+        proc = subprocess.run([f"{self.name}-save", "-t", table], capture_output=True, text=True)
         if proc.returncode != 0:
-            return None
-        return proc.stdout.splitlines()
+            raise DriverError(
+                f"firewall read failed ({self.name}-save -t {table}): "
+                f"{proc.stderr.strip() or proc.stdout.strip()}"
+            )
+        chains: dict[str, list[str]] = {}
+        for line in proc.stdout.splitlines():
+            if line.startswith(":"):
+                chains.setdefault(line[1:].split(" ", 1)[0], [])
+            elif line.startswith("-A "):
+                chains.setdefault(line.split(" ", 2)[1], []).append(line)
+        return chains
+
+    def _save_or_nothing(self, table: str) -> dict[str, list[str]]:
+        """:meth:`_save`, or no chain at all when the table cannot be read (nothing of ours to
+        list or remove there)."""
+        try:
+            return self._save(table)
+        except DriverError:
+            return {}
 
     def _restore(self, payload: str) -> None:
         self._run("iptables-restore", ["-w", "--noflush"], stdin=payload)
@@ -51,14 +72,14 @@ class RestoreBackend:
     def _line(action: str, chain: str, rule: Rule) -> str:
         return " ".join([action, chain, *(f'"{tok}"' if " " in tok else tok for tok in rule)])
 
-    def _existing_jumps(self, jump: Jump) -> list[str] | None:
-        """Lines of ``jump.chain`` that jump to ``jump.target`` (None: chain missing)."""
-        lines = self._list(jump.table, jump.chain)
+    @staticmethod
+    def _existing_jumps(chains: dict[str, list[str]], jump: Jump) -> list[str] | None:
+        """Lines of ``jump.chain`` (in a :meth:`_save` result) that jump to ``jump.target``
+        (None: that chain does not exist)."""
+        lines = chains.get(jump.chain)
         if lines is None:
             return None
-        return [
-            ln for ln in lines if ln.startswith(f"-A {jump.chain} ") and ln.endswith(f" -j {jump.target}")
-        ]
+        return [ln for ln in lines if ln.endswith(f" -j {jump.target}")]
 
     # -- backend interface -----------------------------------------------------------
     def apply(self, ruleset: Ruleset) -> None:
@@ -66,12 +87,13 @@ class RestoreBackend:
         iptables-nft-restore commits the whole input as one nf_tables transaction."""
         lines: list[str] = []
         for table in TABLES:
+            chains = self._save(table)
             lines.append(f"*{table}")
             lines += [f":{chain} - [0:0]" for chain in CHAINS[table]]
             for chain in CHAINS[table]:
                 lines += [self._line("-A", chain, rule) for rule in ruleset.rules(table, chain)]
             for jump in (j for j in JUMPS if j.table == table):
-                existing = self._existing_jumps(jump)
+                existing = self._existing_jumps(chains, jump)
                 if existing is None:
                     if jump.optional:
                         continue
@@ -102,10 +124,11 @@ class RestoreBackend:
 
     def remove(self) -> None:
         for table in TABLES:
-            present = [c for c in CHAINS[table] if self._list(table, c) is not None]
+            chains = self._save_or_nothing(table)
+            present = [c for c in CHAINS[table] if c in chains]
             lines = [f"*{table}"] + [f":{chain} - [0:0]" for chain in present]
             for jump in (j for j in JUMPS if j.table == table):
-                for line in self._existing_jumps(jump) or []:
+                for line in self._existing_jumps(chains, jump) or []:
                     lines.append("-D" + line[2:])
             lines += [f"-X {chain}" for chain in present]
             lines.append("COMMIT")
@@ -124,12 +147,17 @@ class RestoreBackend:
             subprocess.run(["nft", "delete", "table", "ip", table], capture_output=True)
 
     def dump(self) -> dict[str, list[str]]:
+        """Per table, as ``iptables -S`` would print them: the jumps into our chains (in
+        :data:`JUMPS` order), then each of our chains (``-N`` and its rules) in
+        :data:`CHAINS` order. One ``-save`` per table."""
         out: dict[str, list[str]] = {}
         for table in TABLES:
+            chains = self._save_or_nothing(table)
             lines: list[str] = []
             for jump in (j for j in JUMPS if j.table == table):
-                lines += self._existing_jumps(jump) or []
+                lines += self._existing_jumps(chains, jump) or []
             for chain in CHAINS[table]:
-                lines += self._list(table, chain) or []
+                if chain in chains:
+                    lines += [f"-N {chain}", *chains[chain]]
             out[table] = lines
         return out
