@@ -37,33 +37,53 @@ class RestoreBackend:
             )
         return proc.stdout
 
-    def _save(self, table: str) -> dict[str, list[str]]:
-        """One ``<flavour>-save -t table``: every chain of the table → its ``-A`` lines, in
-        order, as ``iptables -S`` prints them (both use the same printer).
-
-        One spawn per table, whatever the number of our chains (``iptables -S CHAIN`` costs one
-        per chain and per jump, and the healer reads them all every 15 s)."""
-        proc = subprocess.run([f"{self.name}-save", "-t", table], capture_output=True, text=True)
+    def _read(self, table: str | None = None) -> dict[str, dict[str, list[str]]]:
+        """``<flavour>-save`` (of one table, or of every table in use): table → chain → its
+        ``-A`` lines in order, as ``iptables -S`` prints them (both use the same printer)."""
+        proc = subprocess.run(
+            [f"{self.name}-save", *(("-t", table) if table else ())], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             raise DriverError(
-                f"firewall read failed ({self.name}-save -t {table}): "
+                f"firewall read failed ({self.name}-save{f' -t {table}' if table else ''}): "
                 f"{proc.stderr.strip() or proc.stdout.strip()}"
             )
-        chains: dict[str, list[str]] = {}
+        tables: dict[str, dict[str, list[str]]] = {}
+        chains: dict[str, list[str]] | None = None
         for line in proc.stdout.splitlines():
-            if line.startswith(":"):
+            if line.startswith("*"):
+                chains = tables.setdefault(line[1:].strip(), {})
+            elif chains is None:
+                continue
+            elif line.startswith(":"):
                 chains.setdefault(line[1:].split(" ", 1)[0], [])
             elif line.startswith("-A "):
                 chains.setdefault(line.split(" ", 2)[1], []).append(line)
-        return chains
+        return tables
 
-    def _save_or_nothing(self, table: str) -> dict[str, list[str]]:
-        """:meth:`_save`, or no chain at all when the table cannot be read (nothing of ours to
-        list or remove there)."""
+    def _tables(self, strict: bool = True) -> dict[str, dict[str, list[str]]]:
+        """Every chain of our tables with its rules, from ONE ``<flavour>-save``.
+
+        Not one save per table: iptables-nft-save fetches the whole ruleset whatever ``-t``
+        says, so each of them costs as much as all of them (measured ~15 ms for ``-t mangle``
+        with 2400 rules in nat). A table missing from the output (nf_tables: not created yet;
+        legacy: module not loaded yet) is read on its own, which lists its built-in chains.
+        Not ``strict``: a table that cannot be read counts as holding no chain."""
         try:
-            return self._save(table)
+            tables = self._read()
         except DriverError:
-            return {}
+            if strict:
+                raise
+            tables = {}
+        for table in TABLES:
+            if table not in tables:
+                try:
+                    tables[table] = self._read(table).get(table, {})
+                except DriverError:
+                    if strict:
+                        raise
+                    tables[table] = {}
+        return tables
 
     def _restore(self, payload: str) -> None:
         self._run("iptables-restore", ["-w", "--noflush"], stdin=payload)
@@ -74,7 +94,7 @@ class RestoreBackend:
 
     @staticmethod
     def _existing_jumps(chains: dict[str, list[str]], jump: Jump) -> list[str] | None:
-        """Lines of ``jump.chain`` (in a :meth:`_save` result) that jump to ``jump.target``
+        """Lines of ``jump.chain`` (one table of :meth:`_tables`) that jump to ``jump.target``
         (None: that chain does not exist)."""
         lines = chains.get(jump.chain)
         if lines is None:
@@ -86,8 +106,9 @@ class RestoreBackend:
         """One restore for all tables: every check runs before anything is written, and
         iptables-nft-restore commits the whole input as one nf_tables transaction."""
         lines: list[str] = []
+        saved = self._tables()
         for table in TABLES:
-            chains = self._save(table)
+            chains = saved[table]
             lines.append(f"*{table}")
             lines += [f":{chain} - [0:0]" for chain in CHAINS[table]]
             for chain in CHAINS[table]:
@@ -123,8 +144,9 @@ class RestoreBackend:
         return "\n".join(lines) + "\n"
 
     def remove(self) -> None:
+        saved = self._tables(strict=False)
         for table in TABLES:
-            chains = self._save_or_nothing(table)
+            chains = saved[table]
             present = [c for c in CHAINS[table] if c in chains]
             lines = [f"*{table}"] + [f":{chain} - [0:0]" for chain in present]
             for jump in (j for j in JUMPS if j.table == table):
@@ -149,10 +171,11 @@ class RestoreBackend:
     def dump(self) -> dict[str, list[str]]:
         """Per table, as ``iptables -S`` would print them: the jumps into our chains (in
         :data:`JUMPS` order), then each of our chains (``-N`` and its rules) in
-        :data:`CHAINS` order. One ``-save`` per table."""
+        :data:`CHAINS` order. One ``-save`` (see :meth:`_tables`)."""
         out: dict[str, list[str]] = {}
+        saved = self._tables(strict=False)
         for table in TABLES:
-            chains = self._save_or_nothing(table)
+            chains = saved[table]
             lines: list[str] = []
             for jump in (j for j in JUMPS if j.table == table):
                 lines += self._existing_jumps(chains, jump) or []

@@ -86,7 +86,7 @@ def test_rule_deleted_behind_our_back_is_healed_by_the_next_verb(topo):
 
 
 def test_missing_jump_is_the_healers_job(topo):
-    """The request path does not check jumps (that costs an `iptables-save` per table); the whole-host
+    """The request path does not check jumps (that costs an `iptables-save`); the whole-host
     writer the healer runs puts a deleted jump back, once."""
     before = topo.dump()
     create_network(topo, {"parent": "eth1"})
