@@ -9,7 +9,7 @@ the request path's (a verb applies its own change and trusts the rest):
   with the desired state (netlink, no process, no lock; its cost follows the number of networks,
   not of containers);
 - every :data:`FIREWALL_INTERVAL` seconds it compares our chains and jumps with the desired
-  rules (``iptables -S``, no lock);
+  rules (one ``iptables-save``, no lock);
 - on drift, and unconditionally every :data:`FULL_INTERVAL` seconds, it runs the whole-host writer
   (:meth:`plugin.driver.Driver.recover`, under the state lock), the same writer the verbs use.
 """

@@ -3,8 +3,30 @@ regenerates and compares, as moby's iptablesdoc does for Docker's bridge driver)
 
 from __future__ import annotations
 
-from .model import CHAINS, JUMPS, TABLES, Edit, Ruleset
+from .model import BUCKET_JUMPS, CHAINS, DNAT_BUCKETS, JUMPS, NAT_DNAT, NAT_DNAT_BUCKETS, TABLES, Edit, Ruleset
 from .restore import RestoreBackend
+
+
+def _chain(ruleset: Ruleset, table: str, chain: str) -> list[str]:
+    """``-N`` and the rules of one chain. The DNAT buckets are summarised: of the fixed jumps
+    into them only the first two and the last are shown, and empty buckets are left out (two
+    comment lines say so)."""
+    rules = ruleset.rules(table, chain)
+    if chain in NAT_DNAT_BUCKETS:
+        head = []
+        if chain == NAT_DNAT_BUCKETS[0]:
+            head = [
+                f"# {NAT_DNAT_BUCKETS[0]} … {NAT_DNAT_BUCKETS[-1]}: {DNAT_BUCKETS} bucket chains, always created "
+                "(empty ones not shown here);",
+                f"# an endpoint's DNAT rules all go to bucket int(endpoint_id[:8], 16) % {DNAT_BUCKETS}",
+            ]
+        if not rules:
+            return head
+        return [*head, f"-N {chain}", *(RestoreBackend._line("-A", chain, rule) for rule in rules)]
+    lines = [f"-N {chain}", *(RestoreBackend._line("-A", chain, rule) for rule in rules)]
+    if chain == NAT_DNAT and rules == BUCKET_JUMPS and len(rules) > 3:
+        lines[3:-1] = [f"# … one jump per bucket, in order, up to {NAT_DNAT_BUCKETS[-1]}:"]
+    return lines
 
 
 def render_ruleset(ruleset: Ruleset) -> str:
@@ -17,8 +39,7 @@ def render_ruleset(ruleset: Ruleset) -> str:
             note = "   # only if DOCKER-USER exists" if jump.optional else ""
             out.append(f"-I {jump.chain} 1 {RestoreBackend._line('', '', jump.rule).strip()}{note}")
         for chain in CHAINS[table]:
-            out.append(f"-N {chain}")
-            out += [RestoreBackend._line("-A", chain, rule) for rule in ruleset.rules(table, chain)]
+            out += _chain(ruleset, table, chain)
         out.append("```\n")
     return "\n".join(out)
 

@@ -7,6 +7,7 @@ backend through python-iptables.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -17,7 +18,7 @@ Rule = tuple[str, ...]
 
 MANGLE_PREROUTING = "MULTINIC-PREROUTING"
 MANGLE_POSTROUTING = "MULTINIC-CONNMARK"
-NAT_DNAT = "MULTINIC-DNAT"
+NAT_DNAT = "MULTINIC-DNAT"  # only the fixed jumps to the buckets below, in order
 NAT_POSTROUTING = "MULTINIC-POSTROUTING"
 FILTER_FORWARD = "MULTINIC-FORWARD"
 FILTER_ACCEPT = "MULTINIC-ACCEPT"  # accepts of every bridge, entered first from MULTINIC-FORWARD
@@ -25,6 +26,30 @@ FILTER_ISOLATE_DST = "MULTINIC-ISOLATE-DST"  # "-o <any container bridge> DROP"
 FILTER_ISOLATE_SRC = "MULTINIC-ISOLATE-SRC"  # "-i <any container bridge> DROP" (routed mode)
 
 TABLES = ("mangle", "nat", "filter")
+
+# Published ports' DNAT rules are sharded over a fixed number of chains: deleting a rule with
+# iptables-nft costs time in proportion to the rules of its chain (the whole chain is read and
+# searched), so a Leave on a host with thousands of published ports pays for 1/DNAT_BUCKETS of
+# them. An endpoint's rules all live in one bucket, chosen from its id by :func:`dnat_bucket`.
+DNAT_BUCKETS = 32
+NAT_DNAT_BUCKETS: tuple[str, ...] = tuple(f"{NAT_DNAT}-{i:02x}" for i in range(DNAT_BUCKETS))
+# The whole of MULTINIC-DNAT (its rules, so a plain part of the ruleset, not :data:`JUMPS`).
+BUCKET_JUMPS: tuple[Rule, ...] = tuple(("-j", bucket) for bucket in NAT_DNAT_BUCKETS)
+
+
+def dnat_bucket(endpoint_id: str) -> str:
+    """The bucket chain of an endpoint's DNAT rules: ``MULTINIC-DNAT-xx`` with
+    ``xx = int(endpoint_id[:8], 16) % DNAT_BUCKETS`` in two hex digits.
+
+    Stable for the endpoint's life (its id never changes), computable by hand from the short id
+    ``multinic status`` shows, and uniform since Docker's ids are random hex. An id that is not
+    hex (never from dockerd) is hashed first (SHA-256), to stay stable across processes."""
+    head = endpoint_id[:8]
+    try:
+        value = int(head, 16)
+    except ValueError:
+        value = int(hashlib.sha256(endpoint_id.encode()).hexdigest()[:8], 16)
+    return NAT_DNAT_BUCKETS[value % DNAT_BUCKETS]
 
 
 @dataclass(frozen=True)
@@ -61,7 +86,7 @@ JUMPS: tuple[Jump, ...] = (
 
 CHAINS: dict[str, tuple[str, ...]] = {
     "mangle": (MANGLE_PREROUTING, MANGLE_POSTROUTING),
-    "nat": (NAT_DNAT, NAT_POSTROUTING),
+    "nat": (NAT_DNAT, *NAT_DNAT_BUCKETS, NAT_POSTROUTING),
     "filter": (FILTER_FORWARD, FILTER_ACCEPT, FILTER_ISOLATE_DST, FILTER_ISOLATE_SRC),
 }
 

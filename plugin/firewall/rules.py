@@ -4,7 +4,8 @@ Per network bridge B (see the README's "How it works" for why each rule exists):
 - mangle: a NEW connection arriving on the parent gets the parent's mark in its connmark;
   packets coming from B get the connmark restored, so the fwmark rule routes replies back
   through the parent's table;
-- nat: published ports DNAT on the parent's addresses (or the given HostIP), hairpin
+- nat: published ports DNAT on the parent's addresses (or the given HostIP), each endpoint's
+  in its own bucket chain (``MULTINIC-DNAT-xx``, see :func:`.model.dnat_bucket`), hairpin
   MASQUERADE for DNAT'd traffic looping back into B, MASQUERADE of B's subnet (unless
   ``masquerade=false``, the routed mode);
 - filter: B's traffic through Docker's FORWARD DROP policy, isolated from Docker's bridges
@@ -19,6 +20,7 @@ from ..facts import ParentFacts
 from ..state import NetworkRecord, State
 from ..tags import MAIN_MARK_SLOT, MARK_MASK, mark_for_slot
 from .model import (
+    BUCKET_JUMPS,
     FILTER_ACCEPT,
     FILTER_FORWARD,
     FILTER_ISOLATE_DST,
@@ -26,9 +28,11 @@ from .model import (
     MANGLE_POSTROUTING,
     MANGLE_PREROUTING,
     NAT_DNAT,
+    NAT_DNAT_BUCKETS,
     NAT_POSTROUTING,
     Rule,
     Ruleset,
+    dnat_bucket,
 )
 
 DOCKER_BRIDGES = ("docker0", "br-+")
@@ -79,19 +83,21 @@ def connmark_rules(state: State) -> tuple[Rule, ...]:
     )
 
 
-def _dnat_rules(state: State, facts: Mapping[str, ParentFacts]) -> tuple[Rule, ...]:
-    rules: list[Rule] = []
+def dnat_rules(state: State, facts: Mapping[str, ParentFacts]) -> dict[str, tuple[Rule, ...]]:
+    """Every bucket chain (empty ones too) → the DNAT rules of the endpoints it holds."""
+    buckets: dict[str, list[Rule]] = {bucket: [] for bucket in NAT_DNAT_BUCKETS}
     for ep in sorted(state.endpoints.values(), key=lambda e: e.id):
         net = state.networks.get(ep.network_id)
         if net is None or not ep.joined:
             continue
         container_ip = ep.address.split("/")[0]
+        rules = buckets[dnat_bucket(ep.id)]
         for port in ep.ports:
             match = ("-p", port.proto, "-m", port.proto, "--dport", str(port.host_port))
             target = ("-j", "DNAT", "--to-destination", f"{container_ip}:{port.container_port}")
             for dst in publish_addresses(net, port.host_ip, facts):
                 rules.append((*(("-d", f"{dst}/32") if dst else ()), *match, *target))
-    return tuple(rules)
+    return {bucket: tuple(rules) for bucket, rules in buckets.items()}
 
 
 def publish_addresses(net: NetworkRecord, host_ip: str, facts: Mapping[str, ParentFacts]) -> tuple[str, ...]:
@@ -176,7 +182,11 @@ def ruleset_for(state: State, facts: Mapping[str, ParentFacts]) -> Ruleset:
     return Ruleset(
         chains={
             "mangle": {MANGLE_PREROUTING: mangle_rules(state), MANGLE_POSTROUTING: connmark_rules(state)},
-            "nat": {NAT_DNAT: _dnat_rules(state, facts), NAT_POSTROUTING: nat_postrouting_rules(state)},
+            "nat": {
+                NAT_DNAT: BUCKET_JUMPS,  # the same whatever the endpoints
+                **dnat_rules(state, facts),
+                NAT_POSTROUTING: nat_postrouting_rules(state),
+            },
             "filter": {
                 FILTER_FORWARD: forward_rules(state),
                 FILTER_ACCEPT: accept_rules(state),

@@ -29,6 +29,7 @@ import pytest
 
 from plugin.errors import DriverError
 from plugin.firewall.model import (
+    BUCKET_JUMPS,
     CHAINS,
     FILTER_FORWARD,
     JUMPS,
@@ -82,11 +83,12 @@ FULL = Ruleset(
             )
         },
         "nat": {
-            NAT_DNAT: (
+            NAT_DNAT: BUCKET_JUMPS,
+            "MULTINIC-DNAT-03": (
                 r("-d 192.168.101.2/32 -p tcp -m tcp --dport 4000 -j DNAT --to-destination 10.10.0.2:80"),
                 r("-d 192.168.101.2/32 -p udp -m udp --dport 5353 -j DNAT --to-destination 10.10.0.2:53"),
-                r("-p sctp -m sctp --dport 3868 -j DNAT --to-destination 10.10.0.3:3868"),
             ),
+            "MULTINIC-DNAT-1f": (r("-p sctp -m sctp --dport 3868 -j DNAT --to-destination 10.10.0.3:3868"),),
             NAT_POSTROUTING: (
                 r("-s 10.10.0.0/24 -o br1 -m conntrack --ctstate DNAT -j MASQUERADE"),
                 r("-s 10.10.0.0/24 ! -o br1 -j MASQUERADE"),
@@ -556,8 +558,8 @@ def test_legacy_rules_do_not_reach_nf_tables() -> None:
 
 # -- (h) the request path: one atomic edit of our own rules only ------------------------------
 EDITS_ADD = (
-    Edit("nat", NAT_DNAT, "-A", r("-d 192.168.101.2/32 -p tcp -m tcp --dport 4100 -j DNAT --to-destination "
-                                  "10.10.0.9:80")),
+    Edit("nat", "MULTINIC-DNAT-03", "-A",
+         r("-d 192.168.101.2/32 -p tcp -m tcp --dport 4100 -j DNAT --to-destination 10.10.0.9:80")),
     Edit("filter", FILTER_FORWARD, "-A", r("-i br7 -j ACCEPT")),
 )
 EDITS_DEL = tuple(Edit(e.table, e.chain, "-D", e.rule) for e in EDITS_ADD)

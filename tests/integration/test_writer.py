@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 
 from plugin.driver import Driver
+from plugin.firewall.model import dnat_bucket
 from plugin.state import Store
 from tests.integration.test_datapath import EID, NID, attach_container, call, create_network, detach_and_remove
 from tests.nsutil import sh
@@ -63,20 +64,29 @@ def call_in(t, verb, body):
     return t.in_host(call, t.state_dir, verb, body)
 
 
+def dnat_rule(ns: str, port: int) -> str:
+    """The one DNAT rule of ``port``, wherever it is (its endpoint's MULTINIC-DNAT-xx bucket)."""
+    found = [ln for ln in sh(ns, "iptables-nft-save -t nat").splitlines()
+             if ln.startswith("-A MULTINIC-DNAT-") and f"--dport {port} " in ln]
+    assert len(found) == 1, found
+    return found[0]
+
+
 def test_rule_deleted_behind_our_back_is_healed_by_the_next_verb(topo):
     """Leave's edit deletes a DNAT rule someone already removed: nf_tables refuses the whole
     edit and the writer re-applies the whole host; nothing is left behind."""
     before = topo.dump()
     create_network(topo, {"parent": "eth1"})
     attach_container(topo, [PORT])
-    rule = next(ln for ln in sh(topo.host, "iptables-nft -t nat -S MULTINIC-DNAT").splitlines() if "4000" in ln)
+    rule = dnat_rule(topo.host, 4000)
+    assert rule.startswith(f"-A {dnat_bucket(EID)} ")  # the endpoint's bucket
     sh(topo.host, "iptables-nft -t nat " + rule.replace("-A ", "-D ", 1))
     detach_and_remove(topo)
     assert topo.dump() == before
 
 
 def test_missing_jump_is_the_healers_job(topo):
-    """The request path does not check jumps (that costs 7 `iptables -S`); the whole-host
+    """The request path does not check jumps (that costs an `iptables-save`); the whole-host
     writer the healer runs puts a deleted jump back, once."""
     before = topo.dump()
     create_network(topo, {"parent": "eth1"})

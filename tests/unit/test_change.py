@@ -7,7 +7,7 @@ from collections import Counter
 from plugin.desired import change, host_state
 from plugin.driver import snapshot
 from plugin.facts import ParentFacts
-from plugin.firewall.model import CHAINS, TABLES, Ruleset
+from plugin.firewall.model import CHAINS, TABLES, Ruleset, dnat_bucket
 from plugin.firewall.restore import RestoreBackend
 from plugin.state import EndpointRecord, NetworkRecord, ParentRecord, PublishedPort, State
 
@@ -24,7 +24,7 @@ def net(i, **kw):
 
 
 def endpoint(i, network, joined=True, ports=()):
-    eid = f"e{i:063x}"
+    eid = f"{(i * 0x9E3779B1) & 0xFFFFFFFF:08x}{i:056x}"  # spread over the DNAT buckets, as random ids are
     return EndpointRecord(id=eid, network_id=network.id, address=f"10.0.{i % 250}.{2 + i // 250}/16", mac="",
                           host_veth=f"mnh{eid[-12:]}", peer_veth=f"mnc{eid[-12:]}", joined=joined, ports=ports)
 
@@ -71,15 +71,33 @@ def test_endpoint_without_ports_touches_no_firewall_route_or_rule():
 
 def test_join_and_leave_with_ports_edit_only_their_own_rules_whatever_is_on_the_host():
     port = (PublishedPort("tcp", "", 9999, 80),)
+    bucket = dnat_bucket(endpoint(999, net(0)).id)  # the endpoint run_rm starts
     sizes = []
     for existing in (0, 200):
         steps = dict(run_rm(host(1, existing), ports=port))
         join, leave = steps["Join"], steps["Leave"]
-        assert [(e.chain, e.action) for e in join.firewall] == [("MULTINIC-DNAT", "-A")]
-        assert [(e.chain, e.action) for e in leave.firewall] == [("MULTINIC-DNAT", "-D")]
+        assert [(e.chain, e.action) for e in join.firewall] == [(bucket, "-A")]
+        assert [(e.chain, e.action) for e in leave.firewall] == [(bucket, "-D")]
         assert leave.flows_gone == port  # conntrack flush expressed as desired state
         sizes.append(len(RestoreBackend.edit_payload(join.firewall)))
     assert sizes[0] == sizes[1]
+
+
+def test_join_and_leave_edit_only_the_endpoints_dnat_bucket():
+    """Leave's -D costs what its chain holds: an endpoint's rules are all in its own bucket,
+    among the rules of ~1/32 of the other endpoints; no other chain is touched."""
+    state = host(1, 300)
+    ep = endpoint(999, net(0))
+    bucket = dnat_bucket(ep.id)
+    before = host_state(state, FACTS).firewall
+    neighbours = before.rules("nat", bucket)
+    assert neighbours and len(neighbours) < 300 // 8  # shared with a few, not with all
+    ports = (PublishedPort("tcp", "", 9999, 80), PublishedPort("udp", "192.168.101.2", 9998, 53))
+    steps = dict(run_rm(state, ports=ports))
+    assert {(e.table, e.chain, e.action) for e in steps["Join"].firewall} == {("nat", bucket, "-A")}
+    assert {(e.table, e.chain, e.action) for e in steps["Leave"].firewall} == {("nat", bucket, "-D")}
+    assert len(steps["Join"].firewall) == len(steps["Leave"].firewall) == 2
+    assert all(ep.address.split("/")[0] in e.rule[-1] for e in steps["Join"].firewall)
 
 
 def test_network_create_edits_the_same_number_of_rules_for_the_1st_and_50th_network():

@@ -4,7 +4,18 @@ import ipaddress
 
 from plugin.desired import host_state
 from plugin.facts import ParentFacts
-from plugin.firewall.model import FILTER_FORWARD, MANGLE_PREROUTING, NAT_DNAT, NAT_POSTROUTING
+from plugin.firewall.model import (
+    BUCKET_JUMPS,
+    CHAINS,
+    DNAT_BUCKETS,
+    FILTER_FORWARD,
+    MANGLE_PREROUTING,
+    NAT_DNAT,
+    NAT_DNAT_BUCKETS,
+    NAT_POSTROUTING,
+    dnat_bucket,
+    is_owned_chain,
+)
 from plugin.state import EndpointRecord, NetworkRecord, PublishedPort, State
 
 FACTS = {"eth1": ParentFacts("eth1", True, (ipaddress.IPv4Interface("192.168.101.2/24"),), 1500)}
@@ -60,10 +71,54 @@ def test_published_port_on_parent_addresses():
     ep = EndpointRecord(id="e" * 64, network_id="a" * 64, address="10.10.0.2/24", mac="", host_veth="h",
                         peer_veth="p", joined=True, ports=(PublishedPort("tcp", "", 4000, 80),))
     hs = host_state(State(networks={"a" * 64: net()}, endpoints={ep.id: ep}), FACTS)
-    assert hs.firewall.rules("nat", NAT_DNAT) == (
+    assert hs.firewall.rules("nat", NAT_DNAT) == BUCKET_JUMPS
+    assert hs.firewall.rules("nat", "MULTINIC-DNAT-0e") == (  # int("eeeeeeee", 16) % 32 == 0x0e
         ("-d", "192.168.101.2/32", "-p", "tcp", "-m", "tcp", "--dport", "4000", "-j", "DNAT", "--to-destination",
          "10.10.0.2:80"),
     )
+    assert not any(hs.firewall.rules("nat", b) for b in NAT_DNAT_BUCKETS if b != "MULTINIC-DNAT-0e")
+
+
+def test_dnat_buckets_are_owned_chains_entered_in_order_from_multinic_dnat():
+    assert len(NAT_DNAT_BUCKETS) == DNAT_BUCKETS == 32
+    assert NAT_DNAT_BUCKETS[0] == "MULTINIC-DNAT-00" and NAT_DNAT_BUCKETS[-1] == "MULTINIC-DNAT-1f"
+    assert CHAINS["nat"] == (NAT_DNAT, *NAT_DNAT_BUCKETS, NAT_POSTROUTING)
+    assert all(is_owned_chain(c) for c in NAT_DNAT_BUCKETS)
+    assert BUCKET_JUMPS == tuple(("-j", b) for b in NAT_DNAT_BUCKETS)
+
+
+def test_dnat_bucket_of_an_endpoint():
+    assert dnat_bucket("0000001f" + "0" * 56) == "MULTINIC-DNAT-1f"
+    assert dnat_bucket("00000020" + "f" * 56) == "MULTINIC-DNAT-00"
+    assert dnat_bucket("4a3b2c1d" + "9" * 56) == f"MULTINIC-DNAT-{0x4a3b2c1d % 32:02x}"
+    # not hex (never from dockerd): hashed, still stable
+    assert dnat_bucket("ep-1") == dnat_bucket("ep-1") in NAT_DNAT_BUCKETS
+    assert {dnat_bucket(f"{i:08x}" + "0" * 56) for i in range(64)} == set(NAT_DNAT_BUCKETS)
+
+
+def test_each_endpoints_rules_are_in_its_bucket_only():
+    net_ = net()
+    eps = {}
+    for i in range(100):
+        eid = f"{(i * 2654435761) & 0xFFFFFFFF:08x}{i:056x}"
+        ports = (PublishedPort("tcp", "", 10000 + i, 80), PublishedPort("udp", "", 10000 + i, 53))
+        eps[eid] = EndpointRecord(id=eid, network_id=net_.id, address=f"10.10.0.{i + 2}/24", mac="",
+                                  host_veth=f"h{i}", peer_veth=f"p{i}", joined=True, ports=ports)
+    fw = host_state(State(networks={net_.id: net_}, endpoints=eps), FACTS).firewall
+    assert fw.rules("nat", NAT_DNAT) == BUCKET_JUMPS
+    for eid, ep in eps.items():
+        to = f"{ep.address.split('/')[0]}:"
+        where = {b for b in NAT_DNAT_BUCKETS for r in fw.rules("nat", b) if r[-1].startswith(to)}
+        assert where == {dnat_bucket(eid)}
+        assert sum(r[-1].startswith(to) for r in fw.rules("nat", dnat_bucket(eid))) == 2
+    assert sum(len(fw.rules("nat", b)) for b in NAT_DNAT_BUCKETS) == 200
+    assert len({b for b in NAT_DNAT_BUCKETS if fw.rules("nat", b)}) > 16  # spread out
+
+
+def test_networks_without_endpoints_have_empty_buckets_and_the_jumps():
+    fw = host_state(State(networks={"a" * 64: net()}), FACTS).firewall
+    assert fw.rules("nat", NAT_DNAT) == BUCKET_JUMPS and not fw.is_empty()
+    assert not any(fw.rules("nat", b) for b in NAT_DNAT_BUCKETS)
 
 
 def test_routed_mode_has_no_masquerade_and_accepts_inbound():
