@@ -5,11 +5,13 @@ chain.
 A small loop beside the HTTP workers. Checking that the host matches the state is its job, not
 the request path's (a verb applies its own change and trusts the rest):
 
-- every :data:`CHECK_INTERVAL` seconds it compares the kernel's tagged routes, rules and bridges
-  with the desired state (netlink, no process, no lock; its cost follows the number of networks,
-  not of containers);
-- every :data:`FIREWALL_INTERVAL` seconds it compares our chains and jumps with the desired
-  rules (one ``iptables-save``, no lock);
+- every :data:`CHECK_INTERVAL` seconds, and at once when the kernel announces a deleted route or
+  rule of ours or a deleted bridge of ours (:mod:`plugin.kevents`), it compares the kernel's
+  tagged routes, rules and bridges with the desired state (netlink, no process, no lock; its
+  cost follows the number of networks, not of containers);
+- every :data:`FIREWALL_INTERVAL` seconds, and when nf_tables announces a deleted table, chain or
+  rule (at most every :data:`FIREWALL_GAP` seconds), it compares our chains and jumps with the
+  desired rules (one ``iptables-save``, no lock);
 - on drift, and unconditionally every :data:`FULL_INTERVAL` seconds, it runs the whole-host writer
   (:meth:`plugin.driver.Driver.recover`, under the state lock), the same writer the verbs use.
 """
@@ -24,7 +26,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from . import background, engine, health, metrics, netlink
+from . import background, engine, health, kevents, metrics, netlink
 from .background import BackgroundProcess
 from .desired import HostState, host_state
 from .driver import Driver
@@ -35,7 +37,9 @@ from .state import State, Store
 
 log = logging.getLogger(__name__)
 
-CHECK_INTERVAL = 2.0
+CHECK_INTERVAL = float(os.environ.get("MULTINIC_CHECK_INTERVAL", "2"))
+WAKE = 0.5  # how often the loop looks at its stop flag
+FIREWALL_GAP = 2.0
 SETTLE = 1.0  # a verb in flight finishes well within this
 FIREWALL_INTERVAL = float(os.environ.get("MULTINIC_FIREWALL_CHECK_INTERVAL", "15"))
 FULL_INTERVAL = float(os.environ.get("MULTINIC_FULL_INTERVAL", "300"))
@@ -117,36 +121,51 @@ def still(check: Any, store: Store) -> list[str]:
 
 def run(store: Store, stop_event: Any) -> None:
     driver = Driver(store)
+    listener = kevents.Listener()
     last_full = last_gc = last_fw = time.monotonic()
-    while not stop_event.wait(CHECK_INTERVAL):
-        try:
-            state = store.load()
-            if not state.networks:
+    next_check = last_full + CHECK_INTERVAL
+    fw_due = False
+    try:
+        while not stop_event.is_set():
+            kinds = listener.wait(WAKE)
+            now = time.monotonic()
+            fw_due = fw_due or "firewall" in kinds
+            fw_now = (fw_due and now - last_fw >= FIREWALL_GAP) or now - last_fw > FIREWALL_INTERVAL
+            if not ("netlink" in kinds or fw_now or now >= next_check or now - last_gc > GC_INTERVAL):
                 continue
-            counts: dict[str, int] = {}
-            reasons = drift(state, counts)
-            if reasons:
-                reasons = still(drift, store)
-            if not reasons and time.monotonic() - last_fw > FIREWALL_INTERVAL:
-                last_fw = time.monotonic()
-                if firewall_drift(state, firewall()):
-                    reasons = still(lambda s: firewall_drift(s, firewall()), store)
-            if reasons or time.monotonic() - last_full > FULL_INTERVAL:
-                if reasons:
-                    log.warning("kernel drifted from state (%s); re-applying", "; ".join(reasons))
-                driver.recover(None)
-                for kind, n in counts.items():  # metrics hook (issue 15): after the repair succeeded
-                    metrics.repaired(kind, n if reasons else 0)
-                last_full = last_fw = time.monotonic()
-                health.note(True, repaired=bool(reasons))
-            if time.monotonic() - last_gc > GC_INTERVAL:
-                last_gc = time.monotonic()
-                view = engine.endpoints_by_network(timeout=5)
-                if view is not None:
-                    driver.collect_garbage(view, time.time(), grace=GC_GRACE)
-        except Exception as exc:  # noqa: BLE001 - keep healing; the next round may succeed
-            log.exception("healer round failed")
-            health.note(False, exc)
+            next_check = now + CHECK_INTERVAL
+            try:
+                state = store.load()
+                if not state.networks:
+                    fw_due = False
+                    continue
+                counts: dict[str, int] = {}
+                reasons = drift(state, counts)
+                if reasons:  # the repairs counted are those the second look confirms
+                    counts.clear()
+                    reasons = still(lambda s: drift(s, counts), store)  # noqa: B023 - called at once
+                if not reasons and fw_now:
+                    last_fw, fw_due = time.monotonic(), False
+                    if firewall_drift(state, firewall()):
+                        reasons = still(lambda s: firewall_drift(s, firewall()), store)
+                if reasons or time.monotonic() - last_full > FULL_INTERVAL:
+                    if reasons:
+                        log.warning("kernel drifted from state (%s); re-applying", "; ".join(reasons))
+                    driver.recover(None)
+                    for kind, n in counts.items():  # metrics hook (issue 15): after the repair succeeded
+                        metrics.repaired(kind, n if reasons else 0)
+                    last_full = last_fw = time.monotonic()
+                    health.note(True, repaired=bool(reasons))
+                if time.monotonic() - last_gc > GC_INTERVAL:
+                    last_gc = time.monotonic()
+                    view = engine.endpoints_by_network(timeout=5)
+                    if view is not None:
+                        driver.collect_garbage(view, time.time(), grace=GC_GRACE)
+            except Exception as exc:  # noqa: BLE001 - keep healing; the next round may succeed
+                log.exception("healer round failed")
+                health.note(False, exc)
+    finally:
+        listener.close()
 
 
 def spawn(store: Store) -> BackgroundProcess:

@@ -230,3 +230,84 @@ def test_a_retired_veth_left_by_a_crash_is_removed_by_the_whole_host_writer(topo
     assert retired.startswith("multinic:gone:") and after is None
     assert call_in(topo, "DeleteNetwork", {"NetworkID": NID})["status"] == 200
     assert topo.dump() == before
+
+
+def _heal_on_events(state_dir: str, stop) -> None:
+    """The healer with periods far longer than the test: only kernel events can wake it."""
+    from plugin import healer
+
+    healer.CHECK_INTERVAL = healer.FIREWALL_INTERVAL = healer.FULL_INTERVAL = healer.GC_INTERVAL = 3600.0
+    healer.run(Store(state_dir), stop)
+
+
+def test_the_healer_repairs_on_kernel_events_not_only_on_its_period(topo):
+    """A deleted ip rule of ours (netlink event) and a flushed chain of ours (nf_tables event)
+    are put back although the healer's periods are an hour long."""
+    import multiprocessing
+    import time
+
+    from tests.nsutil import enter_netns
+
+    before = topo.dump()
+    assert create_network(topo, {"parent": "eth1"})["status"] == 200
+    attach_container(topo, [PORT])
+    ctx = multiprocessing.get_context("fork")
+    stop = ctx.Event()
+
+    def child() -> None:
+        enter_netns(topo.host)
+        _heal_on_events(topo.state_dir, stop)
+
+    proc = ctx.Process(target=child)
+    proc.start()
+
+    def eventually(check, what: str) -> None:
+        deadline = time.monotonic() + 20
+        while not check():
+            assert time.monotonic() < deadline, f"not repaired: {what}"
+            time.sleep(0.2)
+
+    try:
+        time.sleep(1.0)  # the healer's sockets are bound
+        sh(topo.host, "ip rule del pref 10002")
+        eventually(lambda: "10.10.0.0/24" in sh(topo.host, "ip rule show pref 10002"), "ip rule")
+        sh(topo.host, "iptables-nft -t nat -F MULTINIC-POSTROUTING")
+        eventually(lambda: "MASQUERADE" in sh(topo.host, "iptables-nft -t nat -S MULTINIC-POSTROUTING"), "chain")
+    finally:
+        stop.set()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    detach_and_remove(topo)
+    assert topo.dump() == before
+
+
+def test_kernel_event_classification():
+    """Deleted routes and rules of ours, and our bridges, wake the healer; container veths and
+    other protocols do not; nf_tables deletions do, additions do not."""
+    import socket
+    import struct
+
+    from plugin import kevents
+    from plugin.tags import RT_PROTO
+
+    def msg(kind: int, body: bytes) -> bytes:
+        return struct.pack("=IHHII", 16 + len(body), kind, 0, 0, 0) + body
+
+    def attr(kind: int, value: bytes) -> bytes:
+        raw = struct.pack("=HH", 4 + len(value), kind) + value
+        return raw + b"\0" * (-len(raw) % 4)
+
+    route = lambda proto: msg(kevents.RTM_DELROUTE, bytes([2, 24, 0, 0, 254, proto, 0, 1]) + b"\0" * 4)  # noqa: E731
+    rule = lambda proto: msg(kevents.RTM_DELRULE, b"\0" * 12 + attr(kevents.FRA_PROTOCOL, bytes([proto])))  # noqa: E731
+    link = lambda alias: msg(kevents.RTM_DELLINK, b"\0" * 16 + attr(kevents.IFLA_IFALIAS, alias + b"\0"))  # noqa: E731
+    nft = lambda m: msg((kevents.NFNL_SUBSYS_NFTABLES << 8) | m, b"\0" * 4)  # noqa: E731
+    rtnl = socket.NETLINK_ROUTE
+    assert kevents.classify(route(RT_PROTO), rtnl) == {"netlink"}
+    assert kevents.classify(route(4), rtnl) == set()
+    assert kevents.classify(rule(RT_PROTO) + rule(3), rtnl) == {"netlink"}
+    assert kevents.classify(link(b"multinic:net:" + b"a" * 64), rtnl) == {"netlink"}
+    assert kevents.classify(link(b"multinic:ep:" + b"a" * 64) + link(b"x"), rtnl) == set()
+    assert kevents.classify(nft(kevents.NFT_MSG_DELRULE), kevents.NETLINK_NETFILTER) == {"firewall"}
+    assert kevents.classify(nft(6), kevents.NETLINK_NETFILTER) == set()  # NFT_MSG_NEWRULE
