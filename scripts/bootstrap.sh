@@ -8,8 +8,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 need=()
 # docker-registry: the local plugin registry of the managed-plugin e2e test (run as a plain process in
-# the lab); systemd: systemd-analyze verifies the host-service unit.
-for pkg in docker.io iptables nftables busybox-static conntrack iproute2 python3-venv debootstrap docker-registry \
+# the lab); systemd: systemd-analyze verifies the host-service unit; iperf3: scripts/bench.py.
+for pkg in docker.io iptables nftables busybox-static conntrack iproute2 python3-venv debootstrap docker-registry iperf3 \
     systemd; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
