@@ -4,8 +4,8 @@ Docker (20.10–27) elects a container's gateway network by *name*; Docker 28 ad
 ``GwPriority`` that remote drivers never see. multinic networks carry ``gw_priority`` (network
 option, or ``--driver-opt gw_priority=N`` per endpoint). This module decides, purely, which
 attachment should provide the default route (:func:`choose`) and the policy routing that makes it
-so inside the container (:func:`container_routing`), then reconciles it in the container's netns
-(:func:`apply`, :func:`remove`).
+so inside the container (:func:`container_routing`). The one writer applies it in the container's
+netns (:func:`plugin.reconcile.reconcile_container`, :func:`plugin.reconcile.remove_container`).
 
 dockerd's own routes in the container's main table are never touched (replacing its default route
 or adding split routes breaks later ``docker network connect``, remote-driver-api.md §5.6). We steer
@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 from .desired import MAIN_TABLE, RouteSpec, RuleSpec
-from .tags import RT_PROTO
 
 log = logging.getLogger(__name__)
 
@@ -218,111 +215,3 @@ def container_routing(
             rules.add(RuleSpec(priority=RULE_PREF_OVERRIDE, table=TABLE_OVERRIDE))
             routes.add(RouteSpec(table=TABLE_OVERRIDE, dst=DEFAULT_DST, dev=ifname, gateway=chosen.gateway))
     return Routing(rules=frozenset(rules), routes=frozenset(routes))
-
-
-# -- the container's netns -----------------------------------------------------------------
-class NotThatNetns(Exception):
-    """The path does not lead to the container's netns (our own netns, or a recycled pid)."""
-
-
-def _ns_id(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
-
-
-@contextmanager
-def open_netns(netns_path: str, expect: str | None = None) -> Iterator[Any]:
-    """An IPRoute bound to the netns at ``netns_path`` (typically ``/proc/<pid>/ns/net``).
-
-    Refuses this process's own netns (the host's, for a plugin running there): whatever goes
-    wrong, the host's rules and routes are never touched. If ``expect`` (dockerd's SandboxKey)
-    is readable it must be the same namespace, which catches a pid recycled since ``inspect``.
-    Never creates a namespace (pyroute2's default would for a missing path).
-    """
-    from pyroute2 import NetNS
-
-    fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        target = _ns_id(os.fstat(fd))
-        if target == _ns_id(os.stat("/proc/self/ns/net")):
-            raise NotThatNetns(f"{netns_path} is this process's own network namespace")
-        if expect:
-            try:
-                expected = _ns_id(os.stat(expect))
-            except OSError:
-                expected = None  # not visible from here (managed plugin without the mount)
-            if expected is not None and expected != target:
-                raise NotThatNetns(f"{netns_path} is not the namespace {expect}")
-        with NetNS(fd, flags=0) as ipr:
-            yield ipr
-    finally:
-        os.close(fd)
-
-
-def netns_facts(ipr: Any) -> tuple[ipaddress.IPv4Address | None, dict[ipaddress.IPv4Address, str]]:
-    """(dockerd's default gateway in the main table, {address: ifname}) of the netns ``ipr`` is in."""
-    from .netlink import _attr, all_ipv4_addresses
-
-    gateway = None
-    for msg in ipr.route("dump", family=AF_INET):
-        if (
-            _attr(msg, "RTA_TABLE", msg["table"]) == MAIN_TABLE
-            and msg["dst_len"] == 0
-            and msg["proto"] != RT_PROTO
-            and _attr(msg, "RTA_GATEWAY")
-        ):
-            gateway = ipaddress.IPv4Address(_attr(msg, "RTA_GATEWAY"))
-            break
-    return gateway, {iface.ip: name for name, iface in all_ipv4_addresses(ipr)}
-
-
-def sync_routing(ipr: Any, routing: Routing) -> bool:
-    """Make our (proto 211) rules and routes in ``ipr``'s netns equal ``routing``; True if changed.
-
-    Routes go in before the rules that use them and out after them; nothing without our
-    protocol number is ever added to or removed from.
-    """
-    from .netlink import add_rule, delete_route, delete_rule, owned_routes, owned_rules, replace_route
-
-    present_routes = owned_routes(ipr)
-    present_rules = owned_rules(ipr)
-    missing_routes = sorted(routing.routes - present_routes, key=repr)
-    extra_routes = sorted(present_routes - routing.routes, key=repr)
-    missing_rules = sorted(routing.rules - present_rules, key=repr)
-    extra_rules = sorted(present_rules - routing.rules, key=repr)
-    for route in missing_routes:
-        replace_route(ipr, route)
-    for rule in missing_rules:
-        add_rule(ipr, rule)
-    for rule in extra_rules:
-        delete_rule(ipr, rule)
-    for route in extra_routes:
-        delete_route(ipr, route)
-    return bool(missing_routes or extra_routes or missing_rules or extra_rules)
-
-
-def apply(netns_path: str, routing: Routing, expect: str | None = None) -> bool:
-    """Reconcile ``routing`` inside the netns at ``netns_path`` (idempotent); True if anything changed."""
-    with open_netns(netns_path, expect) as ipr:
-        return sync_routing(ipr, routing)
-
-
-def remove(netns_path: str, expect: str | None = None) -> bool:
-    """Remove every rule and route of ours from the netns at ``netns_path``; True if there were any."""
-    return apply(netns_path, Routing(), expect)
-
-
-def reconcile(
-    netns_path: str, attachments: list[Attachment], expect: str | None = None
-) -> tuple[Decision, Routing, dict[str, Any]]:
-    """Read the netns, decide, apply — with one netlink socket. Returns what was decided and facts seen."""
-    with open_netns(netns_path, expect) as ipr:
-        docker_gw, ifname_by_ip = netns_facts(ipr)
-        decision = choose(attachments, docker_gw)
-        routing = container_routing(attachments, decision, ifname_by_ip)
-        changed = sync_routing(ipr, routing)
-    facts = {
-        "docker_gateway": str(docker_gw) if docker_gw else None,
-        "ifnames": {str(ip): name for ip, name in ifname_by_ip.items()},
-        "changed": changed,
-    }
-    return decision, routing, facts

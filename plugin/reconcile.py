@@ -17,23 +17,30 @@ Two entry points, one code path for each kind of object:
 
 The rp_filter restore and the conntrack flush of unpublished ports are desired state too
 (:class:`plugin.desired.HostState` ``sysctls`` and ``flows``), applied by the same writer.
+
+Inside containers, the gateway watcher's policy routing (decided purely by :mod:`plugin.gateway`)
+is written here too: :func:`reconcile_container`, :func:`remove_container`.
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
+import os
 import threading
-from typing import Callable, Mapping
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping
 
 from pyroute2 import IPRoute
 
 from . import netlink, ports
-from .desired import Change, HostState, change, host_state, scope
+from .desired import MAIN_TABLE, Change, HostState, change, host_state, scope
 from .facts import ParentFacts
 from .firewall import FirewallBackend, Ruleset, get_backend
+from .gateway import AF_INET, Attachment, Decision, Routing, choose, container_routing
 from .state import State
-from .tags import LINK_BRIDGE, LINK_GONE, LINK_VETH
+from .tags import LINK_BRIDGE, LINK_GONE, LINK_VETH, RT_PROTO
 
 log = logging.getLogger(__name__)
 
@@ -217,3 +224,108 @@ def remove_stale_links(ipr: IPRoute, state: State) -> None:
         elif kind == LINK_GONE:
             log.info("removing retired veth %s (endpoint %s)", name, object_id[:12])
             netlink.delete_link(ipr, name)
+
+
+# -- inside containers: the gateway watcher's policy routing ---------------------------------
+# What to put there is decided purely in :mod:`plugin.gateway`; only this writes it.
+class NotThatNetns(Exception):
+    """The path does not lead to the container's netns (our own netns, or a recycled pid)."""
+
+
+def _ns_id(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+@contextmanager
+def open_netns(netns_path: str, expect: str | None = None) -> Iterator[Any]:
+    """An IPRoute bound to the netns at ``netns_path`` (typically ``/proc/<pid>/ns/net``).
+
+    Refuses this process's own netns (the host's, for a plugin running there): whatever goes
+    wrong, the host's rules and routes are never touched. If ``expect`` (dockerd's SandboxKey)
+    is readable it must be the same namespace, which catches a pid recycled since ``inspect``.
+    Never creates a namespace (pyroute2's default would for a missing path).
+    """
+    from pyroute2 import NetNS
+
+    fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = _ns_id(os.fstat(fd))
+        if target == _ns_id(os.stat("/proc/self/ns/net")):
+            raise NotThatNetns(f"{netns_path} is this process's own network namespace")
+        if expect:
+            try:
+                expected = _ns_id(os.stat(expect))
+            except OSError:
+                expected = None  # not visible from here (managed plugin without the mount)
+            if expected is not None and expected != target:
+                raise NotThatNetns(f"{netns_path} is not the namespace {expect}")
+        with NetNS(fd, flags=0) as ipr:
+            yield ipr
+    finally:
+        os.close(fd)
+
+
+def netns_facts(ipr: Any) -> tuple[ipaddress.IPv4Address | None, dict[ipaddress.IPv4Address, str]]:
+    """(dockerd's default gateway in the main table, {address: ifname}) of the netns ``ipr`` is in."""
+    gateway = None
+    for msg in ipr.route("dump", family=AF_INET):
+        if (
+            netlink._attr(msg, "RTA_TABLE", msg["table"]) == MAIN_TABLE
+            and msg["dst_len"] == 0
+            and msg["proto"] != RT_PROTO
+            and netlink._attr(msg, "RTA_GATEWAY")
+        ):
+            gateway = ipaddress.IPv4Address(netlink._attr(msg, "RTA_GATEWAY"))
+            break
+    return gateway, {iface.ip: name for name, iface in netlink.all_ipv4_addresses(ipr)}
+
+
+def _sync_container(ipr: Any, routing: Routing) -> bool:
+    """Make our (proto 211) rules and routes in ``ipr``'s netns equal ``routing``; True if changed.
+
+    Routes go in before the rules that use them and out after them; nothing without our
+    protocol number is ever added to or removed from.
+    """
+    present_routes = netlink.owned_routes(ipr)
+    present_rules = netlink.owned_rules(ipr)
+    missing_routes = sorted(routing.routes - present_routes, key=repr)
+    extra_routes = sorted(present_routes - routing.routes, key=repr)
+    missing_rules = sorted(routing.rules - present_rules, key=repr)
+    extra_rules = sorted(present_rules - routing.rules, key=repr)
+    for route in missing_routes:
+        netlink.replace_route(ipr, route)
+    for rule in missing_rules:
+        netlink.add_rule(ipr, rule)
+    for rule in extra_rules:
+        netlink.delete_rule(ipr, rule)
+    for route in extra_routes:
+        netlink.delete_route(ipr, route)
+    return bool(missing_routes or extra_routes or missing_rules or extra_rules)
+
+
+def apply_container(netns_path: str, routing: Routing, expect: str | None = None) -> bool:
+    """Reconcile ``routing`` inside the netns at ``netns_path`` (idempotent); True if anything changed."""
+    with open_netns(netns_path, expect) as ipr:
+        return _sync_container(ipr, routing)
+
+
+def remove_container(netns_path: str, expect: str | None = None) -> bool:
+    """Remove every rule and route of ours from the netns at ``netns_path``; True if there were any."""
+    return apply_container(netns_path, Routing(), expect)
+
+
+def reconcile_container(
+    netns_path: str, attachments: list[Attachment], expect: str | None = None
+) -> tuple[Decision, Routing, dict[str, Any]]:
+    """Read the netns, decide, apply — with one netlink socket. Returns what was decided and facts seen."""
+    with open_netns(netns_path, expect) as ipr:
+        docker_gw, ifname_by_ip = netns_facts(ipr)
+        decision = choose(attachments, docker_gw)
+        routing = container_routing(attachments, decision, ifname_by_ip)
+        changed = _sync_container(ipr, routing)
+    facts = {
+        "docker_gateway": str(docker_gw) if docker_gw else None,
+        "ifnames": {str(ip): name for ip, name in ifname_by_ip.items()},
+        "changed": changed,
+    }
+    return decision, routing, facts

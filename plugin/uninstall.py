@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 
-from . import gateway
+from . import reconcile
 from .decisions import load_decisions, load_watcher_info, write_decisions
 
 log = logging.getLogger(__name__)
@@ -21,9 +21,10 @@ def remove_all(state_dir: str | os.PathLike[str]) -> int:
         if not sandbox or not os.path.exists(sandbox):
             continue  # container gone (or its netns not visible): the pid may belong to anything now
         try:
-            if gateway.remove(f"/proc/{int(dec.get('pid') or 0)}/ns/net", expect=dec.get("sandbox") or None):
+            netns = f"/proc/{int(dec.get('pid') or 0)}/ns/net"
+            if reconcile.remove_container(netns, expect=dec.get("sandbox") or None):
                 changed += 1
-        except (OSError, ValueError, gateway.NotThatNetns) as exc:
+        except (OSError, ValueError, reconcile.NotThatNetns) as exc:
             log.debug("container %s: %s", cid[:12], exc)
     write_decisions(state_dir, {}, load_watcher_info(state_dir))
     return changed

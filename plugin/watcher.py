@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import background, gateway, health
+from . import background, gateway, health, reconcile
 from .background import BackgroundProcess, StopFlag
 from .decisions import load_decisions, write_decisions
 from .gateway import Attachment
@@ -214,13 +214,15 @@ class Watcher:
             if not self.ours(api, networks, state):
                 just_left = (self.last_event.get(cid) or (0, ""))[1] == "network disconnect"
                 if cid in self.decisions or just_left:
-                    if gateway.remove(netns, expect=settings.get("SandboxKey") or None):
+                    if reconcile.remove_container(netns, expect=settings.get("SandboxKey") or None):
                         log.info("%s has no %s network any more: policy routing removed", name, self.driver_name)
                     self._forget(cid)
                 return
             attachments = build_attachments(networks, lambda nid: self._netinfo(api, nid), state, self.driver_name)
-            decision, routing, facts = gateway.reconcile(netns, attachments, expect=settings.get("SandboxKey") or None)
-        except (FileNotFoundError, ProcessLookupError, gateway.NotThatNetns) as exc:
+            decision, routing, facts = reconcile.reconcile_container(
+                netns, attachments, expect=settings.get("SandboxKey") or None
+            )
+        except (FileNotFoundError, ProcessLookupError, reconcile.NotThatNetns) as exc:
             log.debug("%s vanished or changed while reconciling: %s", name, exc)
             return
         except NetlinkError as exc:

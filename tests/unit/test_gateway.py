@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
-from plugin import decisions, gateway, watcher
+from plugin import decisions, gateway, reconcile, watcher
 from plugin.cli import gateway_rows
 from plugin.desired import MAIN_TABLE, RouteSpec, RuleSpec
 from plugin.gateway import (
@@ -319,7 +319,7 @@ def test_watcher_skips_foreign_containers_and_forgets_dead_ones(tmp_path, monkey
         return decision, gateway.Routing(), {"docker_gateway": "10.1.0.1", "ifnames": {"10.1.0.2": "eth0"},
                                              "changed": False}
 
-    monkeypatch.setattr(gateway, "reconcile", fake_reconcile)
+    monkeypatch.setattr(reconcile, "reconcile_container", fake_reconcile)
     w = watcher.Watcher(Store(tmp_path), "mn")
     w.resync(api)
     assert seen == [("/proc/4242/ns/net", ["front"])]
@@ -366,7 +366,7 @@ def test_managed_plugin_networks_are_ours_by_id(tmp_path, monkeypatch):
         return gateway.choose(attachments, gw(1)), gateway.Routing(), {"docker_gateway": None, "ifnames": {},
                                                                         "changed": True}
 
-    monkeypatch.setattr(gateway, "reconcile", fake_reconcile)
+    monkeypatch.setattr(reconcile, "reconcile_container", fake_reconcile)
     watcher.Watcher(store, "multinic").resync(FakeAPI(containers, nets))
     assert seen == [[("front", 3, "network opt")]]
 
@@ -377,7 +377,8 @@ def test_last_network_disconnected_removes_rules_even_if_never_recorded(tmp_path
                          "NetworkSettings": {"Networks": {"bridge": _inspect_net("n9", "172.17.0.2", "172.17.0.1")},
                                              "SandboxKey": "/nonexistent"}}}
     removed = []
-    monkeypatch.setattr(gateway, "remove", lambda netns, expect=None: removed.append((netns, expect)) or True)
+    monkeypatch.setattr(reconcile, "remove_container",
+                        lambda netns, expect=None: removed.append((netns, expect)) or True)
     w = watcher.Watcher(Store(tmp_path), "mn")
     api = FakeAPI(containers, nets)
     assert not w._note_event(("c1", 1, "network disconnect"))  # not known running: no inspect mid-start
