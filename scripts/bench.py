@@ -282,27 +282,69 @@ class Bench:
 
     # -- process spawns -------------------------------------------------------------------------
     def op_spawns(self) -> None:
+        """Processes the plugin starts during one ``run --rm`` (with and without ``-p``), split into
+        the request path (gunicorn) and the background loops (the healer's firewall check, woken
+        by nf_tables events that Docker's own rules also cause). strace follows forks, so each
+        exec is attributed to the plugin process it descends from."""
         if not shutil.which("strace") or self.lab._plugin is None:
             self.say("spawns: no strace (or plugin not started by the lab); skipped")
             return
         pgid = self.lab._plugin.pid
         pids = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pgid]
+        conn = _UnixHTTP(self.lab.plugin_socket)
+        conn.request("POST", "/Plugin.Health", "{}")
+        loops = json.loads(conn.getresponse().read() or b"{}").get("loops", {})
+        conn.close()
+        background = {int(info["pid"]) for info in loops.values() if info.get("pid")}
         for op, cmd in (("spawns_run_rm", ["run", "--rm", "--network", "bn-multinic", IMAGE, "true"]),
                         ("spawns_run_p", ["run", "--rm", "--network", "bn-multinic", "-p", "5500:80", IMAGE,
                                           "true"])):
             with tempfile.NamedTemporaryFile(prefix="mn-strace-", suffix=".txt") as out:
-                tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=execve", "-o", out.name,
-                                           *[a for p in pids for a in ("-p", p)]],
+                tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=execve,clone,clone3,fork,vfork",
+                                           "-o", out.name, *[a for p in pids for a in ("-p", p)]],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1.0)
                 self.docker(*cmd)
                 time.sleep(0.5)
                 tracer.terminate()
                 tracer.wait(10)
-                lines = [ln for ln in Path(out.name).read_text().splitlines() if "execve(" in ln and "= 0" in ln]
-            progs = sorted({ln.split('execve("', 1)[1].split('"', 1)[0] for ln in lines})
-            self.record("multinic", op, 0, len(lines), "spawns")
-            self.say(f"{op}: {len(lines)} spawn(s) {', '.join(progs)}")
+                lines = Path(out.name).read_text().splitlines()
+            if os.environ.get("MULTINIC_BENCH_DEBUG"):
+                print("\n".join(lines[:40]), file=sys.stderr)
+            parent: dict[int, int] = {}
+            execs: list[tuple[int, str]] = []
+            pending: dict[int, str] = {}  # pid → program of an execve strace split ("<unfinished ...>")
+            for ln in lines:
+                pid_s, _, rest = ln.partition(" ")
+                rest = rest.lstrip()
+                if not pid_s.isdigit():
+                    continue
+                pid = int(pid_s)
+                result = rest.rsplit("= ", 1)[1].split()[0] if "= " in rest else ""
+                if rest.startswith(("clone", "fork", "vfork", "<... clone", "<... fork", "<... vfork")):
+                    if result.isdigit():
+                        parent[int(result)] = pid
+                elif rest.startswith("execve("):
+                    prog = rest.split('execve("', 1)[1].split('"', 1)[0]
+                    if rest.endswith("<unfinished ...>"):
+                        pending[pid] = prog
+                    elif result == "0":
+                        execs.append((pid, prog))
+                elif rest.startswith("<... execve resumed>") and result == "0" and pid in pending:
+                    execs.append((pid, pending.pop(pid)))
+
+            def from_loop(pid: int, parent: dict[int, int] = parent) -> bool:
+                seen = 0
+                while pid not in background and pid in parent and seen < 64:
+                    pid, seen = parent[pid], seen + 1
+                return pid in background
+
+            request = sorted(prog for pid, prog in execs if not from_loop(pid))
+            loop = sorted(prog for pid, prog in execs if from_loop(pid))
+            self.record("multinic", op, 0, len(request), "spawns")
+            self.record("multinic", op + "_background", 0, len(loop), "spawns")
+            self.say(f"{op}: request path {len(request)} spawn(s) {', '.join(sorted(set(request)))}; "
+                     f"background loops {len(loop)} {', '.join(sorted(set(loop)))}")
 
     # -- scale ------------------------------------------------------------------------------------
     def op_scale_networks(self) -> None:
