@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import itertools
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .facts import ParentFacts
 from .firewall.model import Edit, Ruleset, diff
@@ -148,30 +149,47 @@ def scope(before: State, after: State) -> tuple[State, State]:
     - An endpoint's objects (its veth, its DNAT rules, its flows) depend on itself and its
       network only. When only endpoints changed, the scope is those endpoints and their
       networks: the networks' own objects come out the same on both sides, so they cancel.
-    - Network-level objects are shared between networks (one fwmark rule per parent, the
-      "main" mark rule, rp_filter, the parents' records), so when a network or a parent record
-      changed, every network is in scope, with the endpoints of the changed networks. Networks
-      are few; endpoints are what fills a host.
+    - Network-level objects are shared between networks on the same parent (its table's default
+      and unreachable routes, its fwmark rule, its CONNMARK rule, its rp_filter and record), and
+      between all routed networks (the "main" mark rule, the isolation rules naming Docker's
+      bridges, the first jump of MULTINIC-FORWARD). So when a network or a parent record
+      changed, the scope holds the changed networks and, of the unchanged ones, one per parent
+      involved (per table, mark and next hop, which siblings share anyway) and one of each kind
+      that carries host-wide objects: networks alike on a parent produce its shared objects
+      identically, so one that stays keeps them on both sides exactly as the whole host has
+      them. The endpoints in scope are those of the changed networks and the touched ones (with
+      their networks). Creating the 50th network on a NIC then costs what the first did.
     """
     touched = _differing(before.endpoints, after.endpoints)
     changed_nets = _differing(before.networks, after.networks)
-    if changed_nets or before.parents != after.parents:
+    changed_parents = _differing(before.parents, after.parents)
+    if changed_nets or changed_parents:
+        parents = set(changed_parents)
+        for state in (before, after):
+            parents |= {n.parent for nid in changed_nets if (n := state.networks.get(nid)) and n.parent}
+        keep = set(changed_nets) | _networks_of(touched, before, after)
+        unchanged = [before.networks[nid] for nid in sorted(before.networks.keys() - changed_nets)]
+        seen: set[tuple[Any, ...]] = set()
+        for net in unchanged:  # one network that stays on each parent carries its shared objects
+            key = (net.parent, net.internal, net.table, net.mark_slot, net.parent_gateway)
+            if net.parent in parents and key not in seen:
+                seen.add(key)
+                keep.add(net.id)
+        keep |= _first(unchanged)  # ... one for the chains' fixed rules (Docker's bridges' isolation)
+        keep |= _first(n for n in unchanged if _routed(n))  # ... one for the "main" mark rule
 
         def part(state: State) -> State:
             return State(
-                networks=dict(state.networks),
+                networks={nid: n for nid, n in state.networks.items() if nid in keep},
                 endpoints={
                     eid: ep for eid, ep in state.endpoints.items()
                     if eid in touched or ep.network_id in changed_nets
                 },
-                parents=dict(state.parents),
+                parents={p: r for p, r in state.parents.items() if p in parents},
             )
 
         return part(before), part(after)
-    nets = {
-        ep.network_id for state in (before, after) for eid in touched
-        if (ep := state.endpoints.get(eid)) is not None
-    }
+    nets = _networks_of(touched, before, after)
 
     def endpoints_only(state: State) -> State:
         return State(
@@ -180,6 +198,19 @@ def scope(before: State, after: State) -> tuple[State, State]:
         )
 
     return endpoints_only(before), endpoints_only(after)
+
+
+def _networks_of(endpoints: set[str], *states: State) -> set[str]:
+    return {ep.network_id for state in states for eid in endpoints if (ep := state.endpoints.get(eid)) is not None}
+
+
+def _first(nets: Iterable[Any]) -> set[str]:
+    return {net.id for net in itertools.islice(nets, 1)}
+
+
+def _routed(net: Any) -> bool:
+    """A network that carries the host-wide "main" mark rule (see :func:`host_state`)."""
+    return bool(not net.internal and net.parent and net.table is not None and net.mark_slot)
 
 
 def _differing(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import re
+import socket
+import struct
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,6 +22,12 @@ from . import devconf
 from .desired import BridgeSpec, RouteSpec, RuleSpec, VethSpec
 from .facts import HostFacts, ParentFacts
 from .tags import LINK_BRIDGE, LINK_GONE, LINK_VETH, RT_PROTO, link_alias, parse_link_alias
+
+SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
+RTM_NEWADDR, RTM_GETADDR = 20, 22
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+IFA_ADDRESS = 1
 
 SCOPE_LINK = 253
 RTN_UNREACHABLE = 7
@@ -55,10 +64,45 @@ def tagged_links(ipr: IPRoute) -> dict[str, tuple[str, str, int]]:
 
 
 def ipv4_addresses(ipr: IPRoute, index: int) -> tuple[ipaddress.IPv4Interface, ...]:
-    addrs = []
-    for msg in ipr.get_addr(family=AF_INET, index=index):
-        addrs.append(ipaddress.IPv4Interface(f"{_attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}"))
-    return tuple(addrs)
+    """The IPv4 addresses of one link (``ipr``'s namespace must be this process's own).
+
+    Asked of the kernel with the link's index in a strict dump (NETLINK_GET_STRICT_CHK), so the
+    kernel answers with that link's addresses only: pyroute2 dumps every address of the host and
+    filters in Python, a cost that grows with every bridge (network) on the host."""
+    seq = int.from_bytes(os.urandom(4), "little")
+    body = struct.pack("=BBBBI", socket.AF_INET, 0, 0, 0, index)
+    out = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        try:
+            sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+        except OSError:
+            pass  # kernels before 4.20: a full dump, filtered below
+        sock.bind((0, 0))
+        sock.send(struct.pack("=IHHII", 16 + len(body), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+        while True:
+            data = sock.recv(1 << 16)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind, _flags, rseq, _pid = struct.unpack_from("=IHHII", data, offset)
+                if length < 16:
+                    return tuple(out)
+                payload = data[offset + 16 : offset + length]
+                offset += (length + 3) & ~3
+                if rseq != seq:
+                    continue
+                if kind == NLMSG_DONE:
+                    return tuple(out)
+                if kind == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", payload)[0]
+                    if code:
+                        raise NetlinkError(code, os.strerror(code))
+                    return tuple(out)
+                if kind != RTM_NEWADDR or len(payload) < 8:
+                    continue
+                family, prefixlen, _f, _scope, ifindex = struct.unpack_from("=BBBBI", payload)
+                address = devconf._attrs(payload[8:]).get(IFA_ADDRESS)
+                if family == socket.AF_INET and ifindex == index and address and len(address) == 4:
+                    out.append(ipaddress.IPv4Interface(f"{socket.inet_ntoa(address)}/{prefixlen}"))
 
 
 def parent_facts(ipr: IPRoute, ifname: str) -> ParentFacts:

@@ -248,6 +248,7 @@ OPS = st.lists(st.tuples(st.integers(0, 4), st.integers(0, 50), st.integers(0, 5
 @given(st.lists(OPS, min_size=1, max_size=6), OPS)
 @example([[(0, 0, 1, 1)]], [(2, 0, 1, 1)])  # the network of 20 published endpoints moves to eth2
 @example([[(4, 0, 0, 0)]], [(3, 1, 0, 0)])  # a parent record goes while a network is removed
+@example([[(2, 0, 0, 1), (2, 2, 1, 1), (2, 3, 1, 1)]], [(2, 2, 0, 0)])  # the first sibling left is internal
 def test_the_change_over_a_verbs_scope_is_the_change_over_the_whole_host(history, verb):
     """Property: whatever is on the host, the writer's scoped change (the endpoints a verb
     touched and their networks, or every network when one changed) is exactly the change the
@@ -260,6 +261,16 @@ def test_the_change_over_a_verbs_scope_is_the_change_over_the_whole_host(history
         whole = change(host_state(state, facts), host_state(after, facts))
         mine, theirs = scope(state, after)
         assert change(host_state(mine, facts), host_state(theirs, facts)) == whole
+
+
+def test_a_network_verb_scopes_to_one_sibling_per_parent_not_to_every_network():
+    before = host(40, 0)
+    new = net(77)
+    after = snapshot(before)
+    after.networks[new.id] = new
+    mine, theirs = scope(before, after)
+    assert len(theirs.networks) == 2 and new.id in theirs.networks  # itself and one sibling on eth1
+    assert change(host_state(mine, FACTS), host_state(theirs, FACTS)) == diff(before, after)
 
 
 def test_an_endpoint_verb_scopes_to_that_endpoint_and_its_network():
