@@ -60,6 +60,15 @@ def driver_name(socket_path: str) -> str:
     return Path(socket_path).stem
 
 
+def _flush_deletes(_server: Any, _worker: Any) -> None:
+    from . import reconcile
+
+    try:
+        reconcile.wait_for_deletes()
+    except Exception:  # noqa: BLE001 - the whole-host writer removes what is left
+        log.exception("deleting retired veths at worker exit failed")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
@@ -128,6 +137,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "proc_name": "multinic",
         # gunicorn >= 23 opens a control socket in $HOME; two plugins (or two labs) would share it.
         "control_socket_disable": True,
+        # a worker leaving (restart, shutdown) deletes the veths it retired but had not yet deleted
+        "worker_exit": _flush_deletes,
     }
     app = create_app(driver)
 

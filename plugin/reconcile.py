@@ -29,6 +29,7 @@ import ipaddress
 import logging
 import os
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping
 
@@ -78,6 +79,7 @@ def apply_change(
     at once and deleted by a thread after the response (the kernel's veth deletion waits for
     an RCU grace period, ~20 ms); a crash in between leaves a tagged link the whole-host path
     removes. ``facts``: the parents as the verb read them, if it did (a Join with ports)."""
+    _note_busy()
     mine, theirs = scope(before, after)
     with IPRoute() as ipr:
         if not _needs_facts(mine, theirs):
@@ -94,6 +96,7 @@ def apply_change(
         except Exception as exc:  # noqa: BLE001 - the full writer decides; its error is the one raised
             log.warning("kernel did not match the saved state (%s); re-applying the whole host", exc)
             reconcile(after, backend)
+    _note_busy()
     return todo
 
 
@@ -149,33 +152,72 @@ def _apply(
     ports.forget_flows(todo.flows_gone)
 
 
-# Deletions handed to a thread by this process (``defer_deletes``). A verb does not wait for
-# them: a retired link has a tag no desired object has, and a veth re-created under the same
-# name first deletes the retired one (:func:`plugin.netlink.ensure_veth`).
-_pending: list[threading.Thread] = []
+# Deletions handed off by this process (``defer_deletes``) to one reaper thread, which runs
+# them when the process has been idle for REAP_IDLE s (no verb of its own running or just done),
+# or once the oldest has waited REAP_MAX_AGE s: a veth's deletion holds the kernel's rtnl lock
+# long enough to stall a veth being created at the same time, so it waits for a quiet moment.
+# A verb never waits for them: a retired link has a tag no desired object has, and a veth
+# re-created under the same name first deletes the retired one (:func:`netlink.ensure_veth`).
+REAP_IDLE = 0.3
+REAP_MAX_AGE = 3.0
+_reap = threading.Condition()
+_queue: list[tuple[float, int]] = []  # (when retired, ifindex)
+_busy_until = 0.0  # monotonic time of this process's last verb activity
+_reaper: threading.Thread | None = None
+
+
+def _note_busy() -> None:
+    global _busy_until
+    _busy_until = time.monotonic()
 
 
 def _delete_later(indexes: list[int]) -> None:
+    global _reaper
     if not indexes:
         return
+    with _reap:
+        now = time.monotonic()
+        _queue.extend((now, index) for index in indexes)
+        if _reaper is None or not _reaper.is_alive():
+            _reaper = threading.Thread(target=_reap_loop, name="multinic-reaper", daemon=True)
+            _reaper.start()
+        _reap.notify_all()
 
-    def run() -> None:
-        try:
-            with IPRoute() as ipr:
-                for index in indexes:
-                    netlink.delete_link_index(ipr, index)
-        except Exception:  # noqa: BLE001 - retired links are the whole-host writer's to remove
-            log.exception("deferred deletion of links %s failed; the healer removes them", indexes)
 
-    thread = threading.Thread(target=run, name="multinic-delete", daemon=True)
-    thread.start()
-    _pending[:] = [t for t in _pending if t.is_alive()] + [thread]
+def _reap_loop() -> None:
+    while True:
+        with _reap:
+            while not _queue:
+                _reap.wait()
+            now = time.monotonic()
+            idle_at = _busy_until + REAP_IDLE
+            old_at = _queue[0][0] + REAP_MAX_AGE
+            if now < min(idle_at, old_at):
+                _reap.wait(min(idle_at, old_at) - now)
+                continue
+            batch = [index for _when, index in _queue]
+            _queue.clear()
+        _delete_now(batch)
+        with _reap:
+            _reap.notify_all()
+
+
+def _delete_now(indexes: list[int]) -> None:
+    try:
+        with IPRoute() as ipr:
+            for index in indexes:
+                netlink.delete_link_index(ipr, index)
+    except Exception:  # noqa: BLE001 - retired links are the whole-host writer's to remove
+        log.exception("deferred deletion of links %s failed; the healer removes them", indexes)
 
 
 def wait_for_deletes() -> None:
-    """Until this process's deferred deletions are done (tests, and a clean shutdown)."""
-    while _pending:
-        _pending.pop().join()
+    """Delete this process's retired links now (tests, a worker's clean exit)."""
+    with _reap:
+        batch = [index for _when, index in _queue]
+        _queue.clear()
+    if batch:
+        _delete_now(batch)
 
 
 def _firewall_full(desired: HostState, backend: FirewallBackend) -> None:

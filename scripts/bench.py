@@ -265,8 +265,11 @@ class Bench:
     def op_api(self) -> None:
         nid = self.docker("network", "inspect", "-f", "{{.Id}}", "bn-multinic").stdout.strip()
         calls = 30 if self.args.quick else 100
-        times: dict[str, list[float]] = {v: [] for v in ("CreateEndpoint", "Join", "Leave", "DeleteEndpoint")}
+        times: dict[str, list[float]] = {
+            v: [] for v in ("GetCapabilities", "CreateEndpoint", "Join", "Leave", "DeleteEndpoint")
+        }
         for i in range(calls):
+            times["GetCapabilities"].append(self._call("GetCapabilities", {}))  # the HTTP round trip alone
             eid = hashlib.sha256(f"bench-api-{i}".encode()).hexdigest()  # random-looking, as dockerd's
             ref = {"NetworkID": nid, "EndpointID": eid}
             times["CreateEndpoint"].append(self._call("CreateEndpoint", {
