@@ -177,8 +177,10 @@ def ensure_bridge(ipr: IPRoute, spec: BridgeSpec) -> None:
 def ensure_veth(ipr: IPRoute, spec: VethSpec) -> None:
     """Host side on the bridge, up, hairpin on; the peer waits for dockerd to take it at Join.
 
-    The common case (a new endpoint) is five round trips: the bridge's index, one create that
-    also enslaves and raises the host side, its index, its tag, hairpin."""
+    A new endpoint's veth is three raw netlink requests (:func:`_create_veth`); an existing one
+    (a retry, the whole-host writer) goes through pyroute2."""
+    if not spec.joined and _create_veth(spec):
+        return
     bridge = link_index(ipr, spec.bridge)
     index = None
     if not spec.joined:
@@ -200,6 +202,91 @@ def ensure_veth(ipr: IPRoute, spec: VethSpec) -> None:
     ipr.link("set", index=index, ifalias=link_alias(LINK_VETH, spec.endpoint_id), master=bridge, state="up")
     # Hairpin: a container reaching its own published port loops back through its own port.
     ipr.brport("set", index=index, mode=1)
+
+
+# -- raw rtnetlink for the hot path (CreateEndpoint) ------------------------------------------
+RTM_NEWLINK, RTM_GETLINK = 16, 18
+NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x4, 0x200, 0x400
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS = 1, 3, 4, 10, 18, 20
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
+VETH_INFO_PEER = 1
+IFLA_BRPORT_MODE = 4  # hairpin
+NLA_F_NESTED = 0x8000
+IFF_UP = 0x1
+
+
+def _nla(kind: int, payload: bytes) -> bytes:
+    raw = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def _ifinfo(index: int = 0, flags: int = 0, change: int = 0) -> bytes:
+    return struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, flags, change)
+
+
+def _rtnl(kind: int, flags: int, body: bytes) -> bytes:
+    """One acknowledged request in this process's namespace; the reply's body for a GET.
+    Raises NetlinkError with the kernel's errno."""
+    seq = int.from_bytes(os.urandom(4), "little")
+    reply = b""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        sock.send(struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_ACK | flags, seq, 0) + body)
+        while True:
+            data = sock.recv(1 << 16)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, rkind, _flags, rseq, _pid = struct.unpack_from("=IHHII", data, offset)
+                if length < 16:
+                    raise NetlinkError(errno.EIO, "short netlink message")
+                payload = data[offset + 16 : offset + length]
+                offset += (length + 3) & ~3
+                if rseq != seq:
+                    continue
+                if rkind == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", payload)[0]
+                    if code:
+                        raise NetlinkError(code, os.strerror(code))
+                    return reply
+                reply = payload
+
+
+def _create_veth(spec: VethSpec) -> bool:
+    """A new veth pair in three requests: the bridge's index; one create that also sets the
+    MTUs and the peer's MAC and enslaves and raises the host side; one change that tags it
+    and turns hairpin on (bridge port data, as ``ip link set X type bridge_slave hairpin on``).
+    False when the host side exists already: the caller's slower path handles that."""
+    found = _rtnl(RTM_GETLINK, 0, _ifinfo() + _nla(IFLA_IFNAME, spec.bridge.encode() + b"\0"))
+    bridge = struct.unpack_from("=BxHiII", found)[2]
+    peer = _ifinfo() + _nla(IFLA_IFNAME, spec.peer.encode() + b"\0") + _nla(IFLA_MTU, struct.pack("=I", spec.mtu))
+    if spec.mac:
+        peer += _nla(IFLA_ADDRESS, bytes(int(b, 16) for b in spec.mac.split(":")))
+    info = _nla(IFLA_INFO_KIND, b"veth\0") + _nla(IFLA_INFO_DATA | NLA_F_NESTED, _nla(VETH_INFO_PEER, peer))
+    create = (
+        _ifinfo(flags=IFF_UP, change=IFF_UP)
+        + _nla(IFLA_IFNAME, spec.host.encode() + b"\0")
+        + _nla(IFLA_MTU, struct.pack("=I", spec.mtu))
+        + _nla(IFLA_MASTER, struct.pack("=I", bridge))
+        + _nla(IFLA_LINKINFO | NLA_F_NESTED, info)
+    )
+    try:
+        _rtnl(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, create)
+    except NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            return False
+        raise
+    port = _nla(IFLA_INFO_SLAVE_KIND, b"bridge\0") + _nla(
+        IFLA_INFO_SLAVE_DATA | NLA_F_NESTED, _nla(IFLA_BRPORT_MODE, b"\1")
+    )
+    _rtnl(
+        RTM_NEWLINK,
+        0,
+        _ifinfo()
+        + _nla(IFLA_IFNAME, spec.host.encode() + b"\0")
+        + _nla(IFLA_IFALIAS, link_alias(LINK_VETH, spec.endpoint_id).encode())
+        + _nla(IFLA_LINKINFO | NLA_F_NESTED, port),
+    )
+    return True
 
 
 def _reuse_veth(ipr: IPRoute, spec: VethSpec) -> int | None:
