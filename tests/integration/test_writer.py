@@ -282,3 +282,20 @@ def test_the_healer_repairs_on_kernel_events_not_only_on_its_period(topo):
     detach_and_remove(topo)
     assert topo.dump() == before
 
+
+
+def test_a_new_endpoints_veth_is_enslaved_up_tagged_and_hairpinned(topo):
+    """CreateEndpoint's raw netlink create: the host side on the bridge, up, tagged, hairpin on,
+    the network's MTU on both sides, the peer with the MAC from the address."""
+    before = topo.dump()
+    assert create_network(topo, {"parent": "eth1", "mtu": "1400"})["status"] == 200
+    assert call_in(topo, "CreateEndpoint", {"NetworkID": NID, "EndpointID": EID,
+                                             "Interface": {"Address": "10.10.0.2/24"}})["status"] == 200
+    host = sh(topo.host, f"ip -d link show mnh{EID[:12]}")
+    peer = sh(topo.host, f"ip -d link show mnc{EID[:12]}")
+    assert f"master mn-{NID[:12]}" in host and ",UP," in host and "mtu 1400" in host
+    assert "hairpin on" in host and f"alias multinic:ep:{EID}" in host
+    assert "mtu 1400" in peer and "link/ether 02:42:0a:0a:00:02" in peer
+    assert call_in(topo, "DeleteEndpoint", {"NetworkID": NID, "EndpointID": EID})["status"] == 200
+    assert call_in(topo, "DeleteNetwork", {"NetworkID": NID})["status"] == 200
+    assert topo.dump() == before
