@@ -69,40 +69,52 @@ def ipv4_addresses(ipr: IPRoute, index: int) -> tuple[ipaddress.IPv4Interface, .
     Asked of the kernel with the link's index in a strict dump (NETLINK_GET_STRICT_CHK), so the
     kernel answers with that link's addresses only: pyroute2 dumps every address of the host and
     filters in Python, a cost that grows with every bridge (network) on the host."""
-    seq = int.from_bytes(os.urandom(4), "little")
-    body = struct.pack("=BBBBI", socket.AF_INET, 0, 0, 0, index)
     out = []
+    body = struct.pack("=BBBBI", socket.AF_INET, 0, 0, 0, index)
+    for kind, payload in _exchange(RTM_GETADDR, NLM_F_DUMP, body, strict=True):
+        if kind != RTM_NEWADDR or len(payload) < 8:
+            continue
+        family, prefixlen, _f, _scope, ifindex = struct.unpack_from("=BBBBI", payload)
+        address = devconf._attrs(payload[8:]).get(IFA_ADDRESS)
+        if family == socket.AF_INET and ifindex == index and address and len(address) == 4:
+            out.append(ipaddress.IPv4Interface(f"{socket.inet_ntoa(address)}/{prefixlen}"))
+    return tuple(out)
+
+
+def _exchange(kind: int, flags: int, body: bytes, strict: bool = False) -> list[tuple[int, bytes]]:
+    """One request on a raw rtnetlink socket in this process's namespace: the kernel's answers
+    as (type, body), up to its DONE (a dump) or its acknowledgement. Raises NetlinkError with
+    the kernel's errno. ``strict``: NETLINK_GET_STRICT_CHK, so a dump honours the request's
+    filters (kernels before 4.20 ignore it: callers filter again)."""
+    seq = int.from_bytes(os.urandom(4), "little")
+    replies: list[tuple[int, bytes]] = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
-        try:
-            sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
-        except OSError:
-            pass  # kernels before 4.20: a full dump, filtered below
+        if strict:
+            try:
+                sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+            except OSError:
+                pass
         sock.bind((0, 0))
-        sock.send(struct.pack("=IHHII", 16 + len(body), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+        sock.send(struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | flags, seq, 0) + body)
         while True:
             data = sock.recv(1 << 16)
             offset = 0
             while offset + 16 <= len(data):
-                length, kind, _flags, rseq, _pid = struct.unpack_from("=IHHII", data, offset)
+                length, rkind, _flags, rseq, _pid = struct.unpack_from("=IHHII", data, offset)
                 if length < 16:
-                    return tuple(out)
+                    raise NetlinkError(errno.EIO, "short netlink message")
                 payload = data[offset + 16 : offset + length]
                 offset += (length + 3) & ~3
                 if rseq != seq:
                     continue
-                if kind == NLMSG_DONE:
-                    return tuple(out)
-                if kind == NLMSG_ERROR:
+                if rkind == NLMSG_DONE:
+                    return replies
+                if rkind == NLMSG_ERROR:
                     code = -struct.unpack_from("=i", payload)[0]
                     if code:
                         raise NetlinkError(code, os.strerror(code))
-                    return tuple(out)
-                if kind != RTM_NEWADDR or len(payload) < 8:
-                    continue
-                family, prefixlen, _f, _scope, ifindex = struct.unpack_from("=BBBBI", payload)
-                address = devconf._attrs(payload[8:]).get(IFA_ADDRESS)
-                if family == socket.AF_INET and ifindex == index and address and len(address) == 4:
-                    out.append(ipaddress.IPv4Interface(f"{socket.inet_ntoa(address)}/{prefixlen}"))
+                    return replies
+                replies.append((rkind, payload))
 
 
 def parent_facts(ipr: IPRoute, ifname: str) -> ParentFacts:
@@ -225,30 +237,9 @@ def _ifinfo(index: int = 0, flags: int = 0, change: int = 0) -> bytes:
 
 
 def _rtnl(kind: int, flags: int, body: bytes) -> bytes:
-    """One acknowledged request in this process's namespace; the reply's body for a GET.
-    Raises NetlinkError with the kernel's errno."""
-    seq = int.from_bytes(os.urandom(4), "little")
-    reply = b""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
-        sock.bind((0, 0))
-        sock.send(struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_ACK | flags, seq, 0) + body)
-        while True:
-            data = sock.recv(1 << 16)
-            offset = 0
-            while offset + 16 <= len(data):
-                length, rkind, _flags, rseq, _pid = struct.unpack_from("=IHHII", data, offset)
-                if length < 16:
-                    raise NetlinkError(errno.EIO, "short netlink message")
-                payload = data[offset + 16 : offset + length]
-                offset += (length + 3) & ~3
-                if rseq != seq:
-                    continue
-                if rkind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", payload)[0]
-                    if code:
-                        raise NetlinkError(code, os.strerror(code))
-                    return reply
-                reply = payload
+    """One acknowledged request; the reply's body for a GET (empty otherwise)."""
+    replies = _exchange(kind, NLM_F_ACK | flags, body)
+    return replies[-1][1] if replies else b""
 
 
 def _create_veth(spec: VethSpec) -> bool:
