@@ -29,7 +29,6 @@ import ipaddress
 import logging
 import os
 import threading
-import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping
 
@@ -79,7 +78,6 @@ def apply_change(
     at once and deleted by a thread after the response (the kernel's veth deletion waits for
     an RCU grace period, ~20 ms); a crash in between leaves a tagged link the whole-host path
     removes. ``facts``: the parents as the verb read them, if it did (a Join with ports)."""
-    _note_busy()
     mine, theirs = scope(before, after)
     with IPRoute() as ipr:
         if not _needs_facts(mine, theirs):
@@ -96,7 +94,6 @@ def apply_change(
         except Exception as exc:  # noqa: BLE001 - the full writer decides; its error is the one raised
             log.warning("kernel did not match the saved state (%s); re-applying the whole host", exc)
             reconcile(after, backend)
-    _note_busy()
     return todo
 
 
@@ -152,23 +149,14 @@ def _apply(
     ports.forget_flows(todo.flows_gone)
 
 
-# Deletions handed off by this process (``defer_deletes``) to one reaper thread, which runs
-# them when the process has been idle for REAP_IDLE s (no verb of its own running or just done),
-# or once the oldest has waited REAP_MAX_AGE s: a veth's deletion holds the kernel's rtnl lock
-# long enough to stall a veth being created at the same time, so it waits for a quiet moment.
-# A verb never waits for them: a retired link has a tag no desired object has, and a veth
-# re-created under the same name first deletes the retired one (:func:`netlink.ensure_veth`).
-REAP_IDLE = 0.3
-REAP_MAX_AGE = 3.0
+# Deletions handed off by this process (``defer_deletes``) to one reaper thread, which starts on
+# them at once, after the response: a verb never waits for them (a retired link has a tag no
+# desired object has, and a veth re-created under the same name first deletes the retired one,
+# :func:`netlink.ensure_veth`). A retired veth is visible for the ~20 ms its deletion takes.
 _reap = threading.Condition()
-_queue: list[tuple[float, int]] = []  # (when retired, ifindex)
-_busy_until = 0.0  # monotonic time of this process's last verb activity
+_queue: list[int] = []  # ifindexes
 _reaper: threading.Thread | None = None
-
-
-def _note_busy() -> None:
-    global _busy_until
-    _busy_until = time.monotonic()
+_reaping = False
 
 
 def _delete_later(indexes: list[int]) -> None:
@@ -176,8 +164,7 @@ def _delete_later(indexes: list[int]) -> None:
     if not indexes:
         return
     with _reap:
-        now = time.monotonic()
-        _queue.extend((now, index) for index in indexes)
+        _queue.extend(indexes)
         if _reaper is None or not _reaper.is_alive():
             _reaper = threading.Thread(target=_reap_loop, name="multinic-reaper", daemon=True)
             _reaper.start()
@@ -185,21 +172,17 @@ def _delete_later(indexes: list[int]) -> None:
 
 
 def _reap_loop() -> None:
+    global _reaping
     while True:
         with _reap:
+            _reaping = False
+            _reap.notify_all()
             while not _queue:
                 _reap.wait()
-            now = time.monotonic()
-            idle_at = _busy_until + REAP_IDLE
-            old_at = _queue[0][0] + REAP_MAX_AGE
-            if now < min(idle_at, old_at):
-                _reap.wait(min(idle_at, old_at) - now)
-                continue
-            batch = [index for _when, index in _queue]
+            batch = list(_queue)
             _queue.clear()
+            _reaping = True
         _delete_now(batch)
-        with _reap:
-            _reap.notify_all()
 
 
 def _delete_now(indexes: list[int]) -> None:
@@ -212,12 +195,15 @@ def _delete_now(indexes: list[int]) -> None:
 
 
 def wait_for_deletes() -> None:
-    """Delete this process's retired links now (tests, a worker's clean exit)."""
+    """Until this process's retired links are deleted (tests, a worker's clean exit)."""
     with _reap:
-        batch = [index for _when, index in _queue]
+        batch = list(_queue)
         _queue.clear()
     if batch:
         _delete_now(batch)
+    with _reap:
+        while _reaping:
+            _reap.wait(1.0)
 
 
 def _firewall_full(desired: HostState, backend: FirewallBackend) -> None:

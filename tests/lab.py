@@ -819,7 +819,14 @@ class Lab:
         and their rules sorted by chain name (rule order within a chain kept), a table holding nothing but
         empty ACCEPT built-in chains shown as empty; ``ip -br link`` and ``ip -4 -br addr`` sorted, spaces
         squeezed.
+
+        A removed endpoint's veth is deleted by the plugin right after its response (retired with
+        the alias ``multinic:gone:<id>``, ~20 ms): the dump first waits until none is left, as a
+        user looking a moment after ``docker rm`` would see the host.
         """
+        deadline = time.monotonic() + 10
+        while "alias multinic:gone:" in self.host("ip", "-o", "link").stdout and time.monotonic() < deadline:
+            time.sleep(0.05)
         out = ["## ip -4 rule", self.host("ip", "-4", "rule").stdout.rstrip()]
         routes = []
         for line in self.host("ip", "-4", "route", "show", "table", "all").stdout.splitlines():
