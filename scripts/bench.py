@@ -18,7 +18,8 @@ Operations:
 - scale: the k-th container with a published port (kept running) and the k-th network (kept),
   for k = 1..N, written per k to the CSV and plotted;
 - ``api_ms``: the plugin's CreateEndpoint / Join / Leave / DeleteEndpoint without ports, called
-  on its socket directly (p50 / p99 over many calls);
+  on its socket directly (p50 / p99 over many calls), with GetCapabilities as the HTTP floor;
+  again after the scale test with its containers still running (``api_*_at_scale``);
 - ``spawns``: processes the plugin starts during one ``run --rm`` and one ``run -d -p`` (strace).
 
 Usage (root)::
@@ -262,7 +263,8 @@ class Bench:
             raise RuntimeError(f"{verb}: {resp['Err']}")
         return took
 
-    def op_api(self) -> None:
+    def op_api(self, suffix: str = "") -> None:
+        """``suffix``: "_at_scale" when run with the scale test's containers still running."""
         nid = self.docker("network", "inspect", "-f", "{{.Id}}", "bn-multinic").stdout.strip()
         calls = 30 if self.args.quick else 100
         times: dict[str, list[float]] = {
@@ -280,8 +282,8 @@ class Bench:
             times["DeleteEndpoint"].append(self._call("DeleteEndpoint", ref))
         for verb, values in times.items():
             for k, v in enumerate(values):
-                self.record("multinic", f"api_{verb}", k, v * 1000, "ms")
-            self.say(f"api {verb}: p50 {_pct(values, 50) * 1000:.1f} ms  p99 {_pct(values, 99) * 1000:.1f} ms")
+                self.record("multinic", f"api_{verb}{suffix}", k, v * 1000, "ms")
+            self.say(f"api{suffix} {verb}: p50 {_pct(values, 50) * 1000:.1f} ms  p99 {_pct(values, 99) * 1000:.1f} ms")
 
     # -- process spawns -------------------------------------------------------------------------
     def op_spawns(self) -> None:
@@ -384,6 +386,7 @@ class Bench:
                     made.append(name)
                 if (k + 1) % 10 == 0 or k + 1 == n:
                     self.say(f"scale containers: {k + 1}/{n}")
+            self.op_api("_at_scale")  # the plugin's own cost with every one of them still running
         finally:
             for i in range(0, len(made), 50):
                 self.docker("rm", "-f", *made[i:i + 50], check=False)
@@ -427,7 +430,7 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
                 head, tail = values[: min(10, len(values))], values[-min(10, len(values)):]
                 row[driver] = {"first10": statistics.median(head), "last10": statistics.median(tail),
                                "growth": statistics.median(tail) / statistics.median(head)}
-            elif op.startswith("api_"):
+            elif op.startswith("api_"):  # also api_<verb>_at_scale
                 row[driver] = {"p50_ms": _pct(values, 50), "p99_ms": _pct(values, 99), "n": len(values)}
             else:
                 row[driver] = {"median": statistics.median(values), "n": len(values)}
