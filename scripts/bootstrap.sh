@@ -1,40 +1,54 @@
 #!/usr/bin/env bash
-# Install what multinic's demo and tests need on a fresh Debian 12 machine (as root):
-# Docker Engine 20.10 (docker.io), iptables, busybox-static for the test image, Engine 28.5
-# unpacked beside it, and the package itself in .venv. Idempotent.
+# What multinic's demo and tests need, on a Debian 12 machine (as root), without touching the host's
+# Docker: safe on a host that runs production containers.
+#
+# - Installs only packages that start no service: iptables, nftables (and its Python binding),
+#   busybox-static (the test image), conntrack, iproute2, python3-venv, debootstrap (the managed
+#   plugin's rootfs), and the libraries the lab's dockerd links against. It first asks apt what it
+#   would do, and refuses if that would install, upgrade or remove anything of Docker, containerd or
+#   runc, or remove any package at all.
+# - Unpacks the lab's own engines (Docker 20.10 and 28.5) and daemons (containerd, runc,
+#   docker-registry, radvd, iperf3) under /opt/multinic-lab (scripts/install-lab-tools.sh): they run only
+#   inside the lab's namespaces. The host's docker, containerd and runc, their services and their
+#   sockets are never started, stopped, installed, replaced or removed.
+# - Installs the package itself into .venv in this checkout.
+# Idempotent; non-interactive.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
+say() { printf 'bootstrap: %s\n' "$*" >&2; }
+refuse() { say "refusing: $*"; exit 3; }
 
+[[ $(id -u) == 0 ]] || refuse "run as root: the lab builds network namespaces and unpacks into /opt/multinic-lab"
+
+pkgs=(iptables nftables python3-nftables busybox-static conntrack iproute2 python3-venv debootstrap
+      libdevmapper1.02.1 libseccomp2 libsystemd0)
+command -v systemd-analyze >/dev/null || pkgs+=(systemd)  # verifies the host-service unit in the tests
 need=()
-# docker-registry: the local plugin registry of the managed-plugin e2e test (run as a plain process in
-# the lab); systemd: systemd-analyze verifies the host-service unit; iperf3: scripts/bench.py.
-for pkg in docker.io iptables nftables busybox-static conntrack iproute2 python3-venv debootstrap docker-registry iperf3 \
-    systemd; do
+for pkg in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then
-  echo "bootstrap: installing ${need[*]}"
+  say "installing ${need[*]}"
   apt-get update -qq
+  plan=$(apt-get install -s -qq --no-install-recommends "${need[@]}" 2>&1) || refuse "apt cannot install ${need[*]}:
+$plan"
+  removes=$(grep -E '^Remv ' <<<"$plan" || true)
+  engine=$(grep -E '^(Inst|Remv) (docker|containerd|runc|moby)' <<<"$plan" || true)
+  if [[ -n $removes || -n $engine ]]; then
+    refuse "installing ${need[*]} would change the host's packages:
+${removes}${removes:+$'\n'}${engine}
+multinic's scripts never install, replace or remove Docker, containerd or runc, nor remove any package.
+Install the packages above yourself if that is what you want, then run this again."
+  fi
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-# The distribution's docker.io may start a dockerd in the root namespace; the lab never uses
-# it and the root namespace must stay untouched, so stop it if systemd started one.
-if command -v systemctl >/dev/null && systemctl is-active -q docker 2>/dev/null; then
-  systemctl stop docker.socket docker.service containerd.service 2>/dev/null || true
-fi
-# Likewise the registry the docker-registry package may start on the host's port 5000.
-if command -v systemctl >/dev/null && systemctl is-active -q docker-registry 2>/dev/null; then
-  systemctl disable --now docker-registry 2>/dev/null || true
-fi
 
-if [[ ",${MULTINIC_ENGINES:-20.10,28.5}," == *",28.5,"* ]]; then
-  bash scripts/install-engine28.sh
-fi
+bash scripts/install-lab-tools.sh
 
 PY=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
-echo "bootstrap: ready ($(.venv/bin/python --version), $(dockerd --version))"
+say "ready ($(.venv/bin/python --version); lab engines in ${MULTINIC_LAB_TOOLS:-/opt/multinic-lab})"

@@ -45,16 +45,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ENGINE28_ROOT = Path(os.environ.get("ENGINE28_PREFIX", "/opt/engine-28")) / "root"
+LAB_TOOLS = Path(os.environ.get("MULTINIC_LAB_TOOLS", "/opt/multinic-lab"))
+_TOOLS = [str(LAB_TOOLS / "tools/root/usr/bin"), str(LAB_TOOLS / "tools/root/usr/sbin")]
 ENGINES = {
     # engine -> directories put first on PATH for dockerd (containerd, shims, docker-proxy follow PATH)
-    "20.10": [],
-    "28.5": [str(ENGINE28_ROOT / "usr/bin"), str(ENGINE28_ROOT / "usr/sbin")],
+    e: [str(LAB_TOOLS / f"engine-{e}/root/usr/bin"), str(LAB_TOOLS / f"engine-{e}/root/usr/sbin"), *_TOOLS]
+    for e in ("20.10", "28.5")
 }
-DOCKERD = {  # engine -> the dockerd binary (never looked up on PATH: a missing 28.5 must not fall back to 20.10)
-    "20.10": "/usr/sbin/dockerd",
-    "28.5": str(ENGINE28_ROOT / "usr/sbin/dockerd"),
-}
+DOCKERD = {e: str(LAB_TOOLS / f"engine-{e}/root/usr/sbin/dockerd") for e in ENGINES}
 IMAGE = "mn-busybox:latest"
 BUSYBOX = "/bin/busybox"
 NETNS_DIR = "/var/run/netns"
@@ -261,7 +259,7 @@ class Lab:
         self.state_dir = self.dir / "state"
         self.plugin_socket = f"{PLUGIN_DIR}/{driver}.sock"
         self.cgroup_parent = f"multinic-lab-{name}"
-        self.docker_bin = shutil.which("docker", path=_clean_env().get("PATH")) or "docker"
+        self.docker_bin = str(LAB_TOOLS / "engine-28.5/root/usr/bin/docker")
         self._dockerd: subprocess.Popen[bytes] | None = None
         self._plugin: subprocess.Popen[bytes] | None = None
         self._plugin_lock: int | None = None
@@ -287,6 +285,10 @@ class Lab:
 
     def __exit__(self, *exc: Any) -> None:
         self.down()
+
+    @staticmethod
+    def cli() -> str:
+        return str(LAB_TOOLS / "engine-28.5/root/usr/bin/docker")
 
     def __repr__(self) -> str:
         return f"Lab({self.name!r}, engine={self.engine!r}, driver={self.driver!r})"
@@ -607,9 +609,9 @@ class Lab:
         """Containers and daemons of this lab still alive (after a crash): runc delete, then kill by our paths."""
         runc_roots = list(self.exec_root.glob("runtime-runc/*")) if self.exec_root.exists() else []
         for root in runc_roots:
-            ids = subprocess.run(["runc", "--root", str(root), "list", "-q"], capture_output=True, text=True)
+            ids = subprocess.run([str(LAB_TOOLS / "tools/root/usr/sbin/runc"), "--root", str(root), "list", "-q"], capture_output=True, text=True)
             for cid in ids.stdout.split():
-                subprocess.run(["runc", "--root", str(root), "delete", "--force", cid], capture_output=True)
+                subprocess.run([str(LAB_TOOLS / "tools/root/usr/sbin/runc"), "--root", str(root), "delete", "--force", cid], capture_output=True)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             pids = _pids_mentioning(str(self.dir))
             if not pids:

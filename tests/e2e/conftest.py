@@ -50,15 +50,15 @@ def missing_prerequisite(engine: str) -> str | None:
         return "e2e lab needs root (network namespaces, dockerd)"
     if engine not in ENGINES:
         return f"unknown engine {engine!r} in MULTINIC_ENGINES (known: {', '.join(sorted(ENGINES))})"
-    for tool in ("nsenter", "ip", "iptables", "iptables-save", "runc"):
+    for tool in ("nsenter", "ip", "iptables", "iptables-save"):
         if not shutil.which(tool):
             return f"{tool} not found"
     if not os.path.exists(BUSYBOX):
         return f"{BUSYBOX} not found (apt-get install busybox-static)"
-    if not shutil.which("docker"):
-        return "docker CLI not found"
+    if not os.access(Lab.cli(), os.X_OK):
+        return f"docker CLI not found at {Lab.cli()} (run scripts/install-lab-tools.sh)"
     if not os.access(DOCKERD[engine], os.X_OK):
-        hint = " (run scripts/install-engine28.sh)" if engine != "20.10" else " (apt-get install docker.io)"
+        hint = " (run scripts/install-lab-tools.sh)"
         return f"dockerd for engine {engine} not found at {DOCKERD[engine]}{hint}"
     return None
 

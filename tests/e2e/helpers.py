@@ -86,7 +86,7 @@ def udp_echo_cmd(port: int) -> list[str]:
     return ["/usr/bin/python3", "-c", UDP_ECHO.format(port=port)]
 
 
-COMPOSE = "/opt/engine-28/root/usr/libexec/docker/cli-plugins/docker-compose"
+COMPOSE = "/opt/multinic-lab/engine-28.5/root/usr/libexec/docker/cli-plugins/docker-compose"
 
 
 def compose(lab, project_dir: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:

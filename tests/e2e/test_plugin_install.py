@@ -94,7 +94,7 @@ def registry(lab: Lab, machine_lock: None, plugin_dir: Path, tmp_path_factory) -
         "http: {addr: '127.0.0.1:5000'}\n"
     )
     log = open(root / "registry.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(["nsenter", f"--net={NETNS_DIR}/{lab.host_ns}", "docker-registry", "serve", str(config)],
+    proc = subprocess.Popen(["nsenter", f"--net={NETNS_DIR}/{lab.host_ns}", "/opt/multinic-lab/tools/root/usr/bin/docker-registry", "serve", str(config)],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     log.close()
     try:
