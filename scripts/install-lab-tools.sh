@@ -16,7 +16,7 @@
 set -eu
 
 PREFIX=${MULTINIC_LAB_TOOLS:-/opt/multinic-lab}
-SOURCES=/etc/apt/sources.list.d/debian.sources
+SOURCES=${MULTINIC_APT_SOURCES:-/etc/apt/sources.list.d/debian.sources}
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
 # Pinned: CI must not drift. bookworm = Debian 12's own packages, sid = Engine 28.5.

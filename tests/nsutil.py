@@ -85,39 +85,16 @@ def scratch_netns(*names: str) -> Iterator[str | tuple[str, ...]]:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-_ECHO_PEER = (
-    "import socket,sys\n"
-    "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-    "s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(16)\n"
-    "while True:\n"
-    "    c,a=s.accept(); c.sendall(a[0].encode()); c.close()\n"
-)
-_CONNECT = (
-    "import socket,sys\n"
-    "try:\n"
-    "    c=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))\n"
-    "    print(c.recv(100).decode())\n"
-    "except OSError as e:\n"
-    "    print('FAIL', e)\n"
-)
-
-
 def serve_peer(ns: str, port: int) -> subprocess.Popen:
-    """A TCP server in ``ns`` answering each connection with the peer's address; waits until it listens."""
-    import sys
-    import time
+    """The lab's echo server (tests/lab/probes.py) in ``ns``; returns once it listens."""
+    from tests.lab.probes import start_echo_server
 
-    proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{ns}", sys.executable, "-c", _ECHO_PEER, str(port)])
-    deadline = time.monotonic() + 5
-    while f":{port} " not in sh(ns, "ss -ltnH") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return proc
+    return start_echo_server(["nsenter", f"--net=/var/run/netns/{ns}"], port)
 
 
 def connect(ns: str, addr: str, port: int, timeout: float = 3.0) -> str:
-    """Connect from ``ns``; what the server sent (the address it saw), or ``FAIL ...``."""
-    import sys
+    """Connect from ``ns``; what the echo server sent (the address it saw), or ``FAIL``."""
+    from tests.lab.probes import tcp_read
 
-    out = subprocess.run(["nsenter", f"--net=/var/run/netns/{ns}", sys.executable, "-c", _CONNECT, addr, str(port),
-                          str(timeout)], capture_output=True, text=True, timeout=timeout + 10)
-    return out.stdout.strip()
+    got = tcp_read(["nsenter", f"--net=/var/run/netns/{ns}"], addr, port, timeout)
+    return "FAIL" if got is None else got.strip()

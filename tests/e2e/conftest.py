@@ -5,9 +5,9 @@
   instance of a parametrized session fixture alive, so the labs run one after the other.
 - Lab names are ``<MULTINIC_LAB_PREFIX or "mne"><engine tag>`` (``mne20``, ``mne28``): fixed, so a lab
   left behind by a killed run is removed by the next one; a name held by a live run is refused.
-- The plugin's driver name (and so its socket ``/run/docker/plugins/<driver>.sock``) is ``multinic`` unless
-  ``MULTINIC_LAB_DRIVER`` says otherwise; two runs at the same time on one machine need different
-  ``MULTINIC_LAB_PREFIX`` and ``MULTINIC_LAB_DRIVER`` values.
+- The plugin's driver name (and so its socket ``/run/docker/plugins/<driver>.sock`` in the lab host's own
+  /run) is ``multinic`` unless ``MULTINIC_LAB_DRIVER`` says otherwise; two runs at the same time on one
+  machine need different ``MULTINIC_LAB_PREFIX`` values.
 - ``MULTINIC_LAB_LOGS=<dir>`` keeps dockerd.log and plugin.log of each lab (``<dir>/<lab name>/``).
 - The plugin runs under ``sys.executable`` (the interpreter running pytest), which must have the plugin's
   dependencies, unless ``MULTINIC_LAB_PYTHON`` names another interpreter.
@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.lab import BUSYBOX, DOCKERD, ENGINES, LOCK_DIR, Lab
+from tests.lab import BUSYBOX, DOCKERD, ENGINES, Lab
 
 E2E_DIR = Path(__file__).resolve().parent
 
@@ -119,13 +118,3 @@ def mn(lab: Lab) -> Iterator[Lab]:
         log = lab.plugin_log_tail()
         lab.stop_plugin()
         pytest.fail(f"the plugin exited with {code} during the test:\n{log}", pytrace=False)
-
-
-@pytest.fixture(scope="module")
-def machine_lock() -> Iterator[None]:
-    """One test module at a time on this machine may use the host-wide paths of a real install
-    (/var/lib/multinic, /run/xtables.lock, /run/docker/plugins/multinic.sock)."""
-    os.makedirs(LOCK_DIR, exist_ok=True)
-    with open(f"{LOCK_DIR}/host-install.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        yield

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import time
 from typing import Iterator
 
@@ -45,10 +44,8 @@ def run(lab, names: list[str], name: str, *args: str, cmd: list[str] | None = No
 
 
 def multinic(lab, *args: str) -> subprocess.CompletedProcess:
-    """`multinic ...` in the lab's host namespace, against the lab's state and dockerd."""
-    env = dict(os.environ, MULTINIC_STATE_DIR=f"{lab.dir}/state", DOCKER_HOST=lab.docker_host)
-    return subprocess.run(["nsenter", f"--net=/var/run/netns/{lab.host_ns}", sys.executable, "-m", "plugin.cli",
-                           *args], capture_output=True, text=True, env=env, timeout=60)
+    """`multinic ...` in the lab's host, against the lab's state and dockerd."""
+    return lab.multinic(*args)
 
 
 def status(lab) -> dict:
@@ -86,7 +83,7 @@ def udp_echo_cmd(port: int) -> list[str]:
     return ["/usr/bin/python3", "-c", UDP_ECHO.format(port=port)]
 
 
-COMPOSE = "/opt/multinic-lab/engine-28.5/root/usr/libexec/docker/cli-plugins/docker-compose"
+from tests.lab import COMPOSE  # noqa: E402
 
 
 def compose(lab, project_dir: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:

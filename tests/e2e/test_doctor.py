@@ -20,10 +20,7 @@ METRICS_PORT = 19329
 
 def doctor(lab, *args: str, env: dict | None = None) -> tuple[int, dict[str, list[dict]]]:
     if env:
-        full = {**os.environ, "MULTINIC_STATE_DIR": f"{lab.dir}/state", "DOCKER_HOST": lab.docker_host, **env}
-        proc = subprocess.run(["nsenter", f"--net=/var/run/netns/{lab.host_ns}", sys.executable, "-m", "plugin.cli",
-                               "doctor", "--json", "--socket", lab.plugin_socket, *args], capture_output=True,
-                              text=True, env=full, timeout=120)
+        proc = lab.multinic("doctor", "--json", "--socket", lab.plugin_socket, *args, env=env, timeout=120)
     else:
         proc = multinic(lab, "doctor", "--json", "--socket", lab.plugin_socket, *args)
     assert proc.stdout, proc.stderr
@@ -98,12 +95,12 @@ def test_ghosts_both_ways_are_named_and_their_fixes_work(mn):
 
 def test_a_second_multinic_in_the_same_host_is_an_error(mn):
     lab = mn
-    sock = f"/run/docker/plugins/{lab.driver}x.sock"
-    env = dict(os.environ, MULTINIC_STATE_DIR=f"{lab.dir}/state2", DOCKER_HOST=lab.docker_host,
-               PYTHONPATH=str(lab.plugin_root))
-    second = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{lab.host_ns}", sys.executable, "-m", "plugin.cli",
-                               "serve", "--socket", sock], env=env, cwd=str(lab.plugin_root),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    sock = lab.host_path(f"/run/docker/plugins/{lab.driver}x.sock")
+    env = lab.plugin_env({"MULTINIC_STATE_DIR": f"{lab.dir}/state2"})
+    second = subprocess.Popen([*lab.nsenter(lab.host_ns), sys.executable, "-m", "plugin.cli",
+                               "serve", "--socket", f"/run/docker/plugins/{lab.driver}x.sock"], env=env,
+                              cwd=str(lab.plugin_root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     try:
         assert wait_for(lambda: os.path.exists(sock), timeout=30)
         code, checks = doctor(lab)

@@ -10,11 +10,8 @@ by eth1) → gw_priority across two multinic networks → dockerd restarted afte
 objects were wiped (a reboot), with a ``--restart always`` container → ``docker plugin upgrade`` to a second
 tag with that container still running → disable, rm: the host is byte-identical to before.
 
-The one setting the lab changes is ``DOCKER_HOST``: the lab's dockerd listens on
-``/run/multinic-lab-<name>.sock``, not on the default ``/run/docker.sock``.
-
-These tests use machine-wide paths (``/var/lib/multinic``, ``/run/xtables.lock``, registry port 5000 in the
-lab's namespace only), so they hold a machine-wide lock and remove what they create.
+``/var/lib`` and ``/run`` are the lab host's own (tests/lab/topology.py): nothing here touches the machine's
+``/var/lib/multinic``, ``/run/xtables.lock`` or ``/run/docker``.
 """
 
 from __future__ import annotations
@@ -25,14 +22,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from tests.e2e.helpers import containers, network, run, wait_for, web_cmd
-from tests.lab import C1_ADDR, HOST_ETH1, NETNS_DIR, Lab
+from tests.lab import C1_ADDR, HOST_ETH1, NETNS_DIR, Lab, lab_tool
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY = "localhost:5000"
@@ -40,8 +36,8 @@ REF1 = f"{REGISTRY}/multinic:1"
 REF2 = f"{REGISTRY}/multinic:2"
 ALIAS = "multinic"
 NAME = "multinic:latest"  # what Docker registers the driver as (see test_bare_driver_name_...)
-STATE = Path("/var/lib/multinic")
-XTABLES_LOCK = Path("/run/xtables.lock")
+STATE = "/var/lib/multinic"  # the lab host's: lab.host_path(STATE) on the machine
+XTABLES_LOCK = "/run/xtables.lock"
 PROBE = "198.18.0.1"  # nothing answers there: only the route lookup matters
 
 
@@ -61,8 +57,8 @@ def pristine(lab: Lab, registry: str) -> Iterator[Lab]:
     rp_filter on eth1. Afterwards: plugins removed, state directory removed, rp_filter back."""
     lab.stop_plugin()  # one multinic per host
     _remove_all_plugins(lab)
-    shutil.rmtree(STATE, ignore_errors=True)
-    XTABLES_LOCK.unlink(missing_ok=True)
+    shutil.rmtree(lab.host_path(STATE), ignore_errors=True)
+    lab.host_path(XTABLES_LOCK).unlink(missing_ok=True)
     lab.sysctl(lab.host_ns, "net.ipv4.conf.eth1.rp_filter", "1")
     try:
         yield lab
@@ -75,12 +71,12 @@ def pristine(lab: Lab, registry: str) -> Iterator[Lab]:
         for net in lab.docker("network", "ls", "-q", "--filter", "type=custom", check=False).stdout.split():
             lab.docker("network", "rm", net, check=False)
         _remove_all_plugins(lab)
-        shutil.rmtree(STATE, ignore_errors=True)
+        shutil.rmtree(lab.host_path(STATE), ignore_errors=True)
         lab.sysctl(lab.host_ns, "net.ipv4.conf.eth1.rp_filter", str(lab.rp_filter))
 
 
 @pytest.fixture(scope="module")
-def registry(lab: Lab, machine_lock: None, plugin_dir: Path, tmp_path_factory) -> Iterator[str]:
+def registry(lab: Lab, plugin_dir: Path, tmp_path_factory) -> Iterator[str]:
     """Debian's docker-registry on 127.0.0.1:5000 in the lab's host namespace, holding REF1 and REF2.
     Its files live outside the lab's directory: the lab kills whatever names that directory when it
     stops dockerd, and the registry must outlive the dockerd restart."""
@@ -94,7 +90,7 @@ def registry(lab: Lab, machine_lock: None, plugin_dir: Path, tmp_path_factory) -
         "http: {addr: '127.0.0.1:5000'}\n"
     )
     log = open(root / "registry.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(["nsenter", f"--net={NETNS_DIR}/{lab.host_ns}", "/opt/multinic-lab/tools/root/usr/bin/docker-registry", "serve", str(config)],
+    proc = subprocess.Popen([*lab.nsenter(lab.host_ns), lab_tool("docker-registry"), "serve", str(config)],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     log.close()
     try:
@@ -127,14 +123,9 @@ def _remove_all_plugins(lab: Lab) -> None:
         lab.docker("plugin", "rm", "-f", ref, check=False)
 
 
-def _docker_host(lab: Lab) -> str:
-    """DOCKER_HOST as the plugin sees the lab's dockerd (the host's /run is the plugin's /host/run)."""
-    return f"DOCKER_HOST=unix:///host/run/{lab.run_docker_sock.name}"
-
-
 def _install(lab: Lab, ref: str = REF1, *settings: str) -> None:
-    lab.docker("plugin", "install", "--grant-all-permissions", "--alias", ALIAS, ref, _docker_host(lab), *settings,
-               timeout=300)
+    """As the README says: no setting needed (the lab's dockerd listens on the usual /run/docker.sock)."""
+    lab.docker("plugin", "install", "--grant-all-permissions", "--alias", ALIAS, ref, *settings, timeout=300)
 
 
 def _rp_filter(lab: Lab) -> str:
@@ -167,7 +158,7 @@ def _status_inside(lab: Lab) -> str:
         with contextlib.suppress(OSError):
             if os.stat(f"/proc/{pid}/ns/net").st_ino == host_ns:
                 proc = subprocess.run(["nsenter", "-t", pid, "-m", "-n", "--", "env",
-                                       f"DOCKER_HOST=unix:///host/run/{lab.run_docker_sock.name}", "multinic",
+                                       "DOCKER_HOST=unix:///host/run/docker.sock", "multinic",
                                        "--state-dir", "/host/var/lib/multinic", "status"],
                                       capture_output=True, text=True, timeout=60)
                 assert proc.returncode == 0, proc.stderr
@@ -178,45 +169,20 @@ def _status_inside(lab: Lab) -> str:
 def _doctor_finds_the_managed_plugin(lab: Lab) -> None:
     """``multinic doctor`` on the host (not inside the plugin) finds the managed plugin's socket and its
     state directory on its own, and reads the plugin's health through that socket."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MULTINIC_")}
-    proc = subprocess.run(["nsenter", f"--net={NETNS_DIR}/{lab.host_ns}", sys.executable, "-m", "plugin.cli",
-                           "doctor", "--json"], capture_output=True, text=True, timeout=120, cwd=REPO,
-                          env={**env, "DOCKER_HOST": lab.docker_host, "PYTHONPATH": str(REPO)})
+    proc = lab.multinic("doctor", "--json", own_state=False, timeout=120)
     report = json.loads(proc.stdout)
     plugin_id = lab.docker("plugin", "inspect", "-f", "{{.Id}}", NAME).stdout.strip()
     assert report["socket"] == f"/run/docker/plugins/{plugin_id}/multinic.sock", report
-    assert report["state_dir"] == str(STATE), report
+    assert report["state_dir"] == STATE, report
     checks = {c["check"]: c for c in report["checks"]}
     assert checks["health"]["status"] == "ok", checks["health"]
     assert checks["instances"]["status"] == "ok", checks["instances"]
 
 
-WIPE = r"""
-import sys
-from pyroute2 import IPRoute
-from plugin import netlink
-from plugin.firewall import backend_for
-with IPRoute() as ipr:
-    for name in netlink.tagged_links(ipr):
-        netlink.delete_link(ipr, name)
-    for rule in netlink.owned_rules(ipr):
-        netlink.delete_rule(ipr, rule)
-    for route in netlink.owned_routes(ipr):
-        netlink.delete_route(ipr, route)
-backend_for(sys.argv[1]).remove()
-"""
-
-
-def _reboot_wipe(lab: Lab) -> None:
-    """What a reboot takes away: /run's xtables lock and every kernel object multinic made."""
-    XTABLES_LOCK.unlink(missing_ok=True)
-    subprocess.run(["nsenter", f"--net={NETNS_DIR}/{lab.host_ns}", sys.executable, "-c", WIPE, lab.iptables],
-                   check=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60)
-
-
 # -- tests ---------------------------------------------------------------------------------------------
 def test_install_from_registry_on_a_pristine_host(lab: Lab, pristine: Lab) -> None:
-    assert not STATE.exists() and not XTABLES_LOCK.exists() and _rp_filter(lab) == "1"
+    assert not lab.host_path(STATE).exists() and not lab.host_path(XTABLES_LOCK).exists()
+    assert _rp_filter(lab) == "1"
     before = lab.dump_host_state()
     _install(lab)
     assert lab.docker("plugin", "inspect", "-f", "{{.Enabled}}", NAME).stdout.strip() == "true"
@@ -241,7 +207,7 @@ def test_install_from_registry_on_a_pristine_host(lab: Lab, pristine: Lab) -> No
 
             # A reboot: dockerd stops, /run and multinic's kernel objects are gone, dockerd starts again.
             lab.stop_dockerd(remove_containers=False)
-            _reboot_wipe(lab)
+            lab.reboot_wipe()
             lab.start_dockerd()
             assert lab.docker("plugin", "inspect", "-f", "{{.Enabled}}", NAME).stdout.strip() == "true"
             _seed_case(lab, 4070, "hello-v1", "web")  # --restart always brought it back, on eth1
@@ -252,13 +218,12 @@ def test_install_from_registry_on_a_pristine_host(lab: Lab, pristine: Lab) -> No
             # other tag, and without a terminal takes the answer as no (exit 0, nothing upgraded).
             upgraded = lab.docker("plugin", "upgrade", "--grant-all-permissions", "--skip-remote-check", NAME, REF2,
                                   timeout=300)
-            lab.docker("plugin", "set", NAME, _docker_host(lab))
             lab.docker("plugin", "enable", NAME, timeout=120)
             described = lab.docker("plugin", "inspect", "-f", "{{.Config.Description}}", NAME).stdout
             assert "[release 2]" in described, (described, upgraded.stdout, upgraded.stderr)
             assert "front" in lab.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
             _seed_case(lab, 4070, "hello-v1", "web")
-            assert (STATE / "state.json").exists()
+            assert (lab.host_path(STATE) / "state.json").exists()
             status = _status_inside(lab)  # the README's recipe
             assert "4070" in status and "10.70.0.0/24" in status, status
             _doctor_finds_the_managed_plugin(lab)

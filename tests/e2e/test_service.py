@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.helpers import containers, network, run, wait_for, web_cmd
-from tests.lab import HOST_ETH1, NETNS_DIR, Lab
+from tests.lab import HOST_ETH1, Lab, connectable
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "contrib/systemd/multinic.service"
@@ -47,7 +47,7 @@ def test_unit_orders_before_docker_restarts_and_sets_paths() -> None:
     assert "--log-level ${LOG_LEVEL}" in unit["ExecStart"][0]
 
 
-def test_install_verify_start_and_remove(lab: Lab, machine_lock: None, tmp_path: Path) -> None:
+def test_install_verify_start_and_remove(lab: Lab, tmp_path: Path) -> None:
     if lab.driver != "multinic":
         pytest.skip("the unit's socket names the driver 'multinic'; this run's labs use another driver name")
     prefix, unit_dir = tmp_path / "opt-multinic", tmp_path / "units"
@@ -65,16 +65,16 @@ def test_install_verify_start_and_remove(lab: Lab, machine_lock: None, tmp_path:
     unit_env = dict(e.split("=", 1) for e in unit["Environment"])
     argv = [re.sub(r"\$\{(\w+)\}", lambda m: unit_env[m.group(1)], arg) for arg in shlex.split(unit["ExecStart"][0])]
     assert argv[0] == str(prefix / "bin/multinic")
-    state = Path(unit_env["MULTINIC_STATE_DIR"])
+    state = lab.host_path(unit_env["MULTINIC_STATE_DIR"])  # the lab host's /var/lib/multinic
     lab.stop_plugin()  # the lab's own plugin serves the same socket
     shutil.rmtree(state, ignore_errors=True)
     log = open(tmp_path / "service.log", "ab")  # noqa: SIM115 - handed to the child
-    service = subprocess.Popen(["nsenter", f"--net={NETNS_DIR}/{lab.host_ns}", *argv], stdout=log,
+    service = subprocess.Popen([*lab.nsenter(lab.host_ns), *argv], stdout=log,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                               env={**os.environ, **unit_env, "DOCKER_HOST": lab.docker_host})
+                               env={**os.environ, **unit_env})
     log.close()
     try:
-        assert wait_for(lambda: lab._connectable(unit_env["MULTINIC_SOCKET"]), timeout=30), \
+        assert wait_for(lambda: connectable(lab.host_path(unit_env["MULTINIC_SOCKET"])), timeout=30), \
             (tmp_path / "service.log").read_text()
         with containers(lab) as names, \
                 network(lab, "svc", "--opt", "parent=eth1", "--subnet", "10.77.0.0/24", driver="multinic"):
@@ -88,7 +88,7 @@ def test_install_verify_start_and_remove(lab: Lab, machine_lock: None, tmp_path:
         service.wait(timeout=30)
         lab.stop_background()
         shutil.rmtree(state, ignore_errors=True)
-        Path(unit_env["MULTINIC_SOCKET"]).unlink(missing_ok=True)
+        lab.host_path(unit_env["MULTINIC_SOCKET"]).unlink(missing_ok=True)
 
     proc = subprocess.run(["bash", "scripts/install-service.sh", "--remove"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=120)

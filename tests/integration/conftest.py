@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.nsutil import connect, in_netns, scratch_netns, serve_peer, sh
+from tests.lab import Topology
+from tests.lab.plugin import stop_group
+from tests.lab.probes import start_echo_server
+from tests.nsutil import connect, in_netns, scratch_netns, sh
 
 INTEGRATION_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -33,18 +36,32 @@ def _needs_root() -> None:
 
 @dataclass
 class Topo:
-    """host (eth0→r0 main default, eth1→r1), client c1 behind r1 only, container ns k."""
+    """The lab's topology (tests/lab/topology.py: host with eth0 → r0 (main default) and eth1 → r1, clients
+    c0 and c1 behind them) without dockerd, plus a bare namespace ``k`` standing for a container."""
 
-    host: str
-    r0: str
-    r1: str
-    c1: str
+    net: Topology
     k: str
     state_dir: str
     servers: list[subprocess.Popen] = field(default_factory=list)
 
+    @property
+    def host(self) -> str:
+        return self.net.host_ns
+
+    @property
+    def r0(self) -> str:
+        return self.net.r0
+
+    @property
+    def r1(self) -> str:
+        return self.net.r1
+
+    @property
+    def c1(self) -> str:
+        return self.net.c1
+
     def serve_peer(self, ns: str, port: int) -> None:
-        self.servers.append(serve_peer(ns, port))
+        self.servers.append(start_echo_server(["nsenter", f"--net=/var/run/netns/{ns}"], port))
 
     def connect(self, ns: str, addr: str, port: int, timeout: float = 3.0) -> str:
         return connect(ns, addr, port, timeout)
@@ -57,29 +74,14 @@ class Topo:
         return in_netns(self.host, func, *args)
 
 
-def build(t: Topo) -> None:
-    sh(t.host, "ip link add name eth0 type veth peer name up0; ip link add name eth1 type veth peer name up1; "
-               f"ip link set up0 netns {t.r0}; ip link set up1 netns {t.r1}; "
-               "ip addr add 192.168.100.2/24 dev eth0; ip addr add 192.168.101.2/24 dev eth1; "
-               "ip link set eth0 up; ip link set eth1 up; ip route add default via 192.168.100.1; "
-               "sysctl -qw net.ipv4.ip_forward=1; iptables -P FORWARD DROP")
-    sh(t.r0, "ip addr add 192.168.100.1/24 dev up0; ip link set up0 up; sysctl -qw net.ipv4.ip_forward=1")
-    sh(t.r1, f"ip link add name down1 type veth peer name c1eth; ip link set c1eth netns {t.c1}; "
-             "ip addr add 192.168.101.1/24 dev up1; ip link set up1 up; "
-             "ip addr add 198.51.100.1/24 dev down1; ip link set down1 up; sysctl -qw net.ipv4.ip_forward=1")
-    sh(t.c1, "ip addr add 198.51.100.10/24 dev c1eth; ip link set c1eth up; ip route add default via 198.51.100.1")
-
-
 @pytest.fixture
-def topo(tmp_path, request):
+def topo(tmp_path):
     tag = f"mni{os.getpid() % 1000}"
-    names = [f"{tag}-{n}" for n in ("host", "r0", "r1", "c1", "k")]
-    with scratch_netns(*names) as ns:
-        t = Topo(*ns, state_dir=str(tmp_path / "state"))
-        build(t)
+    with Topology(tag, mount=False) as net, scratch_netns(f"{tag}-k") as k:
+        sh(net.host_ns, "iptables -P FORWARD DROP")  # as dockerd leaves it
+        t = Topo(net, k, state_dir=str(tmp_path / "state"))
         try:
             yield t
         finally:
             for proc in t.servers:
-                proc.kill()
-                proc.wait()
+                stop_group(proc, 2)

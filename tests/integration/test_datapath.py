@@ -16,9 +16,9 @@ SUBNET = {"AddressSpace": "LocalDefault", "Pool": "10.10.0.0/24", "Gateway": "10
 
 def call(state_dir: str, verb: str, body: dict) -> dict:
     """One remote-driver call through the Flask app, inside the host namespace."""
-    from plugin.api import create_app
-    from plugin.driver import Driver
-    from plugin.state import Store
+    from plugin.api.http import create_app
+    from plugin.plan.driver import Driver
+    from plugin.plan.state import Store
 
     client = create_app(Driver(Store(state_dir))).test_client()
     resp = client.post(f"/NetworkDriver.{verb}", data=json.dumps(body))
@@ -159,8 +159,8 @@ def test_internal_network_with_parent_does_not_poison_later_networks(topo):
 
 
 def test_parent_down_fails_closed_and_other_networks_keep_working(topo):
-    from plugin.driver import Driver
-    from plugin.state import Store
+    from plugin.plan.driver import Driver
+    from plugin.plan.state import Store
 
     assert create_network(topo, {"parent": "eth1"})["status"] == 200
     attach_container(topo)

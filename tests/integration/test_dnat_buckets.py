@@ -17,8 +17,8 @@ from collections import Counter
 
 import pytest
 
-from plugin.facts import ParentFacts
-from plugin.firewall.model import (
+from plugin.plan.facts import ParentFacts
+from plugin.kernel.firewall.model import (
     BUCKET_JUMPS,
     CHAINS,
     NAT_DNAT,
@@ -28,9 +28,9 @@ from plugin.firewall.model import (
     diff,
     dnat_bucket,
 )
-from plugin.firewall.restore import RestoreBackend
-from plugin.firewall.rules import ruleset_for
-from plugin.state import EndpointRecord, NetworkRecord, PublishedPort, State
+from plugin.kernel.firewall.restore import RestoreBackend
+from plugin.kernel.firewall.rules import ruleset_for
+from plugin.plan.state import EndpointRecord, NetworkRecord, PublishedPort, State
 from tests.nsutil import in_netns, scratch_netns, sh
 
 TOOLS = ("ip", "nsenter", "iptables-nft", "iptables-nft-save", "iptables-nft-restore")

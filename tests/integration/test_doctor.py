@@ -12,7 +12,8 @@ import subprocess
 import sys
 import time
 
-from plugin import doctor, hostfacts
+from plugin.ops import doctor
+from plugin.ops.doctor import gather as hostfacts
 from tests.integration.test_datapath import create_network
 from tests.nsutil import sh
 

@@ -27,8 +27,8 @@ from typing import Any, Callable
 
 import pytest
 
-from plugin.errors import DriverError
-from plugin.firewall.model import (
+from plugin.errors import Refusal
+from plugin.kernel.firewall.model import (
     BUCKET_JUMPS,
     CHAINS,
     FILTER_FORWARD,
@@ -41,7 +41,7 @@ from plugin.firewall.model import (
     Rule,
     Ruleset,
 )
-from plugin.firewall.restore import RestoreBackend
+from plugin.kernel.firewall.restore import RestoreBackend
 from tests.nsutil import in_netns, scratch_netns, sh
 
 TOOLS = ("ip", "nsenter", "iptables-legacy", "iptables-legacy-save", "iptables-nft", "iptables-nft-save")
@@ -131,7 +131,7 @@ def with_rule(base: Ruleset, table: str, chain: str, rule: Rule) -> Ruleset:
 
 # -- helpers ---------------------------------------------------------------------------------
 def libiptc() -> Any:
-    from plugin.firewall.libiptc import LibiptcBackend
+    from plugin.kernel.firewall.libiptc import LibiptcBackend
 
     return LibiptcBackend()
 
@@ -156,13 +156,13 @@ def call(ns: str, factory: Callable[[], Any], method: str, *args: Any) -> Any:
 def _driver_error(factory: Callable[[], Any], method: str, *args: Any) -> str | None:
     try:
         getattr(factory(), method)(*args)
-    except DriverError as exc:
+    except Refusal as exc:
         return exc.message
     return None
 
 
 def driver_error(ns: str, factory: Callable[[], Any], method: str, *args: Any) -> str | None:
-    """The DriverError message ``factory().method(*args)`` raises in ``ns`` (None: no error)."""
+    """The Refusal message ``factory().method(*args)`` raises in ``ns`` (None: no error)."""
     return in_netns(ns, _driver_error, factory, method, *args)
 
 
@@ -324,7 +324,7 @@ def test_libiptc_remove_on_untouched_namespace() -> None:
         assert "MULTINIC" not in save(ns, "legacy")
 
 
-# -- (e) a bad rule raises DriverError and changes nothing -----------------------------------
+# -- (e) a bad rule raises Refusal and changes nothing -----------------------------------
 BAD = {
     # rejected while the rule is built, before any commit
     "unknown-target": ("filter", FILTER_FORWARD, r("-i br9 -j NO-SUCH-TARGET"), "NO-SUCH-TARGET"),
@@ -366,8 +366,8 @@ def test_libiptc_bad_rule_raises_and_changes_nothing(case: str) -> None:
 @needs_iptc
 def test_libiptc_missing_builtin_jump_chain_is_an_error() -> None:
     # FORWARD always exists; fake the case by asking for a jump into a chain that does not.
-    from plugin.firewall import libiptc as mod
-    from plugin.firewall.model import Jump
+    from plugin.kernel.firewall import libiptc as mod
+    from plugin.kernel.firewall.model import Jump
 
     def apply_with_bogus_jump() -> str | None:
         mod.JUMPS = (*mod.JUMPS, Jump("filter", "NOT-THERE", FILTER_FORWARD))
@@ -383,7 +383,7 @@ def test_libiptc_missing_builtin_jump_chain_is_an_error() -> None:
 
 def _apply_racing(ruleset: Ruleset, lockfile: str) -> int:
     """Apply with another writer changing mangle between our snapshot and our commit."""
-    from plugin.firewall.libiptc import LibiptcBackend
+    from plugin.kernel.firewall.libiptc import LibiptcBackend
 
     os.environ["XTABLES_LOCKFILE"] = lockfile  # ours; the other writer uses the default lock
 
@@ -414,7 +414,7 @@ def test_libiptc_concurrent_writer_is_not_clobbered(tmp_path) -> None:
 
 
 def _apply_with_lock_timeout(ruleset: Ruleset, lockfile: str) -> str | None:
-    from plugin.firewall.libiptc import LibiptcBackend
+    from plugin.kernel.firewall.libiptc import LibiptcBackend
 
     os.environ["XTABLES_LOCKFILE"] = lockfile
 
@@ -440,11 +440,11 @@ def test_libiptc_waits_for_the_xtables_lock(tmp_path) -> None:
 
 
 def test_libiptc_reports_missing_python_iptables(monkeypatch: pytest.MonkeyPatch) -> None:
-    from plugin.firewall import libiptc as mod
+    from plugin.kernel.firewall import libiptc as mod
 
     monkeypatch.setattr(mod, "_iptc", None)
     monkeypatch.setitem(sys.modules, "iptc", None)  # "import iptc" now raises ImportError
-    with pytest.raises(DriverError) as info:
+    with pytest.raises(Refusal) as info:
         mod.LibiptcBackend()
     assert "python-iptables" in str(info.value) and "MULTINIC_FIREWALL=legacy-restore" in str(info.value)
 

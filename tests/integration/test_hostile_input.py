@@ -45,9 +45,9 @@ def valid_bodies() -> dict:
 
 
 def fuzz(state_dir: str, count: int, seed: int) -> dict:
-    from plugin.api import create_app
-    from plugin.driver import Driver
-    from plugin.state import Store
+    from plugin.api.http import create_app
+    from plugin.plan.driver import Driver
+    from plugin.plan.state import Store
 
     client = create_app(Driver(Store(state_dir))).test_client()
     state_file = os.path.join(state_dir, "state.json")

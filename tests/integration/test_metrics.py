@@ -10,7 +10,7 @@ import socket
 import time
 import urllib.request
 
-from plugin import hostfacts
+from plugin.ops.doctor import gather as hostfacts
 from tests.integration.test_doctor import _serve, _stop
 from tests.nsutil import in_netns, sh
 

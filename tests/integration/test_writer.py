@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import subprocess
 
-from plugin.driver import Driver
-from plugin.firewall.model import dnat_bucket
-from plugin.state import Store
+from plugin.plan.driver import Driver
+from plugin.kernel.firewall.model import dnat_bucket
+from plugin.plan.state import Store
 from tests.integration.test_datapath import EID, NID, attach_container, call, create_network, detach_and_remove
 from tests.nsutil import sh
 
@@ -103,7 +103,7 @@ def test_missing_jump_is_the_healers_job(topo):
 def _drifts(state_dir: str) -> tuple[list[str], list[str]]:
     from plugin import healer
     from plugin.reconcile import firewall
-    from plugin.state import Store
+    from plugin.plan.state import Store
 
     state = Store(state_dir).load()
     return healer.drift(state), healer.firewall_drift(state, firewall())
@@ -153,7 +153,7 @@ def _deferred_deletes(state_dir: str) -> dict[str, object]:
     import json as _json
 
     from plugin import reconcile
-    from plugin.api import create_app
+    from plugin.api.http import create_app
 
     client = create_app(Driver(Store(state_dir), defer_deletes=True)).test_client()
 

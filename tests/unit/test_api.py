@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from plugin.api import create_app
-from plugin.driver import Driver
-from plugin.state import Store
+from plugin.api.http import create_app
+from plugin.plan.driver import Driver
+from plugin.plan.state import Store
+from plugin.settings import Settings
 
 NID = "1" * 64
 EID = "2" * 64
@@ -15,7 +16,7 @@ EID = "2" * 64
 @pytest.fixture
 def client(tmp_path):
     applied = []
-    app = create_app(Driver(Store(tmp_path), reconciler=applied.append))
+    app = create_app(Driver(Store(tmp_path), Settings(), kernel=lambda after, before: applied.append(after)))
     app.applied = applied
     return app.test_client()
 
@@ -112,7 +113,7 @@ def test_endpoint_on_unknown_network_is_refused(client):
 
 
 def test_engine_version_gate():
-    from plugin.engine import EngineInfo
+    from plugin.ops.engine import EngineInfo
 
     assert EngineInfo("20.10.24+dfsg1", "1.41").supported
     assert EngineInfo("28.5.2", "1.51").supported
@@ -121,7 +122,7 @@ def test_engine_version_gate():
 
 
 def test_garbage_collection_forgets_only_old_records_dockerd_lacks(tmp_path):
-    from plugin.state import EndpointRecord, NetworkRecord, State
+    from plugin.plan.state import EndpointRecord, NetworkRecord, State
 
     applied = []
     store = Store(tmp_path)
@@ -134,7 +135,8 @@ def test_garbage_collection_forgets_only_old_records_dockerd_lacks(tmp_path):
         state.endpoints[eid] = EndpointRecord(id=eid, network_id=nid, address="10.0.0.2/24", mac="",
                                               host_veth="h", peer_veth="p", created=created)
     store.save(state)
-    forgotten = Driver(store, reconciler=applied.append).collect_garbage({"kept": {"live"}}, now=1000.0)
+    driver = Driver(store, Settings(), kernel=lambda after, before: applied.append(after))
+    forgotten = driver.collect_garbage({"kept": {"live"}}, now=1000.0)
     left = store.load()
     assert set(left.networks) == {"young", "kept"}
     assert set(left.endpoints) == {"live", "new"}
@@ -142,6 +144,5 @@ def test_garbage_collection_forgets_only_old_records_dockerd_lacks(tmp_path):
     assert applied and applied[-1].endpoints.keys() == {"live", "new"}
     # nothing to forget: no kernel work at all
     applied.clear()
-    assert Driver(store, reconciler=applied.append).collect_garbage({"kept": {"live", "new"}, "young": set()},
-                                                                    now=1000.0) == []
+    assert driver.collect_garbage({"kept": {"live", "new"}, "young": set()}, now=1000.0) == []
     assert applied == []

@@ -1,7 +1,7 @@
 """Property tests of the socket boundary: whatever arrives on any endpoint, the answer is JSON,
 never a 5xx, a refusal is an ``{"Err": ...}`` naming a field, and a refusal changes nothing.
 
-The driver is real but its kernel writer is a recorder (``reconciler=applied.append``): a refusal
+The driver is real but its kernel writer is a recorder (``kernel=``, recording each state it is given): a refusal
 must leave that list and the state file untouched. Port probing and conntrack flushing, the
 two other host side effects of Join/Leave, are replaced so nothing touches this machine.
 The kernel-level version of this test (real writer, scratch namespace) is
@@ -21,10 +21,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plugin import ports
-from plugin.api import create_app
-from plugin.driver import Driver
-from plugin.state import Store
+from plugin.api.http import create_app
+from plugin.plan import ports
+from plugin.plan.driver import Driver
+from plugin.plan.state import Store
+from plugin.settings import Settings
 from tests.unit.mutations import ALL_PATHS, NID, VALID, json_values, mutated
 
 EXAMPLES = int(os.environ.get("MULTINIC_HYPOTHESIS_EXAMPLES", "120"))
@@ -39,10 +40,9 @@ SETTINGS = settings(
 @pytest.fixture
 def app(monkeypatch):
     monkeypatch.setattr(ports, "allocate", functools.partial(ports.allocate, bindable=lambda *a: True))
-    monkeypatch.setattr(ports, "forget_flows", lambda published: None)
     with tempfile.TemporaryDirectory() as tmp:
         applied: list[Any] = []
-        flask_app = create_app(Driver(Store(tmp), reconciler=applied.append))
+        flask_app = create_app(Driver(Store(tmp), Settings(), kernel=lambda after, before: applied.append(after)))
         flask_app.applied = applied
         flask_app.state_file = Path(tmp) / "state.json"
         client = flask_app.test_client()

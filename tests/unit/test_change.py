@@ -4,12 +4,11 @@ import ipaddress
 import random
 from collections import Counter
 
-from plugin.desired import change, host_state
-from plugin.driver import snapshot
-from plugin.facts import ParentFacts
-from plugin.firewall.model import CHAINS, TABLES, Ruleset, dnat_bucket
-from plugin.firewall.restore import RestoreBackend
-from plugin.state import EndpointRecord, NetworkRecord, ParentRecord, PublishedPort, State
+from plugin.kernel.firewall.model import CHAINS, TABLES, Ruleset, dnat_bucket
+from plugin.kernel.firewall.restore import RestoreBackend
+from plugin.plan.desired import change, host_state, needs_parent_facts
+from plugin.plan.facts import ParentFacts
+from plugin.plan.state import EndpointRecord, NetworkRecord, ParentRecord, PublishedPort, State
 
 FACTS = {"eth1": ParentFacts("eth1", True, (ipaddress.IPv4Interface("192.168.101.2/24"),), 1500)}
 
@@ -48,14 +47,14 @@ def run_rm(state, ports=()):
     """The four verbs of `docker run --rm`, as state transitions: the change of each."""
     ep = endpoint(999, net(0))
     steps = []
-    s0 = snapshot(state)
-    s1 = snapshot(s0)
+    s0 = state.copy()
+    s1 = s0.copy()
     s1.endpoints[ep.id] = ep.__class__(**{**ep.__dict__, "joined": False})
     steps.append(("CreateEndpoint", diff(s0, s1)))
-    s2 = snapshot(s1)
+    s2 = s1.copy()
     s2.endpoints[ep.id] = ep.__class__(**{**ep.__dict__, "ports": ports})
     steps.append(("Join", diff(s1, s2)))
-    s3 = snapshot(s2)
+    s3 = s2.copy()
     s3.endpoints[ep.id] = ep.__class__(**{**ep.__dict__, "joined": False, "ports": ()})
     steps.append(("Leave", diff(s2, s3)))
     steps.append(("DeleteEndpoint", diff(s3, s0)))
@@ -104,7 +103,7 @@ def test_network_create_edits_the_same_number_of_rules_for_the_1st_and_50th_netw
     counts = []
     for existing in (1, 49):
         before = host(existing)
-        after = snapshot(before)
+        after = before.copy()
         new = net(existing)
         after.networks[new.id] = new
         todo = diff(before, after)
@@ -146,7 +145,7 @@ def test_random_verb_sequences_keep_the_kernel_equal_to_the_desired_state():
     for _trial in range(30):
         state = host(1)
         for _step in range(40):
-            before = snapshot(state)
+            before = state.copy()
             choice = rng.random()
             if choice < 0.2 and len(state.networks) < 6:
                 i = rng.randrange(1, 40)
@@ -183,27 +182,25 @@ def test_join_and_leave_without_ports_change_nothing_on_the_host():
 def test_verbs_without_ports_need_no_parent_facts():
     """The writer skips reading the parents when only port-less endpoints change: the
     difference is the same over empty facts."""
-    from plugin.reconcile import _needs_facts
-
     before = host(2, 30)
     ep = endpoint(999, net(0))
-    after = snapshot(before)
+    after = before.copy()
     after.endpoints[ep.id] = ep
-    assert not _needs_facts(before, after)
+    assert not needs_parent_facts(before, after)
     assert change(host_state(before, {}), host_state(after, {})) == diff(before, after)
-    with_port = snapshot(before)
+    with_port = before.copy()
     with_port.endpoints[ep.id] = endpoint(999, net(0), ports=(PublishedPort("tcp", "", 9, 9),))
-    assert _needs_facts(before, with_port) and _needs_facts(with_port, after)
-    other = snapshot(before)
+    assert needs_parent_facts(before, with_port) and needs_parent_facts(with_port, after)
+    other = before.copy()
     other.networks[net(7).id] = net(7)
-    assert _needs_facts(before, other)
+    assert needs_parent_facts(before, other)
 
 
 # -- scope: a verb's change computed over what it touched equals the whole host's -----------
 from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from plugin.desired import scope  # noqa: E402
+from plugin.plan.desired import scope  # noqa: E402
 
 FACTS2 = {**FACTS, "eth2": ParentFacts("eth2", True, (ipaddress.IPv4Interface("192.168.102.2/24"),), 1500)}
 
@@ -212,7 +209,7 @@ def _mutate(state: State, ops: list[tuple[int, int, int, int]]) -> State:
     """A verb-like step: add / replace / drop an endpoint (joined or not, with or without
     ports), add / drop / change a network (on eth1 or eth2, internal, routed), or a parent
     record coming or going."""
-    after = snapshot(state)
+    after = state.copy()
     for kind, a, b, c in ops:
         nets = sorted(after.networks)
         if kind == 0 and nets:
@@ -266,7 +263,7 @@ def test_the_change_over_a_verbs_scope_is_the_change_over_the_whole_host(history
 def test_a_network_verb_scopes_to_one_sibling_per_parent_not_to_every_network():
     before = host(40, 0)
     new = net(77)
-    after = snapshot(before)
+    after = before.copy()
     after.networks[new.id] = new
     mine, theirs = scope(before, after)
     assert len(theirs.networks) == 2 and new.id in theirs.networks  # itself and one sibling on eth1
@@ -276,7 +273,7 @@ def test_a_network_verb_scopes_to_one_sibling_per_parent_not_to_every_network():
 def test_an_endpoint_verb_scopes_to_that_endpoint_and_its_network():
     before = host(3, 200)
     ep = endpoint(999, net(1), ports=(PublishedPort("tcp", "", 9999, 80),))
-    after = snapshot(before)
+    after = before.copy()
     after.endpoints[ep.id] = ep
     mine, theirs = scope(before, after)
     assert set(mine.networks) == set(theirs.networks) == {net(1).id}

@@ -8,10 +8,13 @@ import os
 
 import pytest
 
-from plugin import doctor, hostfacts
-from plugin.doctor import ERROR, OK, SKIP, WARN, Facts, Proc, Result
-from plugin.hostfacts import HostPaths
-from plugin.state import EndpointRecord, NetworkRecord, State
+from plugin.kernel.firewall.view import parse as parse_iptables_save
+from plugin.ops import doctor
+from plugin.settings import DEFAULT_SOCKET, Settings
+from plugin.ops.doctor import ERROR, OK, SKIP, WARN, Facts, Proc, Result
+from plugin.ops.doctor import gather as hostfacts
+from plugin.ops.doctor.gather import HostPaths
+from plugin.plan.state import EndpointRecord, NetworkRecord, State
 
 NID = "a" * 64
 EID = "e" * 64
@@ -230,40 +233,53 @@ DOCKER_NFT = """*filter
 :DOCKER-ISOLATION-STAGE-1 - [0:0]
 :MULTINIC-FORWARD - [0:0]
 -A FORWARD -j DOCKER-USER
--A FORWARD -m comment --comment multinic -j MULTINIC-FORWARD
 -A FORWARD -j DOCKER-ISOLATION-STAGE-1
 -A FORWARD -o docker0 -j DOCKER
+-A DOCKER-USER -s 198.51.100.10/32 -j DROP
 -A DOCKER-USER -m comment --comment multinic -j MULTINIC-FORWARD
 -A DOCKER-USER -j RETURN
 -A MULTINIC-FORWARD -i mn-aaaaaaaaaaaa -o mn-aaaaaaaaaaaa -j ACCEPT
 COMMIT
 """
+OURS = "-A DOCKER-USER -m comment --comment multinic -j MULTINIC-FORWARD\n"
+USER_DROP = "-A DOCKER-USER -s 198.51.100.10/32 -j DROP\n"
 
 
 def fw_facts(nft: str = DOCKER_NFT, legacy: str = "") -> Facts:
     return Facts(state=state(), br_netfilter_loaded=True, bridge_nf_call_iptables="1",
-                 iptables={"nft": hostfacts.parse_iptables_save(nft), "legacy": hostfacts.parse_iptables_save(legacy)})
+                 iptables={"nft": parse_iptables_save(nft), "legacy": parse_iptables_save(legacy)})
 
 
 def test_healthy_docker_forward_layout_passes():
+    """FORWARD enters multinic through DOCKER-USER, after the user's rules there, as Docker's own ports."""
     f = fw_facts()
-    assert one(doctor.check_forward(f)).status == OK
+    r = one(doctor.check_forward(f))
+    assert r.status == OK and "after your 1 rule(s)" in r.message
     assert one(doctor.check_iptables_flavour(f)).status == OK
     assert one(doctor.check_br_netfilter(f)).status == OK
 
 
-def test_docker_28_layout_with_our_jump_only_in_docker_user_passes():
-    text = DOCKER_NFT.replace("-A FORWARD -m comment --comment multinic -j MULTINIC-FORWARD\n", "")
-    assert one(doctor.check_forward(fw_facts(text))).status == OK
-
-
-def test_docker_isolation_above_our_only_jump_is_an_error():
-    text = DOCKER_NFT.replace("-A DOCKER-USER -m comment --comment multinic -j MULTINIC-FORWARD\n", "")
-    text = text.replace("-A FORWARD -m comment --comment multinic -j MULTINIC-FORWARD\n", "") + (
-        "*filter\n-A FORWARD -m comment --comment multinic -j MULTINIC-FORWARD\nCOMMIT\n")
+def test_our_jump_above_the_users_rules_in_docker_user_is_an_error():
+    """As multinic used to insert it (at rule 1): the user's DROP would not hold for multinic's ports."""
+    text = DOCKER_NFT.replace(USER_DROP + OURS, OURS + USER_DROP)
     r = one(doctor.check_forward(fw_facts(text)))
-    assert r.status == ERROR and "DOCKER-ISOLATION-STAGE-1" in r.message
-    assert r.fix.startswith("iptables-nft -D FORWARD -m comment --comment multinic -j MULTINIC-FORWARD")
+    assert r.status == ERROR and "rule 1 of 3" in r.message and "after your 1 rule(s)" in r.message
+    assert r.fix.startswith("multinic reconcile")
+
+
+def test_a_direct_forward_jump_beside_docker_user_is_an_error():
+    direct = "-A FORWARD -m comment --comment multinic -j MULTINIC-FORWARD\n"
+    text = DOCKER_NFT.replace("-A FORWARD -j DOCKER-USER\n", direct + "-A FORWARD -j DOCKER-USER\n")
+    assert one(doctor.check_forward(fw_facts(text))).status == ERROR
+
+
+def test_without_docker_user_forward_enters_multinic_first():
+    text = "*filter\n:FORWARD DROP [0:0]\n:MULTINIC-FORWARD - [0:0]\n{}COMMIT\n"
+    jump = "-A FORWARD -m comment --comment multinic -j MULTINIC-FORWARD\n"
+    assert one(doctor.check_forward(fw_facts(text.format(jump)))).status == OK
+    assert one(doctor.check_forward(fw_facts(text.format("")))).status == ERROR
+    r = one(doctor.check_forward(fw_facts(text.format("-A FORWARD -i br0 -j ACCEPT\n" + jump))))
+    assert r.status == WARN and "rule 2" in r.message
 
 
 def test_chains_in_both_flavours_or_ours_elsewhere():
@@ -315,27 +331,27 @@ MANAGED = {"name": "multinic:latest", "id": "f" * 64, "enabled": True,
 
 
 def test_locate_service_managed_and_overrides():
-    default = doctor.DEFAULT_SOCKET
+    default = DEFAULT_SOCKET
+    plain = Settings()
     # the service alone
-    assert hostfacts.locate([], None, None, {}, True) == (default, "default", default, "/var/lib/multinic")
+    assert hostfacts.locate([], plain, False, False, True) == (default, "default", default, "/var/lib/multinic")
     # a managed plugin alone: its socket under its id, its state mount
-    sock, origin, legacy, state = hostfacts.locate([MANAGED], None, None, {}, False)
+    sock, origin, legacy, state = hostfacts.locate([MANAGED], plain, False, False, False)
     assert sock == MANAGED["socket"] and "managed plugin multinic:latest" in origin
     assert legacy == default and state == "/srv/multinic"
     # both: the service's socket is the one asked, the managed plugin still counts as an instance
-    sock, _, legacy, state = hostfacts.locate([MANAGED], None, None, {}, True)
+    sock, _, legacy, state = hostfacts.locate([MANAGED], plain, False, False, True)
     assert sock == default and legacy == default and state == "/var/lib/multinic"
-    # explicit flags and environment win
-    assert hostfacts.locate([MANAGED], "/x.sock", "/st", {}, False)[::3] == ("/x.sock", "/st")
-    env = {"MULTINIC_SOCKET": "/e.sock", "MULTINIC_STATE_DIR": "/es"}
-    assert hostfacts.locate([MANAGED], None, None, env, False)[::3] == ("/e.sock", "/es")
+    # given ones win (flags or the environment: both end up in the settings)
+    given = Settings(socket="/x.sock", state_dir="/st")
+    assert hostfacts.locate([MANAGED], given, False, False, False)[::3] == ("/x.sock", "/st")
     # a disabled managed plugin is not looked at
-    assert hostfacts.locate([{**MANAGED, "enabled": False}], None, None, {}, False)[0] == default
+    assert hostfacts.locate([{**MANAGED, "enabled": False}], plain, False, False, False)[0] == default
 
 
 def test_state_unreadable_open_or_fine():
     r = one(doctor.check_state(Facts(state_dir="/s", state_error="Expecting value: line 1")))
-    assert r.status == ERROR and "/s/state.json" in r.message and "move /s/state.json aside" in r.fix
+    assert r.status == ERROR and "/s/state.json" in r.message and "restart the plugin" in r.fix
     assert one(doctor.check_state(Facts(state_dir="/s"))).status == OK  # not created yet
     r = one(doctor.check_state(Facts(state_dir="/s", state_dir_stat={"mode": 0o40777, "uid": 0})))
     assert r.status == WARN and "chmod 700 /s" in r.fix
@@ -352,7 +368,7 @@ def test_managed_plugin_mount_source_missing():
 
 
 def test_managed_plugin_state_dir_is_found_through_its_mounts() -> None:
-    from plugin.hostfacts import host_path
+    from plugin.ops.doctor.gather import host_path
 
     mounts = [{"Destination": "/host/var/lib", "Source": "/var/lib"}, {"Destination": "/host/run", "Source": "/run"}]
     assert host_path("/host/var/lib/multinic", mounts) == "/var/lib/multinic"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from plugin.desired import change, host_state
-from plugin.facts import ParentFacts
-from plugin.firewall.explain import render_edit, render_ruleset
-from plugin.state import EndpointRecord, NetworkRecord, PublishedPort, State
+from plugin.kernel.firewall.explain import render_edit, render_ruleset
+from plugin.plan.desired import change, host_state
+from plugin.plan.facts import ParentFacts
+from plugin.plan.state import EndpointRecord, NetworkRecord, PublishedPort, State
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "firewall"
 FACTS = {

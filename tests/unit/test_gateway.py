@@ -7,10 +7,13 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
-from plugin import decisions, gateway, reconcile, watcher
-from plugin.cli import gateway_rows
-from plugin.desired import MAIN_TABLE, RouteSpec, RuleSpec
-from plugin.gateway import (
+from plugin.kernel import tags
+from plugin.loops import decisions
+from plugin.loops import gateways as watcher
+from plugin.ops.status import gateway_rows
+from plugin.plan import gateway
+from plugin.plan.desired import MAIN_TABLE, RouteSpec, RuleSpec
+from plugin.plan.gateway import (
     RULE_PREF_OVERRIDE,
     RULE_PREF_SOURCE_FIRST,
     RULE_PREF_SUPPRESS,
@@ -22,7 +25,8 @@ from plugin.gateway import (
     container_routing,
     effective_priority,
 )
-from plugin.state import EndpointRecord, NetworkRecord, State, Store
+from plugin.plan.state import EndpointRecord, NetworkRecord, State, Store
+from plugin.settings import Settings
 
 
 def att(name: str, octet: int, priority: int = 0, source: str = "default", internal: bool = False,
@@ -56,6 +60,9 @@ def test_source_precedence_for_our_networks():
     assert effective_priority(True, 7, 3, 10) == (7, "docker gw-priority")
     assert effective_priority(True, -7, 3, 10) == (-7, "docker gw-priority")
     assert effective_priority(True, None, None, 10) == (10, "network opt")  # 20.10: no GwPriority at all
+
+
+MN = Settings(socket="/run/docker/plugins/mn.sock")  # driver name "mn"
 
 
 def test_other_drivers_only_have_dockers_priority():
@@ -190,7 +197,6 @@ def test_numbers_cannot_clash():
     assert RULE_PREF_SOURCE_FIRST + gateway.MAX_SOURCE_ROUTED <= RULE_PREF_OVERRIDE
     assert TABLE_OVERRIDE < TABLE_SOURCE_FIRST
     assert TABLE_SOURCE_FIRST + gateway.MAX_SOURCE_ROUTED < 2**31
-    from plugin import tags
     assert not (tags.TABLE_ALLOC_FIRST <= TABLE_OVERRIDE <= tags.TABLE_ALLOC_LAST)
     assert RULE_PREF_SUPPRESS > tags.RULE_PREF_SOURCE
 
@@ -263,14 +269,14 @@ def test_build_attachments_from_inspect_and_state():
 
 # -- watcher: decisions file and a fake dockerd -------------------------------------------------
 def test_decisions_file_roundtrip(tmp_path):
-    assert decisions.load_decisions(tmp_path) == {}
-    decisions.write_decisions(tmp_path, {"c1": {"container": "web", "chosen": "front", "gateway": "10.1.0.1",
+    assert decisions.load(tmp_path) == {}
+    decisions.write(tmp_path, {"c1": {"container": "web", "chosen": "front", "gateway": "10.1.0.1",
                                               "interface": "eth1", "override": True, "reason": "front beats x"}})
-    assert decisions.load_decisions(tmp_path)["c1"]["chosen"] == "front"
+    assert decisions.load(tmp_path)["c1"]["chosen"] == "front"
     rows = gateway_rows(tmp_path)
     assert len(rows) == 1 and "web" in rows[0] and "via 10.1.0.1 dev eth1" in rows[0] and "[override]" in rows[0]
     (tmp_path / "gateways.json").write_text("{not json")
-    assert decisions.load_decisions(tmp_path) == {}
+    assert decisions.load(tmp_path) == {}
 
 
 class FakeAPI:
@@ -313,23 +319,22 @@ def test_watcher_skips_foreign_containers_and_forgets_dead_ones(tmp_path, monkey
     api = FakeAPI(containers, nets)
     seen = []
 
-    def fake_reconcile(netns, attachments, expect=None):
+    def fake_route(netns, attachments, expect=None):
         seen.append((netns, [a.network_name for a in attachments]))
         decision = gateway.choose(attachments, gw(1))
-        return decision, gateway.Routing(), {"docker_gateway": "10.1.0.1", "ifnames": {"10.1.0.2": "eth0"},
-                                             "changed": False}
+        return decision, {"docker_gateway": "10.1.0.1", "ifnames": {"10.1.0.2": "eth0"}, "changed": False}
 
-    monkeypatch.setattr(reconcile, "reconcile_container", fake_reconcile)
-    w = watcher.Watcher(Store(tmp_path), "mn")
+    monkeypatch.setattr(watcher.Watcher, "route", staticmethod(fake_route))
+    w = watcher.Watcher(Store(tmp_path), MN)
     w.resync(api)
     assert seen == [("/proc/4242/ns/net", ["front"])]
     assert "c-other" not in api.inspected  # a container without our networks is never inspected in a resync
-    recorded = decisions.load_decisions(tmp_path)
+    recorded = decisions.load(tmp_path)
     assert recorded["c-ours"]["chosen"] == "front" and recorded["c-ours"]["interface"] == "eth0"
     containers["c-ours"]["State"] = {"Running": False, "Pid": 0}
     w.reconcile_container(api, "c-ours")
     w.flush()
-    assert decisions.load_decisions(tmp_path) == {}
+    assert decisions.load(tmp_path) == {}
 
 
 def test_run_survives_an_unreachable_docker_and_stops(tmp_path, monkeypatch):
@@ -341,7 +346,7 @@ def test_run_survives_an_unreachable_docker_and_stops(tmp_path, monkeypatch):
         raise ConnectionError("dockerd is away")
 
     stop = threading.Event()
-    thread = threading.Thread(target=watcher.run, args=(Store(tmp_path), stop, "mn", factory))
+    thread = threading.Thread(target=watcher.run, args=(Store(tmp_path), stop, MN, factory))
     thread.start()
     import time
 
@@ -361,13 +366,12 @@ def test_managed_plugin_networks_are_ours_by_id(tmp_path, monkeypatch):
                          "NetworkSettings": {"Networks": {"front": _inspect_net("n1", "10.1.0.2", "10.1.0.1")}}}}
     seen = []
 
-    def fake_reconcile(netns, attachments, expect=None):
+    def fake_route(netns, attachments, expect=None):
         seen.append([(a.network_name, a.priority, a.priority_source) for a in attachments])
-        return gateway.choose(attachments, gw(1)), gateway.Routing(), {"docker_gateway": None, "ifnames": {},
-                                                                        "changed": True}
+        return gateway.choose(attachments, gw(1)), {"docker_gateway": None, "ifnames": {}, "changed": True}
 
-    monkeypatch.setattr(reconcile, "reconcile_container", fake_reconcile)
-    watcher.Watcher(store, "multinic").resync(FakeAPI(containers, nets))
+    monkeypatch.setattr(watcher.Watcher, "route", staticmethod(fake_route))
+    watcher.Watcher(store, Settings()).resync(FakeAPI(containers, nets))
     assert seen == [[("front", 3, "network opt")]]
 
 
@@ -377,9 +381,9 @@ def test_last_network_disconnected_removes_rules_even_if_never_recorded(tmp_path
                          "NetworkSettings": {"Networks": {"bridge": _inspect_net("n9", "172.17.0.2", "172.17.0.1")},
                                              "SandboxKey": "/nonexistent"}}}
     removed = []
-    monkeypatch.setattr(reconcile, "remove_container",
-                        lambda netns, expect=None: removed.append((netns, expect)) or True)
-    w = watcher.Watcher(Store(tmp_path), "mn")
+    monkeypatch.setattr(watcher.Watcher, "unroute",
+                        staticmethod(lambda netns, expect=None: removed.append((netns, expect)) or True))
+    w = watcher.Watcher(Store(tmp_path), MN)
     api = FakeAPI(containers, nets)
     assert not w._note_event(("c1", 1, "network disconnect"))  # not known running: no inspect mid-start
     assert w._note_event(("c1", 1, "container start"))
@@ -394,8 +398,7 @@ def test_spawned_watcher_stops_only_from_its_owner(tmp_path, monkeypatch):
     import os
     import time
 
-    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
-    proc = watcher.spawn(Store(tmp_path), "mn")
+    proc = watcher.spawn(Store(tmp_path), MN.replace(docker_host=f"unix://{tmp_path}/no-docker.sock"))
     try:
         time.sleep(0.3)
         assert proc.alive()

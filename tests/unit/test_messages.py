@@ -1,7 +1,7 @@
 import pytest
 
-from plugin.errors import DriverError
-from plugin.messages import parse_create_endpoint, parse_create_network, parse_join
+from plugin.api.messages import parse_create_endpoint, parse_create_network, parse_join
+from plugin.errors import Refusal
 
 NID = "5" * 64
 
@@ -38,13 +38,13 @@ def test_join_port_map():
 
 
 def test_bad_protocol_and_missing_ids():
-    with pytest.raises(DriverError, match="protocol 1 is not supported"):
+    with pytest.raises(Refusal, match="protocol 1 is not supported"):
         parse_join({"NetworkID": NID, "EndpointID": "e" * 64,
                     "Options": {"com.docker.network.portmap": [{"Proto": 1, "Port": 80}]}})
-    with pytest.raises(DriverError, match="missing EndpointID"):
+    with pytest.raises(Refusal, match="missing EndpointID"):
         parse_create_endpoint({"NetworkID": NID, "Interface": {}})
 
 
 def test_empty_body_says_dockerd_retry():
-    with pytest.raises(DriverError, match="empty body.*run the docker command again"):
+    with pytest.raises(Refusal, match="empty body.*run the docker command again"):
         parse_join({})

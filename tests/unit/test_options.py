@@ -2,8 +2,8 @@ import ipaddress
 
 import pytest
 
-from plugin.errors import DriverError
-from plugin.options import parse_endpoint_options, parse_network_options
+from plugin.api.options import parse_endpoint_options, parse_network_options
+from plugin.errors import Refusal
 
 
 def test_defaults():
@@ -44,7 +44,7 @@ def test_full_set():
     ],
 )
 def test_refusals_name_the_option(raw, words):
-    with pytest.raises(DriverError) as err:
+    with pytest.raises(Refusal) as err:
         parse_network_options(raw)
     for word in words:
         assert word in str(err.value)
@@ -59,16 +59,18 @@ def test_endpoint_options_ignore_docker_keys():
     opts = parse_endpoint_options({"com.docker.network.endpoint.exposedports": [], "gw_priority": "7"})
     assert opts.gw_priority == 7
     assert parse_endpoint_options({}).gw_priority is None
-    with pytest.raises(DriverError, match="unknown endpoint option foo"):
+    with pytest.raises(Refusal, match="unknown endpoint option foo"):
         parse_endpoint_options({"foo": "1"})
 
 
-def test_serve_settings_never_keep_the_plugin_from_starting(monkeypatch) -> None:
+def test_settings_never_keep_the_plugin_from_starting() -> None:
     """A bad LOG_LEVEL or MULTINIC_WORKERS (a systemd override, a `docker plugin set`) is taken as the
-    default, not fatal: a plugin that does not start stalls dockerd."""
-    from plugin import cli
+    default and reported, not fatal: a plugin that does not start stalls dockerd."""
+    from plugin import settings
 
-    assert cli._log_level("DEBUG") == "debug"
-    assert cli._log_level("loud") == "info"
-    monkeypatch.setenv("MULTINIC_WORKERS", "many")
-    assert cli._env_int("MULTINIC_WORKERS", 2) == 2
+    got = settings.load({"log_level": None}, {"LOG_LEVEL": "LOUD", "MULTINIC_WORKERS": "many",
+                                               "MULTINIC_CHECK_INTERVAL": "-1", "MULTINIC_STATE_DIR": "/s"})
+    assert (got.log_level, got.workers, got.check_interval, got.state_dir) == ("info", 2, 2.0, "/s")
+    assert len(got.problems) == 3 and any("MULTINIC_WORKERS='many'" in p for p in got.problems)
+    flags = settings.load({"log_level": "DEBUG", "socket": "/run/docker/plugins/x.sock"}, {"LOG_LEVEL": "error"})
+    assert (flags.log_level, flags.driver_name, flags.problems) == ("debug", "x", ())

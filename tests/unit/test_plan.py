@@ -4,13 +4,13 @@ import ipaddress
 
 import pytest
 
-from plugin.driver import Driver
-from plugin.errors import DriverError
-from plugin.facts import HostFacts, ParentFacts
-from plugin.messages import CreateNetworkRequest, IPv4Pool
-from plugin.options import NetworkOptions
-from plugin.state import NetworkRecord, State
-from plugin.tags import TABLE_ALLOC_FIRST
+from plugin.api.messages import CreateNetworkRequest, IPv4Pool
+from plugin.api.options import NetworkOptions
+from plugin.errors import Refusal
+from plugin.kernel.tags import TABLE_ALLOC_FIRST
+from plugin.plan.network import GATEWAY_ROUTE, plan_network, publish_resolver
+from plugin.plan.facts import HostFacts, ParentFacts
+from plugin.plan.state import NetworkRecord, State
 
 ETH1 = ParentFacts("eth1", True, (ipaddress.IPv4Interface("192.168.101.2/24"),), 1450)
 FACTS = HostFacts(parents={"eth1": ETH1}, links=frozenset({"lo", "eth1"}),
@@ -25,7 +25,7 @@ def request(nid="a" * 64, subnet="10.10.0.0/24", internal=False):
 
 
 def plan(state=None, facts=FACTS, rp="1", **opts):
-    return Driver._plan_network(state or State(), request(), NetworkOptions(**opts), facts, rp)
+    return plan_network(state or State(), request(), NetworkOptions(**opts), facts, rp)
 
 
 def test_parent_network_gets_first_free_table_mark_and_mtu():
@@ -43,7 +43,7 @@ def test_table_in_use_on_the_host_is_skipped():
 
 def test_explicit_table_in_use_is_refused():
     facts = HostFacts(parents=FACTS.parents, tables_in_use=frozenset({100}))
-    with pytest.raises(DriverError, match="table=100"):
+    with pytest.raises(Refusal, match="table=100"):
         plan(facts=facts, parent="eth1", table=100)
 
 
@@ -54,33 +54,33 @@ def test_foreign_default_gateway_is_the_parents_next_hop():
 
 
 def test_missing_parent_and_taken_bridge_name_are_refused():
-    with pytest.raises(DriverError, match="parent=eth9"):
+    with pytest.raises(Refusal, match="parent=eth9"):
         plan(parent="eth9")
-    with pytest.raises(DriverError, match="bridge_name=eth1"):
+    with pytest.raises(Refusal, match="bridge_name=eth1"):
         plan(bridge_name="eth1")
 
 
 def test_sibling_on_same_parent_shares_table_and_mark_and_keeps_rp_filter():
     first, _ = plan(parent="eth1")
     state = State(networks={first.id: first})
-    second, parent = Driver._plan_network(state, request("b" * 64, "10.11.0.0/24"), NetworkOptions(parent="eth1"),
+    second, parent = plan_network(state, request("b" * 64, "10.11.0.0/24"), NetworkOptions(parent="eth1"),
                                           FACTS, "0")
     assert (second.table, second.mark_slot) == (first.table, first.mark_slot)
     assert parent is None  # the first network's record keeps the original rp_filter
 
 
 def test_overlap_with_parent_subnet_is_refused():
-    with pytest.raises(DriverError, match="overlaps eth1"):
-        Driver._plan_network(State(), request(subnet="192.168.101.0/25"), NetworkOptions(parent="eth1"), FACTS)
+    with pytest.raises(Refusal, match="overlaps eth1"):
+        plan_network(State(), request(subnet="192.168.101.0/25"), NetworkOptions(parent="eth1"), FACTS)
 
 
 def test_publish_ips_pure():
     net = NetworkRecord(id="a" * 64, bridge="mn-a", subnet="10.10.0.0/24", gateway="10.10.0.1/24", parent="eth1")
-    resolve = Driver._publish_ips(net, FACTS)
+    resolve = publish_resolver(net, FACTS)
     assert resolve("") == ("192.168.101.2",)
     assert resolve("0.0.0.0") == ("192.168.101.2",)
     assert resolve("192.168.101.2") == ("192.168.101.2",)
-    with pytest.raises(DriverError, match="not an address of this host"):
+    with pytest.raises(Refusal, match="not an address of this host"):
         resolve("192.168.101.9")
-    with pytest.raises(DriverError, match="loopback"):
+    with pytest.raises(Refusal, match="loopback"):
         resolve("127.0.0.1")

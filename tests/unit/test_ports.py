@@ -1,9 +1,9 @@
 import pytest
 
-from plugin.errors import DriverError
-from plugin.messages import PortBinding
-from plugin.ports import allocate
-from plugin.state import PublishedPort
+from plugin.api.messages import PortBinding
+from plugin.errors import Refusal
+from plugin.plan.ports import allocate
+from plugin.plan.state import PublishedPort
 
 
 def ips(host_ip):
@@ -28,7 +28,7 @@ def test_range_takes_first_free_port():
 
 def test_conflict_names_the_port():
     taken = [PublishedPort("tcp", "192.168.101.2", 4000, 80)]
-    with pytest.raises(DriverError, match=r"host port 4000/tcp on 192.168.101.2 is already published"):
+    with pytest.raises(Refusal, match=r"host port 4000/tcp on 192.168.101.2 is already published"):
         allocate([PortBinding(6, 80, "", 4000, 4000)], ips, taken, free)
 
 
@@ -38,7 +38,7 @@ def test_other_protocol_or_address_does_not_conflict():
 
 
 def test_port_held_on_host_is_refused():
-    with pytest.raises(DriverError, match="in use on the host"):
+    with pytest.raises(Refusal, match="in use on the host"):
         allocate([PortBinding(6, 80, "", 4000, 4000)], ips, [], lambda proto, ip, port: port != 4000)
 
 

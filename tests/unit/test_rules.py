@@ -2,9 +2,7 @@
 
 import ipaddress
 
-from plugin.desired import host_state
-from plugin.facts import ParentFacts
-from plugin.firewall.model import (
+from plugin.kernel.firewall.model import (
     BUCKET_JUMPS,
     CHAINS,
     DNAT_BUCKETS,
@@ -16,7 +14,9 @@ from plugin.firewall.model import (
     dnat_bucket,
     is_owned_chain,
 )
-from plugin.state import EndpointRecord, NetworkRecord, PublishedPort, State
+from plugin.plan.desired import host_state
+from plugin.plan.facts import ParentFacts
+from plugin.plan.state import EndpointRecord, NetworkRecord, PublishedPort, State
 
 FACTS = {"eth1": ParentFacts("eth1", True, (ipaddress.IPv4Interface("192.168.101.2/24"),), 1500)}
 

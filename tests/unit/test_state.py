@@ -1,7 +1,7 @@
 import json
 import multiprocessing
 
-from plugin.state import EndpointRecord, NetworkRecord, ParentRecord, PublishedPort, State, Store
+from plugin.plan.state import EndpointRecord, NetworkRecord, ParentRecord, PublishedPort, State, Store
 
 
 def test_round_trip(tmp_path):
@@ -37,7 +37,7 @@ def test_lock_serialises_processes(tmp_path):
 def test_save_keeps_the_replaced_file_as_backup_and_check_restores_it(tmp_path):
     import pytest
 
-    from plugin.state import StateCorrupt, Store
+    from plugin.plan.state import StateCorrupt, Store
 
     store = Store(tmp_path)
     first = State()
@@ -55,7 +55,7 @@ def test_save_keeps_the_replaced_file_as_backup_and_check_restores_it(tmp_path):
 
 
 def test_check_without_usable_backup_refuses_and_keeps_the_file(tmp_path):
-    from plugin.state import Store
+    from plugin.plan.state import Store
 
     store = Store(tmp_path)
     store.path.write_text("[]")

@@ -1,0 +1,138 @@
+"""The backend driving ``iptables-restore`` of one flavour (``iptables-nft`` or ``iptables-legacy``): the
+one for hosts whose dockerd writes nf_tables through iptables-nft (Debian 12 and most current
+distributions). Each change is one ``iptables-restore --noflush``: one nf_tables transaction."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from typing import Callable
+
+from ...errors import Failure
+from .model import CHAINS, JUMPS, TABLES, Edit, Ruleset
+from .view import View, line, parse
+
+
+class RestoreBackend:
+    def __init__(self, flavour: str) -> None:
+        if flavour not in ("nft", "legacy"):
+            raise ValueError(flavour)
+        self.flavour = flavour
+        self.name = f"iptables-{flavour}"
+
+    # -- plumbing -----------------------------------------------------------------------------------
+    def read(self) -> View:
+        """Every table we use, from ONE ``<flavour>-save`` (iptables-nft-save fetches the whole ruleset
+        whatever ``-t`` says, so one save per table costs as much as all of them). A table missing from
+        it (nf_tables: not created yet; legacy: module not loaded) is read on its own, which lists its
+        built-in chains."""
+        view = self._save()
+        for table in TABLES:
+            if table not in view.policies:
+                one = self._save(table)
+                view.policies[table] = one.policies.get(table, {})
+                view.rules[table] = one.rules.get(table, {})
+        return view
+
+    def _save(self, table: str | None = None) -> View:
+        args = [f"{self.name}-save", *(("-t", table) if table else ())]
+        proc = subprocess.run(args, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise Failure(f"firewall read failed ({' '.join(args)}): {proc.stderr.strip() or proc.stdout.strip()}")
+        return parse(proc.stdout)
+
+    def _restore(self, payload: str) -> None:
+        proc = subprocess.run([f"{self.name}-restore", "-w", "--noflush"], input=payload, capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            raise Failure(f"firewall update failed ({self.name}-restore): "
+                          f"{proc.stderr.strip() or proc.stdout.strip()}")
+
+    # -- the backend interface ---------------------------------------------------------------------------
+    def apply(self, ruleset: Ruleset) -> None:
+        """Our chains hold exactly ``ruleset``, every jump where it belongs: one restore for all tables,
+        which iptables-nft-restore commits as one transaction (every check runs before anything is
+        written)."""
+        view = self.read()
+        lines: list[str] = []
+        for table in TABLES:
+            chains = view.chains(table)
+            lines.append(f"*{table}")
+            lines += [f":{chain} - [0:0]" for chain in CHAINS[table]]
+            for chain in CHAINS[table]:
+                lines += [line("-A", chain, rule) for rule in ruleset.rules(table, chain)]
+            for jump in (j for j in JUMPS if j.table == table):
+                edits = jump.placement(chains)
+                if edits is None:
+                    if jump.optional:
+                        continue
+                    raise Failure(f"firewall chain {table}/{jump.chain} does not exist")
+                lines += [f"-D {jump.chain} {n}" if op == "-D" else line("-I", jump.chain, (str(n), *jump.rule))
+                          for op, n in edits]
+            lines.append("COMMIT")
+        self._restore("\n".join(lines) + "\n")
+
+    def edit(self, edits: tuple[Edit, ...], full: Callable[[], Ruleset]) -> None:
+        """One ``iptables-restore --noflush`` holding only ``edits``: its size is the verb's own rules,
+        whatever else is on the host. A ``-D`` of a rule that is not there fails the whole transaction
+        (the writer then re-applies the whole host)."""
+        if edits:
+            self._restore(self.edit_payload(edits))
+
+    @classmethod
+    def edit_payload(cls, edits: tuple[Edit, ...]) -> str:
+        lines: list[str] = []
+        for table in TABLES:
+            mine = [e for e in edits if e.table == table]
+            if mine:
+                lines += [f"*{table}", *(line(e.action, e.chain, e.rule) for e in mine), "COMMIT"]
+        return "\n".join(lines) + "\n"
+
+    def remove(self) -> None:
+        view = self._readable()
+        for table in TABLES:
+            chains = view.chains(table)
+            present = [c for c in CHAINS[table] if c in chains]
+            lines = [f"*{table}", *(f":{chain} - [0:0]" for chain in present)]
+            for jump in (j for j in JUMPS if j.table == table):
+                ours = [n for n, rule in enumerate(chains.get(jump.chain, []), 1) if jump.enters(rule)]
+                lines += [f"-D {jump.chain} {n}" for n in reversed(ours)]
+            lines += [f"-X {chain}" for chain in present]
+            if len(lines) > 1:
+                self._restore("\n".join([*lines, "COMMIT"]) + "\n")
+            self._drop_if_pristine(table)
+
+    def _readable(self) -> View:
+        try:
+            return self.read()
+        except Failure:
+            return View()
+
+    def _drop_if_pristine(self, table: str) -> None:
+        """On nf_tables, touching a table creates it; drop it again if nothing but empty ACCEPT built-ins
+        is left, so a host without a mangle table gets none from us."""
+        if self.flavour != "nft" or not shutil.which("nft"):
+            return
+        proc = subprocess.run([f"{self.name}-save", "-t", table], capture_output=True, text=True)
+        body = [ln for ln in proc.stdout.splitlines() if ln and not ln.startswith(("#", "*", "COMMIT"))]
+        if proc.returncode == 0 and body and all(ln.startswith(":") and " ACCEPT " in ln for ln in body):
+            subprocess.run(["nft", "delete", "table", "ip", table], capture_output=True)
+
+    def dump(self) -> dict[str, list[str]]:
+        """Per table, as ``iptables -S`` prints them: the jumps into our chains (in :data:`JUMPS` order),
+        then each of our chains (``-N`` and its rules) in :data:`CHAINS` order."""
+        return dump(self._readable())
+
+
+def dump(view: View) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for table in TABLES:
+        chains = view.chains(table)
+        lines: list[str] = []
+        for jump in (j for j in JUMPS if j.table == table):
+            lines += [f"-A {jump.chain} {rule}" for rule in chains.get(jump.chain, []) if jump.enters(rule)]
+        for chain in CHAINS[table]:
+            if chain in chains:
+                lines += [f"-N {chain}", *(f"-A {chain} {rule}" for rule in chains[chain])]
+        out[table] = lines
+    return out

@@ -1,0 +1,222 @@
+"""Links: bridges and veths made, tagged, retired and deleted; a link's addresses and state read.
+
+Never reads /sys/class/net (under ``nsenter --net`` it shows the root namespace's links).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..plan.desired import BridgeSpec, VethSpec
+from ..plan.facts import ParentFacts
+from . import netlink as nl
+from .tags import LINK_BRIDGE, LINK_GONE, LINK_VETH, link_alias, parse_link_alias
+
+IFF_UP = 0x1
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS = 1, 3, 4, 10, 18, 20
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
+VETH_INFO_PEER = 1
+IFLA_BRPORT_MODE = 4  # hairpin
+IFA_ADDRESS = 1
+
+
+def attr(msg: Any, name: str, default: Any = None) -> Any:
+    """An attribute of a pyroute2 message, ``default`` when absent."""
+    value = msg.get_attr(name)
+    return default if value is None else value
+
+
+def link_index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def link_names(ipr: IPRoute) -> dict[int, str]:
+    return {link["index"]: attr(link, "IFLA_IFNAME") for link in ipr.get_links()}
+
+
+def tagged_links(ipr: IPRoute) -> dict[str, tuple[str, str, int]]:
+    """ifname → (kind, object id, index) for every link carrying our alias."""
+    out = {}
+    for link in ipr.get_links():
+        parsed = parse_link_alias(attr(link, "IFLA_IFALIAS"))
+        if parsed:
+            out[attr(link, "IFLA_IFNAME")] = (*parsed, link["index"])
+    return out
+
+
+def addresses(index: int, family: int = socket.AF_INET) -> tuple[Any, ...]:
+    """The addresses of one link, asked of the kernel with the link's index in a strict dump, so the
+    kernel answers with that link's only (pyroute2 dumps every address and filters in Python)."""
+    out = []
+    for kind, body in nl.request(nl.RTM_GETADDR, nl.NLM_F_DUMP, nl.IFADDRMSG.pack(family, 0, 0, 0, index),
+                                 strict=True):
+        if kind != nl.RTM_NEWADDR or len(body) < nl.IFADDRMSG.size:
+            continue
+        fam, prefixlen, _flags, _scope, ifindex = nl.IFADDRMSG.unpack_from(body)
+        address = nl.attrs(body, nl.IFADDRMSG.size).get(IFA_ADDRESS)
+        if fam == family == socket.AF_INET and ifindex == index and address and len(address) == 4:
+            out.append(ipaddress.IPv4Interface(f"{socket.inet_ntoa(address)}/{prefixlen}"))
+    return tuple(out)
+
+
+def all_ipv4_addresses(ipr: IPRoute) -> list[tuple[str, ipaddress.IPv4Interface]]:
+    """(ifname, address) of every IPv4 address in ``ipr``'s namespace."""
+    names = link_names(ipr)
+    return [(names.get(msg["index"], "?"), ipaddress.IPv4Interface(f"{attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}"))
+            for msg in ipr.get_addr(family=socket.AF_INET)]
+
+
+def parent_facts(ipr: IPRoute, ifname: str) -> ParentFacts:
+    index = link_index(ipr, ifname)
+    if index is None:
+        return ParentFacts(ifname=ifname, exists=False)
+    link = ipr.get_links(index)[0]
+    return ParentFacts(ifname=ifname, exists=True, addresses=addresses(index), mtu=attr(link, "IFLA_MTU", 1500),
+                       up=bool(link["flags"] & IFF_UP))
+
+
+NUD_CONFIRMED = 0x02 | 0x80  # REACHABLE, PERMANENT
+
+
+def neighbour_answers(ipr: IPRoute, ifname: str, address: str, timeout: float = 1.5) -> bool:
+    """Does ``address`` answer neighbour resolution on ``ifname``? One empty UDP datagram to its discard
+    port, sent out of that NIC, makes the kernel resolve it; then its neighbour entry is read until it is
+    confirmed (REACHABLE, PERMANENT) or the time is up (INCOMPLETE, FAILED)."""
+    import time
+
+    index = link_index(ipr, ifname)
+    if index is None:
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+        try:
+            probe.sendto(b"", (address, 9))
+        except OSError:
+            return False
+    deadline = time.monotonic() + timeout
+    while True:
+        for entry in ipr.get_neighbours(family=socket.AF_INET, ifindex=index):
+            if attr(entry, "NDA_DST") == address and entry["state"] & NUD_CONFIRMED:
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def ensure_bridge(ipr: IPRoute, spec: BridgeSpec) -> None:
+    index = link_index(ipr, spec.name)
+    if index is None:
+        ipr.link("add", ifname=spec.name, kind="bridge")
+        index = link_index(ipr, spec.name)
+    ipr.link("set", index=index, ifalias=link_alias(LINK_BRIDGE, spec.network_id), mtu=spec.mtu)
+    if spec.address not in addresses(index):
+        ipr.addr("add", index=index, address=str(spec.address.ip), prefixlen=spec.address.network.prefixlen)
+    ipr.link("set", index=index, state="up")
+
+
+def ensure_veth(ipr: IPRoute, spec: VethSpec) -> None:
+    """Host side on the bridge, up, tagged, hairpin on; the peer waits for dockerd to take it at Join.
+    A new endpoint's veth is three requests (:func:`_create_veth`); an existing one (a retry, the
+    whole-host writer) goes through pyroute2."""
+    if not spec.joined and _create_veth(spec):
+        return
+    bridge = link_index(ipr, spec.bridge)
+    index = None
+    if not spec.joined:
+        peer = {"ifname": spec.peer, "mtu": spec.mtu, **({"address": spec.mac} if spec.mac else {})}
+        try:
+            ipr.link("add", ifname=spec.host, kind="veth", mtu=spec.mtu, master=bridge, state="up", peer=peer)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+            index = _reuse_veth(ipr, spec)
+        else:
+            index = link_index(ipr, spec.host)
+    else:
+        index = link_index(ipr, spec.host)
+    if index is None:
+        return  # joined and gone: the container owns the peer; nothing sensible to re-create
+    ipr.link("set", index=index, ifalias=link_alias(LINK_VETH, spec.endpoint_id), master=bridge, state="up")
+    ipr.brport("set", index=index, mode=1)  # hairpin: a container reaching its own published port
+
+
+def _create_veth(spec: VethSpec) -> bool:
+    """A new veth pair: the bridge's index; one create that also sets the MTUs and the peer's MAC and
+    enslaves and raises the host side; one change that tags it and turns hairpin on (bridge port data,
+    as ``ip link set X type bridge_slave hairpin on``). False when the host side exists already."""
+    found = nl.ack(nl.RTM_GETLINK, 0, nl.ifinfo() + nl.nla_str(IFLA_IFNAME, spec.bridge))
+    bridge = nl.IFINFOMSG.unpack_from(found)[2]
+    peer = nl.ifinfo() + nl.nla_str(IFLA_IFNAME, spec.peer) + nl.nla_u32(IFLA_MTU, spec.mtu)
+    if spec.mac:
+        peer += nl.nla(IFLA_ADDRESS, bytes(int(b, 16) for b in spec.mac.split(":")))
+    info = nl.nla(IFLA_INFO_KIND, b"veth\0") + nl.nla(IFLA_INFO_DATA, nl.nla(VETH_INFO_PEER, peer), nested=True)
+    create = (nl.ifinfo(flags=IFF_UP, change=IFF_UP) + nl.nla_str(IFLA_IFNAME, spec.host)
+              + nl.nla_u32(IFLA_MTU, spec.mtu) + nl.nla_u32(IFLA_MASTER, bridge)
+              + nl.nla(IFLA_LINKINFO, info, nested=True))
+    try:
+        nl.ack(nl.RTM_NEWLINK, nl.NLM_F_CREATE | nl.NLM_F_EXCL, create)
+    except NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            return False
+        raise
+    port = nl.nla(IFLA_INFO_SLAVE_KIND, b"bridge\0") + nl.nla(
+        IFLA_INFO_SLAVE_DATA, nl.nla(IFLA_BRPORT_MODE, b"\1"), nested=True)
+    nl.ack(nl.RTM_NEWLINK, 0, nl.ifinfo() + nl.nla_str(IFLA_IFNAME, spec.host)
+           + nl.nla(IFLA_IFALIAS, link_alias(LINK_VETH, spec.endpoint_id).encode())
+           + nl.nla(IFLA_LINKINFO, port, nested=True))
+    return True
+
+
+def _reuse_veth(ipr: IPRoute, spec: VethSpec) -> int | None:
+    """The host side exists already (a retry, a whole-host run). A retired one (its endpoint went and
+    came back before its deferred deletion) is deleted now and made anew."""
+    try:
+        found = ipr.link("get", ifname=spec.host)[0]
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise
+        found = None  # the peer's name was taken: a retired pair whose deletion just finished
+    if found is not None:
+        if parse_link_alias(attr(found, "IFLA_IFALIAS")) != (LINK_GONE, spec.endpoint_id):
+            return found["index"]
+        delete_link_index(ipr, found["index"])
+    peer = {"ifname": spec.peer, "mtu": spec.mtu, **({"address": spec.mac} if spec.mac else {})}
+    ipr.link("add", ifname=spec.host, kind="veth", mtu=spec.mtu, peer=peer)
+    return link_index(ipr, spec.host)
+
+
+def delete_link(ipr: IPRoute, name: str) -> None:
+    index = link_index(ipr, name)
+    if index is not None:
+        delete_link_index(ipr, index)
+
+
+def delete_link_index(ipr: IPRoute, index: int) -> None:
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise
+
+
+def retire_link(ipr: IPRoute, name: str) -> int | None:
+    """Re-tag a veth whose endpoint is gone (``multinic:gone:<id>``) and return its index, for a
+    deletion after the response; None if it is not there. Its peer is down (dockerd took it out of
+    the container), so no frame crosses it meanwhile."""
+    try:
+        found = ipr.link("get", ifname=name)[0]
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
+    alias = parse_link_alias(attr(found, "IFLA_IFALIAS"))
+    ipr.link("set", index=found["index"], ifalias=link_alias(LINK_GONE, alias[1] if alias else name))
+    return found["index"]
+

@@ -1,0 +1,85 @@
+"""The writer inside containers: our (protocol 211) policy rules and routes in a container's network
+namespace, made to match what :mod:`plugin.plan.gateway` decided. dockerd's own routes are never touched."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from ..plan.desired import MAIN_TABLE, difference
+from ..plan.gateway import Routing
+from .links import all_ipv4_addresses, attr
+from .routes import add_rule, delete_route, delete_rule, owned_routes, owned_rules, replace_route, table_of
+from .tags import RT_PROTO
+
+
+class NotThatNetns(Exception):
+    """The path does not lead to the container's netns (our own netns, or a recycled pid)."""
+
+
+def _ns_id(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+@contextmanager
+def open_netns(netns_path: str, expect: str | None = None) -> Iterator[Any]:
+    """An IPRoute bound to the netns at ``netns_path`` (``/proc/<pid>/ns/net``).
+
+    Refuses this process's own netns (the host's, for a plugin running there): whatever goes wrong,
+    the host's rules and routes are never touched here. If ``expect`` (dockerd's SandboxKey) is
+    readable it must be the same namespace, which catches a pid recycled since ``inspect``. Never
+    creates a namespace (pyroute2's default would for a missing path)."""
+    from pyroute2 import NetNS
+
+    fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = _ns_id(os.fstat(fd))
+        if target == _ns_id(os.stat("/proc/self/ns/net")):
+            raise NotThatNetns(f"{netns_path} is this process's own network namespace")
+        if expect:
+            try:
+                expected = _ns_id(os.stat(expect))
+            except OSError:
+                expected = None  # not visible from here (managed plugin without the mount)
+            if expected is not None and expected != target:
+                raise NotThatNetns(f"{netns_path} is not the namespace {expect}")
+        with NetNS(fd, flags=0) as ipr:
+            yield ipr
+    finally:
+        os.close(fd)
+
+
+def read(ipr: Any) -> tuple[ipaddress.IPv4Address | None, dict[ipaddress.IPv4Address, str]]:
+    """(dockerd's default gateway in the main table, {address: ifname}) of the netns ``ipr`` is in."""
+    gateway = None
+    for msg in ipr.route("dump", family=socket.AF_INET):
+        ours = msg["proto"] == RT_PROTO
+        if table_of(msg) == MAIN_TABLE and msg["dst_len"] == 0 and not ours and attr(msg, "RTA_GATEWAY"):
+            gateway = ipaddress.IPv4Address(attr(msg, "RTA_GATEWAY"))
+            break
+    return gateway, {iface.ip: name for name, iface in all_ipv4_addresses(ipr)}
+
+
+def apply(ipr: Any, routing: Routing) -> bool:
+    """Make our rules and routes in ``ipr``'s netns equal ``routing``; True if anything changed. Routes go
+    in before the rules that use them and out after them."""
+    missing_routes, extra_routes = difference(routing.routes, owned_routes(ipr))
+    missing_rules, extra_rules = difference(routing.rules, owned_rules(ipr))
+    for route in missing_routes:
+        replace_route(ipr, route)
+    for rule in missing_rules:
+        add_rule(ipr, rule)
+    for rule in extra_rules:
+        delete_rule(ipr, rule)
+    for route in extra_routes:
+        delete_route(ipr, route)
+    return bool(missing_routes or extra_routes or missing_rules or extra_rules)
+
+
+def remove(netns_path: str, expect: str | None = None) -> bool:
+    """Every rule and route of ours out of the netns at ``netns_path``; True if there were any."""
+    with open_netns(netns_path, expect) as ipr:
+        return apply(ipr, Routing())

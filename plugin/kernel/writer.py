@@ -1,0 +1,144 @@
+"""The one writer of the host's kernel state: :func:`reconcile` makes the kernel match a persisted state.
+
+Given the state before a verb's change, it applies only the difference between the two desired
+states over the verb's scope (:func:`plugin.plan.desired.scope`); should the kernel not hold what
+the state says (someone deleted a rule, a crash between two steps), the edit fails and it falls back
+to the whole host. Without a ``before`` it is the whole host: every tagged object not in the state is
+removed, our chains and jumps are checked. The story is in docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Mapping
+
+from pyroute2 import IPRoute
+
+from ..plan.desired import Change, HostState, change, difference, host_state, needs_parent_facts, scope
+from ..plan.facts import ParentFacts
+from ..plan.rebuild import KernelRemains
+from ..plan.state import State
+from . import conntrack, devconf, facts, links, reaper, routes
+from .firewall import FirewallBackend, Ruleset
+from .firewall.view import published
+from .tags import LINK_BRIDGE, LINK_GONE, LINK_VETH
+
+log = logging.getLogger(__name__)
+
+
+def reconcile(
+    after: State,
+    before: State | None,
+    backend: FirewallBackend,
+    *,
+    defer_deletes: bool = False,
+    parents: Mapping[str, ParentFacts] | None = None,
+) -> Change | None:
+    """Make the kernel match ``after``. With ``before``, touch only what differs (the verb's change,
+    returned); without, the whole host (returns None). ``defer_deletes``: veths that go are retired
+    at once and deleted by :mod:`.reaper` after the response. ``parents``: facts the verb just read."""
+    if before is None:
+        _whole_host(after, backend)
+        return None
+    mine, theirs = scope(before, after)
+    with IPRoute() as ipr:
+        if not needs_parent_facts(mine, theirs):
+            parents = {}
+        elif parents is None or not parents_of(mine, theirs) <= parents.keys():
+            parents = facts.parents(ipr, parents_of(mine, theirs))
+        old, new = host_state(mine, parents), host_state(theirs, parents)
+        todo = change(old, new)
+        if todo.is_empty():
+            return todo
+        try:
+            _apply(ipr, todo, new, backend, lambda: host_state(after, facts.parents(ipr, parents_of(after))).firewall,
+                   defer_deletes)
+        except Exception as exc:  # noqa: BLE001 - the whole host decides; its error is the one raised
+            log.warning("kernel did not hold what the state says (%s); reconciling the whole host", exc)
+            _whole_host(after, backend)
+    return todo
+
+
+def parents_of(*states: State) -> set[str]:
+    return set().union(*(state.parent_names() for state in states))
+
+
+def remains(backend: FirewallBackend | None = None) -> KernelRemains:
+    """What of ours the kernel holds: bridges by network, our rules and routes, and (given the firewall
+    backend) our published ports."""
+    with IPRoute() as ipr:
+        bridges = {oid: name for name, (kind, oid, _i) in links.tagged_links(ipr).items() if kind == LINK_BRIDGE}
+        return KernelRemains(bridges=bridges, rules=frozenset(routes.owned_rules(ipr)),
+                             routes=frozenset(routes.owned_routes(ipr)),
+                             published=tuple(published(backend.read())) if backend is not None else ())
+
+
+def desired(state: State) -> HostState:
+    """The whole host's desired kernel state, over the parents as they are now."""
+    with IPRoute() as ipr:
+        return host_state(state, facts.parents(ipr, parents_of(state)))
+
+
+def _apply(ipr: IPRoute, todo: Change, new: HostState, backend: FirewallBackend,
+           full_firewall: Callable[[], Ruleset], defer_deletes: bool) -> None:
+    for bridge in todo.bridges:
+        links.ensure_bridge(ipr, bridge)
+    for veth in todo.veths:
+        links.ensure_veth(ipr, veth)
+    for route in todo.routes_del:
+        routes.delete_route(ipr, route)
+    for route in todo.routes_add:
+        routes.replace_route(ipr, route)
+    for rule in todo.rules_del:
+        routes.delete_rule(ipr, rule)
+    for rule in todo.rules_add:
+        routes.add_rule(ipr, rule)
+    for path, value in todo.sysctls.items():
+        devconf.write_sysctl(path, value)
+    if todo.firewall is None:  # first network made, or last one gone: the scope is the whole host
+        _firewall_whole(new, backend)
+    elif todo.firewall:
+        backend.edit(todo.firewall, full_firewall)
+    if defer_deletes and todo.veths_gone:
+        reaper.delete_later([i for name in todo.veths_gone if (i := links.retire_link(ipr, name)) is not None])
+    else:
+        for name in todo.veths_gone:
+            links.delete_link(ipr, name)
+    for name in todo.bridges_gone:
+        links.delete_link(ipr, name)
+    conntrack.forget(todo.flows_gone)
+
+
+def _firewall_whole(desired: HostState, backend: FirewallBackend) -> None:
+    if desired.firewall.is_empty():
+        backend.remove()
+    else:
+        backend.apply(desired.firewall)
+
+
+def _whole_host(state: State, backend: FirewallBackend) -> None:
+    with IPRoute() as ipr:
+        want = host_state(state, facts.parents(ipr, parents_of(state)))
+        for bridge in want.bridges:
+            links.ensure_bridge(ipr, bridge)
+        for veth in want.veths:
+            links.ensure_veth(ipr, veth)
+        missing, extra = difference(want.routes, routes.owned_routes(ipr))
+        for route in missing:
+            routes.replace_route(ipr, route)
+        for route in extra:
+            routes.delete_route(ipr, route)
+        missing, extra = difference(want.rules, routes.owned_rules(ipr))
+        for rule in missing:
+            routes.add_rule(ipr, rule)
+        for rule in extra:
+            routes.delete_rule(ipr, rule)
+        for path, value in want.sysctls.items():
+            devconf.write_sysctl(path, value)
+        _firewall_whole(want, backend)
+        for name, (kind, object_id, _index) in links.tagged_links(ipr).items():
+            stale = (kind == LINK_BRIDGE and object_id not in state.networks) or (
+                kind == LINK_VETH and object_id not in state.endpoints) or kind == LINK_GONE
+            if stale:
+                log.info("removing %s %s (%s %s no longer in the state)", kind, name, kind, object_id[:12])
+                links.delete_link(ipr, name)

@@ -1,0 +1,452 @@
+"""The gateway watcher: keeps every multi-homed container's default route on its top-priority network.
+
+It follows Docker's events (container start, restart, die; network connect, disconnect) and resyncs every
+``resync_interval``; for each running container with a network of ours it reads the container's
+networks, lets :mod:`plugin.plan.gateway` decide, and has :mod:`plugin.kernel.netns` write the policy
+routing inside it. Its decisions go to ``gateways.json`` (:mod:`.decisions`), shown by ``multinic status``.
+It never holds the state lock: it only reads the state file, whose writes are atomic.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..kernel import netns
+from ..ops import health
+from ..plan import gateway
+from ..plan.gateway import Attachment
+from ..plan.state import State, Store
+from ..settings import Settings
+from . import decisions
+
+log = logging.getLogger(__name__)
+
+FOLLOW_UPS = (0.3, 1.0)  # seconds after an event: re-read once dockerd has saved the container
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 10.0
+API_TIMEOUT = 10
+POLL = 0.25  # how often the loop looks at stop_event while idle
+EVENT_FILTERS = {
+    "type": ["container", "network"],
+    "event": ["start", "restart", "die", "connect", "disconnect"],
+}
+_STREAM_END = object()
+
+
+class Reconnect(Exception):
+    """The event stream ended: dockerd restarted or went away."""
+
+
+@dataclass(frozen=True)
+class NetInfo:
+    id: str
+    name: str
+    driver: str
+    internal: bool
+    options: dict[str, str]
+
+
+def _ip(text: Any) -> ipaddress.IPv4Address | None:
+    try:
+        return ipaddress.IPv4Address(text) if text else None
+    except ValueError:
+        return None
+
+
+def _iface(ip: Any, prefixlen: Any) -> ipaddress.IPv4Interface | None:
+    try:
+        return ipaddress.IPv4Interface(f"{ip}/{int(prefixlen)}") if ip else None
+    except (TypeError, ValueError):
+        return None
+
+
+def build_attachments(
+    networks: dict[str, Any], netinfo: Callable[[str], NetInfo | None], state: State, driver_name: str
+) -> list[Attachment]:
+    """Attachments from a container's ``NetworkSettings.Networks`` (pure apart from ``netinfo``)."""
+    out = []
+    for name, ep in sorted((networks or {}).items()):
+        ep = ep or {}
+        net_id = ep.get("NetworkID") or ""
+        info = netinfo(net_id) if net_id else None
+        if info is None:
+            continue  # the network vanished meanwhile
+        record = state.networks.get(net_id)
+        # Ours by driver name, or by id: a managed plugin's networks carry the plugin reference
+        # ("org/multinic:latest") as their driver, not the socket's name.
+        ours = info.driver == driver_name or record is not None
+        endpoint_priority = None
+        network_priority = None
+        given = None
+        if ours:
+            ep_record = state.endpoints.get(ep.get("EndpointID") or "")
+            if ep_record is not None:
+                endpoint_priority = ep_record.gw_priority
+            elif "gw_priority" in (ep.get("DriverOpts") or {}):
+                endpoint_priority = gateway._int32(ep["DriverOpts"]["gw_priority"])
+            if record is not None:
+                network_priority = record.gw_priority
+                given = "gw_priority" in record.options or record.gw_priority != 0
+            elif "gw_priority" in info.options:
+                network_priority = gateway._int32(info.options["gw_priority"])
+                given = network_priority is not None
+        priority, source = gateway.effective_priority(
+            ours, ep.get("GwPriority") or 0, endpoint_priority, network_priority, given
+        )
+        out.append(
+            Attachment(
+                network_id=net_id,
+                network_name=name,
+                driver=info.driver,
+                endpoint_id=ep.get("EndpointID") or "",
+                priority=priority,
+                priority_source=source,
+                gateway=_ip(ep.get("Gateway")),
+                address=_iface(ep.get("IPAddress"), ep.get("IPPrefixLen")),
+                internal=info.internal or bool(record and record.internal),
+            )
+        )
+    return out
+
+
+# -- the controller -----------------------------------------------------------------------------
+class Watcher:
+    def __init__(self, store: Store, settings: Settings, client_factory: Callable[[], Any] | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.driver_name = settings.driver_name
+        self.client_factory = client_factory or (lambda: _client(settings))
+        self.networks: dict[str, NetInfo] = {}
+        self.decisions: dict[str, dict[str, Any]] = decisions.load(store.directory)
+        self._written: dict[str, dict[str, Any]] | None = None  # first flush always writes
+        self.last_event: dict[str, tuple[int, str]] = {}  # container id → (timeNano, "network connect")
+        self.running: set[str] = set()  # containers seen running (resync) or started (events) since
+        self.info: dict[str, Any] = {"pid": os.getpid(), "driver": self.driver_name, "since": None, "docker": None}
+
+    # docker ------------------------------------------------------------------------------
+    def _netinfo(self, api: Any, net_id: str) -> NetInfo | None:
+        info = self.networks.get(net_id)
+        if info is None:
+            import docker.errors
+
+            try:
+                raw = api.inspect_network(net_id)
+            except docker.errors.NotFound:
+                return None
+            info = self._remember_network(raw)
+        return info
+
+    def _remember_network(self, raw: dict[str, Any]) -> NetInfo:
+        info = NetInfo(
+            id=raw["Id"],
+            name=raw.get("Name", ""),
+            driver=raw.get("Driver", ""),
+            internal=bool(raw.get("Internal")),
+            options={str(k): str(v) for k, v in (raw.get("Options") or {}).items()},
+        )
+        self.networks[info.id] = info
+        return info
+
+    def refresh_networks(self, api: Any) -> None:
+        self.networks = {}
+        for raw in api.networks():
+            self._remember_network(raw)
+
+    def ours(self, api: Any, networks: dict[str, Any], state: State) -> bool:
+        for ep in (networks or {}).values():
+            net_id = (ep or {}).get("NetworkID") or ""
+            if net_id in state.networks:
+                return True
+            info = self._netinfo(api, net_id) if net_id else None
+            if info is not None and info.driver == self.driver_name:
+                return True
+        return False
+
+    # one container -----------------------------------------------------------------------
+    def reconcile_container(self, api: Any, cid: str) -> None:
+        import docker.errors
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            info = api.inspect_container(cid)
+        except docker.errors.NotFound:
+            self._forget(cid)
+            return
+        except docker.errors.APIError as exc:  # this container only; connection errors end the session
+            log.warning("cannot inspect container %s: %s", cid[:12], exc)
+            return
+        cid = info["Id"]
+        st = info.get("State") or {}
+        pid = st.get("Pid") or 0
+        if not st.get("Running") or not pid:
+            self._forget(cid)  # its netns is gone with it
+            return
+        settings = info.get("NetworkSettings") or {}
+        networks = settings.get("Networks") or {}
+        if log.isEnabledFor(logging.DEBUG):
+            event = self.last_event.get(cid)
+            log.debug("reconcile %s: %s; networks %s", cid[:12],
+                      f"{(time.time_ns() - event[0]) / 1e6:.0f} ms after {event[1]}" if event else "no event",
+                      sorted(networks))
+        path = f"/proc/{pid}/ns/net"
+        name = (info.get("Name") or "").lstrip("/") or cid[:12]
+        try:
+            state = self.store.load()
+            if not self.ours(api, networks, state):
+                just_left = (self.last_event.get(cid) or (0, ""))[1] == "network disconnect"
+                if cid in self.decisions or just_left:
+                    if self.unroute(path, expect=settings.get("SandboxKey") or None):
+                        log.info("%s has no %s network any more: policy routing removed", name, self.driver_name)
+                    self._forget(cid)
+                return
+            attachments = build_attachments(networks, lambda nid: self._netinfo(api, nid), state, self.driver_name)
+            decision, facts = self.route(path, attachments, expect=settings.get("SandboxKey") or None)
+        except (FileNotFoundError, ProcessLookupError, netns.NotThatNetns) as exc:
+            log.debug("%s vanished or changed while reconciling: %s", name, exc)
+            return
+        except NetlinkError as exc:
+            log.warning("%s: netlink error while reconciling its routes: %s", name, exc)
+            return
+        if facts["changed"]:
+            event = self.last_event.get(cid)
+            if event is not None:
+                late = (time.time_ns() - event[0]) / 1e6
+                log.info("%s: %s (applied; %.0f ms since the last event seen for it, %s)", name, decision.reason,
+                         late, event[1])
+            else:
+                log.info("%s: %s", name, decision.reason)
+        self._record(cid, name, pid, settings.get("SandboxKey") or "", attachments, decision, facts)
+
+    @staticmethod
+    def route(path: str, attachments: list[Attachment], expect: str | None) -> tuple[Any, dict[str, Any]]:
+        """Inside the container's netns: read dockerd's gateway and the interfaces, decide, write; what was
+        decided and seen."""
+        with netns.open_netns(path, expect) as ipr:
+            docker_gw, ifname_by_ip = netns.read(ipr)
+            decision = gateway.choose(attachments, docker_gw)
+            changed = netns.apply(ipr, gateway.container_routing(attachments, decision, ifname_by_ip))
+        return decision, {"docker_gateway": str(docker_gw) if docker_gw else None, "changed": changed,
+                          "ifnames": {str(ip): ifname for ip, ifname in ifname_by_ip.items()}}
+
+    @staticmethod
+    def unroute(path: str, expect: str | None) -> bool:
+        """Our rules and routes out of the container's netns; True if there were any."""
+        return netns.remove(path, expect)
+
+    def _record(self, cid: str, name: str, pid: int, sandbox: str, attachments: list[Attachment], decision: Any,
+                facts: dict[str, Any]) -> None:
+        chosen = decision.chosen
+        ifnames = facts["ifnames"]
+        self.decisions[cid] = {
+            "container": name,
+            "pid": pid,
+            "sandbox": sandbox,
+            "chosen": chosen.network_name if chosen else None,
+            "gateway": str(chosen.gateway) if chosen and chosen.gateway else None,
+            "interface": ifnames.get(str(chosen.address.ip)) if chosen and chosen.address else None,
+            "override": decision.override,
+            "reason": decision.reason,
+            "docker_gateway": facts["docker_gateway"],
+            "networks": [
+                {
+                    "name": a.network_name,
+                    "driver": a.driver,
+                    "priority": a.priority,
+                    "source": a.priority_source,
+                    "gateway": str(a.gateway) if a.gateway else None,
+                    "address": str(a.address) if a.address else None,
+                    "interface": ifnames.get(str(a.address.ip)) if a.address else None,
+                    "internal": a.internal,
+                }
+                for a in attachments
+            ],
+        }
+
+    def _forget(self, cid: str) -> None:
+        self.decisions.pop(cid, None)
+        self.last_event.pop(cid, None)
+
+    def _note_event(self, item: tuple[str, int, str]) -> bool:
+        """Remember the event; False if it needs no reconcile.
+
+        dockerd sends ``network connect`` for each network of ``docker run`` *before* the container
+        starts, and inspecting a container mid-start waits for dockerd's container lock (0.2–0.4 s
+        measured): such events are skipped, the ``container start`` that follows brings it in.
+        """
+        cid, when, what = item
+        if what in ("container start", "container restart"):
+            self.running.add(cid)
+        elif what == "container die":
+            self.running.discard(cid)
+        elif cid not in self.running:
+            return False
+        self.last_event[cid] = (when, what)
+        return True
+
+    def flush(self) -> None:
+        if self.decisions != self._written:
+            decisions.write(self.store.directory, self.decisions, self.info)
+            self._written = {k: dict(v) for k, v in self.decisions.items()}
+
+    # all containers ----------------------------------------------------------------------
+    def resync(self, api: Any) -> None:
+        self.refresh_networks(api)
+        targets = set()
+        running = set()
+        state = self.store.load()
+        for summary in api.containers(filters={"status": "running"}):
+            running.add(summary["Id"])
+            self.running.add(summary["Id"])
+            networks = (summary.get("NetworkSettings") or {}).get("Networks") or {}
+            if self.ours(api, networks, state):
+                targets.add(summary["Id"])
+        self.running &= running
+        for cid in list(self.decisions):
+            if cid not in running:
+                self._forget(cid)
+        for cid in sorted(targets | set(self.decisions)):
+            self.reconcile_container(api, cid)
+        self.flush()
+
+    # the loop ----------------------------------------------------------------------------
+    def session(self, stop_event: Any) -> None:
+        """One connection to dockerd: subscribe, resync, follow events until the stream ends."""
+        client = self.client_factory()
+        api = client.api
+        stream_client = self.client_factory()
+        stream = stream_client.api.events(decode=True, filters=EVENT_FILTERS)
+        events: queue.Queue[Any] = queue.Queue()
+        pump = threading.Thread(target=_pump, args=(stream, events), name="docker-events", daemon=True)
+        pump.start()
+        try:
+            log.info("watching docker events for %s networks", self.driver_name)
+            self.info.update(since=time.strftime("%Y-%m-%dT%H:%M:%S%z"), docker=self.settings.docker_host or "default")
+            self._written = None  # say we are (back) online
+            self.resync(api)
+            health.note(True)
+            next_resync = time.monotonic() + self.settings.resync_interval
+            due: list[tuple[float, str]] = []
+            while not stop_event.is_set():
+                now = time.monotonic()
+                wait = min(next_resync - now, POLL, due[0][0] - now if due else POLL)
+                try:
+                    item = events.get(timeout=max(0.0, wait))
+                except queue.Empty:
+                    item = None
+                if item is _STREAM_END:
+                    raise Reconnect("docker event stream ended")
+                now = time.monotonic()
+                if item is not None:
+                    if self._note_event(item):
+                        _schedule(due, item[0], now)
+                    while True:  # take every event already queued, then reconcile once per container
+                        try:
+                            more = events.get_nowait()
+                        except queue.Empty:
+                            break
+                        if more is _STREAM_END:
+                            raise Reconnect("docker event stream ended")
+                        if self._note_event(more):
+                            _schedule(due, more[0], now)
+                batch = set()
+                while due and due[0][0] <= now:
+                    batch.add(heapq.heappop(due)[1])
+                for cid in sorted(batch):
+                    self.reconcile_container(api, cid)
+                if now >= next_resync:
+                    self.resync(api)
+                    health.note(True)
+                    next_resync = time.monotonic() + self.settings.resync_interval
+                elif batch:
+                    self.flush()
+        finally:
+            try:
+                stream.close()
+            except Exception:  # noqa: BLE001
+                pass
+            for c in (client, stream_client):
+                try:
+                    c.close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+
+def _schedule(due: list[tuple[float, str]], cid: str, now: float) -> None:
+    heapq.heappush(due, (now, cid))
+    for delay in FOLLOW_UPS:
+        heapq.heappush(due, (now + delay, cid))
+
+
+def _pump(stream: Any, events: queue.Queue[Any]) -> None:
+    """Event stream → container ids on ``events``; :data:`_STREAM_END` when the stream stops."""
+    try:
+        for event in stream:
+            actor = event.get("Actor") or {}
+            if event.get("Type") == "network":
+                cid = (actor.get("Attributes") or {}).get("container")
+            else:
+                cid = actor.get("ID") or event.get("id")
+            if cid:
+                when = event.get("timeNano") or int(event.get("time") or 0) * 1_000_000_000
+                events.put((cid, int(when), f"{event.get('Type')} {event.get('Action') or event.get('status')}"))
+    except Exception as exc:  # noqa: BLE001 - closed by us, or dockerd went away
+        log.debug("docker event stream: %s", exc)
+    finally:
+        events.put(_STREAM_END)
+
+
+def _client(settings: Settings) -> Any:
+    from ..ops.engine import client
+
+    return client(settings, API_TIMEOUT)
+
+
+def run(store: Store, stop_event: Any, settings: Settings, client_factory: Callable[[], Any] | None = None) -> None:
+    """Run the watcher until ``stop_event`` is set; dockerd going away is waited out, with backoff."""
+    watcher = Watcher(store, settings, client_factory)
+    backoff = BACKOFF_FIRST
+    while not stop_event.is_set():
+        started = time.monotonic()
+        try:
+            watcher.session(stop_event)
+        except Reconnect as exc:
+            log.info("%s; reconnecting", exc)
+        except Exception as exc:  # noqa: BLE001 - dockerd away, API errors: retry
+            log.info("gateway watcher: docker not usable (%s); retrying in %.1fs", exc, backoff)
+            health.waiting(f"docker not usable: {exc}")
+        if time.monotonic() - started > 2 * BACKOFF_MAX:
+            backoff = BACKOFF_FIRST  # the session worked for a while: retry quickly
+        stop_event.wait(backoff)
+        backoff = min(backoff * 2, BACKOFF_MAX)
+    log.info("gateway watcher stopped")
+
+
+def spawn(store: Store, settings: Settings) -> Any:
+    from .supervisor import spawn as fork
+
+    return fork("gateway watcher", lambda stop: run(store, stop, settings), str(store.directory))
+
+
+def cleanup(state_dir: str) -> int:
+    """Uninstall inside containers: our rules and routes out of every container the watcher recorded
+    (stop the watcher first). Needs no dockerd; a container that is gone is skipped. How many changed."""
+    changed = 0
+    for cid, dec in decisions.load(state_dir).items():
+        sandbox = dec.get("sandbox") or ""
+        if not sandbox or not os.path.exists(sandbox):
+            continue  # container gone (or its netns not visible): the pid may belong to anything now
+        try:
+            if netns.remove(f"/proc/{int(dec.get('pid') or 0)}/ns/net", expect=sandbox):
+                changed += 1
+        except (OSError, ValueError, netns.NotThatNetns) as exc:
+            log.debug("container %s: %s", cid[:12], exc)
+    decisions.write(state_dir, {}, decisions.load_watcher_info(state_dir))
+    return changed

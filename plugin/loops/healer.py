@@ -1,0 +1,194 @@
+"""The healer: keeps the kernel matching the state when others change it, and follows the parent NICs.
+
+One loop on one kernel subscription (:class:`plugin.kernel.events.Listener`). A parent NIC that changed
+(an address, its link, its MTU, a default route through it) is followed at once, once its burst of
+events is over. Something of ours deleted, or the period passed: routes, rules and bridges (netlink),
+then our chains (the firewall), compared with the state, looked at again a moment later, and the whole
+host reconciled if the drift stays. Everything is re-applied every ``full_interval``; what dockerd no
+longer has is forgotten every ``gc_interval``; a missing state is rebuilt as soon as dockerd answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from ..kernel import events, links, routes, writer
+from ..kernel.firewall import drift as firewall_drift
+from ..ops import engine, health, metrics
+from ..plan.desired import difference
+from ..plan.driver import Driver
+from ..plan.state import State, StateLost
+
+log = logging.getLogger(__name__)
+
+WAKE = 0.5  # the longest the loop waits before looking at its stop flag
+FIREWALL_GAP = 2.0  # nf_tables deletions wake the firewall check at most this often
+SETTLE = 1.0  # a verb in flight finishes well within this
+DEBOUNCE = 0.15  # a parent's events come in bursts (address, routes, link): follow once it is over
+BURST_MAX = 1.0
+REFRESH = 5.0  # which NICs are parents is read again at least this often
+
+
+def drift(state: State, counts: dict[str, int] | None = None) -> list[str]:
+    """What the kernel lacks or has beyond the state in routes, rules and bridges (netlink dumps, no
+    process, no lock); empty: in sync. ``counts`` gets the missing objects per kind (the repairs metric)."""
+    counts = {} if counts is None else counts
+    want = writer.desired(state)
+    reasons = []
+    with IPRoute() as ipr:
+        for kind, wanted, present in (("route", want.routes, routes.owned_routes(ipr)),
+                                      ("rule", want.rules, routes.owned_rules(ipr))):
+            missing, extra = difference(wanted, present)
+            counts[kind] = len(missing)
+            reasons += [f"{len(missing)} {kind}(s) missing"] * bool(missing)
+            reasons += [f"{len(extra)} stale {kind}(s)"] * bool(extra)
+        # A lookup per bridge, not a dump of every link (veths are the full pass's business).
+        missing_bridges = [b.name for b in want.bridges if links.link_index(ipr, b.name) is None]
+    counts["bridge"] = len(missing_bridges)
+    if missing_bridges:
+        reasons.append(f"bridge(s) missing: {', '.join(missing_bridges)}")
+    return reasons
+
+
+class Healer:
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+        self.store = driver.store
+        self.settings = driver.settings
+        self.parents: dict[str, int | None] = {}  # parent name → its index, as last read
+        self.links: dict[int, tuple] = {}  # index → Event.link_key of each parent, as last seen
+        self.parents_read = 0.0
+        self.state_seen: int | None = None
+
+    # -- parent NICs ------------------------------------------------------------------------------------
+    def _read_parents(self) -> bool:
+        """Which NICs are parents (again when the state file changed, or every REFRESH s); True if a known
+        parent changed since last seen (its event may be one just read, or lost)."""
+        try:
+            stamp = self.store.path.stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        if stamp == self.state_seen and time.monotonic() - self.parents_read < REFRESH:
+            return False
+        self.state_seen, self.parents_read = stamp, time.monotonic()
+        state = self.store.load()
+        with IPRoute() as ipr:
+            self.parents = {n.parent: links.link_index(ipr, n.parent)
+                            for n in state.networks.values() if n.parent and not n.internal}
+            now = {}
+            for index in filter(None, self.parents.values()):
+                for msg in ipr.get_links(index):
+                    now[index] = (links.attr(msg, "IFLA_IFNAME"), links.attr(msg, "IFLA_MTU", 0),
+                                  msg["flags"] & events.LINK_FLAGS)
+        changed = any(i in self.links and now[i] != self.links[i] for i in now)
+        self.links = now
+        return changed
+
+    def follow(self, listener: events.Listener, why: str) -> None:
+        first = time.monotonic()
+        while time.monotonic() - first < BURST_MAX and listener.read(DEBOUNCE) != []:
+            pass  # until the burst is over (or a flapping link has had its second)
+        changes = self.driver.follow_parents()
+        log.info("parent NIC event (%s): reconciled in %.0f ms%s", why, (time.monotonic() - first) * 1000,
+                 f" ({len(changes)} change(s))" if changes else "")
+        self.parents_read = 0.0  # a re-created parent has a new index
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def run(self, stop: Any) -> None:
+        listener = events.Listener()
+        last_full = last_gc = last_fw = time.monotonic()
+        next_check, fw_due, first = last_full, False, True
+        try:
+            while not stop.is_set():
+                seen = [] if first else listener.read(WAKE)
+                first = False
+                try:
+                    if not self.store.exists():
+                        self._missing_state()
+                        continue
+                    changed = self._read_parents()
+                    woken = [e for e in seen or () if events.touches_parent(e, self.parents, self.links)]
+                    if seen is None or woken or changed:
+                        why = "the kernel dropped events" if seen is None else ", ".join(
+                            sorted({e.describe() for e in woken})) or "a parent changed since last seen"
+                        self.follow(listener, why)
+                        health.note(True, repaired=True)
+                        continue
+                    kinds = events.drift(seen or ())
+                    now = time.monotonic()
+                    fw_due = fw_due or "firewall" in kinds
+                    fw_now = (fw_due and now - last_fw >= FIREWALL_GAP) or (
+                        now - last_fw > self.settings.firewall_check_interval)
+                    gc_now = now - last_gc > self.settings.gc_interval
+                    if not ("netlink" in kinds or fw_now or gc_now or now >= next_check):
+                        continue
+                    next_check = now + self.settings.check_interval
+                    if fw_now:
+                        last_fw, fw_due = now, False
+                    if self._round(fw_now, time.monotonic() - last_full > self.settings.full_interval):
+                        last_full = last_fw = time.monotonic()
+                    if gc_now:
+                        last_gc = time.monotonic()
+                        self._collect_garbage()
+                except StateLost as exc:
+                    health.note_state(self.store.directory, False, str(exc), None)
+                    health.waiting(str(exc))
+                except Exception as exc:  # noqa: BLE001 - keep healing; the next round may succeed
+                    log.exception("healer round failed")
+                    health.note(False, exc)
+        finally:
+            listener.close()
+
+    def _round(self, firewall: bool, full: bool) -> bool:
+        """One check; True if the whole host was reconciled."""
+        state = self.store.load()
+        if not state.networks:
+            return False
+        counts: dict[str, int] = {}
+        reasons = drift(state, counts)
+        if reasons:  # the repairs counted are those the second look confirms
+            time.sleep(SETTLE)
+            counts.clear()
+            reasons = drift(self.store.load(), counts)
+        if not reasons and firewall and firewall_drift(self.driver.firewall.read(), writer.desired(state).firewall):
+            time.sleep(SETTLE)
+            state = self.store.load()
+            reasons = firewall_drift(self.driver.firewall.read(), writer.desired(state).firewall)
+        if not (reasons or full):
+            health.note(True)
+            return False
+        if reasons:
+            log.warning("kernel drifted from the state (%s); reconciling", "; ".join(reasons))
+        self.driver.reconcile()
+        for kind, n in counts.items():
+            metrics.repaired(kind, n if reasons else 0)
+        health.note(True, repaired=bool(reasons))
+        return True
+
+    def _collect_garbage(self) -> None:
+        view = engine.endpoints_by_network(self.settings, timeout=5)
+        if view is not None:
+            self.driver.collect_garbage(view, time.time(), grace=self.settings.gc_grace)
+
+    def _missing_state(self) -> None:
+        """No state file: rebuild it from dockerd (or start empty) once dockerd answers."""
+        bridges = writer.remains().bridges
+        outcome = self.driver.resolve_missing_state(engine.rebuild_view(self.settings, bridges))
+        if self.store.exists():
+            log.warning("state: %s", outcome)
+            health.note_state(self.store.directory, True, None, None, outcome)
+            self.driver.reconcile()
+            health.note(True, repaired=True)
+        else:
+            health.waiting(f"state: {outcome}")
+            time.sleep(WAKE)
+
+
+def spawn(driver: Driver) -> Any:
+    from .supervisor import spawn as fork
+
+    return fork("healer", lambda stop: Healer(driver).run(stop), str(driver.store.directory))

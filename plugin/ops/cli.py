@@ -1,0 +1,220 @@
+"""``multinic serve | status | reconcile | cleanup | doctor``: settings read once, then one command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from .. import settings as config
+from ..settings import DEFAULT_SOCKET, DEFAULT_STATE_DIR, Settings
+
+log = logging.getLogger("multinic")
+
+
+def _flush_deletes(_server: Any, _worker: Any) -> None:
+    """A worker leaving (restart, shutdown) deletes the veths it retired but had not yet deleted."""
+    from ..kernel import reaper
+
+    try:
+        reaper.wait()
+    except Exception:  # noqa: BLE001 - the whole-host writer removes what is left
+        log.exception("deleting retired veths at worker exit failed")
+
+
+def start(driver: Any, settings: Settings) -> None:
+    """Before listening: the state file checked (an unreadable one set aside for its backup, or for a
+    rebuild from dockerd), then the whole host reconciled. Whatever fails here is logged, reported in
+    health and left to the healer: the socket must listen regardless (dockerd 20.10 panics at its next
+    start on a managed plugin that cannot start; a missing legacy socket stalls every docker command)."""
+    from ..plan.state import StateLost
+    from . import engine, health
+
+    store = driver.store
+    usable, problem, restored = store.check()
+    if restored:
+        log.error("state file was unreadable; restored the last good copy from %s", restored)
+    if not usable:
+        kept = store.set_aside()
+        log.error("%s; set aside as %s: the state is rebuilt from dockerd", problem, kept)
+    health.note_state(store.directory, True, None, restored)
+    try:
+        if not store.exists():
+            from ..kernel import writer
+
+            view = engine.rebuild_view(settings, writer.remains().bridges, timeout=3)
+            outcome = driver.resolve_missing_state(view)
+            log.warning("no state file: %s", outcome)
+            health.note_state(store.directory, store.exists(), None if store.exists() else outcome, restored, outcome)
+        if store.exists():
+            driver.reconcile(engine.network_ids(settings, timeout=3))
+        health.note_startup(store.directory, True)
+    except StateLost as exc:
+        log.error("%s", exc)
+        health.note_state(store.directory, False, str(exc), restored)
+    except Exception as exc:  # noqa: BLE001 - serve anyway; the healer retries
+        log.exception("reconcile at start failed; serving anyway (the healer retries)")
+        health.note_startup(store.directory, False, exc)
+
+
+def cmd_serve(settings: Settings) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    from ..api.http import create_app
+    from ..loops import gateways, healer, supervisor
+    from ..plan.driver import Driver
+    from ..plan.state import Store
+    from . import engine, faults, metrics
+
+    info = engine.engine_info(settings, timeout=3)
+    if info is None:
+        log.warning("docker engine not reachable yet (DOCKER_HOST=%s); serving anyway",
+                    settings.docker_host or "default")
+    else:
+        log.info("docker engine %s, API %s", info.version, info.api_version)
+        if not info.supported:
+            log.error("docker engine %s is too old: multinic needs Engine 20.10 or newer", info.version)
+            return 2
+    metrics_at = None
+    if settings.metrics_address:
+        try:
+            metrics_at = metrics.setup(settings.metrics_address)
+        except ValueError as exc:  # serve without metrics: a bad setting must not keep the socket shut
+            log.error("metrics off: %s", exc)
+    store = Store(settings.state_dir)
+    pause = faults.Faults(settings.fault, store.directory)
+    driver = Driver(store, settings, defer_deletes=True, on_saved=lambda: pause.point("saved"))
+    start(driver, settings)
+    sock = Path(settings.socket)
+    sock.parent.mkdir(parents=True, exist_ok=True)
+    sock.unlink(missing_ok=True)
+    options = {
+        "bind": f"unix:{sock}", "workers": settings.workers, "umask": 0o077,  # the socket rewrites the firewall
+        "timeout": 120, "graceful_timeout": 10, "accesslog": "-" if settings.log_level == "debug" else None,
+        "loglevel": settings.log_level, "proc_name": "multinic",
+        # gunicorn >= 23 opens a control socket in $HOME; two plugins (or two labs) would share it.
+        "control_socket_disable": True, "worker_exit": _flush_deletes,
+    }
+    app = create_app(driver, pause)
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in options.items():
+                if value is not None and key in self.cfg.settings:
+                    self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return app
+
+    log.info("multinic %s serving on %s (driver name %r)", __version__, sock, settings.driver_name)
+    loops = {"watcher": lambda: gateways.spawn(store, settings), "healer": lambda: healer.spawn(driver)}
+    if metrics_at:
+        loops["metrics"] = lambda: metrics.spawn(*metrics_at, str(store.directory), settings.firewall)
+        log.info("prometheus metrics on http://%s:%s/metrics", *metrics_at)
+    watchdog = supervisor.Supervisor(str(store.directory), loops, settings.health_stale)
+    watchdog.start()
+    try:
+        Server().run()
+    finally:
+        watchdog.stop()
+        if metrics_at:
+            metrics.teardown()
+    return 0
+
+
+def cmd_status(settings: Settings, as_json: bool) -> int:
+    from . import status
+
+    report = status.collect(settings)
+    print(json.dumps(report, indent=2, default=str) if as_json else status.render(report))
+    return 0
+
+
+def cmd_reconcile(settings: Settings) -> int:
+    from ..plan.driver import Driver
+    from ..plan.state import Store
+
+    Driver(Store(settings.state_dir), settings).reconcile()
+    print("reconciled")
+    return 0
+
+
+def cmd_cleanup(settings: Settings) -> int:
+    """Everything multinic added to the kernel and to containers removed, the state forgotten (uninstall)."""
+    from ..loops.gateways import cleanup
+    from ..plan.driver import Driver
+    from ..plan.state import Store
+
+    store = Store(settings.state_dir)
+    cleanup(str(store.directory))  # our policy rules inside running containers
+    Driver(store, settings).cleanup()
+    print("removed all multinic bridges, veths, routes, rules and firewall chains")
+    return 0
+
+
+def cmd_doctor(settings: Settings, flags: dict[str, Any], as_json: bool, parents: list[str]) -> int:
+    """Check the host for what breaks multinic; exit 0 all pass, 1 warnings, 2 errors."""
+    from . import doctor, hostfacts
+
+    logging.getLogger().setLevel(logging.WARNING)  # the verdicts are the output, not the SDK's chatter
+    facts = hostfacts.gather(settings, state_given=flags.get("state_dir") is not None,
+                             socket_given=flags.get("socket") is not None, parents=parents)
+    results = doctor.run_checks(facts)
+    if as_json:
+        print(json.dumps(doctor.as_json(results, facts), indent=2))
+    else:
+        print(f"multinic doctor: state {facts.state_dir}, socket {facts.socket_path} ({facts.socket_from})")
+        print(doctor.render(results))
+    return doctor.exit_code(results)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="multinic", description="Docker network driver bound to a host NIC")
+    top.add_argument("--state-dir", help=f"state directory (MULTINIC_STATE_DIR, default {DEFAULT_STATE_DIR})")
+    top.add_argument("--version", action="version", version=f"multinic {__version__}")
+    sub = top.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the plugin (gunicorn on a unix socket)")
+    serve.add_argument("--socket", help=f"unix socket (MULTINIC_SOCKET, default {DEFAULT_SOCKET})")
+    serve.add_argument("--workers", type=int, help="gunicorn workers (MULTINIC_WORKERS, default 2)")
+    serve.add_argument("--log-level", help="debug, info, warning, error (LOG_LEVEL; default info)")
+    serve.add_argument("-v", "--verbose", action="store_const", dest="log_level", const="debug",
+                       help="same as --log-level debug")
+    serve.add_argument("--metrics-address", metavar="HOST:PORT",
+                       help="serve Prometheus metrics there (MULTINIC_METRICS_ADDRESS; default: off)")
+    status = sub.add_parser("status", help="networks, published ports, gateways, kernel objects")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--socket", help="socket of the plugin (names the driver)")
+    sub.add_parser("reconcile", help="make the kernel match the saved state now")
+    doc = sub.add_parser("doctor", help="check the host; print each problem and its fix (exit 0/1/2)")
+    doc.add_argument("--json", action="store_true")
+    doc.add_argument("--socket", help="plugin socket (default: the service's, else the managed plugin's)")
+    doc.add_argument("--parent", action="append", help="also check this NIC as a parent (repeatable)")
+    sub.add_parser("cleanup", help="remove everything multinic added to the kernel and forget state")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    flags = {k: getattr(args, k, None) for k in ("state_dir", "socket", "workers", "log_level", "metrics_address")}
+    settings = config.load(flags)
+    logging.basicConfig(level=getattr(logging, settings.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for problem in settings.problems:
+        log.warning("setting refused: %s", problem)
+    if args.command == "serve":
+        return cmd_serve(settings)
+    if args.command == "status":
+        return cmd_status(settings, args.json)
+    if args.command == "reconcile":
+        return cmd_reconcile(settings)
+    if args.command == "cleanup":
+        return cmd_cleanup(settings)
+    return cmd_doctor(settings, flags, args.json, args.parent or [])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

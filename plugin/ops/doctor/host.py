@@ -1,0 +1,374 @@
+"""Pure checks of the host's kernel and firewall for multinic: forwarding, reverse-path filtering,
+br_netfilter, the order of FORWARD and DOCKER-USER, the iptables flavour, systemd-networkd and
+NetworkManager, the parents and their next hops, and other tools' rules on multinic's priorities,
+tables and marks."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+
+from ...kernel.firewall.model import DOCKER_USER, FILTER_ACCEPT, FILTER_FORWARD, JUMPS
+from ...kernel.firewall.view import View
+from ...kernel.tags import (
+    CHAIN_PREFIX,
+    COMMENT,
+    MARK_MASK,
+    RT_PROTO,
+    RULE_PREF_FWMARK,
+    RULE_PREF_SOURCE,
+    TABLE_ALLOC_FIRST,
+    TABLE_ALLOC_LAST,
+)
+from .facts import ERROR, FLAVOURS, OK, SKIP, WARN, Facts, ParentInfo, Result
+
+REPO_CONTRIB = Path(__file__).resolve().parents[3] / "contrib"
+NETWORKD_DROPIN_PATH = "/etc/systemd/networkd.conf.d/multinic.conf"
+
+NETWORKD_DROPIN = (
+    "# multinic: networkd must leave alone the policy rules and routes it did not create\n"
+    "# (systemd #19106, #22077). Installed by `multinic doctor`'s advice.\n"
+    "[Network]\n"
+    "ManageForeignRoutingPolicyRules=no\n"
+    "ManageForeignRoutes=no\n"
+)
+
+NM_DROPIN_PATH = "/etc/NetworkManager/conf.d/multinic.conf"
+
+NM_DROPIN = (
+    "# multinic: its bridges and veths are not NetworkManager's to configure\n"
+    "[keyfile]\n"
+    "unmanaged-devices=interface-name:mn-*;interface-name:mnh*\n"
+)
+
+
+def _parents(f: Facts) -> list[ParentInfo]:
+    return [f.parents[name] for name in sorted(f.parents)]
+
+def check_ip_forward(f: Facts) -> list[Result]:
+    if f.ip_forward == "1":
+        return [Result("ip_forward", OK, "net.ipv4.ip_forward=1")]
+    return [
+        Result(
+            "ip_forward",
+            ERROR,
+            f"net.ipv4.ip_forward={f.ip_forward}: the host routes nothing between the parents and the bridges",
+            "sysctl -w net.ipv4.ip_forward=1 && echo net.ipv4.ip_forward=1 > /etc/sysctl.d/60-multinic.conf",
+        )
+    ]
+
+def check_rp_filter(f: Facts) -> list[Result]:
+    if not f.parents:
+        return [Result("rp_filter", SKIP, "no parent NIC in use (give --parent IFNAME to check one)")]
+    out = []
+    for p in _parents(f):
+        if not p.exists:
+            continue
+        values = [int(v) for v in (f.rp_filter_all, p.rp_filter) if v is not None and v.isdigit()]
+        effective = max(values, default=0)  # the kernel uses max(all, dev)
+        if effective == 1:
+            where = "all" if f.rp_filter_all == "1" else p.name
+            fix = f"sysctl -w net.ipv4.conf.{p.name}.rp_filter=2"
+            if f.rp_filter_all == "1":
+                fix += " net.ipv4.conf.all.rp_filter=2"
+            out.append(
+                Result(
+                    "rp_filter",
+                    ERROR,
+                    f"{p.name}: strict reverse-path filter (net.ipv4.conf.{where}.rp_filter=1): packets to the "
+                    f"containers arrive on {p.name} but the main table routes their source elsewhere, so the "
+                    "kernel drops them",
+                    fix + f"; persist it in /etc/sysctl.d/60-multinic.conf (net.ipv4.conf.{p.name}.rp_filter=2)",
+                )
+            )
+        else:
+            out.append(Result("rp_filter", OK, f"{p.name}: rp_filter={effective} (0 or 2 let replies through)"))
+    return out
+
+def _bridges(f: Facts) -> list[str]:
+    return sorted(n.bridge for n in f.state.networks.values())
+
+def check_br_netfilter(f: Facts) -> list[Result]:
+    if not f.br_netfilter_loaded:
+        return [
+            Result(
+                "br_netfilter",
+                WARN,
+                "br_netfilter is not loaded: a container reaching a port published by a container on its own "
+                "multinic network (hairpin through the host address) gets no reply",
+                "modprobe br_netfilter && sysctl -w net.bridge.bridge-nf-call-iptables=1 && "
+                "echo br_netfilter > /etc/modules-load.d/multinic.conf",
+            )
+        ]
+    if f.bridge_nf_call_iptables != "1":
+        return [
+            Result(
+                "br_netfilter",
+                WARN,
+                f"net.bridge.bridge-nf-call-iptables={f.bridge_nf_call_iptables}: bridged frames skip iptables, "
+                "so same-network hairpin to published ports gets no reply",
+                "sysctl -w net.bridge.bridge-nf-call-iptables=1",
+            )
+        ]
+    view = _our_view(f)
+    # The same-bridge accept sits in MULTINIC-ACCEPT (entered first from MULTINIC-FORWARD).
+    accepted = {r for chain in (FILTER_FORWARD, FILTER_ACCEPT) for r in (view.chain_rules("filter", chain) if view
+                                                                      else [])}
+    missing = [b for b in _bridges(f) if f"-i {b} -o {b} -j ACCEPT" not in accepted]
+    if missing:
+        return [
+            Result(
+                "br_netfilter",
+                ERROR,
+                "bridge-nf-call-iptables=1 sends frames between two containers of one network through FORWARD, "
+                f"but multinic's FORWARD chains do not accept them for {', '.join(missing)}: they talk to nobody",
+                "multinic reconcile   (or restart the plugin: it re-applies its FORWARD rules)",
+            )
+        ]
+    return [Result("br_netfilter", OK, "loaded, bridge-nf-call-iptables=1, same-bridge traffic accepted")]
+
+def _docker_flavours(f: Facts) -> list[str]:
+    return [fl for fl in FLAVOURS if fl in f.iptables and f.iptables[fl].has_docker]
+
+def _our_flavours(f: Facts) -> list[str]:
+    return [fl for fl in FLAVOURS if fl in f.iptables and f.iptables[fl].has_ours]
+
+def _our_flavour(f: Facts) -> str | None:
+    """The flavour whose FORWARD matters: where our chains are, else where Docker's are."""
+    return next(iter(_our_flavours(f) or _docker_flavours(f)), None)
+
+def _our_view(f: Facts) -> View | None:
+    flavour = _our_flavour(f)
+    return f.iptables[flavour] if flavour else None
+
+def _target(rule: str) -> str | None:
+    m = re.search(r"(?:^|\s)-j\s+(\S+)", rule)
+    return m.group(1) if m else None
+
+def check_forward(f: Facts) -> list[Result]:
+    """How FORWARD enters multinic's chain, as Docker orders its own: through DOCKER-USER, after the
+    user's rules there (so a DROP of the user's holds for multinic's ports too), or, without DOCKER-USER,
+    first in FORWARD."""
+    flavour = _our_flavour(f)
+    if flavour is None:
+        return [Result("forward", SKIP, "no iptables view (neither Docker's nor multinic's chains found)")]
+    view = f.iptables[flavour]
+    policy = view.policies.get("filter", {}).get("FORWARD", "ACCEPT")
+    if not f.state.networks:
+        return [Result("forward", OK, f"FORWARD policy {policy}; no multinic network, so no jump expected")]
+    chains = view.chains("filter")
+    fix = "multinic reconcile   (the healer also puts it right within its firewall check interval, 15 s)"
+    jumps = [j for j in JUMPS if j.table == "filter" and j.target == FILTER_FORWARD]
+    wrong = [j for j in jumps if j.placement(chains)]
+    if DOCKER_USER in chains:
+        rules = chains[DOCKER_USER]
+        user = [r for r in rules if not any(j.enters(r) for j in jumps) and r != "-j RETURN"]
+        if wrong:
+            ours = [n for n, r in enumerate(rules, 1) if any(j.enters(r) for j in jumps)]
+            where = f"rule {ours[0]} of {len(rules)}" if ours else "missing"
+            return [Result("forward", ERROR, f"multinic's jump in {DOCKER_USER} is {where}: it must come after your "
+                           f"{len(user)} rule(s) there (and FORWARD must not jump to it directly), or a DROP you put "
+                           f"in "
+                           f"{DOCKER_USER} does not hold for multinic's published ports", fix)]
+        return [Result("forward", OK, f"FORWARD policy {policy}; FORWARD enters multinic through {DOCKER_USER}, after "
+                       f"your {len(user)} rule(s) there")]
+    if wrong:
+        return [Result("forward", ERROR, f"FORWARD policy {policy} and no jump to {FILTER_FORWARD} (comment "
+                       f"{COMMENT!r}): multinic's networks are not forwarded (or not isolated)", fix)]
+    rules = chains.get("FORWARD", [])
+    ours = next((n for n, r in enumerate(rules, 1) if any(j.enters(r) for j in jumps)), 1)
+    if ours > 1:
+        return [Result("forward", WARN, f"FORWARD rules of another tool run before multinic's jump (rule {ours}): "
+                       + "; ".join(rules[: min(3, ours - 1)]), "move that tool's rules below it, or delete "
+                       "multinic's jump and run multinic reconcile, which inserts it first")]
+    return [Result("forward", OK, f"FORWARD policy {policy}; multinic's jump comes first (no {DOCKER_USER} here)")]
+
+
+def check_iptables_flavour(f: Facts) -> list[Result]:
+    docker, ours = _docker_flavours(f), _our_flavours(f)
+    name = "iptables_flavour"
+    if not docker:
+        return [Result(name, WARN if f.state.networks else OK,
+                       "Docker's chains are in no iptables flavour (dockerd not running, or --iptables=false)",
+                       "start dockerd with its default --iptables=true" if f.state.networks else "")]
+    if len(docker) > 1:
+        return [Result(name, WARN, "Docker's chains exist in both nft and legacy tables (a switched "
+                       "alternative left old rules): the kernel runs both", "iptables-legacy-save / iptables-nft-save "
+                       "show both; flush the flavour dockerd no longer uses, then restart dockerd")]
+    wrong = [fl for fl in ours if fl not in docker]
+    setting = (
+        f"MULTINIC_FIREWALL={docker[0]} (service environment) or `docker plugin set <plugin> "
+        f"MULTINIC_FIREWALL={docker[0]}`"
+    )
+    if wrong:
+        return [
+            Result(
+                name,
+                ERROR,
+                f"Docker uses iptables-{docker[0]}, multinic's chains are in iptables-{'/'.join(wrong)}: rules "
+                "in the other flavour never open Docker's FORWARD DROP path",
+                f"{setting}, restart the plugin, then remove the stale chains with iptables-{wrong[0]}-save | "
+                f"grep -v {CHAIN_PREFIX} | iptables-{wrong[0]}-restore",
+            )
+        ]
+    if f.firewall_forced and f.firewall_forced.split("-")[0] != docker[0]:
+        return [Result(name, ERROR, f"MULTINIC_FIREWALL={f.firewall_forced} but Docker uses iptables-{docker[0]}",
+                       setting)]
+    where = "multinic's chains are there too" if ours else "multinic has no chains yet"
+    return [Result(name, OK, f"Docker uses iptables-{docker[0]}; {where}")]
+
+def _truthy(value: str | None, default: bool = True) -> bool:
+    if value is None:
+        return default
+    return value.strip().lower() in ("1", "yes", "true", "on")
+
+def check_networkd(f: Facts) -> list[Result]:
+    name = "networkd"
+    if not f.networkd_running:
+        return [Result(name, OK, "systemd-networkd not running")]
+    bad = [
+        key
+        for key in ("ManageForeignRoutingPolicyRules", "ManageForeignRoutes")
+        if _truthy(f.networkd_settings.get(key))
+    ]
+    if not bad:
+        return [Result(name, OK, "systemd-networkd leaves foreign rules and routes alone (Manage*=no)")]
+    return [
+        Result(
+            name,
+            ERROR,
+            f"systemd-networkd runs with {', '.join(k + '=yes' for k in bad)} (the default): at every reconfigure it "
+            "deletes multinic's ip rules and routes (systemd #19106/#22077); the healer puts them back, with a gap",
+            f"install -D -m 644 contrib/systemd/networkd.conf.d/multinic.conf {NETWORKD_DROPIN_PATH} && "
+            f"systemctl restart systemd-networkd\n--- {NETWORKD_DROPIN_PATH} ---\n{NETWORKD_DROPIN}",
+        )
+    ]
+
+def check_network_manager(f: Facts) -> list[Result]:
+    name = "networkmanager"
+    if not f.nm_running:
+        return [Result(name, OK, "NetworkManager not running")]
+    managed_parents = [p for p in sorted(f.parents) if f.nm_managed.get(p)]
+    ours = sorted(d for d, m in f.nm_managed.items() if m and (d.startswith("mn-") or d.startswith("mnh")))
+    out = []
+    for p in managed_parents:
+        out.append(
+            Result(
+                name,
+                WARN,
+                f"NetworkManager manages parent {p}: a reconnect (DHCP renew, link flap) removes its address and "
+                "routes for a moment, and with them multinic's routes through it (the healer re-adds them)",
+                f"keep {p}'s connection stable (ipv4.dhcp-timeout infinity) or configure {p} outside NetworkManager: "
+                f"nmcli device set {p} managed no",
+            )
+        )
+    if ours:
+        out.append(Result(name, WARN, f"NetworkManager manages multinic's links {', '.join(ours)}",
+                          f"--- {NM_DROPIN_PATH} ---\n{NM_DROPIN}then: systemctl reload NetworkManager"))
+    return out or [Result(name, OK, "NetworkManager runs but manages no parent of multinic")]
+
+def check_parents(f: Facts) -> list[Result]:
+    name = "parent"
+    if not f.parents:
+        return [Result(name, SKIP, "no parent NIC in use (give --parent IFNAME to check one)")]
+    out = []
+    gateways = {n.parent: n.parent_gateway for n in f.state.networks.values() if n.parent}
+    for p in _parents(f):
+        if not p.exists:
+            out.append(Result(name, ERROR, f"{p.name}: no such interface (renamed or removed?)",
+                              f"restore {p.name}, or recreate its networks with -o parent=<current NIC name>"))
+            continue
+        if not p.up:
+            out.append(Result(name, ERROR, f"{p.name} is down: the kernel removed every route through it",
+                              f"ip link set {p.name} up"))
+            continue
+        if not p.addresses:
+            out.append(Result(name, ERROR, f"{p.name} has no IPv4 address: nothing to source-route or masquerade "
+                              "from, and replies cannot leave", f"ip addr add <ADDRESS/PREFIX> dev {p.name} "
+                              "(and make it persistent in your network configuration)"))
+            continue
+        gw = p.next_hop or gateways.get(p.name) or p.default_gateway
+        nets = [ipaddress.IPv4Interface(a).network for a in p.addresses]
+        if gw is None:
+            out.append(Result(name, WARN, f"{p.name} ({', '.join(p.addresses)}) has no gateway: no default route "
+                              "through it, and none given", f"docker network create ... -o parent={p.name} "
+                              f"-o parent_gateway=<next hop on {', '.join(map(str, nets))}>"))
+            continue
+        if not any(ipaddress.IPv4Address(gw) in n for n in nets):
+            out.append(Result(name, ERROR, f"{p.name}: gateway {gw} is not on its network(s) "
+                              f"{', '.join(map(str, nets))} (the address changed?): the table's default route "
+                              "cannot be installed", f"recreate the networks on {p.name} with "
+                              "-o parent_gateway=<next hop on the new network>"))
+            continue
+        how = f" ({p.next_hop_source})" if p.next_hop_source else ""
+        if p.next_hop_answers is False:
+            out.append(Result(name, ERROR, f"{p.name}: next hop {gw}{how} does not answer neighbour resolution on "
+                              f"{p.name}: replies to clients behind {p.name} leave for a router that is not there",
+                              f"docker network rm <its networks>, then create them again with "
+                              f"-o parent={p.name} -o parent_gateway=<the router's address on "
+                              f"{', '.join(map(str, nets))}>"))
+            continue
+        answers = ", answers" if p.next_hop_answers else ""
+        out.append(Result(name, OK, f"{p.name}: up, {', '.join(p.addresses)}, gateway {gw}{how}{answers}"))
+    return out
+
+def _our_tables(f: Facts) -> set[int]:
+    return {n.table for n in f.state.networks.values() if n.table}
+
+def check_foreign_rules(f: Facts) -> list[Result]:
+    name = "foreign_rules"
+    out = []
+    foreign = [r for r in f.rules if r.proto != RT_PROTO]
+    at_prefs = [r for r in foreign if RULE_PREF_FWMARK <= r.priority <= RULE_PREF_SOURCE]
+    if at_prefs:
+        out.append(Result(name, ERROR, "ip rules not made by multinic sit at its priorities "
+                          f"{RULE_PREF_FWMARK}-{RULE_PREF_SOURCE}: " + "; ".join(r.describe() for r in at_prefs),
+                          "; ".join(f"ip rule del {r.describe(proto=False)}" for r in at_prefs)
+                          + "   (or move that tool's rules to other priorities)"))
+    tables = _our_tables(f)
+    in_tables = [r for r in foreign if r.table in tables or TABLE_ALLOC_FIRST <= r.table <= TABLE_ALLOC_LAST]
+    if in_tables:
+        out.append(Result(name, WARN, "ip rules not made by multinic look up its tables: "
+                          + "; ".join(r.describe() for r in in_tables),
+                          "remove them, or give multinic networks another table (-o table=N)"))
+    marks = [r for r in foreign if r.fwmark is not None and (r.fwmask if r.fwmask is not None else 0xFFFFFFFF)
+             & MARK_MASK and r.fwmark & MARK_MASK]
+    if marks:
+        out.append(Result(name, WARN, f"ip rules not made by multinic match mark bits {MARK_MASK:#x}: "
+                          + "; ".join(r.describe() for r in marks),
+                          f"the other tool must keep off bits {MARK_MASK:#x} (multinic's)"))
+    routes = {t: n for t, n in f.foreign_routes_by_table.items()
+              if t in tables or TABLE_ALLOC_FIRST <= t <= TABLE_ALLOC_LAST}
+    if routes:
+        out.append(Result(name, WARN, "routes not made by multinic in its tables: "
+                          + ", ".join(f"table {t}: {n}" for t, n in sorted(routes.items())),
+                          "; ".join(f"ip route show table {t} | grep -v 'proto 211'" for t in sorted(routes))
+                          + "   (find their owner; multinic's own routes carry proto 211)"))
+    marks_fw = _foreign_mark_rules(f)
+    if marks_fw:
+        out.append(Result(name, WARN, f"firewall rules not made by multinic set mark bits {MARK_MASK:#x}: "
+                          + "; ".join(marks_fw[:5]),
+                          f"change them to a mask without {MARK_MASK:#x} (e.g. --set-xmark V/0xffff)"))
+    return out or [Result(name, OK, "no foreign ip rule at 10000-10002, in multinic's tables or on its mark bits")]
+
+_SET_MARK = re.compile(r"--set-(?:x)?mark\s+(0x[0-9a-fA-F]+|\d+)(?:/(0x[0-9a-fA-F]+|\d+))?")
+
+def _foreign_mark_rules(f: Facts) -> list[str]:
+    out = []
+    for flavour in _docker_flavours(f) or list(f.iptables):
+        view = f.iptables[flavour]
+        for table, chains in view.rules.items():
+            for chain, rules in chains.items():
+                if chain.startswith(CHAIN_PREFIX):
+                    continue
+                for rule in rules:
+                    if f"--comment {COMMENT}" in rule:
+                        continue
+                    m = _SET_MARK.search(rule)
+                    if not m:
+                        continue
+                    mask = int(m.group(2), 0) if m.group(2) else 0xFFFFFFFF
+                    if mask & MARK_MASK:
+                        out.append(f"{flavour} {table} -A {chain} {rule}")
+    return out

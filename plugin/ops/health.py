@@ -1,0 +1,253 @@
+"""Health that tells the truth across processes: small JSON files in ``<state dir>/health/``, each with one
+writer, renamed into place. A supervised loop beats every second from a thread of its own and reports
+each round; ``multinic serve`` reports the state file and its reconcile at start; a worker reports a verb
+that failed, until one succeeds. :func:`report` is what ``/Plugin.Health``, ``multinic status`` and
+``doctor`` read: ``healthy`` is false while any ``problems`` entry stands (docs/ARCHITECTURE.md has the
+JSON shape, which other tools parse: keep it stable).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+HEALTH_DIR = "health"
+BEAT_INTERVAL = 1.0
+STALE_AFTER = 30.0  # default of the setting health_stale
+LOOP_KEYS = {"healer": "healer", "gateway watcher": "watcher"}
+COUNTERS = ("rounds", "repairs", "failures")
+
+
+def health_dir(state_dir: str | os.PathLike[str]) -> Path:
+    return Path(state_dir) / HEALTH_DIR
+
+
+def write(path: Path, data: dict[str, Any]) -> None:
+    """Rename into place without fsync: health files are advisory and rewritten every second."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(json.dumps(data, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# -- writer side: inside a helper process ---------------------------------------------------------
+class Beat:
+    """This process's loop record; the heartbeat thread writes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        previous = read(path)
+        self.data: dict[str, Any] = {k: int(previous.get(k) or 0) for k in COUNTERS}
+        for key in ("last_error", "last_error_at"):
+            self.data[key] = previous.get(key)
+        self.data.update(pid=os.getpid(), started=time.time(), last_run=time.time(), last_ok=None, ok=True)
+
+    def touch(self) -> None:
+        self.data["last_run"] = time.time()
+
+    def note(self, ok: bool, error: BaseException | str | None = None, repaired: bool = False) -> None:
+        with self.lock:
+            now = time.time()
+            self.data["rounds"] += 1
+            self.data["last_run"] = now
+            self.data["ok"] = ok
+            self.data["waiting"] = None
+            if repaired:
+                self.data["repairs"] += 1
+            if ok:
+                self.data["last_ok"] = now
+            else:
+                self.data["failures"] += 1
+                self.data["last_error"] = str(error)[:500] if error is not None else "failed"
+                self.data["last_error_at"] = now
+        self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            snapshot = dict(self.data)
+        try:
+            write(self.path, snapshot)
+        except OSError as exc:  # the state dir vanished (cleanup): nothing to report to
+            log.debug("health file %s: %s", self.path, exc)
+
+
+    def waiting(self, reason: str) -> None:
+        """Not a failure of the plugin: the loop waits for something outside it (dockerd)."""
+        with self.lock:
+            self.data["last_run"] = time.time()
+            self.data["waiting"] = reason[:500]
+        self.flush()
+
+
+_beat: Beat | None = None
+
+
+class WatchedFlag:
+    """Wraps a loop's stop flag: every look at it is a sign of life (``last_run``)."""
+
+    def __init__(self, stop: Any, beat: Beat) -> None:
+        self._stop = stop
+        self._beat = beat
+
+    def set(self) -> None:
+        self._stop.set()
+
+    def is_set(self) -> bool:
+        self._beat.touch()
+        return self._stop.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._stop.is_set():  # beat while waiting: a long wait is not a hang
+            self._beat.touch()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._stop.wait(min(left, BEAT_INTERVAL))
+        return True
+
+
+def start_beat(state_dir: str | os.PathLike[str], name: str, stop: Any) -> WatchedFlag:
+    """In a helper process: start writing ``<loop>.json``; returns the stop flag the loop should use."""
+    global _beat
+    beat = Beat(health_dir(state_dir) / f"{LOOP_KEYS.get(name, name)}.json")
+    _beat = beat
+    beat.flush()
+
+    def pump() -> None:
+        while not stop.is_set():
+            beat.flush()
+            time.sleep(BEAT_INTERVAL)
+
+    threading.Thread(target=pump, name="health-beat", daemon=True).start()
+    return WatchedFlag(stop, beat)
+
+
+def note(ok: bool, error: BaseException | str | None = None, repaired: bool = False) -> None:
+    """A loop reports one round; a no-op outside a supervised helper (tests calling ``run``)."""
+    if _beat is not None:
+        _beat.note(ok, error, repaired)
+
+
+def waiting(reason: str) -> None:
+    """A loop waits for a dependency (reported in its record, not a health problem)."""
+    if _beat is not None:
+        _beat.waiting(reason)
+
+
+# -- other writers ----------------------------------------------------------------------------------
+def note_verb_error(state_dir: str | os.PathLike[str], verb: str, error: BaseException) -> None:
+    """A verb failed (not a refusal): a problem until a later verb succeeds."""
+    try:
+        write(health_dir(state_dir) / "verbs.json", {"verb": verb, "error": str(error)[:500], "at": time.time()})
+        (health_dir(state_dir) / "verbs.failing").touch()
+    except OSError:
+        pass
+
+
+def note_verb_ok(state_dir: str | os.PathLike[str], verb: str) -> None:
+    """A verb succeeded: a verb failure is no longer a problem (one syscall when there was none)."""
+    try:
+        os.unlink(health_dir(state_dir) / "verbs.failing")
+    except OSError:
+        pass
+
+
+def note_startup(state_dir: str | os.PathLike[str], ok: bool, error: BaseException | str | None = None) -> None:
+    """The reconcile ``multinic serve`` runs before listening (firewall included) worked or not;
+    a failure stays a problem until the healer's next successful pass."""
+    write(health_dir(state_dir) / "startup.json",
+          {"ok": ok, "error": str(error)[:500] if error is not None else None, "at": time.time()})
+
+
+def note_state(state_dir: str | os.PathLike[str], ok: bool, error: str | None, restored_from: str | None,
+               rebuilt: str | None = None) -> None:
+    """The state file: usable, restored from its backup, rebuilt from dockerd, or not usable (error)."""
+    write(health_dir(state_dir) / "state.json", {"ok": ok, "error": error, "restored_from": restored_from,
+                                                 "rebuilt": rebuilt})
+
+
+# -- reader side ----------------------------------------------------------------------------------
+def pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def report(state_dir: str | os.PathLike[str], stale: float = STALE_AFTER, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    hdir = health_dir(state_dir)
+    supervisor = read(hdir / "supervisor.json")
+    supervised = supervisor.get("loops") if isinstance(supervisor.get("loops"), dict) else {}
+    serving = bool(supervisor) and pid_alive(supervisor.get("pid"))
+    problems: list[str] = []
+    loops: dict[str, Any] = {}
+    for key in sorted(set(LOOP_KEYS.values()) | set(supervised)):
+        info = read(hdir / f"{key}.json")
+        sup = supervised.get(key) if isinstance(supervised.get(key), dict) else {}
+        if not info and not sup:
+            continue
+        last_run = info.get("last_run") if isinstance(info.get("last_run"), (int, float)) else None
+        age = round(now - last_run, 3) if last_run else None
+        pid = sup.get("pid") or info.get("pid")
+        alive = pid_alive(pid) and info.get("pid") == pid and age is not None and age <= stale
+        loops[key] = {
+            **{k: info.get(k) for k in ("pid", "started", "last_run", "last_ok", "last_error", "last_error_at",
+                                        "waiting")},
+            **{k: int(info.get(k) or 0) for k in COUNTERS},
+            "alive": alive,
+            "age": age,
+            "restarts": int(sup.get("restarts") or 0),
+            "last_exit": sup.get("last_exit"),
+            "last_restart": sup.get("last_restart"),
+        }
+        if not serving:
+            continue  # nothing supervises loops (tests, `multinic status` with the plugin stopped)
+        if not pid_alive(pid):
+            problems.append(f"{key}: process {pid} is dead (the supervisor restarts it)")
+        elif age is None or age > stale or info.get("pid") != pid:
+            problems.append(f"{key}: no sign of life for {age if age is not None else '?'} s (hung or stopped)")
+        elif info.get("ok") is False:
+            problems.append(f"{key}: last round failed: {info.get('last_error')}")
+    if supervisor and not serving:
+        problems.append(f"multinic serve (pid {supervisor.get('pid')}) is not running")
+    startup = read(hdir / "startup.json") or None
+    if startup and startup.get("ok") is False:
+        healed = (loops.get("healer") or {}).get("last_ok")
+        if not (isinstance(healed, (int, float)) and healed > (startup.get("at") or 0)):
+            problems.append(f"reconcile at start failed: {startup.get('error')}")
+    state = read(hdir / "state.json") or {"ok": True, "error": None, "restored_from": None}
+    if state.get("ok") is False:
+        problems.append(f"state: {state.get('error')}")
+    verbs = read(hdir / "verbs.json") or None
+    if verbs and (hdir / "verbs.failing").exists():
+        problems.append(f"{verbs.get('verb')} failed: {verbs.get('error')} (until a verb succeeds)")
+    return {
+        "healthy": not problems,
+        "problems": problems,
+        "serving": serving,
+        "loops": loops,
+        "state": state,
+        "startup": startup,
+        "last_verb_error": verbs,
+    }

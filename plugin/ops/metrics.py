@@ -1,0 +1,209 @@
+"""Prometheus metrics, off unless the setting ``metrics_address`` (``--metrics-address``,
+MULTINIC_METRICS_ADDRESS) is given. Counters and histograms count in every process (prometheus_client's
+multiprocess mode, in a private directory made before anything forks); levels (networks, endpoints,
+ports, gateway decisions, the firewall backend) are read from the state directory at scrape time.
+docs/TROUBLESHOOTING.md lists them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+from typing import Any, Callable, Iterator
+
+from .. import settings
+
+ENV_ADDRESS = "MULTINIC_METRICS_ADDRESS"
+_ENV_DIR = "PROMETHEUS_MULTIPROC_DIR"
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+_metrics: dict[str, Any] = {}
+_dir: str | None = None
+_owner: int | None = None  # the process that made _dir; gunicorn workers unwind through serve's finally too
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` (all addresses) or ``[V6]:PORT`` → (host, port); ValueError naming the fix."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--metrics-address {text!r}: give HOST:PORT, e.g. 127.0.0.1:9327")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def enabled() -> bool:
+    return bool(_metrics)
+
+
+def setup(address: str) -> tuple[str, int]:
+    """Check the address can be bound, make the multiprocess dir, create the metrics. Call once in
+    ``multinic serve`` before the app is built and before the helpers and workers fork."""
+    global _dir, _owner
+    host, port = parse_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ValueError(f"--metrics-address {address}: cannot listen there ({exc.strerror})") from None
+    _dir, _owner = tempfile.mkdtemp(prefix="multinic-metrics-"), os.getpid()
+    settings.export(_ENV_DIR, _dir)
+    from prometheus_client import Counter, Histogram, values
+
+    values.ValueClass = values.get_value_class()  # in case prometheus_client was imported before the env
+    _metrics["latency"] = Histogram(
+        "multinic_verb_duration_seconds", "Time to answer one remote-driver call", ["verb"], buckets=BUCKETS
+    )
+    _metrics["errors"] = Counter(
+        "multinic_verb_errors_total", "Calls answered with an error (refused: 4xx, internal: 5xx)", ["verb", "kind"]
+    )
+    _metrics["repairs"] = Counter(
+        "multinic_healer_repairs_total", "Objects the healer found missing and re-applied", ["kind"]
+    )
+    return host, port
+
+
+def teardown() -> None:
+    """Remove the multiprocess dir; a no-op anywhere but in the process that made it."""
+    global _dir
+    if os.getpid() != _owner:
+        return
+    if _dir:
+        shutil.rmtree(_dir, ignore_errors=True)
+    _dir = None
+    settings.export(_ENV_DIR, None)
+    _metrics.clear()
+
+
+def verb_of(path: str) -> str:
+    """``/NetworkDriver.CreateNetwork`` → ``CreateNetwork``; ``/Plugin.Health`` → ``Health``."""
+    return path.strip("/").rpartition(".")[2] or path
+
+
+def instrument(path: str, view: Callable[[], Any]) -> Callable[[], Any]:
+    """The view itself when metrics are off; else the view timed and its errors counted."""
+    if not enabled():
+        return view
+    verb = verb_of(path)
+    latency = _metrics["latency"].labels(verb)
+    errors = _metrics["errors"]
+
+    def timed() -> Any:
+        start = time.perf_counter()
+        response = None
+        try:
+            response = view()
+            return response
+        finally:
+            latency.observe(time.perf_counter() - start)
+            code = getattr(response, "status_code", 500)
+            if code >= 400:
+                errors.labels(verb, "refused" if code < 500 else "internal").inc()
+
+    timed.__name__ = getattr(view, "__name__", "view")
+    return timed
+
+
+def repaired(kind: str, count: int = 1) -> None:
+    """The healer re-applied ``count`` objects of ``kind`` (route, rule, bridge, ...)."""
+    if enabled() and count > 0:
+        _metrics["repairs"].labels(kind).inc(count)
+
+
+# -- scrape time -------------------------------------------------------------------------------
+class StateCollector:
+    """Levels read from the state directory at each scrape (no process memory involved)."""
+
+    def __init__(self, state_dir: str, backend: Callable[[], str]) -> None:
+        self.state_dir = state_dir
+        self.backend = backend
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        from ..loops.decisions import load as load_decisions
+        from ..plan.state import Store
+
+        state = Store(self.state_dir).load()
+        nets = GaugeMetricFamily("multinic_networks", "Networks in multinic's state", labels=["mode"])
+        modes = {"internal": 0, "masquerade": 0, "routed": 0}
+        for net in state.networks.values():
+            modes["internal" if net.internal else "masquerade" if net.masquerade else "routed"] += 1
+        for mode, n in sorted(modes.items()):
+            nets.add_metric([mode], n)
+        yield nets
+        yield GaugeMetricFamily("multinic_endpoints", "Endpoints in multinic's state", value=len(state.endpoints))
+        ports = GaugeMetricFamily("multinic_published_ports", "Ports multinic publishes", labels=["proto"])
+        counts = {"tcp": 0, "udp": 0}
+        for ep in state.endpoints.values():
+            for port in ep.ports:
+                counts[port.proto] = counts.get(port.proto, 0) + 1
+        for proto, n in sorted(counts.items()):
+            ports.add_metric([proto], n)
+        yield ports
+        gws = GaugeMetricFamily(
+            "multinic_gateway_decisions",
+            "Containers by the priority source that chose their default gateway (override: multinic changed "
+            "Docker's choice)",
+            labels=["source", "override"],
+        )
+        tally: dict[tuple[str, str], int] = {}
+        for dec in load_decisions(self.state_dir).values():
+            chosen = dec.get("chosen")
+            source = next((n.get("source") for n in dec.get("networks") or () if n.get("name") == chosen), None)
+            key = (str(source or "none"), "true" if dec.get("override") else "false")
+            tally[key] = tally.get(key, 0) + 1
+        for key, n in sorted(tally.items()):
+            gws.add_metric(list(key), n)
+        yield gws
+        info = GaugeMetricFamily("multinic_firewall_backend_info", "Firewall backend in use", labels=["backend"])
+        info.add_metric([self.backend()], 1)
+        yield info
+
+
+def _cached_backend(forced: str, ttl: float = 60.0) -> Callable[[], str]:
+    cache: dict[str, Any] = {}
+
+    def get() -> str:
+        if time.monotonic() - cache.get("at", -ttl) >= ttl:
+            from ..kernel.firewall import detect_flavour
+
+            try:
+                cache["name"] = detect_flavour(forced)
+            except Exception:  # noqa: BLE001 - a scrape must not fail on it
+                cache["name"] = "unknown"
+            cache["at"] = time.monotonic()
+        return cache["name"]
+
+    return get
+
+
+def registry(state_dir: str, forced_firewall: str = "") -> Any:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    reg = CollectorRegistry()
+    MultiProcessCollector(reg, path=_dir)
+    reg.register(StateCollector(state_dir, _cached_backend(forced_firewall)))  # type: ignore[arg-type]
+    return reg
+
+
+def serve(host: str, port: int, state_dir: str, forced_firewall: str, stop: Any) -> None:
+    """The exporter's loop (run in its own forked process by :func:`spawn`)."""
+    from prometheus_client import start_http_server
+
+    server, _thread = start_http_server(port, addr=host, registry=registry(state_dir, forced_firewall))
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def spawn(host: str, port: int, state_dir: str, forced_firewall: str) -> Any:
+    from ..loops.supervisor import spawn as fork
+
+    return fork("metrics", lambda stop: serve(host, port, state_dir, forced_firewall, stop), state_dir)

@@ -1,0 +1,105 @@
+"""``multinic status``: the plugin's health, its networks (with how each parent's next hop was chosen),
+the ports it publishes (``docker ps`` cannot show them for a remote driver), each container's gateway
+decision, and every kernel object it owns."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .. import __version__
+from ..settings import Settings
+
+
+def collect(settings: Settings) -> dict[str, Any]:
+    from pyroute2 import IPRoute
+
+    from ..kernel import facts, links, routes
+    from ..kernel.firewall import select
+    from ..kernel.firewall.rules import publish_addresses
+    from ..loops import decisions
+    from ..plan.state import Store
+    from . import engine, health
+
+    store = Store(settings.state_dir)
+    state = store.load()
+    owners = engine.endpoint_owners(settings, timeout=3)
+    info = engine.engine_info(settings, timeout=3)
+    with IPRoute() as ipr:
+        tagged = links.tagged_links(ipr)
+        our_routes = sorted(routes.owned_routes(ipr), key=repr)
+        our_rules = sorted(routes.owned_rules(ipr), key=repr)
+        parents = facts.parents(ipr, state.parent_names())
+    ports = []
+    for ep in sorted(state.endpoints.values(), key=lambda e: e.id):
+        owner = owners.get(ep.id, {})
+        net = state.networks.get(ep.network_id)
+        for port in ep.ports:
+            for where in publish_addresses(net, port.host_ip, parents) if net else (port.host_ip,):
+                ports.append({
+                    "container": owner.get("container", ""), "network": owner.get("network", ep.network_id[:12]),
+                    "endpoint": ep.id[:12], "host": f"{where or '*'}:{port.host_port}",
+                    "container_port": f"{ep.address.split('/')[0]}:{port.container_port}/{port.proto}",
+                    "proto": port.proto,
+                })
+    backend = select(settings)
+    directory = str(store.directory)
+    return {
+        "health": health.report(directory, settings.health_stale),
+        "state_file": str(store.path) if store.exists() else None,
+        "gateway_watcher": decisions.load_watcher_info(directory),
+        "gateways": gateway_rows(directory),
+        "gateway_decisions": decisions.load(directory),
+        "version": __version__,
+        "engine": dataclasses.asdict(info) if info else None,
+        "firewall": backend.name,
+        "networks": [{**dataclasses.asdict(net), "bridge_present": net.bridge in tagged}
+                     for net in sorted(state.networks.values(), key=lambda n: n.bridge)],
+        "endpoints": [dataclasses.asdict(ep) for ep in state.endpoints.values()],
+        "ports": ports,
+        "kernel": {"links": sorted(tagged), "routes": [str(r) for r in our_routes],
+                   "rules": [str(r) for r in our_rules], "firewall": backend.dump()},
+    }
+
+
+def gateway_rows(state_dir: str) -> list[str]:
+    """The GATEWAYS rows, one per container: chosen network, gateway, why."""
+    from ..loops import decisions
+
+    rows = []
+    for cid, dec in sorted(decisions.load(state_dir).items(), key=lambda kv: kv[1].get("container", kv[0])):
+        chosen = dec.get("chosen") or "-"
+        how = "override" if dec.get("override") else "docker"
+        via = f"via {dec['gateway']} dev {dec.get('interface') or '?'}" if dec.get("gateway") else "no default route"
+        rows.append(f"{dec.get('container') or cid[:12]:20} {chosen:16} {via:32} [{how}] {dec.get('reason', '')}")
+    return rows
+
+
+def render(status: dict[str, Any]) -> str:
+    eng = status["engine"]
+    out = [f"multinic {status['version']}  engine: "
+           f"{eng['version'] + ' (API ' + eng['api_version'] + ')' if eng else 'not reachable'}  "
+           f"firewall: {status['firewall']}"]
+    hl = status["health"]
+    out.append(f"health: {'healthy' if hl['healthy'] else 'UNHEALTHY'}")
+    out += [f"  ! {problem}" for problem in hl["problems"]]
+    rebuilt = (hl.get("state") or {}).get("rebuilt")
+    if rebuilt:
+        out.append(f"  state: {rebuilt}")
+    for key, loop in sorted(hl["loops"].items()):
+        out.append(f"  {key:8} {'alive' if loop['alive'] else 'DEAD'} pid={loop['pid']} last_run={loop['age']}s ago "
+                   f"rounds={loop['rounds']} repairs={loop['repairs']} failures={loop['failures']} "
+                   f"restarts={loop['restarts']} last_error={loop['last_error'] or '-'}")
+    out.append("\nNETWORK       BRIDGE           SUBNET             PARENT   TABLE  MARK  GW_PRIO  MODE        "
+               "NEXT HOP")
+    for net in status["networks"]:
+        mode = "internal" if net["internal"] else ("masquerade" if net["masquerade"] else "routed")
+        hop = f"{net['parent_gateway']} ({net['gateway_source'] or '-'})" if net["parent_gateway"] else "-"
+        out.append(f"{net['id'][:12]:13} {net['bridge']:16} {net['subnet']:18} {net['parent'] or '-':8} "
+                   f"{net['table'] or '-'!s:6} {net['mark_slot'] or '-'!s:5} {net['gw_priority']:<8} {mode:11} {hop}")
+    out.append("\nPUBLISHED PORTS (docker ps cannot show them for remote drivers)")
+    out.append("CONTAINER            NETWORK          HOST                   -> CONTAINER")
+    out += [f"{p['container']:20} {p['network']:16} {p['host']:22} -> {p['container_port']}" for p in status["ports"]]
+    out.append("\nGATEWAYS (per container: the network carrying its default route, and why)")
+    out += ["  " + row for row in status["gateways"]]
+    return "\n".join(out)

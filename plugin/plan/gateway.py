@@ -1,0 +1,217 @@
+"""Issue 4: which network gives a multi-homed container its default route, and making it so.
+
+Docker (20.10–27) elects a container's gateway network by *name*; Docker 28 adds a per-endpoint
+``GwPriority`` that remote drivers never see. multinic networks carry ``gw_priority`` (network
+option, or ``--driver-opt gw_priority=N`` per endpoint). This module decides, purely, which
+attachment should provide the default route (:func:`choose`) and the policy routing that makes it
+so inside the container (:func:`container_routing`). The one writer applies it in the container's
+netns (:func:`plugin.reconcile.reconcile_container`, :func:`plugin.reconcile.remove_container`).
+
+dockerd's own routes in the container's main table are never touched (replacing its default route
+or adding split routes breaks later ``docker network connect``, remote-driver-api.md §5.6). We steer
+with rules instead, all tagged with :data:`plugin.tags.RT_PROTO`:
+
+- pref 30000 ``lookup main suppress_prefixlength 0``: main's specific (connected, static) routes win,
+  its default route is skipped;
+- pref 30010+i ``from <address>/32 lookup 30100+i`` → ``default via <gw> dev <ifname>``: source-based
+  routing like CNI ``sbr``, so a connection arriving on any interface is answered from it;
+- pref 30090 ``lookup 30099`` → ``default via <chosen gw>`` (only when we override Docker's choice);
+- otherwise the unchanged main table (rule 32766) supplies dockerd's default route.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from ..api.options import INT32_MAX, INT32_MIN
+from .desired import MAIN_TABLE, RouteSpec, RuleSpec
+
+log = logging.getLogger(__name__)
+
+# ip rule priorities inside a container's netns. The kernel's defaults are 0 (local),
+# 32766 (main) and 32767 (default); Docker adds no rules in containers. Ours sit in 30000–30099.
+RULE_PREF_SUPPRESS = 30000
+RULE_PREF_SOURCE_FIRST = 30010
+RULE_PREF_OVERRIDE = 30090
+# Route tables inside the container's netns (nothing else uses tables there).
+TABLE_OVERRIDE = 30099
+TABLE_SOURCE_FIRST = 30100
+MAX_SOURCE_ROUTED = RULE_PREF_OVERRIDE - RULE_PREF_SOURCE_FIRST  # 80 interfaces
+
+DEFAULT_DST = ipaddress.IPv4Network("0.0.0.0/0")
+AF_INET = 2
+
+SOURCE_DOCKER = "docker gw-priority"
+SOURCE_ENDPOINT = "endpoint driver-opt"
+SOURCE_NETWORK = "network opt"
+SOURCE_DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """One network a container is attached to, as far as gateway election is concerned."""
+
+    network_id: str
+    network_name: str
+    driver: str
+    endpoint_id: str
+    priority: int
+    priority_source: str
+    gateway: ipaddress.IPv4Address | None
+    address: ipaddress.IPv4Interface | None
+    internal: bool = False
+
+    @property
+    def candidate(self) -> bool:
+        """Can provide a default route: not ``--internal`` and has an IPv4 gateway."""
+        return not self.internal and self.gateway is not None
+
+    def describe(self) -> str:
+        return f"{self.network_name} (priority {self.priority}, {self.priority_source})"
+
+
+@dataclass(frozen=True)
+class Decision:
+    chosen: Attachment | None
+    override: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Everything of ours that should exist in one container's netns."""
+
+    rules: frozenset[RuleSpec] = frozenset()
+    routes: frozenset[RouteSpec] = frozenset()
+
+
+def _int32(value: Any) -> int | None:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if INT32_MIN <= number <= INT32_MAX else None
+
+
+def effective_priority(
+    ours: bool,
+    docker_gw_priority: Any = 0,
+    endpoint_priority: int | None = None,
+    network_priority: int | None = None,
+    network_priority_given: bool | None = None,
+) -> tuple[int, str]:
+    """(priority, which source won) for one attachment.
+
+    - another driver's network: Docker's per-endpoint ``GwPriority`` (Engine ≥28; 0 before);
+    - a multinic network: Docker's ``GwPriority`` if non-zero (the user set it on a ≥28 engine),
+      else the endpoint's ``--driver-opt gw_priority``, else the network's ``gw_priority``, else 0.
+
+    ``network_priority_given`` says whether the network option was written explicitly (so an
+    explicit ``gw_priority=0`` reports as "network opt"); by default a non-zero value counts as given.
+    """
+    docker = _int32(docker_gw_priority) or 0
+    if not ours:
+        return docker, SOURCE_DOCKER if docker else SOURCE_DEFAULT
+    if docker:
+        return docker, SOURCE_DOCKER
+    if endpoint_priority is not None:
+        return endpoint_priority, SOURCE_ENDPOINT
+    if network_priority is not None:
+        given = bool(network_priority) if network_priority_given is None else network_priority_given
+        if given:
+            return network_priority, SOURCE_NETWORK
+    return 0, SOURCE_DEFAULT
+
+
+def _name_key(att: Attachment) -> bytes:
+    """Go's byte-wise string order, as libnetwork's ``Endpoint.Less`` compares network names."""
+    return att.network_name.encode("utf-8", "surrogateescape")
+
+
+def docker_order(attachments: Iterable[Attachment]) -> list[Attachment]:
+    """Candidates in the order Docker would elect them (priority, then name; IPv4 only)."""
+    return sorted((a for a in attachments if a.candidate), key=lambda a: (-a.priority, _name_key(a)))
+
+
+def choose(attachments: Iterable[Attachment], docker_default_gateway: ipaddress.IPv4Address | None) -> Decision:
+    """Which attachment should give the default route, and whether Docker's choice must be overridden.
+
+    Ties at the top keep Docker's choice (so a single-network container, or one whose networks all
+    have the same priority, behaves exactly as without the plugin). If Docker's default gateway is
+    not a top-priority attachment, the top one wins; among several tied at the top, the one Docker
+    itself would pick (byte-wise smallest network name).
+    """
+    candidates = docker_order(attachments)
+    if not candidates:
+        return Decision(None, False, "no non-internal network with an IPv4 gateway")
+    top = candidates[0].priority
+    tops = [a for a in candidates if a.priority == top]
+    current = next((a for a in candidates if a.gateway == docker_default_gateway), None)
+    if current is not None and current.priority == top:
+        if len(candidates) == 1:
+            reason = f"{current.network_name} is the only network with a gateway"
+        elif len(tops) == 1:
+            others = ", ".join(a.describe() for a in candidates if a is not current)
+            reason = f"{current.describe()} beats {others}; Docker already routes by it"
+        else:
+            tied = ", ".join(a.network_name for a in tops if a is not current)
+            reason = f"{current.describe()} ties with {tied}; Docker's choice kept"
+        return Decision(current, False, reason)
+    chosen = tops[0]
+    if current is not None:
+        beaten = f"{current.describe()}, Docker's choice"
+    elif docker_default_gateway is not None:
+        beaten = f"Docker's default gateway {docker_default_gateway}"
+    else:
+        beaten = "no default route"
+    if len(tops) > 1:
+        tied = ", ".join(a.network_name for a in tops[1:])
+        reason = f"{chosen.describe()} beats {beaten} (ties with {tied}; first by name)"
+    else:
+        reason = f"{chosen.describe()} beats {beaten}"
+    return Decision(chosen, True, reason)
+
+
+def _ifname_key(name: str) -> tuple[int, str]:
+    return (len(name), name)  # eth2 before eth10
+
+
+def container_routing(
+    attachments: Iterable[Attachment],
+    decision: Decision,
+    ifname_by_ip: Mapping[ipaddress.IPv4Address, str],
+) -> Routing:
+    """The rules and routes of ours the container's netns should hold (see the module docstring).
+
+    With a single network the routing is the same as Docker's (its source rule names Docker's own
+    gateway), but it is installed anyway: when a second network is attached and dockerd moves the
+    main default route, connections already established keep leaving by their own interface from
+    that instant on, before the watcher has even seen the event.
+    """
+    routed = []
+    for att in attachments:
+        if att.candidate and att.address is not None and att.address.ip in ifname_by_ip:
+            routed.append((ifname_by_ip[att.address.ip], att))
+    if not routed:
+        return Routing()
+    routed.sort(key=lambda pair: _ifname_key(pair[0]))
+    rules = {RuleSpec(priority=RULE_PREF_SUPPRESS, table=MAIN_TABLE, suppress_prefixlen=0)}
+    routes = set()
+    for i, (ifname, att) in enumerate(routed[:MAX_SOURCE_ROUTED]):
+        table = TABLE_SOURCE_FIRST + i
+        src = ipaddress.IPv4Network(f"{att.address.ip}/32")
+        rules.add(RuleSpec(priority=RULE_PREF_SOURCE_FIRST + i, table=table, src=src))
+        routes.add(RouteSpec(table=table, dst=DEFAULT_DST, dev=ifname, gateway=att.gateway))
+    chosen = decision.chosen
+    if decision.override and chosen is not None:
+        ifname = ifname_by_ip.get(chosen.address.ip) if chosen.address is not None else None
+        if ifname is None:
+            # The chosen network's interface is not (yet) in the netns: leave Docker's route alone.
+            log.debug("chosen network %s has no interface in the netns yet", chosen.network_name)
+        else:
+            rules.add(RuleSpec(priority=RULE_PREF_OVERRIDE, table=TABLE_OVERRIDE))
+            routes.add(RouteSpec(table=TABLE_OVERRIDE, dst=DEFAULT_DST, dev=ifname, gateway=chosen.gateway))
+    return Routing(rules=frozenset(rules), routes=frozenset(routes))

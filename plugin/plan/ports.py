@@ -1,0 +1,110 @@
+"""Published ports: host ports chosen and conflicts found (pure, but for one bind probe)."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..api.messages import PortBinding
+from ..errors import Refusal
+from .state import PublishedPort
+
+SOCK_TYPES = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's local port range, the same pool Docker picks ``-p 80`` host ports from."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def overlaps(a: PublishedPort, b: PublishedPort) -> bool:
+    """Same protocol and port, and the addresses meet ("" is every address)."""
+    return (
+        a.proto == b.proto
+        and a.host_port == b.host_port
+        and (not a.host_ip or not b.host_ip or a.host_ip == b.host_ip)
+    )
+
+
+def port_is_bindable(proto: str, host_ip: str, port: int) -> bool:
+    """False if a socket on this host already holds the port (e.g. Docker's docker-proxy)."""
+    kind = SOCK_TYPES.get(proto)
+    if kind is None:
+        return True  # sctp: no userspace holder to probe
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host_ip or "0.0.0.0", port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return True
+            raise
+    return True
+
+
+def describe(port: PublishedPort) -> str:
+    return f"{port.host_ip or '*'}:{port.host_port}/{port.proto}"
+
+
+def allocate(
+    bindings: Iterable[PortBinding],
+    publish_ips: Callable[[str], tuple[str, ...]],
+    taken: list[PublishedPort],
+    bindable: Callable[[str, str, int], bool] = port_is_bindable,
+    ephemeral: tuple[int, int] | None = None,
+) -> tuple[PublishedPort, ...]:
+    """Turn dockerd's port map into concrete ports, refusing conflicts.
+
+    ``publish_ips(host_ip)`` gives the addresses a binding lands on ("" = everywhere);
+    ``taken`` are ports other endpoints already publish, with their addresses resolved. A
+    range ``9000-9001:90`` takes one free port of the range, as Docker does; port 0 takes
+    one from ``ephemeral``. A binding without a HostIP is kept without one (``host_ip ""``):
+    the firewall rules resolve it to the parent's addresses *when rendered*, so a published
+    port follows a readdressed parent NIC (DHCP renewal, a moved secondary IP).
+    """
+    chosen: list[PublishedPort] = []
+    kept: list[PublishedPort] = []
+    low, high = ephemeral or ephemeral_range()
+    for binding in bindings:
+        proto = binding.proto_name
+        ips = publish_ips(binding.host_ip)
+        if binding.host_port == 0:
+            candidates: Iterable[int] = range(low, high + 1)
+            explicit = False
+        else:
+            candidates = range(binding.host_port, binding.host_port_end + 1)
+            explicit = True
+        picked = None
+        for port in candidates:
+            trial = [PublishedPort(proto, ip, port, binding.container_port) for ip in ips]
+            clash = next((t for t in taken + chosen for x in trial if overlaps(t, x)), None)
+            if clash is None and all(bindable(proto, ip, port) for ip in ips):
+                picked = trial
+                break
+        if picked is None:
+            if explicit:
+                wanted = (
+                    str(binding.host_port)
+                    if binding.host_port == binding.host_port_end
+                    else f"{binding.host_port}-{binding.host_port_end}"
+                )
+                where = ", ".join(ip or "*" for ip in ips)
+                raise Refusal(
+                    f"host port {wanted}/{proto} on {where} is already published by another container "
+                    f"or in use on the host; choose another host port (-p HOSTPORT:{binding.container_port})"
+                )
+            raise Refusal(f"no free ephemeral host port left for {binding.container_port}/{proto}")
+        chosen.extend(picked)
+        if binding.host_ip in ("", "0.0.0.0"):
+            kept.append(PublishedPort(proto, "", picked[0].host_port, binding.container_port))
+        else:
+            kept.extend(picked)
+    return tuple(kept)

@@ -1,0 +1,162 @@
+"""Pure: the state rebuilt from what dockerd still has and what the kernel still holds, for when the
+state file is lost (a wiped /var/lib, a managed plugin re-installed with another state mount).
+
+dockerd gives each network's options and IPAM and each running container's endpoint, address, MAC,
+sandbox and port bindings; the kernel's tagged objects give what was chosen (the parent's table and
+mark, its next hop, the host port a range or ``-P`` picked). What neither has (the rp_filter a parent
+had before multinic) is left unknown and said so."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from ..api.options import NETWORK_OPTIONS, parse_endpoint_options, parse_network_options
+from ..errors import Refusal
+from ..kernel.tags import MARK_SHIFT, RULE_PREF_FWMARK, RULE_PREF_SOURCE, TABLE_ALLOC_FIRST, TABLE_ALLOC_LAST
+from .desired import RouteSpec, RuleSpec
+from .facts import HostFacts
+from .network import bridge_name_for, free_mark_slot, mac_for, parent_next_hop, veth_names_for
+from .state import EndpointRecord, NetworkRecord, ParentRecord, PublishedPort, State
+
+GATEWAY_KEPT = "kept from the kernel's table when the state was rebuilt"
+
+
+@dataclass(frozen=True)
+class Published:
+    """A DNAT rule of ours: ``proto host_ip:host_port → container_ip:container_port``."""
+
+    proto: str
+    host_ip: str
+    host_port: int
+    container_ip: str
+    container_port: int
+
+
+@dataclass(frozen=True)
+class KernelRemains:
+    """Our tagged objects as the kernel holds them."""
+
+    bridges: Mapping[str, str] = field(default_factory=dict)  # network id → bridge name
+    rules: frozenset[RuleSpec] = frozenset()
+    routes: frozenset[RouteSpec] = frozenset()
+    published: tuple[Published, ...] = ()
+
+
+def rebuild(networks: Iterable[Mapping[str, Any]], containers: Iterable[Mapping[str, Any]], kernel: KernelRemains,
+            facts: HostFacts, now: float) -> tuple[State, list[str]]:
+    """``networks``: dockerd's ``network inspect`` of each multinic network; ``containers``: its
+    ``inspect`` of each running container on them. Returns the state and what could not be recovered."""
+    state, notes = State(), []
+    for raw in sorted(networks, key=lambda n: n.get("Created") or n["Id"]):
+        net = _network(raw, state, kernel, facts, now, notes)
+        if net is None:
+            continue
+        state.networks[net.id] = net
+        if net.parent and net.parent not in state.parents:
+            state.parents[net.parent] = ParentRecord(rp_filter_before=None)
+            notes.append(f"the rp_filter {net.parent} had before multinic is unknown: it stays at 2 when the "
+                         "last network on it goes")
+    by_id = {c["Id"]: c for c in containers}
+    for raw in networks:
+        net = state.networks.get(raw["Id"])
+        for cid, entry in sorted((raw.get("Containers") or {}).items()):
+            container = by_id.get(cid)
+            if net is None or container is None or not (container.get("State") or {}).get("Running"):
+                continue
+            ep = _endpoint(net, entry, container, kernel, now)
+            if ep is not None:
+                state.endpoints[ep.id] = ep
+    return state, notes
+
+
+def _network(raw: Mapping[str, Any], state: State, kernel: KernelRemains, facts: HostFacts, now: float,
+             notes: list[str]) -> NetworkRecord | None:
+    nid = raw["Id"]
+    given = {k: str(v) for k, v in (raw.get("Options") or {}).items() if k in NETWORK_OPTIONS}
+    configs = [c for c in (raw.get("IPAM") or {}).get("Config") or [] if ":" not in (c.get("Subnet") or ":")]
+    try:
+        opts = parse_network_options(given)
+        subnet = ipaddress.IPv4Network(configs[0]["Subnet"])
+    except (Refusal, IndexError, KeyError, ValueError) as exc:
+        notes.append(f"network {raw.get('Name', nid[:12])}: not rebuilt ({exc})")
+        return None
+    gateway = configs[0].get("Gateway") or str(next(iter(subnet.hosts())))
+    internal = bool(raw.get("Internal"))
+    parent = None if internal else opts.parent
+    hop, source, table, slot = None, "", None, None
+    if parent:
+        siblings = state.networks_on(parent)
+        if siblings:
+            hop, source = siblings[0].parent_gateway, siblings[0].gateway_source
+            table, slot = siblings[0].table, siblings[0].mark_slot
+        else:
+            table = next((r.table for r in kernel.rules if r.priority == RULE_PREF_SOURCE and r.src == subnet),
+                         opts.table)
+            slot = next((r.fwmark >> MARK_SHIFT for r in kernel.rules if r.priority == RULE_PREF_FWMARK
+                         and r.table == table and r.fwmark), None) or free_mark_slot(state)
+            if table is None:
+                used = {n.table for n in state.networks.values()} | set(facts.tables_in_use)
+                table = next(t for t in range(TABLE_ALLOC_FIRST, TABLE_ALLOC_LAST + 1) if t not in used)
+            kept = next((str(r.gateway) for r in kernel.routes if r.table == table and r.gateway
+                         and r.dst.prefixlen == 0), None)
+            address, source = parent_next_hop(facts.parent(parent), opts.parent_gateway,
+                                              facts.default_gateways.get(parent), kept, GATEWAY_KEPT)
+            hop = str(address) if address else None
+    return NetworkRecord(
+        id=nid, bridge=kernel.bridges.get(nid) or opts.bridge_name or bridge_name_for(nid), subnet=str(subnet),
+        gateway=f"{gateway}/{subnet.prefixlen}", internal=internal, parent=parent, parent_gateway=hop,
+        gateway_source=source, table=table, mark_slot=slot,
+        mtu=opts.mtu or (facts.parent(parent).mtu if parent else 1500), masquerade=opts.masquerade,
+        gw_priority=opts.gw_priority, options=given, created=now,
+    )
+
+
+def _endpoint(net: NetworkRecord, entry: Mapping[str, Any], container: Mapping[str, Any], kernel: KernelRemains,
+              now: float) -> EndpointRecord | None:
+    eid = entry.get("EndpointID") or ""
+    try:
+        address = ipaddress.IPv4Interface(entry.get("IPv4Address") or "")
+    except ValueError:
+        return None
+    settings = container.get("NetworkSettings") or {}
+    mine = next((n for n in (settings.get("Networks") or {}).values() if (n or {}).get("EndpointID") == eid), {})
+    try:
+        priority = parse_endpoint_options(mine.get("DriverOpts") or {}).gw_priority
+    except Refusal:
+        priority = None
+    host, peer = veth_names_for(eid)
+    return EndpointRecord(
+        id=eid, network_id=net.id, address=str(address), mac=entry.get("MacAddress") or mac_for(address),
+        host_veth=host, peer_veth=peer, gw_priority=priority, joined=True,
+        sandbox_key=settings.get("SandboxKey") or "", created=now,
+        ports=() if net.internal else _ports(str(address.ip), container, kernel),
+    )
+
+
+def _ports(ip: str, container: Mapping[str, Any], kernel: KernelRemains) -> tuple[PublishedPort, ...]:
+    """From our DNAT rules towards ``ip`` (what was really picked); else the explicit host ports of the
+    container's bindings (a range or ``-P`` whose rules are gone too is not republished)."""
+    bindings = ((container.get("HostConfig") or {}).get("PortBindings") or {})
+    given_ip = {(int(k.split("/")[0]), (k.split("/") + ["tcp"])[1]): (v or [{}])[0].get("HostIp") or ""
+                for k, v in bindings.items()}
+    out: list[PublishedPort] = []
+    for p in kernel.published:
+        if p.container_ip == ip:
+            host_ip = given_ip.get((p.container_port, p.proto), "")
+            port = PublishedPort(p.proto, "" if host_ip in ("", "0.0.0.0") else p.host_ip, p.host_port,
+                                 p.container_port)
+            if port not in out:
+                out.append(port)
+    if out:
+        return tuple(out)
+    for key, entries in sorted(bindings.items()):
+        port, _, proto = key.partition("/")
+        for b in entries or ():
+            host_port = str(b.get("HostPort") or "")
+            if host_port.isdigit():
+                host_ip = b.get("HostIp") or ""
+                out.append(PublishedPort(proto or "tcp", "" if host_ip == "0.0.0.0" else host_ip, int(host_port),
+                                         int(port)))
+    return tuple(out)

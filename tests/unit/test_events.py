@@ -1,0 +1,42 @@
+"""Which kernel events mean someone may have removed what we put there, and their parsing (pure)."""
+
+import struct
+
+from plugin.kernel import events
+from plugin.kernel import netlink as nl
+from plugin.kernel.tags import RT_PROTO
+
+
+def one(protocol: int, kind: int, body: bytes) -> set[str]:
+    event = events.parse(protocol, kind, body)
+    return events.drift([event] if event else [])
+
+
+def attr(kind: int, value: bytes) -> bytes:
+    raw = struct.pack("=HH", 4 + len(value), kind) + value
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def test_kernel_event_classification():
+    """Deleted routes and rules of ours, and our bridges, are drift; container veths and other protocols
+    are not; nf_tables deletions are, additions are not."""
+    route = lambda proto: bytes([2, 24, 0, 0, 254, proto, 0, 1]) + b"\0" * 4  # noqa: E731
+    rule = lambda proto: b"\0" * 12 + attr(events.FRA_PROTOCOL, bytes([proto]))  # noqa: E731
+    link = lambda alias: b"\0" * 16 + attr(events.IFLA_IFALIAS, alias + b"\0")  # noqa: E731
+    rtnl, nfnl = nl.NETLINK_ROUTE, nl.NETLINK_NETFILTER
+    assert one(rtnl, nl.RTM_DELROUTE, route(RT_PROTO)) == {"netlink"}
+    assert one(rtnl, nl.RTM_DELROUTE, route(4)) == set()
+    assert one(rtnl, nl.RTM_DELRULE, rule(RT_PROTO)) == {"netlink"} and one(rtnl, nl.RTM_DELRULE, rule(3)) == set()
+    assert one(rtnl, nl.RTM_DELLINK, link(b"multinic:net:" + b"a" * 64)) == {"netlink"}
+    assert one(rtnl, nl.RTM_DELLINK, link(b"multinic:ep:" + b"a" * 64)) == set()
+    assert one(nfnl, (events.NFNL_SUBSYS_NFTABLES << 8) | events.NFT_MSG_DELRULE, b"\0" * 4) == {"firewall"}
+    assert one(nfnl, (events.NFNL_SUBSYS_NFTABLES << 8) | 6, b"\0" * 4) == set()  # NFT_MSG_NEWRULE
+
+
+def test_messages_of_one_datagram():
+    body = struct.pack("=BxHiII", 0, 0, 3, 0x10041, 0) + attr(events.IFLA_IFNAME, b"eth1\0") + attr(
+        events.IFLA_MTU, struct.pack("=I", 9000))
+    datagram = struct.pack("=IHHII", 16 + len(body), nl.RTM_NEWLINK, 0, 0, 0) + body
+    (kind, _flags, _seq, payload), = list(nl.messages(datagram))
+    event = events.parse(nl.NETLINK_ROUTE, kind, payload)
+    assert (event.name, event.index, event.mtu, event.link_key) == ("eth1", 3, 9000, ("eth1", 9000, 0x10041))

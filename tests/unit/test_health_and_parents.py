@@ -1,0 +1,102 @@
+"""Pure parts of health reporting, of following a parent NIC (its next hop) and of telling which kernel
+events touch a parent."""
+
+import ipaddress
+import json
+import os
+import time
+
+from plugin.kernel import netlink as nl
+from plugin.kernel.events import Event, touches_parent
+from plugin.kernel.tags import RT_PROTO
+from plugin.ops import health
+from plugin.plan.facts import ParentFacts
+from plugin.plan.network import GATEWAY_GIVEN, GATEWAY_GUESSED, GATEWAY_ROUTE, parent_next_hop
+
+IP = ipaddress.IPv4Address
+
+
+def parent(*addrs, exists=True):
+    return ParentFacts("eth1", exists, tuple(ipaddress.IPv4Interface(a) for a in addrs))
+
+
+def test_next_hop_given_then_default_route_then_kept_then_guessed():
+    eth1 = parent("192.168.101.2/24")
+    assert parent_next_hop(eth1, IP("192.168.101.9"), IP("192.168.101.254")) == (IP("192.168.101.9"), GATEWAY_GIVEN)
+    assert parent_next_hop(eth1, None, IP("192.168.101.254")) == (IP("192.168.101.254"), GATEWAY_ROUTE)
+    # no route any more: the one in use is kept while it is still on the parent's subnet
+    assert parent_next_hop(eth1, None, None, "192.168.101.254", GATEWAY_ROUTE) == (IP("192.168.101.254"),
+                                                                                  GATEWAY_ROUTE)
+    assert parent_next_hop(eth1, None, None) == (IP("192.168.101.1"), GATEWAY_GUESSED)
+
+
+def test_readdressed_to_another_subnet_takes_its_first_host():
+    moved = parent("172.16.5.7/24")
+    assert parent_next_hop(moved, None, None, "192.168.101.1", GATEWAY_GUESSED) == (IP("172.16.5.1"), GATEWAY_GUESSED)
+
+
+def test_nothing_to_guess_from_on_a_point_to_point_address():
+    assert parent_next_hop(parent("192.168.101.2/32"), None, None) == (None, "")
+    assert parent_next_hop(parent(exists=False), None, None) == (None, "")
+
+
+def test_events_that_touch_a_parent():
+    parents = {"eth1": 3}
+    assert touches_parent(Event(nl.RTM_NEWADDR, index=3, name="eth1"), parents)
+    assert touches_parent(Event(nl.RTM_NEWADDR, index=0, name="eth1"), parents)  # re-created: new index, same name
+    assert not touches_parent(Event(nl.RTM_NEWADDR, index=7, name="eth0"), parents)
+    assert touches_parent(Event(nl.RTM_NEWROUTE, index=3, dst_len=0, proto=4), parents)
+    assert not touches_parent(Event(nl.RTM_NEWROUTE, index=3, dst_len=0, proto=RT_PROTO), parents)  # our own
+    assert not touches_parent(Event(nl.RTM_NEWROUTE, index=3, dst_len=24, proto=2), parents)
+    links: dict = {}
+    link = Event(nl.RTM_NEWLINK, index=3, name="eth1", mtu=1500, flags=0x10041)
+    assert touches_parent(link, parents, links) and not touches_parent(link, parents, links)  # only a change counts
+
+
+def test_health_report_dead_hung_failed_and_state(tmp_path):
+    hdir = health.health_dir(tmp_path)
+    hdir.mkdir()
+    now = time.time()
+    me = os.getpid()
+    (hdir / "supervisor.json").write_text(json.dumps({"pid": me, "loops": {
+        "healer": {"pid": me, "restarts": 2, "last_exit": "killed by signal 9"},
+        "watcher": {"pid": 999999999, "restarts": 0},
+        "metrics": {"pid": me, "restarts": 0}}}))
+    (hdir / "healer.json").write_text(json.dumps({"pid": me, "last_run": now, "ok": False, "last_error": "boom",
+                                                  "rounds": 3, "failures": 1}))
+    (hdir / "metrics.json").write_text(json.dumps({"pid": me, "last_run": now - 3600, "ok": True}))
+    report = health.report(tmp_path, now=now)
+    assert not report["healthy"] and report["serving"]
+    text = " | ".join(report["problems"])
+    assert "healer: last round failed: boom" in text
+    assert "watcher: process 999999999 is dead" in text
+    assert "metrics: no sign of life" in text
+    assert report["loops"]["healer"]["restarts"] == 2 and report["loops"]["healer"]["failures"] == 1
+    health.note_state(tmp_path, False, "state file unreadable", None)
+    assert any(p.startswith("state:") for p in health.report(tmp_path, now=now)["problems"])
+
+
+def test_health_without_serve_is_healthy(tmp_path):
+    report = health.report(tmp_path)
+    assert report["healthy"] and report["loops"] == {} and not report["serving"]
+
+
+def test_startup_failure_is_a_problem_until_the_healer_succeeds(tmp_path):
+    health.note_startup(tmp_path, False, "firewall update failed")
+    me = os.getpid()
+    hdir = health.health_dir(tmp_path)
+    (hdir / "supervisor.json").write_text(json.dumps({"pid": me, "loops": {"healer": {"pid": me}}}))
+    (hdir / "healer.json").write_text(json.dumps({"pid": me, "last_run": time.time(), "last_ok": None}))
+    assert "reconcile at start failed: firewall update failed" in health.report(tmp_path)["problems"]
+    (hdir / "healer.json").write_text(json.dumps({"pid": me, "last_run": time.time(), "last_ok": time.time() + 1}))
+    assert health.report(tmp_path)["healthy"]
+
+
+def test_a_failed_verb_is_a_problem_until_a_verb_succeeds(tmp_path):
+    health.note_verb_error(tmp_path, "NetworkDriver.CreateNetwork", OSError(30, "Read-only file system"))
+    report = health.report(tmp_path)
+    assert not report["healthy"] and "CreateNetwork failed" in report["problems"][0]
+    assert report["last_verb_error"]["verb"] == "NetworkDriver.CreateNetwork"
+    health.note_verb_ok(tmp_path, "CreateNetwork")
+    report = health.report(tmp_path)
+    assert report["healthy"] and report["last_verb_error"]["verb"] == "NetworkDriver.CreateNetwork"  # kept
