@@ -100,6 +100,7 @@ class Healer:
     # -- the loop -----------------------------------------------------------------------------------------
     def run(self, stop: Any) -> None:
         listener = events.Listener()
+        log.info("healer: watching the kernel for drift and the parent NICs for changes")
         last_full = last_gc = last_fw = time.monotonic()
         next_check, fw_due, first = last_full, False, True
         try:
@@ -159,8 +160,7 @@ class Healer:
             state = self.store.load()
             reasons = firewall_drift(self.driver.firewall.read(), writer.desired(state).firewall)
         if not (reasons or full):
-            health.note(True)
-            return False
+            return False  # a round that finds nothing to do reports nothing: the heartbeat says it lives
         if reasons:
             log.warning("kernel drifted from the state (%s); reconciling", "; ".join(reasons))
         self.driver.reconcile()

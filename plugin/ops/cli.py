@@ -49,7 +49,7 @@ def start(driver: Any, settings: Settings) -> None:
             view = engine.rebuild_view(settings, writer.remains().bridges, timeout=3)
             outcome = driver.resolve_missing_state(view)
             log.warning("no state file: %s", outcome)
-            health.note_state(store.directory, store.exists(), None if store.exists() else outcome, restored, outcome)
+            health.note_state(store.directory, True, None, restored, outcome)
         if store.exists():
             driver.reconcile(engine.network_ids(settings, timeout=3))
         health.note_startup(store.directory, True)
@@ -158,7 +158,8 @@ def cmd_cleanup(settings: Settings) -> int:
 
 def cmd_doctor(settings: Settings, flags: dict[str, Any], as_json: bool, parents: list[str]) -> int:
     """Check the host for what breaks multinic; exit 0 all pass, 1 warnings, 2 errors."""
-    from . import doctor, hostfacts
+    from . import doctor
+    from .doctor import gather as hostfacts
 
     logging.getLogger().setLevel(logging.WARNING)  # the verdicts are the output, not the SDK's chatter
     facts = hostfacts.gather(settings, state_given=flags.get("state_dir") is not None,

@@ -97,7 +97,7 @@ def test_a_second_multinic_in_the_same_host_is_an_error(mn):
     lab = mn
     sock = lab.host_path(f"/run/docker/plugins/{lab.driver}x.sock")
     env = lab.plugin_env({"MULTINIC_STATE_DIR": f"{lab.dir}/state2"})
-    second = subprocess.Popen([*lab.nsenter(lab.host_ns), sys.executable, "-m", "plugin.cli",
+    second = subprocess.Popen([*lab.nsenter(lab.host_ns), sys.executable, "-m", "plugin",
                                "serve", "--socket", f"/run/docker/plugins/{lab.driver}x.sock"], env=env,
                               cwd=str(lab.plugin_root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)

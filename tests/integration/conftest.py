@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -23,6 +27,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if str(item.path).startswith(INTEGRATION_DIR):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_xtables_lock(tmp_path_factory) -> None:
+    """Legacy iptables here (the tools and python-iptables) takes a lock of the tests' own, never the
+    machine's /run/xtables.lock."""
+    os.environ["XTABLES_LOCKFILE"] = str(tmp_path_factory.mktemp("xtables") / "xtables.lock")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -72,6 +83,45 @@ class Topo:
 
     def in_host(self, func, *args):
         return in_netns(self.host, func, *args)
+
+
+@contextmanager
+def running_healer(t: Topo, log: Path, **settings: float) -> Iterator[None]:
+    """The healer loop (``multinic serve``'s) in a child process in the host namespace, with ``settings``
+    (long periods: only kernel events wake it), logging to ``log``; returns once it listens."""
+    import logging
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    stop = ctx.Event()
+
+    def child() -> None:
+        from plugin.loops.healer import Healer
+        from plugin.plan.driver import Driver
+        from plugin.plan.state import Store
+        from plugin.settings import Settings
+        from tests.nsutil import enter_netns
+
+        enter_netns(t.host)
+        logging.basicConfig(filename=log, level=logging.INFO, force=True,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        Healer(Driver(Store(t.state_dir), Settings(**settings))).run(stop)
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    deadline = time.monotonic() + 30
+    while "watching the kernel" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline and proc.is_alive(), log.read_text() if log.exists() else "no log"
+        time.sleep(0.05)
+    time.sleep(0.3)  # and the parents read
+    try:
+        yield
+    finally:
+        stop.set()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 @pytest.fixture

@@ -19,8 +19,9 @@ def call(state_dir: str, verb: str, body: dict) -> dict:
     from plugin.api.http import create_app
     from plugin.plan.driver import Driver
     from plugin.plan.state import Store
+    from plugin.settings import Settings
 
-    client = create_app(Driver(Store(state_dir))).test_client()
+    client = create_app(Driver(Store(state_dir), Settings())).test_client()
     resp = client.post(f"/NetworkDriver.{verb}", data=json.dumps(body))
     return {"status": resp.status_code, **json.loads(resp.data)}
 
@@ -161,6 +162,7 @@ def test_internal_network_with_parent_does_not_poison_later_networks(topo):
 def test_parent_down_fails_closed_and_other_networks_keep_working(topo):
     from plugin.plan.driver import Driver
     from plugin.plan.state import Store
+    from plugin.settings import Settings
 
     assert create_network(topo, {"parent": "eth1"})["status"] == 200
     attach_container(topo)
@@ -176,7 +178,7 @@ def test_parent_down_fails_closed_and_other_networks_keep_working(topo):
     assert topo.in_host(call, topo.state_dir, "DeleteNetwork", {"NetworkID": "d4" * 32})["status"] == 200
     # eth1 back: the next reconcile (the healer's) restores the parent's routes
     sh(topo.host, "ip link set eth1 up")
-    topo.in_host(lambda: Driver(Store(topo.state_dir)).recover(None) and None)
+    topo.in_host(lambda: Driver(Store(topo.state_dir), Settings()).reconcile() and None)
     assert topo.connect(topo.k, "198.51.100.10", 7000) == "192.168.101.2"
     detach_and_remove(topo)
 

@@ -17,7 +17,6 @@ from collections import Counter
 
 import pytest
 
-from plugin.plan.facts import ParentFacts
 from plugin.kernel.firewall.model import (
     BUCKET_JUMPS,
     CHAINS,
@@ -30,6 +29,8 @@ from plugin.kernel.firewall.model import (
 )
 from plugin.kernel.firewall.restore import RestoreBackend
 from plugin.kernel.firewall.rules import ruleset_for
+from plugin.kernel.firewall.view import line as rule_line
+from plugin.plan.facts import ParentFacts
 from plugin.plan.state import EndpointRecord, NetworkRecord, PublishedPort, State
 from tests.nsutil import in_netns, scratch_netns, sh
 
@@ -81,7 +82,7 @@ def nat_chains(ns: str) -> dict[str, list[str]]:
 
 
 def expected_nat(ruleset: Ruleset) -> dict[str, list[str]]:
-    return {c: [RestoreBackend._line("-A", c, r) for r in ruleset.rules("nat", c)] for c in CHAINS["nat"]}
+    return {c: [rule_line("-A", c, r) for r in ruleset.rules("nat", c)] for c in CHAINS["nat"]}
 
 
 def ours(chains: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -176,7 +177,7 @@ def test_dump_and_apply_read_the_tables_with_one_save_and_list_every_bucket(ns):
         want += [f"-N {chain}", *expected_nat(ruleset)[chain]]
     assert dump["nat"] == want
     assert [ln for ln in dump["nat"] if ln.startswith(f"-A {NAT_DNAT} ")] == \
-        [RestoreBackend._line("-A", NAT_DNAT, r) for r in BUCKET_JUMPS]
+        [rule_line("-A", NAT_DNAT, r) for r in BUCKET_JUMPS]
     assert set(dump) == set(TABLES)
     nft("remove")
     assert nft("dump") == {t: [] for t in TABLES}

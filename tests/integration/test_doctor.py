@@ -21,9 +21,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _gather_and_check(state_dir: str, sock: str, parents: tuple[str, ...], root: str, env: dict) -> list:
-    os.environ.update(env)
-    facts = hostfacts.gather(state_dir=state_dir, socket_path=sock, parents=parents, docker=False,
-                          paths=hostfacts.HostPaths(root=root))
+    from plugin.settings import load
+
+    settings = load({"state_dir": state_dir, "socket": sock}, {**os.environ, **env})
+    facts = hostfacts.gather(settings, state_given=True, socket_given=True, parents=parents, docker=False,
+                             paths=hostfacts.HostPaths(root=root))
     return doctor.run_checks(facts)
 
 
@@ -44,7 +46,7 @@ def only(results: dict, check: str) -> doctor.Result:
 
 def cli(t, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, PYTHONPATH=REPO, DOCKER_HOST=f"unix://{t.state_dir}/no-docker.sock", **(env or {}))
-    return subprocess.run(["nsenter", f"--net=/var/run/netns/{t.host}", sys.executable, "-m", "plugin.cli",
+    return subprocess.run(["nsenter", f"--net=/var/run/netns/{t.host}", sys.executable, "-m", "plugin",
                            "--state-dir", t.state_dir, *args], capture_output=True, text=True, env=full_env,
                           timeout=120, cwd=REPO)
 
@@ -206,7 +208,7 @@ def test_socket_permissions(topo, tmp_path):
 def _serve(t, sock: str, state_dir: str, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=REPO, MULTINIC_STATE_DIR=state_dir,
                DOCKER_HOST=f"unix://{state_dir}/no-docker.sock", MULTINIC_WORKERS="2")
-    proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{t.host}", sys.executable, "-m", "plugin.cli",
+    proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{t.host}", sys.executable, "-m", "plugin",
                              "serve", "--socket", sock, *extra], env=env, cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=open(f"{state_dir}.log", "ab"))  # noqa: SIM115
     deadline = time.monotonic() + 30

@@ -18,8 +18,24 @@ from ipaddress import IPv4Address, IPv4Interface
 
 import pytest
 
-from plugin import gateway, reconcile
+from plugin.kernel import netns
+from plugin.loops import decisions
+from plugin.loops.gateways import Watcher, cleanup
+from plugin.plan import gateway
 from tests.nsutil import connect, in_netns, scratch_netns, serve_peer, sh
+
+
+def reconcile_container(path, atts, expect=None):
+    """What the gateway watcher does for one container (decide, write), with the routing it wrote."""
+    decision, facts = Watcher.route(path, atts, expect)
+    with netns.open_netns(path, expect) as ipr:
+        _, ifnames = netns.read(ipr)
+    return decision, gateway.container_routing(atts, decision, ifnames), facts
+
+
+def apply_container(path, routing, expect=None):
+    with netns.open_netns(path, expect) as ipr:
+        return netns.apply(ipr, routing)
 
 
 @dataclass
@@ -95,7 +111,7 @@ def test_override_steers_default_route_and_answers_from_each_interface(box):
     box.serve(box.k, 7001)
     assert box.connect(box.k, "198.51.101.10", 7000).startswith("FAIL")  # c1 only behind eth1
 
-    decision, _, facts = reconcile.reconcile_container(box.path, atts)
+    decision, _, facts = reconcile_container(box.path, atts)
     assert decision.override and decision.chosen.network_name == "b"
     assert facts["docker_gateway"] == "10.1.0.1" and facts["changed"]
     assert "via 10.2.0.1 dev eth1" in box.route_get()
@@ -114,20 +130,20 @@ def test_override_steers_default_route_and_answers_from_each_interface(box):
     assert "dev eth1" in local and "via" not in local and "table" not in local
 
     applied = box.dump()
-    decision2, _, facts2 = reconcile.reconcile_container(box.path, atts)
+    decision2, _, facts2 = reconcile_container(box.path, atts)
     assert decision2 == decision and not facts2["changed"] and box.dump() == applied
 
     # dockerd moves its default route to b itself (say b was renamed to sort first): no override needed.
     sh(box.k, "ip route replace default via 10.2.0.1 dev eth1")
-    decision3, _, _ = reconcile.reconcile_container(box.path, atts)
+    decision3, _, _ = reconcile_container(box.path, atts)
     assert not decision3.override and decision3.chosen.network_name == "b"
     assert "30090" not in sh(box.k, "ip -4 rule") and "table 30099" not in sh(box.k, "ip route show table all")
     assert "via 10.2.0.1 dev eth1" in box.route_get()
     sh(box.k, "ip route replace default via 10.1.0.1 dev eth0")
 
-    assert reconcile.remove_container(box.path)
+    assert netns.remove(box.path)
     assert box.dump() == before
-    assert not reconcile.remove_container(box.path)
+    assert not netns.remove(box.path)
 
 
 def test_without_override_a_connection_on_the_second_interface_is_answered_from_it(box):
@@ -137,14 +153,14 @@ def test_without_override_a_connection_on_the_second_interface_is_answered_from_
     # Control: without source routing the reply to c1 leaves by eth0 and is lost.
     assert box.connect(box.c1, "10.2.0.2", 7001, timeout=1).startswith("FAIL")
 
-    decision, routing, _ = reconcile.reconcile_container(box.path, atts)
+    decision, routing, _ = reconcile_container(box.path, atts)
     assert not decision.override and decision.chosen.network_name == "a"
     assert "via 10.1.0.1 dev eth0" in box.route_get()
     assert box.connect(box.c1, "10.2.0.2", 7001) == "198.51.101.10"
     assert box.connect(box.c0, "10.1.0.2", 7001) == "198.51.100.10"
 
-    assert not reconcile.apply_container(box.path, routing)  # twice = same
-    reconcile.remove_container(box.path)
+    assert not apply_container(box.path, routing)  # twice = same
+    netns.remove(box.path)
     assert box.dump() == before
 
 
@@ -152,25 +168,25 @@ def test_never_touches_rules_and_routes_that_are_not_ours(box):
     sh(box.k, "ip rule add pref 30010 from 10.9.9.9 lookup 30100; ip route add 203.0.113.0/24 via 10.2.0.1 "
               "table 30100; ip rule add pref 31000 lookup 77; ip route add default via 10.1.0.1 table 77")
     before = box.dump()
-    reconcile.reconcile_container(box.path, [att("a", 1, 0, "default"), att("b", 2, 10)])
+    reconcile_container(box.path, [att("a", 1, 0, "default"), att("b", 2, 10)])
     after = box.dump()
     for line in before.splitlines():
         assert line in after
-    reconcile.remove_container(box.path)
+    netns.remove(box.path)
     assert box.dump() == before
 
 
 def test_interface_gone_then_reconciled(box):
     """dockerd disconnects b: the kernel drops our routes through eth1, the reconcile drops the rules."""
     before = box.dump()
-    reconcile.reconcile_container(box.path, [att("a", 1, 0, "default"), att("b", 2, 10)])
+    reconcile_container(box.path, [att("a", 1, 0, "default"), att("b", 2, 10)])
     sh(box.k, "ip link del eth1")
-    decision, routing, _ = reconcile.reconcile_container(box.path, [att("a", 1, 0, "default")])
+    decision, routing, _ = reconcile_container(box.path, [att("a", 1, 0, "default")])
     assert not decision.override and {r.priority for r in routing.rules} == {30000, 30010}
     dump = box.dump()
     assert "30090" not in dump and "eth1" not in dump and "30101" not in dump
     assert "via 10.1.0.1 dev eth0" in box.route_get()
-    reconcile.remove_container(box.path)
+    netns.remove(box.path)
     assert box.dump() == "\n".join(line for line in before.splitlines() if "eth1" not in line) + "\n"
 
 
@@ -178,7 +194,7 @@ def test_single_network_pins_established_connections_before_dockerd_moves_the_ro
     """Seed scenario: container on a only, a long-lived connection out; dockerd attaches b and moves its
     default route to b (b sorts first). The connection keeps leaving by eth0 with no watcher round-trip."""
     sh(box.k, "ip link set eth1 down")  # "b not attached yet"
-    reconcile.reconcile_container(box.path, [att("a", 1, 0, "default")])
+    reconcile_container(box.path, [att("a", 1, 0, "default")])
     assert "via 10.1.0.1 dev eth0" in box.route_get()
     sh(box.k, "ip link set eth1 up; ip route replace default via 10.2.0.1 dev eth1")  # dockerd's doing
     assert "via 10.2.0.1 dev eth1" in box.route_get()  # new connections: Docker's choice until reconciled
@@ -190,33 +206,32 @@ def test_refuses_its_own_namespace_and_a_recycled_pid(box):
 
     def inside() -> str:
         try:
-            reconcile.apply_container(own, gateway.Routing())
-        except reconcile.NotThatNetns as exc:
+            apply_container(own, gateway.Routing())
+        except netns.NotThatNetns as exc:
             return str(exc)
         return "applied"
 
     assert "own network namespace" in in_netns(box.k, inside)
-    with pytest.raises(reconcile.NotThatNetns):
-        reconcile.apply_container(own, gateway.Routing(), expect=f"/var/run/netns/{box.g0}")
+    with pytest.raises(netns.NotThatNetns):
+        apply_container(own, gateway.Routing(), expect=f"/var/run/netns/{box.g0}")
     with pytest.raises(FileNotFoundError):
-        reconcile.apply_container("/proc/999999999/ns/net", gateway.Routing())
+        apply_container("/proc/999999999/ns/net", gateway.Routing())
 
 
 def test_remove_all_for_uninstall(box, tmp_path):
     """`multinic cleanup` path: remove from every recorded container, by pid, checked against its sandbox."""
-    from plugin import decisions, uninstall
 
     before = box.dump()
-    reconcile.reconcile_container(box.path, [att("a", 1, 0, "default"), att("b", 2, 10)])
+    reconcile_container(box.path, [att("a", 1, 0, "default"), att("b", 2, 10)])
     holder = subprocess.Popen(["nsenter", f"--net={box.path}", "sleep", "30"])  # the "container's" process
     try:
         time.sleep(0.2)
-        decisions.write_decisions(tmp_path, {
+        decisions.write(tmp_path, {
             "c1": {"container": "k", "pid": holder.pid, "sandbox": box.path},
             "c2": {"container": "gone", "pid": os.getpid(), "sandbox": "/nonexistent"},  # never our own netns
         })
-        assert uninstall.remove_all(tmp_path) == 1
-        assert box.dump() == before and decisions.load_decisions(tmp_path) == {}
+        assert cleanup(tmp_path) == 1
+        assert box.dump() == before and decisions.load(tmp_path) == {}
     finally:
         holder.kill()
         holder.wait()

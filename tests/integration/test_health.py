@@ -59,7 +59,7 @@ def wait_for(predicate, timeout: float = 30.0, what: str = ""):
 
 
 @contextmanager
-def serving(tmp_path: Path, stale: float = 3.0, path_prefix: str = ""):
+def serving(tmp_path: Path, stale: float = 3.0, path_prefix: str = "", before: str = ""):
     ns = f"mnh{os.getpid() % 100000}"
     sock = str(tmp_path / "mnh.sock")
     state = tmp_path / "state"
@@ -67,6 +67,8 @@ def serving(tmp_path: Path, stale: float = 3.0, path_prefix: str = ""):
     if path_prefix:
         env["PATH"] = f"{path_prefix}:{env['PATH']}"
     with scratch_netns(ns):
+        if before:
+            subprocess.run(["nsenter", f"--net=/var/run/netns/{ns}", "sh", "-c", before], check=True)
         log = open(tmp_path / "serve.log", "w")
         proc = subprocess.Popen(
             ["nsenter", f"--net=/var/run/netns/{ns}", str(VENV_BIN / "multinic"), "--state-dir", str(state),
@@ -168,18 +170,36 @@ def test_corrupt_state_is_restored_from_backup(tmp_path):
         assert code == 200, body
 
 
-def test_corrupt_state_without_backup_serves_and_refuses(tmp_path):
+def test_corrupt_state_without_backup_is_set_aside_and_nothing_is_lost(tmp_path):
+    """No usable backup: the file is kept aside, and the state rebuilt from dockerd when it answers (here
+    it never does and the kernel holds nothing of ours: the plugin serves, healthy, waiting)."""
     state = tmp_path / "state"
     state.mkdir()
     (state / "state.json").write_bytes(b"\x00\x00\x00")
     with serving(tmp_path) as (sock, _):
+        assert [p.read_bytes() for p in state.glob("state.json.corrupt-*")] == [b"\x00\x00\x00"]
         report = health(sock)
-        assert not report["healthy"] and not report["state"]["ok"]
-        assert any("state" in p and "unreadable" in p for p in report["problems"])
+        assert report["healthy"] and report["state"]["ok"] and "waiting for dockerd" in report["state"]["rebuilt"]
         code, body = post(sock, "/NetworkDriver.DeleteNetwork", {"NetworkID": NID})
-        assert code == 400 and "state file" in body["Err"] and "unreadable" in body["Err"]
-        assert post(sock, "/NetworkDriver.GetCapabilities")[0] == 200
-        assert (state / "state.json").read_bytes() == b"\x00\x00\x00"  # never overwritten
+        assert code == 200, body
+
+
+def test_lost_state_with_our_objects_in_the_kernel_changes_nothing_and_is_unhealthy(tmp_path):
+    """No state file, dockerd unreachable, but the kernel holds a bridge of ours: nothing is removed or
+    added, /Plugin.Health says why and what to do, a verb fails (500) naming the state file."""
+    ns = f"mnh{os.getpid() % 100000}"
+    bridge = "mn-lost0"
+    with serving(tmp_path, before=f"ip link add {bridge} type bridge && ip link set {bridge} alias multinic:net:{NID}"
+                 ) as (sock, state):
+        problems = wait_for(lambda: [p for p in health(sock)["problems"] if "state" in p], what="the lost state")
+        assert "missing while the kernel holds its networks" in problems[0] and bridge in problems[0]
+        code, body = post(sock, "/NetworkDriver.CreateNetwork", {
+            "NetworkID": "c9" * 32, "Options": {"com.docker.network.generic": {}}, "IPv6Data": [],
+            "IPv4Data": [{"AddressSpace": "x", "Pool": "10.48.0.0/24", "Gateway": "10.48.0.1/24"}]})
+        assert code == 500 and "state file" in body["Err"] and "nothing was changed" in body["Err"]
+        assert not (state / "state.json").exists()
+        assert bridge in subprocess.run(["ip", "-n", ns, "link", "show", bridge], capture_output=True,
+                                        text=True).stdout
 
 
 def test_firewall_that_cannot_be_applied_is_unhealthy(tmp_path):
@@ -201,6 +221,6 @@ def test_firewall_that_cannot_be_applied_is_unhealthy(tmp_path):
                             what="the firewall failure reported")
         report = health(sock)
         print(f"\nreported: {problems[0][:160]}")
-        assert not report["healthy"] and problems[0].startswith("reconcile at start failed")
+        assert not report["healthy"] and any(p.startswith("reconcile at start failed") for p in report["problems"])
         assert report["startup"]["ok"] is False
         assert report["loops"]["watcher"]["waiting"].startswith("docker not usable")

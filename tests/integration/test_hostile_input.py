@@ -48,8 +48,9 @@ def fuzz(state_dir: str, count: int, seed: int) -> dict:
     from plugin.api.http import create_app
     from plugin.plan.driver import Driver
     from plugin.plan.state import Store
+    from plugin.settings import Settings
 
-    client = create_app(Driver(Store(state_dir))).test_client()
+    client = create_app(Driver(Store(state_dir), Settings())).test_client()
     state_file = os.path.join(state_dir, "state.json")
     bodies = valid_bodies()
 

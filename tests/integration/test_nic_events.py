@@ -1,19 +1,17 @@
-"""Parent NIC events with the NIC watcher running (plugin/nicwatch.py, no healer): each change
+"""Parent NIC events with the healer running (plugin/loops/healer.py, periods off): each change
 converges, and the time from the change to the converged kernel is measured and printed
 (reported, not asserted; the only bound is a generous 10 s so a broken watcher fails the test).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import running_healer
 from tests.integration.test_datapath import EID, NID, attach_container, call, create_network
 from tests.nsutil import sh
 
@@ -25,28 +23,20 @@ FIGURES: dict[str, float] = {}
 
 @pytest.fixture
 def watched(topo, tmp_path):
-    """A network on eth1 with a container publishing PORT, and the NIC watcher running."""
+    """A network on eth1 with a container publishing PORT, and the healer running (its periods an hour:
+    only the parent's events drive it)."""
     assert create_network(topo, {"parent": "eth1"})["status"] == 200
     attach_container(topo, [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": PORT,
                              "HostPortEnd": PORT}])
     topo.serve_peer(topo.k, 80)
     assert topo.connect(topo.c1, "192.168.101.2", PORT) == "198.51.100.10"
-    log = open(tmp_path / "nicwatch.log", "w")
-    proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{topo.host}", sys.executable, "-m", "plugin.nicwatch",
-                             "--state-dir", topo.state_dir], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + 30
-    while "watching parent NICs" not in (tmp_path / "nicwatch.log").read_text():  # subscribed
-        assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "nicwatch.log").read_text()
-        time.sleep(0.05)
-    time.sleep(0.3)  # and the parents read
+    log = tmp_path / "healer.log"
     try:
-        yield topo
+        with running_healer(topo, log, check_interval=3600, firewall_check_interval=3600, full_interval=3600,
+                            gc_interval=3600):
+            yield topo
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
-        print((tmp_path / "nicwatch.log").read_text()[-2000:])
+        print(log.read_text()[-2000:] if log.exists() else "")
 
 
 def converge(what: str, change: str, ns: str, check) -> float:
@@ -84,7 +74,7 @@ def test_parent_readdressed_moves_published_ports(watched):
 
 def test_parent_gateway_change_is_followed_when_not_pinned(watched):
     t = watched
-    sh(t.r1, "ip addr add 192.168.101.254/24 dev up1")
+    sh(t.r1, "ip addr add 192.168.101.254/24 dev h1")
     converge("gateway change", "ip route add default via 192.168.101.254 dev eth1 metric 500", t.host,
              lambda: "default via 192.168.101.254 dev eth1" in table_routes(t))
     t.serve_peer(t.c1, 7000)
@@ -104,11 +94,11 @@ def test_parent_deleted_fails_closed_and_recreated_is_followed(watched):
     converge("parent deleted", "ip link del eth1", t.host,
              lambda: f"--dport {PORT}" not in dnat(t) and "dev eth1" not in table_routes(t))
     assert "unreachable default" in table_routes(t)
-    recreate = (f"ip link add eth1 type veth peer name up1; ip link set up1 netns {t.r1}; "
+    recreate = (f"ip link add eth1 type veth peer name h1; ip link set h1 netns {t.r1}; "
                 "ip addr add 192.168.101.2/24 dev eth1; ip link set eth1 up")
     sh(t.r1, "true")
     converge("parent re-created", recreate + f"; nsenter --net=/var/run/netns/{t.r1} sh -c "
-             "'ip addr add 192.168.101.1/24 dev up1; ip link set up1 up'", t.host,
+             "'ip addr add 192.168.101.1/24 dev h1; ip link set h1 up'", t.host,
              lambda: f"-d 192.168.101.2/32 -p tcp -m tcp --dport {PORT}" in dnat(t)
              and "dev eth1" in table_routes(t))
     assert t.connect(t.c1, "192.168.101.2", PORT, timeout=5) == "198.51.100.10"

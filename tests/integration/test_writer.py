@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import subprocess
 
-from plugin.plan.driver import Driver
 from plugin.kernel.firewall.model import dnat_bucket
+from plugin.plan.driver import Driver
 from plugin.plan.state import Store
+from plugin.settings import Settings
+from tests.integration.conftest import running_healer
 from tests.integration.test_datapath import EID, NID, attach_container, call, create_network, detach_and_remove
 from tests.nsutil import sh
 
@@ -17,9 +19,9 @@ PORT = {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 4000, "HostP
 def _spawns_of_verbs(state_dir: str, ports: list) -> dict[str, list[str]]:
     """Run CreateEndpoint, Join, Leave, DeleteEndpoint here, recording every process started
     (the firewall flavour is detected once per process, at plugin start: done first here)."""
-    from plugin.reconcile import firewall
+    from plugin.kernel.firewall import select
 
-    firewall()
+    select(Settings())
     spawned: list[str] = []
     real = subprocess.Popen.__init__
 
@@ -94,19 +96,19 @@ def test_missing_jump_is_the_healers_job(topo):
     sh(topo.host, f"iptables-nft -D {jump}")
     attach_container(topo, [PORT])  # the edit still applies: our chains are there
     assert "MULTINIC-FORWARD" not in sh(topo.host, "iptables-nft -S FORWARD")
-    topo.in_host(lambda: Driver(Store(topo.state_dir)).recover(None) and None)
+    topo.in_host(lambda: Driver(Store(topo.state_dir), Settings()).reconcile() and None)
     assert sh(topo.host, "iptables-nft -S FORWARD").count("-j MULTINIC-FORWARD") == 1
     detach_and_remove(topo)
     assert topo.dump() == before
 
 
 def _drifts(state_dir: str) -> tuple[list[str], list[str]]:
-    from plugin import healer
-    from plugin.reconcile import firewall
-    from plugin.plan.state import Store
+    from plugin.kernel import writer
+    from plugin.kernel.firewall import drift, select
+    from plugin.loops import healer
 
     state = Store(state_dir).load()
-    return healer.drift(state), healer.firewall_drift(state, firewall())
+    return healer.drift(state), drift(select(Settings()).read(), writer.desired(state).firewall)
 
 
 def test_healer_sees_no_drift_on_a_host_the_writer_made_and_sees_what_others_delete(topo):
@@ -122,14 +124,14 @@ def test_healer_sees_no_drift_on_a_host_the_writer_made_and_sees_what_others_del
     sh(topo.host, "ip rule del pref 10002")
     routes, fw = topo.in_host(_drifts, topo.state_dir)
     assert routes and any("jump" in r for r in fw)
-    topo.in_host(lambda: Driver(Store(topo.state_dir)).recover(None) and None)
+    topo.in_host(lambda: Driver(Store(topo.state_dir), Settings()).reconcile() and None)
     assert topo.in_host(_drifts, topo.state_dir) == ([], [])
     detach_and_remove(topo)
     assert topo.dump() == before
 
 
 def _cleanup(state_dir: str) -> int:
-    from plugin.cli import main
+    from plugin.ops.cli import main
 
     return main(["--state-dir", state_dir, "cleanup"])
 
@@ -152,10 +154,10 @@ def _deferred_deletes(state_dir: str) -> dict[str, object]:
     after the response; the same endpoint coming back at once gets a fresh veth."""
     import json as _json
 
-    from plugin import reconcile
     from plugin.api.http import create_app
+    from plugin.kernel import reaper
 
-    client = create_app(Driver(Store(state_dir), defer_deletes=True)).test_client()
+    client = create_app(Driver(Store(state_dir), Settings(), defer_deletes=True)).test_client()
 
     def verb(name: str, body: dict) -> None:
         resp = client.post(f"/NetworkDriver.{name}", data=_json.dumps(body))
@@ -167,15 +169,15 @@ def _deferred_deletes(state_dir: str) -> dict[str, object]:
     verb("CreateEndpoint", {**ref, "Interface": {"Address": "10.10.0.2/24"}})
     verb("DeleteEndpoint", ref)
     seen["right_after"] = sh_alias(host_veth)
-    reconcile.wait_for_deletes()
+    reaper.wait()
     seen["after_thread"] = sh_alias(host_veth)
     verb("CreateEndpoint", {**ref, "Interface": {"Address": "10.10.0.2/24"}})
     verb("DeleteEndpoint", ref)
     verb("CreateEndpoint", {**ref, "Interface": {"Address": "10.10.0.2/24"}})  # before the thread ran
-    reconcile.wait_for_deletes()
+    reaper.wait()
     seen["recreated"] = sh_alias(host_veth)
     verb("DeleteEndpoint", ref)
-    reconcile.wait_for_deletes()
+    reaper.wait()
     return seen
 
 
@@ -205,13 +207,14 @@ def test_a_removed_endpoints_veth_is_deleted_after_the_response(topo):
 def _retire_then_reconcile(state_dir: str) -> tuple[str | None, str | None]:
     from pyroute2 import IPRoute
 
-    from plugin import netlink, reconcile
+    from plugin.kernel import links, writer
+    from plugin.kernel.firewall import select
 
     host_veth = "mnh" + EID[:12]
     with IPRoute() as ipr:
-        netlink.retire_link(ipr, host_veth)  # as DeleteEndpoint does, then the plugin dies
+        links.retire_link(ipr, host_veth)  # as DeleteEndpoint does, then the plugin dies
     retired = sh_alias(host_veth)
-    reconcile.reconcile(Store(state_dir).load())
+    writer.reconcile(Store(state_dir).load(), None, select(Settings()))
     return retired, sh_alias(host_veth)
 
 
@@ -232,34 +235,14 @@ def test_a_retired_veth_left_by_a_crash_is_removed_by_the_whole_host_writer(topo
     assert topo.dump() == before
 
 
-def _heal_on_events(state_dir: str, stop) -> None:
-    """The healer with periods far longer than the test: only kernel events can wake it."""
-    from plugin import healer
-
-    healer.CHECK_INTERVAL = healer.FIREWALL_INTERVAL = healer.FULL_INTERVAL = healer.GC_INTERVAL = 3600.0
-    healer.run(Store(state_dir), stop)
-
-
-def test_the_healer_repairs_on_kernel_events_not_only_on_its_period(topo):
+def test_the_healer_repairs_on_kernel_events_not_only_on_its_period(topo, tmp_path):
     """A deleted ip rule of ours (netlink event) and a flushed chain of ours (nf_tables event)
     are put back although the healer's periods are an hour long."""
-    import multiprocessing
     import time
-
-    from tests.nsutil import enter_netns
 
     before = topo.dump()
     assert create_network(topo, {"parent": "eth1"})["status"] == 200
     attach_container(topo, [PORT])
-    ctx = multiprocessing.get_context("fork")
-    stop = ctx.Event()
-
-    def child() -> None:
-        enter_netns(topo.host)
-        _heal_on_events(topo.state_dir, stop)
-
-    proc = ctx.Process(target=child)
-    proc.start()
 
     def eventually(check, what: str) -> None:
         deadline = time.monotonic() + 20
@@ -267,21 +250,14 @@ def test_the_healer_repairs_on_kernel_events_not_only_on_its_period(topo):
             assert time.monotonic() < deadline, f"not repaired: {what}"
             time.sleep(0.2)
 
-    try:
-        time.sleep(1.0)  # the healer's sockets are bound
+    with running_healer(topo, tmp_path / "healer.log", check_interval=3600, firewall_check_interval=3600,
+                        full_interval=3600, gc_interval=3600):
         sh(topo.host, "ip rule del pref 10002")
         eventually(lambda: "10.10.0.0/24" in sh(topo.host, "ip rule show pref 10002"), "ip rule")
         sh(topo.host, "iptables-nft -t nat -F MULTINIC-POSTROUTING")
         eventually(lambda: "MASQUERADE" in sh(topo.host, "iptables-nft -t nat -S MULTINIC-POSTROUTING"), "chain")
-    finally:
-        stop.set()
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
     detach_and_remove(topo)
     assert topo.dump() == before
-
 
 
 def test_a_new_endpoints_veth_is_enslaved_up_tagged_and_hairpinned(topo):

@@ -10,11 +10,11 @@ import pytest
 
 from plugin.kernel.firewall.view import parse as parse_iptables_save
 from plugin.ops import doctor
-from plugin.settings import DEFAULT_SOCKET, Settings
 from plugin.ops.doctor import ERROR, OK, SKIP, WARN, Facts, Proc, Result
 from plugin.ops.doctor import gather as hostfacts
 from plugin.ops.doctor.gather import HostPaths
 from plugin.plan.state import EndpointRecord, NetworkRecord, State
+from plugin.settings import DEFAULT_SOCKET, Settings
 
 NID = "a" * 64
 EID = "e" * 64

@@ -8,8 +8,8 @@ from plugin.api.messages import CreateNetworkRequest, IPv4Pool
 from plugin.api.options import NetworkOptions
 from plugin.errors import Refusal
 from plugin.kernel.tags import TABLE_ALLOC_FIRST
-from plugin.plan.network import GATEWAY_ROUTE, plan_network, publish_resolver
 from plugin.plan.facts import HostFacts, ParentFacts
+from plugin.plan.network import plan_network, publish_resolver
 from plugin.plan.state import NetworkRecord, State
 
 ETH1 = ParentFacts("eth1", True, (ipaddress.IPv4Interface("192.168.101.2/24"),), 1450)

@@ -5,6 +5,7 @@ FORWARD path, and the other way round."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 
@@ -50,8 +51,15 @@ def backend_for(flavour: str, settings: Settings | None = None) -> FirewallBacke
 
 
 def select(settings: Settings) -> FirewallBackend:
-    """The backend for this host (detected once per process by its caller)."""
-    return backend_for(detect_flavour(settings.firewall), settings)
+    """The backend for this host, detected once per process (and per forced flavour and lock)."""
+    return _selected(settings.firewall, settings.xtables_lock)
+
+
+@functools.lru_cache(maxsize=4)
+def _selected(forced: str, xtables_lock: str) -> FirewallBackend:
+    from ...settings import Settings
+
+    return backend_for(detect_flavour(forced), Settings(firewall=forced, xtables_lock=xtables_lock))
 
 
 __all__ = ["FirewallBackend", "RestoreBackend", "Ruleset", "View", "backend_for", "detect_flavour", "drift", "select"]

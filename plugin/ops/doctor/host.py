@@ -178,10 +178,17 @@ def check_forward(f: Facts) -> list[Result]:
                        f"{COMMENT!r}): multinic's networks are not forwarded (or not isolated)", fix)]
     rules = chains.get("FORWARD", [])
     ours = next((n for n, r in enumerate(rules, 1) if any(j.enters(r) for j in jumps)), 1)
-    if ours > 1:
+    tool = f"iptables-{flavour}"
+    jump = f"FORWARD -m comment --comment {COMMENT} -j {FILTER_FORWARD}"
+    move = f"{tool} -D {jump} && {tool} -I {jump.replace('FORWARD', 'FORWARD 1', 1)}"
+    before = rules[: ours - 1]
+    docker = [r for r in before if (_target(r) or "").startswith("DOCKER") or re.search(r"-[io] (docker0|br-)", r)]
+    if docker:
+        return [Result("forward", ERROR, f"FORWARD rule {rules.index(docker[0]) + 1} ({docker[0]}) comes before "
+                       f"multinic's jump (rule {ours}): Docker's accepts now bypass multinic's isolation", move)]
+    if before:
         return [Result("forward", WARN, f"FORWARD rules of another tool run before multinic's jump (rule {ours}): "
-                       + "; ".join(rules[: min(3, ours - 1)]), "move that tool's rules below it, or delete "
-                       "multinic's jump and run multinic reconcile, which inserts it first")]
+                       + "; ".join(before[:3]), move + "; or move that tool's rules below it")]
     return [Result("forward", OK, f"FORWARD policy {policy}; multinic's jump comes first (no {DOCKER_USER} here)")]
 
 
