@@ -1,7 +1,6 @@
-"""multinic: a Docker network driver that binds a network to one host NIC.
+"""multinic: a Docker network driver that binds a network to one host NIC. The rooms: ``api`` (HTTP in,
+typed requests), ``plan`` (the verbs, pure planning, the state), ``kernel`` (the one writer and what it
+writes with), ``loops`` (background work), ``ops`` (the command line, doctor, health, metrics); the flow is
+drawn in docs/ARCHITECTURE.md."""
 
-Every kernel object the plugin owns carries a tag (see :mod:`plugin.tags`) so it
-can be listed and removed without guessing.
-"""
-
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -10,23 +10,20 @@
 from __future__ import annotations
 
 
-class Refusal(Exception):
+class MultinicError(Exception):
+    """An error whose message is what the user sees (as ``Err``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Refusal(MultinicError):
     """A refusal the user can act on: the message names the option and the fix."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
-    def __str__(self) -> str:
-        return self.message
-
-
-class Failure(Exception):
+class Failure(MultinicError):
     """The host failed: the message says what failed (and, where there is one, what fixes it)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message

@@ -54,7 +54,8 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.e2e.helpers import web_cmd  # noqa: E402
-from tests.lab import HOST_ETH0, IMAGE, Lab, _clean_env  # noqa: E402
+from tests.lab import HOST_ETH0, IMAGE, Lab, LabError, lab_tool, tool_env  # noqa: E402
+from tests.lab.topology import clean_env as _clean_env  # noqa: E402
 
 REQUESTS = (
     "import sys,time,urllib.request\n"
@@ -205,8 +206,12 @@ class Bench:
                 self.docker("rm", "-f", f"brq-{driver}", check=False)
 
     def op_throughput(self) -> None:
-        if shutil.which("iperf3"):
-            return self._throughput_iperf3()
+        try:
+            iperf3 = lab_tool("iperf3")
+        except LabError:
+            iperf3 = None
+        if iperf3:
+            return self._throughput_iperf3(iperf3)
         megabytes = 100 if self.args.quick else 400
         for driver in DRIVERS:
             port = 5400 + DRIVERS.index(driver)
@@ -225,7 +230,7 @@ class Bench:
             for driver in DRIVERS:
                 self.docker("rm", "-f", f"bth-{driver}", check=False)
 
-    def _throughput_iperf3(self) -> None:
+    def _throughput_iperf3(self, iperf3: str) -> None:
         """iperf3 (Debian's): the server runs in the container's network namespace (the busybox
         image has no iperf3), the client in c0, through the published port: one TCP stream."""
         seconds = "2" if self.args.quick else "5"
@@ -234,14 +239,14 @@ class Bench:
             port = 5400 + DRIVERS.index(driver)
             self._published(driver, port, ["sleep", "3600"], f"bth-{driver}")
             pid = self.docker("inspect", "-f", "{{.State.Pid}}", f"bth-{driver}").stdout.strip()
-            servers.append(subprocess.Popen(["nsenter", "-t", pid, "-n", "iperf3", "-s", "-p", str(port)],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            servers.append(subprocess.Popen(["nsenter", "-t", pid, "-n", iperf3, "-s", "-p", str(port)],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=tool_env()))
         time.sleep(1)
         try:
             def body(driver: str, i: int) -> float:
                 port = 5400 + DRIVERS.index(driver)
-                out = self.lab.run(self.lab.c0_ns, "iperf3", "-c", HOST_ETH0, "-p", str(port), "-t", seconds, "-J",
-                                   timeout=120).stdout
+                out = self.lab.run(self.lab.c0_ns, iperf3, "-c", HOST_ETH0, "-p", str(port), "-t", seconds, "-J",
+                                   timeout=120, env={"LD_LIBRARY_PATH": tool_env()["LD_LIBRARY_PATH"]}).stdout
                 return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 8e6
             self.rounds("throughput_MBps", body)
         finally:
@@ -253,7 +258,7 @@ class Bench:
 
     # -- plugin API latency, on its socket ---------------------------------------------------
     def _call(self, verb: str, body: dict[str, Any]) -> float:
-        conn = _UnixHTTP(self.lab.plugin_socket)
+        conn = _UnixHTTP(str(self.lab.plugin_socket_host))
         start = time.monotonic()
         conn.request("POST", f"/NetworkDriver.{verb}", json.dumps(body))
         resp = json.loads(conn.getresponse().read() or b"{}")
@@ -296,7 +301,7 @@ class Bench:
             return
         pgid = self.lab._plugin.pid
         pids = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pgid]
-        conn = _UnixHTTP(self.lab.plugin_socket)
+        conn = _UnixHTTP(str(self.lab.plugin_socket_host))
         conn.request("POST", "/Plugin.Health", "{}")
         loops = json.loads(conn.getresponse().read() or b"{}").get("loops", {})
         conn.close()

@@ -1,59 +1,80 @@
 #!/usr/bin/env bash
-# Install or remove multinic as a host service (the legacy plugin dockerd finds by its socket).
+# multinic as a host service (the legacy plugin dockerd finds by its socket), from this checkout.
 #
-#   sudo scripts/install-service.sh            # install: /opt/multinic venv + systemd unit, enabled and started
-#   sudo scripts/install-service.sh --remove   # stop, disable, remove unit and venv (state kept)
-#   sudo scripts/install-service.sh --purge    # same, and first remove everything multinic added to the
-#                                              # kernel (`multinic cleanup`) and its state directory
+#   sudo scripts/install-service.sh                    # install, or upgrade: venv in /opt/multinic, the
+#                                                      # `multinic` command in /usr/local/bin, the systemd
+#                                                      # unit enabled and (re)started
+#   sudo scripts/install-service.sh --remove           # stop and disable the service, remove unit, venv and
+#                                                      # command; the state and multinic's kernel objects stay
+#   sudo scripts/install-service.sh --remove --purge   # first remove every network's kernel objects and the
+#                                                      # policy routing in containers (`multinic cleanup`), and
+#                                                      # after: the state directory and multinic's networkd and
+#                                                      # NetworkManager drop-ins (--purge alone means the same)
 #
-# MULTINIC_PREFIX (default /opt/multinic) and SYSTEMD_UNIT_DIR (default /etc/systemd/system) move the
-# venv and the unit (the tests install into a scratch directory). Without a running systemd the unit is
-# installed but not started; the script says so.
+# Remove the multinic containers and networks first (`docker rm -f`, `docker network rm`): Docker keeps
+# networks whose driver is gone, and cannot start their containers.
+# MULTINIC_PREFIX (/opt/multinic), SYSTEMD_UNIT_DIR (/etc/systemd/system), BIN_DIR (/usr/local/bin) and
+# DROPIN_ROOT (/) move what is installed and removed (the tests use scratch directories); systemd is only
+# driven for the real unit directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prefix=${MULTINIC_PREFIX:-/opt/multinic}
 unit_dir=${SYSTEMD_UNIT_DIR:-/etc/systemd/system}
+bin_dir=${BIN_DIR:-/usr/local/bin}
+state_dir=${MULTINIC_STATE_DIR:-/var/lib/multinic}
 unit=$unit_dir/multinic.service
-mode=${1:-install}
+remove=0 purge=0
+for arg in "$@"; do
+  case $arg in
+    --remove) remove=1 ;;
+    --purge) remove=1 purge=1 ;;
+    *) echo "usage: $0 [--remove [--purge]]" >&2; exit 2 ;;
+  esac
+done
 
-have_systemd() { [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; }
+systemd() { [[ -d /run/systemd/system && $unit_dir == /etc/systemd/system ]] && command -v systemctl >/dev/null; }
 say() { printf 'install-service: %s\n' "$*"; }
 
-case $mode in
-  install)
-    python3 -m venv "$prefix"
-    "$prefix/bin/pip" install -q --disable-pip-version-check --upgrade .
-    mkdir -p "$unit_dir"
-    sed "s|/opt/multinic/bin/multinic|$prefix/bin/multinic|" contrib/systemd/multinic.service > "$unit.tmp"
-    mv "$unit.tmp" "$unit"
-    chmod 0644 "$unit"
-    if have_systemd && [[ $unit_dir == /etc/systemd/system ]]; then
-      systemctl daemon-reload
-      systemctl enable --now multinic.service
-      say "multinic.service enabled and started (journalctl -u multinic)"
-    else
-      say "installed $unit and $prefix (no running systemd here: not started)"
-    fi
-    ;;
-  --remove|--purge)
-    if have_systemd && [[ $unit_dir == /etc/systemd/system ]] && [[ -f $unit ]]; then
-      systemctl disable --now multinic.service || true
-    fi
-    if [[ $mode == --purge && -x $prefix/bin/multinic ]]; then
-      "$prefix/bin/multinic" cleanup
-      rm -rf "${MULTINIC_STATE_DIR:-/var/lib/multinic}"
-    fi
-    rm -f "$unit"
-    have_systemd && [[ $unit_dir == /etc/systemd/system ]] && systemctl daemon-reload
-    rm -rf "$prefix"
-    if [[ $mode == --purge ]]; then
-      say "removed $unit, $prefix, multinic's kernel objects and its state"
-    else
-      say "removed $unit and $prefix (state in ${MULTINIC_STATE_DIR:-/var/lib/multinic} kept; --purge removes it)"
-    fi
-    ;;
-  *)
-    echo "usage: $0 [--remove|--purge]" >&2
-    exit 2
-    ;;
-esac
+if ((!remove)); then
+  upgrade=0
+  [[ -x $prefix/bin/multinic ]] && upgrade=1
+  [[ -x $prefix/bin/python ]] || python3 -m venv "$prefix"
+  "$prefix/bin/pip" install -q --disable-pip-version-check --upgrade .
+  mkdir -p "$unit_dir" "$bin_dir"
+  sed "s|/opt/multinic/bin/multinic|$prefix/bin/multinic|" contrib/systemd/multinic.service > "$unit.tmp"
+  chmod 0644 "$unit.tmp"
+  mv "$unit.tmp" "$unit"
+  ln -sfn "$prefix/bin/multinic" "$bin_dir/multinic"
+  version=$("$prefix/bin/multinic" --version)
+  if systemd; then
+    systemctl daemon-reload
+    systemctl enable multinic.service >/dev/null
+    # Restarting the plugin leaves containers and their kernel objects in place: the new version
+    # re-reads the state and reconciles before it listens.
+    systemctl restart multinic.service
+    say "$version $([[ $upgrade == 1 ]] && echo upgraded || echo installed); multinic.service (re)started (journalctl -u multinic)"
+  else
+    say "$version $([[ $upgrade == 1 ]] && echo upgraded || echo installed) in $prefix, unit $unit (no running systemd for it here: not started)"
+  fi
+  exit 0
+fi
+
+if systemd && [[ -f $unit ]]; then
+  systemctl disable --now multinic.service || true
+fi
+if ((purge)) && [[ -x $prefix/bin/multinic ]]; then
+  MULTINIC_STATE_DIR=$state_dir "$prefix/bin/multinic" cleanup
+  rm -rf "$state_dir"
+  for dropin in /etc/systemd/networkd.conf.d/multinic.conf /etc/NetworkManager/conf.d/multinic.conf; do
+    [[ -f ${DROPIN_ROOT:-}$dropin ]] && rm -f "${DROPIN_ROOT:-}$dropin" && say "removed $dropin (reload networkd / NetworkManager)"
+  done
+fi
+rm -f "$unit"
+[[ -L $bin_dir/multinic ]] && rm -f "$bin_dir/multinic"
+if systemd; then systemctl daemon-reload; fi
+rm -rf "$prefix"
+if ((purge)); then
+  say "removed the service, $prefix, multinic's kernel objects and its state ($state_dir)"
+else
+  say "removed the service and $prefix (state in $state_dir and the networks' kernel objects kept; --purge removes them)"
+fi

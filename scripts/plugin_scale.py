@@ -26,8 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.integration.conftest import Topo, build  # noqa: E402
-from tests.nsutil import in_netns, scratch_netns  # noqa: E402
+from tests.lab import Topology  # noqa: E402
+from tests.nsutil import in_netns  # noqa: E402
 
 NID = "5c" * 32
 
@@ -37,13 +37,15 @@ def _eid(tag: str, i: int) -> str:
 
 
 def measure(state_dir: str, fill: int, rounds: int) -> dict[str, Any]:
-    from plugin.api import create_app
-    from plugin.driver import Driver
-    from plugin.reconcile import firewall, wait_for_deletes
-    from plugin.state import Store
+    from plugin.api.http import create_app
+    from plugin.kernel import reaper
+    from plugin.plan.driver import Driver
+    from plugin.plan.state import Store
+    from plugin.settings import Settings
 
-    firewall()
-    client = create_app(Driver(Store(state_dir), defer_deletes=True)).test_client()
+    driver = Driver(Store(state_dir), Settings(), defer_deletes=True)
+    assert driver.firewall  # detected once, before measuring
+    client = create_app(driver).test_client()
 
     def call(verb: str, body: dict[str, Any]) -> float:
         start = time.perf_counter()
@@ -71,7 +73,7 @@ def measure(state_dir: str, fill: int, rounds: int) -> dict[str, Any]:
         times["Join"].append(call("Join", {**ref, "SandboxKey": "", "Options": {}}))
         times["Leave"].append(call("Leave", ref))
         times["DeleteEndpoint"].append(call("DeleteEndpoint", ref))
-    wait_for_deletes()
+    reaper.wait()
     out: dict[str, Any] = {}
     for verb, values in times.items():
         ordered = sorted(values)
@@ -85,11 +87,9 @@ def measure(state_dir: str, fill: int, rounds: int) -> dict[str, Any]:
 def main() -> int:
     fill = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 100
-    names = [f"mnscale-{n}" for n in ("host", "r0", "r1", "c1", "k")]
-    with scratch_netns(*names) as ns, tempfile.TemporaryDirectory(prefix="mnscale-") as tmp:
-        topo = Topo(*ns, state_dir=tmp)
-        build(topo)
-        result = in_netns(topo.host, measure, str(Path(tmp) / "state"), fill, rounds)
+    with Topology("mnscal", mount=False) as net, tempfile.TemporaryDirectory(prefix="mnscale-") as tmp:
+        net.sh(net.host_ns, "iptables -P FORWARD DROP")
+        result = in_netns(net.host_ns, measure, str(Path(tmp) / "state"), fill, rounds)
     print(json.dumps({"endpoints_with_ports": fill, "rounds": rounds, **result}, indent=1))
     return 0
 

@@ -1,15 +1,7 @@
-"""Typed remote-driver requests: dockerd's JSON becomes frozen dataclasses here, once.
-
-This is the boundary: every field a verb uses is checked here for presence, JSON type, range
-and size before any state is read or any kernel object is touched, and a refusal names the
-field (``com.docker.network.portmap[2].HostPort``) and what dockerd would have sent. Ids that
-end up in interface names (NetworkID → bridge ``mn-<12 hex>``, EndpointID → veths) must be
-dockerd's 64-character lowercase hex ids (``stringid.GenerateRandomID``); a SandboxKey is an
-absolute path without ``..`` or control characters.
-
-Shapes follow what dockerd 20.10-29 really sends (see the project reference): gateways and
-aux addresses are CIDR strings, ``Interface`` fields are "" when unknown, port maps use IP
-protocol numbers (JSON integers).
+"""Typed remote-driver requests: dockerd's JSON becomes frozen dataclasses here, once. Every field a verb
+uses is checked for presence, JSON type, range and size before any state is read or kernel object touched,
+and a refusal names the field (``com.docker.network.portmap[2].HostPort``). Shapes follow what dockerd
+20.10-29 sends (docs/ARCHITECTURE.md; the protocol reference): ids are 64 lowercase hex characters.
 """
 
 from __future__ import annotations
@@ -328,20 +320,14 @@ def parse_create_endpoint(body: Mapping[str, Any]) -> CreateEndpointRequest:
     )
 
 
-def parse_join(body: Mapping[str, Any]) -> JoinRequest:
-    ref = parse_endpoint_ref(body)
-    return JoinRequest(
-        network_id=ref.network_id,
-        endpoint_id=ref.endpoint_id,
-        sandbox_key=_sandbox_key(body),
-        ports=parse_port_bindings(_mapping(body.get("Options"), "Options")),
-    )
-
-
 def parse_program(body: Mapping[str, Any]) -> ProgramRequest:
     ref = parse_endpoint_ref(body)
-    return ProgramRequest(
-        network_id=ref.network_id,
-        endpoint_id=ref.endpoint_id,
-        ports=parse_port_bindings(_mapping(body.get("Options"), "Options")),
-    )
+    ports = parse_port_bindings(_mapping(body.get("Options"), "Options"))
+    return ProgramRequest(network_id=ref.network_id, endpoint_id=ref.endpoint_id, ports=ports)
+
+
+def parse_join(body: Mapping[str, Any]) -> JoinRequest:
+    """A Join carries what a Program does (the container's port map), and the sandbox."""
+    program = parse_program(body)
+    return JoinRequest(network_id=program.network_id, endpoint_id=program.endpoint_id,
+                       sandbox_key=_sandbox_key(body), ports=program.ports)

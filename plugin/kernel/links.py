@@ -83,31 +83,41 @@ def parent_facts(ipr: IPRoute, ifname: str) -> ParentFacts:
 
 
 NUD_CONFIRMED = 0x02 | 0x80  # REACHABLE, PERMANENT
+ETH_P_ARP = 0x0806
 
 
-def neighbour_answers(ipr: IPRoute, ifname: str, address: str, timeout: float = 1.5) -> bool:
-    """Does ``address`` answer neighbour resolution on ``ifname``? One empty UDP datagram to its discard
-    port, sent out of that NIC, makes the kernel resolve it; then its neighbour entry is read until it is
-    confirmed (REACHABLE, PERMANENT) or the time is up (INCOMPLETE, FAILED)."""
+def neighbour_answers(ipr: IPRoute, ifname: str, address: str, tries: int = 3, wait: float = 0.5) -> bool:
+    """Does ``address`` answer on ``ifname``? Yes if the kernel confirmed it lately (REACHABLE, PERMANENT);
+    else ask it, as ``arping`` does: an ARP request from the NIC's address, up to ``tries`` times. Reads
+    and sends only: the kernel's neighbour table is left as it is."""
+    import select
     import time
 
     index = link_index(ipr, ifname)
     if index is None:
         return False
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
-        try:
-            probe.sendto(b"", (address, 9))
-        except OSError:
-            return False
-    deadline = time.monotonic() + timeout
-    while True:
-        for entry in ipr.get_neighbours(family=socket.AF_INET, ifindex=index):
-            if attr(entry, "NDA_DST") == address and entry["state"] & NUD_CONFIRMED:
-                return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
+    for entry in ipr.get_neighbours(family=socket.AF_INET, ifindex=index):
+        if attr(entry, "NDA_DST") == address and entry["state"] & NUD_CONFIRMED:
+            return True
+    link = ipr.get_links(index)[0]
+    mac = bytes.fromhex(attr(link, "IFLA_ADDRESS", "00:00:00:00:00:00").replace(":", ""))
+    own = addresses(index)
+    target = ipaddress.IPv4Address(address)
+    source = next((a.ip for a in own if target in a.network), own[0].ip if own else ipaddress.IPv4Address(0))
+    request = (b"\xff" * 6 + mac + ETH_P_ARP.to_bytes(2, "big") + bytes.fromhex("0001080006040001") + mac
+               + source.packed + b"\0" * 6 + target.packed)
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as sock:
+        sock.bind((ifname, ETH_P_ARP))
+        for _ in range(tries):
+            sock.send(request)
+            deadline = time.monotonic() + wait
+            while (left := deadline - time.monotonic()) > 0:
+                if not select.select([sock], [], [], left)[0]:
+                    break
+                frame = sock.recv(128)
+                if frame[20:22] == b"\0\x02" and frame[28:32] == target.packed:  # an ARP reply from it
+                    return True
+    return False
 
 
 def ensure_bridge(ipr: IPRoute, spec: BridgeSpec) -> None:

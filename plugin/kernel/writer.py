@@ -10,11 +10,21 @@ removed, our chains and jumps are checked. The story is in docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from pyroute2 import IPRoute
 
-from ..plan.desired import Change, HostState, change, difference, host_state, needs_parent_facts, scope
+from ..plan.desired import (
+    Change,
+    HostState,
+    RouteSpec,
+    RuleSpec,
+    change,
+    difference,
+    host_state,
+    needs_parent_facts,
+    scope,
+)
 from ..plan.facts import ParentFacts
 from ..plan.rebuild import KernelRemains
 from ..plan.state import State
@@ -85,14 +95,7 @@ def _apply(ipr: IPRoute, todo: Change, new: HostState, backend: FirewallBackend,
         links.ensure_bridge(ipr, bridge)
     for veth in todo.veths:
         links.ensure_veth(ipr, veth)
-    for route in todo.routes_del:
-        routes.delete_route(ipr, route)
-    for route in todo.routes_add:
-        routes.replace_route(ipr, route)
-    for rule in todo.rules_del:
-        routes.delete_rule(ipr, rule)
-    for rule in todo.rules_add:
-        routes.add_rule(ipr, rule)
+    _routes_and_rules(ipr, todo.routes_add, todo.routes_del, todo.rules_add, todo.rules_del)
     for path, value in todo.sysctls.items():
         devconf.write_sysctl(path, value)
     if todo.firewall is None:  # first network made, or last one gone: the scope is the whole host
@@ -109,6 +112,19 @@ def _apply(ipr: IPRoute, todo: Change, new: HostState, backend: FirewallBackend,
     conntrack.forget(todo.flows_gone)
 
 
+def _routes_and_rules(ipr: IPRoute, routes_add: Iterable[RouteSpec], routes_del: Iterable[RouteSpec],
+                      rules_add: Iterable[RuleSpec], rules_del: Iterable[RuleSpec]) -> None:
+    """Stale routes out, missing ones in; then the same for rules (in this netns or a container's)."""
+    for route in routes_del:
+        routes.delete_route(ipr, route)
+    for route in routes_add:
+        routes.replace_route(ipr, route)
+    for rule in rules_del:
+        routes.delete_rule(ipr, rule)
+    for rule in rules_add:
+        routes.add_rule(ipr, rule)
+
+
 def _firewall_whole(desired: HostState, backend: FirewallBackend) -> None:
     if desired.firewall.is_empty():
         backend.remove()
@@ -123,16 +139,8 @@ def _whole_host(state: State, backend: FirewallBackend) -> None:
             links.ensure_bridge(ipr, bridge)
         for veth in want.veths:
             links.ensure_veth(ipr, veth)
-        missing, extra = difference(want.routes, routes.owned_routes(ipr))
-        for route in missing:
-            routes.replace_route(ipr, route)
-        for route in extra:
-            routes.delete_route(ipr, route)
-        missing, extra = difference(want.rules, routes.owned_rules(ipr))
-        for rule in missing:
-            routes.add_rule(ipr, rule)
-        for rule in extra:
-            routes.delete_rule(ipr, rule)
+        _routes_and_rules(ipr, *difference(want.routes, routes.owned_routes(ipr)),
+                          *difference(want.rules, routes.owned_rules(ipr)))
         for path, value in want.sysctls.items():
             devconf.write_sysctl(path, value)
         _firewall_whole(want, backend)

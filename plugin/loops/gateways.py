@@ -26,6 +26,7 @@ from ..plan.gateway import Attachment
 from ..plan.state import State, Store
 from ..settings import Settings
 from . import decisions
+from .supervisor import STOP_POLL
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,6 @@ FOLLOW_UPS = (0.3, 1.0)  # seconds after an event: re-read once dockerd has save
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
 API_TIMEOUT = 10
-POLL = 0.25  # how often the loop looks at stop_event while idle
 EVENT_FILTERS = {
     "type": ["container", "network"],
     "event": ["start", "restart", "die", "connect", "disconnect"],
@@ -336,7 +336,7 @@ class Watcher:
             due: list[tuple[float, str]] = []
             while not stop_event.is_set():
                 now = time.monotonic()
-                wait = min(next_resync - now, POLL, due[0][0] - now if due else POLL)
+                wait = min(next_resync - now, STOP_POLL, due[0][0] - now if due else STOP_POLL)
                 try:
                     item = events.get(timeout=max(0.0, wait))
                 except queue.Empty:

@@ -22,10 +22,10 @@ from ..ops import engine, health, metrics
 from ..plan.desired import difference
 from ..plan.driver import Driver
 from ..plan.state import State, StateLost
+from .supervisor import STOP_POLL
 
 log = logging.getLogger(__name__)
 
-WAKE = 0.5  # the longest the loop waits before looking at its stop flag
 FIREWALL_GAP = 2.0  # nf_tables deletions wake the firewall check at most this often
 SETTLE = 1.0  # a verb in flight finishes well within this
 DEBOUNCE = 0.15  # a parent's events come in bursts (address, routes, link): follow once it is over
@@ -105,7 +105,7 @@ class Healer:
         next_check, fw_due, first = last_full, False, True
         try:
             while not stop.is_set():
-                seen = [] if first else listener.read(WAKE)
+                seen = [] if first else listener.read(STOP_POLL)
                 first = False
                 try:
                     if not self.store.exists():
@@ -185,7 +185,7 @@ class Healer:
             health.note(True, repaired=True)
         else:
             health.waiting(f"state: {outcome}")
-            time.sleep(WAKE)
+            time.sleep(STOP_POLL)
 
 
 def spawn(driver: Driver) -> Any:

@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 from ..ops import health
 
+STOP_POLL = 0.5  # the longest a loop goes without looking at its stop flag
+
 
 class StopFlag:
     """A stop event a signal handler may set: no lock (``threading.Event.set`` in a handler can
@@ -139,7 +141,7 @@ class Supervisor:
     helpers' parent, which gunicorn's arbiter also is); state goes to ``health/supervisor.json``.
     """
 
-    CHECK = 0.5
+    CHECK = STOP_POLL
     BACKOFF_MAX = 30.0
 
     def __init__(self, state_dir: str, spawners: dict[str, Callable[[], BackgroundProcess]],

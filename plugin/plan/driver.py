@@ -65,7 +65,7 @@ class Driver:
         return self._firewall
 
     # -- making the kernel match ------------------------------------------------------------------------
-    def _commit(self, state: State, before: State | None, parents: Mapping[str, Any] | None = None) -> None:
+    def _save_and_reconcile(self, state: State, before: State | None, parents: Mapping[str, Any] | None = None) -> None:
         """Persist first (intent), then make the kernel match: only the change from ``before``, or, with
         None, the whole host."""
         self.store.save(state)
@@ -76,7 +76,7 @@ class Driver:
         else:
             writer.reconcile(state, before, self.firewall, defer_deletes=self.defer_deletes, parents=parents)
 
-    def _settle_parents(self, state: State) -> None:
+    def _forget_idle_parents(self, state: State) -> None:
         """Forget parents no network uses any more, once the writer put their rp_filter back (desired
         state). If the plugin dies before, the record is still there and the next run puts it back."""
         idle = [p for p in state.parents if not state.networks_on(p)]
@@ -88,8 +88,8 @@ class Driver:
     def _rollback(self, state: State) -> None:
         """Best effort after a failed commit: the caller already undid its change in ``state``."""
         try:
-            self._commit(state, None)
-            self._settle_parents(state)
+            self._save_and_reconcile(state, None)
+            self._forget_idle_parents(state)
         except Exception:  # noqa: BLE001 - the original error is the one to report
             log.exception("rollback incomplete; the healer finishes it")
 
@@ -115,8 +115,8 @@ class Driver:
                     del state.networks[nid]
                 for eid in [e for e, ep in state.endpoints.items() if ep.network_id not in state.networks]:
                     del state.endpoints[eid]
-            self._commit(state, None)
-            self._settle_parents(state)
+            self._save_and_reconcile(state, None)
+            self._forget_idle_parents(state)
             return state
 
     def resolve_missing_state(self, docker: tuple[list[Any], list[Any]] | None) -> str:
@@ -155,7 +155,7 @@ class Driver:
                 log.warning("state rebuilt: %s", note)
             log.warning("state rebuilt from dockerd and the kernel: %d network(s), %d endpoint(s)",
                         len(state.networks), len(state.endpoints))
-            self._commit(state, None)
+            self._save_and_reconcile(state, None)
             return state
 
     # -- networks -----------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ class Driver:
             if parent_record is not None and record.parent:
                 state.parents[record.parent] = parent_record
             try:
-                self._commit(state, before)
+                self._save_and_reconcile(state, before)
             except Exception:
                 log.exception("create of network %s failed; rolling back", req.network_id[:12])
                 state.networks.pop(record.id, None)
@@ -213,8 +213,8 @@ class Driver:
             for ep in list(state.endpoints.values()):
                 if ep.network_id == req.network_id:
                     del state.endpoints[ep.id]
-            self._commit(state, before)
-            self._settle_parents(state)
+            self._save_and_reconcile(state, before)
+            self._forget_idle_parents(state)
         log.info("deleted network %s", req.network_id[:12])
         return {}
 
@@ -244,7 +244,7 @@ class Driver:
                     id=req.endpoint_id, network_id=net.id, address=str(req.address), mac=mac, host_veth=host,
                     peer_veth=peer, gw_priority=req.options.gw_priority, created=time.time())
                 try:
-                    self._commit(state, before)
+                    self._save_and_reconcile(state, before)
                 except Exception:
                     del state.endpoints[req.endpoint_id]
                     self._rollback(state)
@@ -255,7 +255,7 @@ class Driver:
         with self.store.locked() as state:
             before = state.copy()
             if state.endpoints.pop(req.endpoint_id, None) is not None:
-                self._commit(state, before)
+                self._save_and_reconcile(state, before)
         return {}
 
     def endpoint_info(self, req: EndpointRef) -> dict[str, Any]:
@@ -289,7 +289,7 @@ class Driver:
             before = state.copy()
             state.endpoints[ep.id] = dataclasses.replace(ep, joined=True, sandbox_key=req.sandbox_key, ports=published)
             try:
-                self._commit(state, before, host.parents if host else None)
+                self._save_and_reconcile(state, before, host.parents if host else None)
             except Exception:
                 state.endpoints[ep.id] = ep
                 self._rollback(state)
@@ -307,7 +307,7 @@ class Driver:
                 before = state.copy()
                 # The writer forgets the conntrack flows of the ports this unpublishes (desired state).
                 state.endpoints[ep.id] = dataclasses.replace(ep, joined=False, ports=(), sandbox_key="")
-                self._commit(state, before)
+                self._save_and_reconcile(state, before)
         return {}
 
     def program_external_connectivity(self, req: ProgramRequest) -> dict[str, Any]:
@@ -321,7 +321,7 @@ class Driver:
             before = state.copy()
             published, host = self._publish(state, ep, req.ports, ep.sandbox_key)
             state.endpoints[ep.id] = dataclasses.replace(ep, ports=published)
-            self._commit(state, before, host.parents if host else None)
+            self._save_and_reconcile(state, before, host.parents if host else None)
         return {}
 
     def revoke_external_connectivity(self, req: EndpointRef) -> dict[str, Any]:
@@ -354,7 +354,7 @@ class Driver:
                     state.networks[nid] = updated
                     changes.append(f"network {nid[:12]}: parent {net.parent} now next hop {updated.parent_gateway} "
                                    f"mtu {updated.mtu} (was {net.parent_gateway} mtu {net.mtu})")
-            self._commit(state, None)
+            self._save_and_reconcile(state, None)
         for change in changes:
             log.info("%s", change)
         return changes
@@ -378,8 +378,8 @@ class Driver:
                     forgotten.append(f"endpoint {eid[:12]}")
             if forgotten:
                 log.warning("forgetting what dockerd no longer has: %s", ", ".join(forgotten))
-                self._commit(state, before)
-                self._settle_parents(state)
+                self._save_and_reconcile(state, before)
+                self._forget_idle_parents(state)
         return forgotten
 
     def cleanup(self) -> None:
@@ -388,5 +388,5 @@ class Driver:
         with self.store.locked() as state:
             # Parents stay until the writer put their rp_filter back (desired state), then go.
             emptied = State(parents=dict(state.parents))
-            self._commit(emptied, None)
-            self._settle_parents(emptied)
+            self._save_and_reconcile(emptied, None)
+            self._forget_idle_parents(emptied)

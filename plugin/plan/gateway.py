@@ -1,22 +1,7 @@
-"""Issue 4: which network gives a multi-homed container its default route, and making it so.
-
-Docker (20.10–27) elects a container's gateway network by *name*; Docker 28 adds a per-endpoint
-``GwPriority`` that remote drivers never see. multinic networks carry ``gw_priority`` (network
-option, or ``--driver-opt gw_priority=N`` per endpoint). This module decides, purely, which
-attachment should provide the default route (:func:`choose`) and the policy routing that makes it
-so inside the container (:func:`container_routing`). The one writer applies it in the container's
-netns (:func:`plugin.reconcile.reconcile_container`, :func:`plugin.reconcile.remove_container`).
-
-dockerd's own routes in the container's main table are never touched (replacing its default route
-or adding split routes breaks later ``docker network connect``, remote-driver-api.md §5.6). We steer
-with rules instead, all tagged with :data:`plugin.tags.RT_PROTO`:
-
-- pref 30000 ``lookup main suppress_prefixlength 0``: main's specific (connected, static) routes win,
-  its default route is skipped;
-- pref 30010+i ``from <address>/32 lookup 30100+i`` → ``default via <gw> dev <ifname>``: source-based
-  routing like CNI ``sbr``, so a connection arriving on any interface is answered from it;
-- pref 30090 ``lookup 30099`` → ``default via <chosen gw>`` (only when we override Docker's choice);
-- otherwise the unchanged main table (rule 32766) supplies dockerd's default route.
+"""Pure: which of a container's networks should give it its default route (:func:`choose`, by
+priority: Docker 28's ``GwPriority``, else the endpoint's and the network's ``gw_priority``), and the
+policy routing inside the container that makes it so (:func:`container_routing`), all tagged with
+:data:`plugin.kernel.tags.RT_PROTO` and never touching dockerd's own routes (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations

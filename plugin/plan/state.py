@@ -1,24 +1,7 @@
-"""Persisted networks and endpoints: one JSON file, file-locked, written atomically.
-
-Every verb runs as ``with store.locked() as state: ...; store.save(state)``, so gunicorn
-workers and parallel dockerd calls see one consistent state and a plugin killed at any
-instant leaves either the old or the new file, never half of one. Nothing another worker
-needs is kept in process memory.
-
-A verb's cost must not grow with the containers on the host, so a :class:`Store` remembers the
-bytes it last read or wrote with what they parse to, and the JSON text of each record it
-serialised: the file is still read on every load (a few µs), but it is parsed again only when
-another process changed it, and a save serialises only the records that changed. These are
-caches of the file, checked against its bytes, never a second copy of the truth.
-
-Each save first keeps the file it replaces as ``state.json.bak`` (a hard link: no copy). A state
-file that cannot be read (truncated by a full disk or a filesystem without ordered data, edited
-by hand) is never guessed at: :meth:`Store.load` refuses with :class:`StateCorrupt`, and
-``multinic serve`` calls :meth:`Store.check` at start, which restores the last good backup (the
-bad file is kept as ``state.json.corrupt-<time>``). If the backup is unusable too, the plugin
-still starts and listens - dockerd 20.10 can panic at its next start on a managed plugin that
-failed to start - but every verb that needs the state refuses with the reason and the fix,
-and /Plugin.Health reports unhealthy.
+"""Persisted networks and endpoints: one JSON file, file-locked, written atomically (a crash leaves the
+old or the new file, whole), with the previous one kept as ``state.json.bak``. Nothing another worker
+needs is kept in process memory: the :class:`Store` only caches the file's last parse and each record's
+text, checked against the file's bytes. An unreadable file is never guessed at (:class:`StateCorrupt`).
 """
 
 from __future__ import annotations

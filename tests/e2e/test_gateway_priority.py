@@ -3,7 +3,7 @@
 Docker (20.10–27, and 28 without --gw-priority) gives a multi-homed container the default route of
 the network whose name sorts first: attaching ``app_stage`` to a container on ``app_stage_internal``
 silently moves its default route. multinic's ``gw_priority`` keeps it where the user said, through
-policy routing inside the container (plugin/gateway.py, driven by the watcher in plugin/watcher.py
+policy routing inside the container (plugin/plan/gateway.py, driven by the watcher in plugin/loops/gateways.py
 that ``multinic serve`` starts). dockerd's own main-table routes are left alone and still move as
 Docker decides (checked below), so Docker's bookkeeping keeps working.
 
@@ -26,8 +26,10 @@ from typing import Iterator
 
 import pytest
 
-from plugin import decisions, watcher
-from plugin.cli import gateway_rows
+from plugin.loops import decisions
+from plugin.loops import gateways as watcher
+from plugin.ops.status import gateway_rows
+from plugin.settings import Settings
 from tests.e2e.helpers import containers, inspect_ip, multinic, network, run, wait_for
 from tests.lab import C1_ADDR, HOST_ETH1
 
@@ -84,7 +86,7 @@ def dockers_default(lab, ctr: str) -> str | None:
 
 def diagnostics(lab, ctr: str) -> str:
     parts = [netns_cmd(lab, ctr, "sh", "-c", "ip -4 rule; ip -4 route show table all; ip -4 -br addr", check=False)]
-    parts.append(json.dumps(decisions.load_decisions(lab.state_dir), indent=1))
+    parts.append(json.dumps(decisions.load(lab.state_dir), indent=1))
     parts.append(lab.plugin_log_tail(30))
     return "\n".join(parts)
 
@@ -115,44 +117,20 @@ def decision(lab, ctr: str, networks: int = 1) -> dict:
     cid = lab.docker("inspect", "-f", "{{.Id}}", ctr).stdout.strip()
 
     def current() -> dict:
-        dec = decisions.load_decisions(lab.state_dir).get(cid) or {}
+        dec = decisions.load(lab.state_dir).get(cid) or {}
         return dec if len(dec.get("networks", ())) == networks else {}
 
-    return wait_for(current, timeout=3) or decisions.load_decisions(lab.state_dir).get(cid) or {}
+    return wait_for(current, timeout=3) or decisions.load(lab.state_dir).get(cid) or {}
 
 
 @pytest.fixture
 def gw_lab(mn) -> Iterator:
-    """The lab with the plugin, whose ``multinic serve`` runs the gateway watcher.
-
-    MULTINIC_GW_STANDALONE=1 starts ``python -m plugin.watcher`` beside the plugin instead (only to
-    develop these tests while serve does not start it yet)."""
+    """The lab with the plugin, whose ``multinic serve`` runs the gateway watcher."""
     lab = mn
-    standalone = None
-    info = wait_for(lambda: _live_watcher(lab), timeout=5)
-    if not info:
-        if os.environ.get("MULTINIC_GW_STANDALONE") != "1":
-            pytest.fail("multinic serve did not start the gateway watcher (no live watcher in "
-                        f"{decisions.decisions_path(lab.state_dir)})\n{lab.plugin_log_tail(20)}", pytrace=False)
-        # (state dir in the environment: lab.stop_dockerd kills every process naming the lab dir)
-        env = dict(os.environ, DOCKER_HOST=lab.docker_host, PYTHONPATH=str(lab.plugin_root),
-                   MULTINIC_STATE_DIR=str(lab.state_dir))
-        log = open(lab.dir / "watcher.log", "ab")  # noqa: SIM115
-        standalone = subprocess.Popen(
-            [*lab.nsenter(lab.host_ns), sys.executable, "-m", "plugin.watcher", "--driver", lab.driver],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        log.close()
-        assert wait_for(lambda: _live_watcher(lab), timeout=10), "standalone watcher did not start"
-    try:
-        yield lab
-    finally:
-        if standalone is not None:
-            standalone.terminate()
-            try:
-                standalone.wait(10)
-            except subprocess.TimeoutExpired:
-                standalone.kill()
-                standalone.wait()
+    if not wait_for(lambda: _live_watcher(lab), timeout=5):
+        pytest.fail("multinic serve did not start the gateway watcher (no live watcher in "
+                    f"{decisions.path(lab.state_dir)})\n{lab.plugin_log_tail(20)}", pytrace=False)
+    yield lab
 
 
 def _live_watcher(lab) -> dict:
@@ -289,7 +267,7 @@ def test_disconnecting_the_priority_network_moves_the_route_to_the_next(gw_lab):
         assert wait_for(lambda: "proto 211" not in netns_cmd(lab, "gw-c", "ip", "-4", "rule"), timeout=CONVERGE)
         assert "211" not in netns_cmd(lab, "gw-c", "ip", "-4", "route", "show", "table", "all")
         cid = lab.docker("inspect", "-f", "{{.Id}}", "gw-c").stdout.strip()
-        assert wait_for(lambda: cid not in decisions.load_decisions(lab.state_dir), timeout=3)
+        assert wait_for(lambda: cid not in decisions.load(lab.state_dir), timeout=3)
 
         # Reattach: the rules come back, and connect/disconnect keep working with them in place.
         lab.docker("network", "connect", PRIO, "gw-c")
@@ -363,7 +341,7 @@ def test_resync_repairs_rules_someone_else_removed(gw_lab):
         subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "sh", "-c",
                         "ip rule del pref 30090; ip route flush table 30099"], check=True)
         assert route_via(lab, "gw-g") == GW[FRONT]
-        expect_route(lab, "gw-g", PRIO, "periodic resync", timeout=watcher.RESYNC_INTERVAL + 3)
+        expect_route(lab, "gw-g", PRIO, "periodic resync", timeout=Settings().resync_interval + 3)
 
 
 def test_watcher_reconnects_after_dockerd_restart(gw_lab):

@@ -47,16 +47,31 @@ def test_unit_orders_before_docker_restarts_and_sets_paths() -> None:
     assert "--log-level ${LOG_LEVEL}" in unit["ExecStart"][0]
 
 
-def test_install_verify_start_and_remove(lab: Lab, tmp_path: Path) -> None:
+def install_service(lab: Lab, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """scripts/install-service.sh into scratch directories. The removal runs in the lab's host (its
+    /var/lib and network namespace: ``--purge`` runs ``multinic cleanup`` there, never on the machine's
+    own); the install runs here, where pip reaches its index."""
+    inside = lab.nsenter(lab.host_ns) if "--remove" in args or "--purge" in args else []
+    return subprocess.run([*inside, "bash", str(REPO / "scripts/install-service.sh"), *args],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_install_verify_start_upgrade_and_remove(lab: Lab, tmp_path: Path) -> None:
     if lab.driver != "multinic":
         pytest.skip("the unit's socket names the driver 'multinic'; this run's labs use another driver name")
-    prefix, unit_dir = tmp_path / "opt-multinic", tmp_path / "units"
-    env = dict(os.environ, MULTINIC_PREFIX=str(prefix), SYSTEMD_UNIT_DIR=str(unit_dir))
-    proc = subprocess.run(["bash", "scripts/install-service.sh"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr
+    prefix, unit_dir, bin_dir = tmp_path / "opt-multinic", tmp_path / "units", tmp_path / "bin"
+    dropins = tmp_path / "root"
+    env = dict(os.environ, MULTINIC_PREFIX=str(prefix), SYSTEMD_UNIT_DIR=str(unit_dir), BIN_DIR=str(bin_dir),
+               DROPIN_ROOT=str(dropins))
+    proc = install_service(lab, env)
+    assert proc.returncode == 0 and "installed" in proc.stdout, proc.stderr
     installed = unit_dir / "multinic.service"
     assert installed.exists() and (prefix / "bin/multinic").exists()
+    assert (bin_dir / "multinic").resolve() == (prefix / "bin/multinic").resolve()  # on PATH
+    assert subprocess.run([str(bin_dir / "multinic"), "--version"], capture_output=True, text=True).stdout.startswith(
+        "multinic ")
+    again = install_service(lab, env)  # re-running the install upgrades
+    assert again.returncode == 0 and "upgraded" in again.stdout, again.stderr
 
     verify = subprocess.run(["systemd-analyze", "verify", str(installed)], capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
@@ -69,9 +84,8 @@ def test_install_verify_start_and_remove(lab: Lab, tmp_path: Path) -> None:
     lab.stop_plugin()  # the lab's own plugin serves the same socket
     shutil.rmtree(state, ignore_errors=True)
     log = open(tmp_path / "service.log", "ab")  # noqa: SIM115 - handed to the child
-    service = subprocess.Popen([*lab.nsenter(lab.host_ns), *argv], stdout=log,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                               env={**os.environ, **unit_env})
+    service = subprocess.Popen([*lab.nsenter(lab.host_ns), *argv], stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **unit_env})
     log.close()
     try:
         assert wait_for(lambda: connectable(lab.host_path(unit_env["MULTINIC_SOCKET"])), timeout=30), \
@@ -87,10 +101,11 @@ def test_install_verify_start_and_remove(lab: Lab, tmp_path: Path) -> None:
         os.killpg(service.pid, signal.SIGTERM)
         service.wait(timeout=30)
         lab.stop_background()
-        shutil.rmtree(state, ignore_errors=True)
         lab.host_path(unit_env["MULTINIC_SOCKET"]).unlink(missing_ok=True)
 
-    proc = subprocess.run(["bash", "scripts/install-service.sh", "--remove"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert not installed.exists() and not prefix.exists()
+    (dropins / "etc/NetworkManager/conf.d").mkdir(parents=True)
+    (dropins / "etc/NetworkManager/conf.d/multinic.conf").write_text("[keyfile]\n")
+    proc = install_service(lab, env, "--remove", "--purge")
+    assert proc.returncode == 0 and "state" in proc.stdout, proc.stderr
+    assert not installed.exists() and not prefix.exists() and not (bin_dir / "multinic").exists()
+    assert not state.exists() and not (dropins / "etc/NetworkManager/conf.d/multinic.conf").exists()

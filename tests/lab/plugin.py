@@ -78,9 +78,14 @@ class PluginProcess:
     def multinic(self, *args: str, env: dict[str, str] | None = None, own_state: bool = True,
                  timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """``multinic ARGS`` in the lab's host, against its state (see :meth:`plugin_env`) and dockerd."""
-        cmd = [*self.nsenter(self.host_ns), self.plugin_python, "-m", "plugin", *args]  # type: ignore[attr-defined]
+        cmd = [*self.nsenter(self.host_ns), self.plugin_python, "-m", self.plugin_module, *args]  # type: ignore[attr-defined]
         return subprocess.run(cmd, capture_output=True, text=True, env=self.plugin_env(env, own_state),
                               timeout=timeout, cwd=str(self.plugin_root))
+
+    @property
+    def plugin_module(self) -> str:
+        """``python -m`` what runs ``multinic`` (a checkout from before plugin/__main__.py: plugin.cli)."""
+        return "plugin.cli" if (self.plugin_root / "plugin" / "cli.py").exists() else "plugin"
 
     def plugin_running(self) -> bool:
         return self._plugin is not None and self._plugin.poll() is None
@@ -100,7 +105,7 @@ class PluginProcess:
         self.plugin_socket_host.parent.mkdir(parents=True, exist_ok=True)
         self.plugin_socket_host.unlink(missing_ok=True)  # stale: we must see the new one appear
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [*self.nsenter(self.host_ns), self.plugin_python, "-m", "plugin", "serve",  # type: ignore[attr-defined]
+        cmd = [*self.nsenter(self.host_ns), self.plugin_python, "-m", self.plugin_module, "serve",  # type: ignore[attr-defined]
                "--socket", self.plugin_socket, *args]
         with open(self.plugin_log, "ab") as log:
             log.write(f"=== {time.strftime('%H:%M:%S')} {' '.join(cmd)}\n".encode())

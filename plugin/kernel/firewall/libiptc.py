@@ -1,34 +1,7 @@
-"""Backend driving libiptc through python-iptables, for hosts whose Docker uses the LEGACY tables.
-
-Same semantics as ``RestoreBackend("legacy")`` (the reference): our chains are created if
-missing and their contents replaced exactly by the ruleset, missing jumps are inserted at
-position 1 and never duplicated, ``remove()`` deletes jumps and chains and tolerates their
-absence. Every table is edited in one libiptc handle (``autocommit = False``) and written
-with one ``commit()``; all three handles are prepared before the first commit, so a rule that
-cannot be built (unknown target, bad option) changes nothing at all.
-
-Not for nf_tables hosts: a rule written here lands in the legacy tables, which ``iptables-nft``
-and Docker's nf_tables FORWARD chain never see.
-
-python-iptables quirks handled here:
-
-- it is imported lazily; without libxtables/libip4tc the import itself fails, reported as a
-  :class:`Failure` naming the ``legacy-restore`` fallback;
-- ``iptc.Table`` objects are cached per process and keep a libiptc snapshot (and libiptc's
-  one raw socket, opened in the netns current at the time) until freed: every operation
-  re-reads the table with ``refresh()`` and frees the handles again with ``close()``;
-  ``autocommit`` is forced off first, since a handle freed with autocommit on is committed;
-- ``Target`` decides "jump to a chain" by asking *every* table (``Rule.tables``), which
-  instantiates raw and security in the namespace: our rules ask only their own table;
-- libiptc takes no lock: we take the xtables lock as ``iptables -w`` does, and redo the whole
-  transaction if a commit still meets a concurrent change (EAGAIN); a handle is never reused
-  after its commit (a second commit from it fails with EAGAIN);
-- ``Rule.final_check()`` round-trips each extension through its save() output, which fills a
-  missing mandatory option from zeroed defaults: each extension's own check runs first;
-- error texts embed C strings as bytes reprs (``b'Invalid argument'``): cleaned up;
-- rules are matched and deleted by position (``iptc_delete_num_entry``), never through
-  ``Rule.__eq__`` / mask deletion, which compare extension buffers byte for byte.
-"""
+"""The backend for hosts whose Docker writes the LEGACY tables, through libiptc (python-iptables):
+the same semantics as ``RestoreBackend("legacy")``, one handle and one commit per table, under the xtables
+lock, redone when a commit meets a concurrent writer. The python-iptables quirks it works around are
+listed in docs/ARCHITECTURE.md (*Firewall backends*)."""
 
 from __future__ import annotations
 

@@ -1,16 +1,8 @@
-"""Pure: the firewall rules for the persisted networks and endpoints.
-
-Per network bridge B (see the README's "How it works" for why each rule exists):
-- mangle: a NEW connection arriving on the parent gets the parent's mark in its connmark;
-  packets coming from B get the connmark restored, so the fwmark rule routes replies back
-  through the parent's table;
-- nat: published ports DNAT on the parent's addresses (or the given HostIP), each endpoint's
-  in its own bucket chain (``MULTINIC-DNAT-xx``, see :func:`.model.dnat_bucket`), hairpin
-  MASQUERADE for DNAT'd traffic looping back into B, MASQUERADE of B's subnet (unless
-  ``masquerade=false``, the routed mode);
-- filter: B's traffic through Docker's FORWARD DROP policy, isolated from Docker's bridges
-  and other multinic bridges as Docker's bridge driver isolates its own networks.
-"""
+"""Pure: the firewall rules for the persisted networks and endpoints, per bridge: the connmark that
+remembers the parent a connection came in on and restores it on replies (mangle), the published ports'
+DNAT in each endpoint's bucket, hairpin and masquerade (nat), and the bridge's way through Docker's
+FORWARD DROP, isolated from Docker's bridges and other multinic bridges (filter). docs/ARCHITECTURE.md
+says why each rule exists; docs/firewall/ shows them."""
 
 from __future__ import annotations
 
