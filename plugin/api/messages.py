@@ -17,6 +17,7 @@ from .options import EndpointOptions, parse_bool, parse_endpoint_options
 GENERIC = "com.docker.network.generic"
 INTERNAL = "com.docker.network.internal"
 ENABLE_IPV6 = "com.docker.network.enable_ipv6"
+ENABLE_IPV4 = "com.docker.network.enable_ipv4"  # Engine >= 28
 PORTMAP = "com.docker.network.portmap"
 PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
 
@@ -43,9 +44,14 @@ class PortBinding:
 
 
 @dataclass(frozen=True)
-class IPv4Pool:
-    pool: ipaddress.IPv4Network
-    gateway: ipaddress.IPv4Interface | None
+class Pool:
+    """One ``IPv4Data`` or ``IPv6Data`` entry: the subnet and the gateway IPAM reserved in it."""
+
+    pool: ipaddress.IPv4Network | ipaddress.IPv6Network
+    gateway: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None
+
+
+IPv4Pool = Pool  # the name before IPv6
 
 
 @dataclass(frozen=True)
@@ -59,8 +65,10 @@ class CreateNetworkRequest:
     generic: Mapping[str, Any]
     internal: bool
     ipv6: bool
-    ipv4: tuple[IPv4Pool, ...]
+    ipv4: tuple[Pool, ...]
     raw_options: Mapping[str, Any] = field(default_factory=dict)
+    ipv6_pools: tuple[Pool, ...] = ()
+    ipv4_enabled: bool = True  # Engine 28's --ipv4=false: an IPv6-only network
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ class CreateEndpointRequest:
     network_id: str
     endpoint_id: str
     address: ipaddress.IPv4Interface | None
-    address_v6: str
+    address_v6: ipaddress.IPv6Interface | None
     mac: str
     options: EndpointOptions
 
@@ -250,41 +258,45 @@ def parse_gw_alloc_check(body: Mapping[str, Any]) -> GwAllocCheckRequest:
     return GwAllocCheckRequest(options=_mapping(body.get("Options"), "Options"))
 
 
-def _pool(entry: Any, where: str) -> IPv4Pool:
+def _pool(entry: Any, where: str, version: int) -> Pool:
     entry = _mapping(entry, where)
     pool_text = _text(entry.get("Pool"), f"{where}.Pool")
     gateway = _text(entry.get("Gateway"), f"{where}.Gateway")
     _text(entry.get("AddressSpace"), f"{where}.AddressSpace")
     for name, aux in _mapping(entry.get("AuxAddresses"), f"{where}.AuxAddresses").items():
         _text(aux, f"{where}.AuxAddresses.{name}")
+    network, interface = (ipaddress.IPv4Network, ipaddress.IPv4Interface) if version == 4 else (
+        ipaddress.IPv6Network, ipaddress.IPv6Interface)
+    example = "A.B.C.D/N" if version == 4 else "fd00:10::/64"
     try:
-        pool = ipaddress.IPv4Network(pool_text, strict=False)
+        pool = network(pool_text, strict=False)
     except ValueError as exc:
-        raise Refusal(f"request field {where}.Pool is not an IPv4 CIDR: {exc}; give --subnet A.B.C.D/N") from None
+        raise Refusal(f"request field {where}.Pool is not an IPv{version} CIDR: {exc}; "
+                      f"give --subnet {example}") from None
     try:
-        gw = ipaddress.IPv4Interface(gateway) if gateway else None
+        gw = interface(gateway) if gateway else None
     except ValueError as exc:
-        raise Refusal(f"request field {where}.Gateway is not an IPv4 CIDR: {exc}") from None
+        raise Refusal(f"request field {where}.Gateway is not an IPv{version} CIDR: {exc}") from None
     if gw is not None and gw.ip not in pool:
         raise Refusal(f"gateway {gw.ip} ({where}.Gateway) is outside subnet {pool}; give --gateway inside it")
-    return IPv4Pool(pool=pool, gateway=gw)
+    return Pool(pool=pool, gateway=gw)
 
 
 def parse_create_network(body: Mapping[str, Any]) -> CreateNetworkRequest:
     network_id = _id(body, "NetworkID")
     options = _mapping(body.get("Options"), "Options")
     generic = _mapping(options.get(GENERIC), f"Options.{GENERIC}")
-    pools = tuple(_pool(e, f"IPv4Data[{i}]") for i, e in enumerate(_list(body.get("IPv4Data"), "IPv4Data")))
-    ipv6_data = _list(body.get("IPv6Data"), "IPv6Data")
-    for i, entry in enumerate(ipv6_data):
-        _mapping(entry, f"IPv6Data[{i}]")
+    pools = tuple(_pool(e, f"IPv4Data[{i}]", 4) for i, e in enumerate(_list(body.get("IPv4Data"), "IPv4Data")))
+    pools6 = tuple(_pool(e, f"IPv6Data[{i}]", 6) for i, e in enumerate(_list(body.get("IPv6Data"), "IPv6Data")))
     return CreateNetworkRequest(
         network_id=network_id,
         generic=generic,
         internal=_bool(options, INTERNAL),
-        ipv6=_bool(options, ENABLE_IPV6) or bool(ipv6_data),
+        ipv6=_bool(options, ENABLE_IPV6) or bool(pools6),
         ipv4=pools,
         raw_options=options,
+        ipv6_pools=pools6,
+        ipv4_enabled=options.get(ENABLE_IPV4) is None or _bool(options, ENABLE_IPV4),
     )
 
 
@@ -304,6 +316,11 @@ def parse_create_endpoint(body: Mapping[str, Any]) -> CreateEndpointRequest:
         ipv4 = ipaddress.IPv4Interface(address) if address else None
     except ValueError:
         raise Refusal(f"Interface.Address {shown(address)} is not an IPv4 CIDR; {MISMATCH}") from None
+    address6 = _text(iface.get("AddressIPv6"), "Interface.AddressIPv6")
+    try:
+        ipv6 = ipaddress.IPv6Interface(address6) if address6 else None
+    except ValueError:
+        raise Refusal(f"Interface.AddressIPv6 {shown(address6)} is not an IPv6 CIDR; {MISMATCH}") from None
     mac = _text(iface.get("MacAddress"), "Interface.MacAddress")
     if mac and (not MAC_RE.fullmatch(mac) or int(mac[:2], 16) & 1 or not int(mac.replace(":", ""), 16)):
         raise Refusal(
@@ -314,7 +331,7 @@ def parse_create_endpoint(body: Mapping[str, Any]) -> CreateEndpointRequest:
         network_id=ref.network_id,
         endpoint_id=ref.endpoint_id,
         address=ipv4,
-        address_v6=_text(iface.get("AddressIPv6"), "Interface.AddressIPv6"),
+        address_v6=ipv6,
         mac=mac,
         options=parse_endpoint_options(_mapping(body.get("Options"), "Options")),
     )

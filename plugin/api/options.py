@@ -22,6 +22,7 @@ IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,14}$")
 NETWORK_OPTIONS = {
     "parent": "host NIC the network egresses and publishes on, e.g. parent=eth1",
     "parent_gateway": "next hop on the parent NIC, e.g. parent_gateway=192.168.1.1",
+    "parent_gateway6": "IPv6 next hop on the parent NIC, e.g. parent_gateway6=fe80::1",
     "table": "route table id for the parent NIC (1-4294967295, not 253-255)",
     "bridge_name": "name of the Linux bridge, at most 15 characters",
     "mtu": "MTU of the bridge and veths (68-65535)",
@@ -41,6 +42,7 @@ class NetworkOptions:
 
     parent: str | None = None
     parent_gateway: ipaddress.IPv4Address | None = None
+    parent_gateway6: ipaddress.IPv6Address | None = None
     table: int | None = None
     bridge_name: str | None = None
     mtu: int | None = None
@@ -138,6 +140,16 @@ def parse_network_options(raw: Mapping[str, Any] | None) -> NetworkOptions:
             ) from None
         if "parent" not in raw:
             raise Refusal("option parent_gateway needs parent: add --opt parent=<NIC>")
+    if "parent_gateway6" in raw:
+        try:
+            kwargs["parent_gateway6"] = ipaddress.IPv6Address(str(raw["parent_gateway6"]).strip())
+        except ValueError:
+            raise Refusal(
+                f"option parent_gateway6={raw['parent_gateway6']!r} is not an IPv6 address; "
+                "give the next hop's address, e.g. parent_gateway6=fe80::1 (the router's link-local address)"
+            ) from None
+        if "parent" not in raw:
+            raise Refusal("option parent_gateway6 needs parent: add --opt parent=<NIC>")
     if "table" in raw:
         kwargs["table"] = parse_table(raw["table"])
         if "parent" not in raw:

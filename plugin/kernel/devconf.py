@@ -73,5 +73,14 @@ def write_sysctl(path: str, value: str) -> None:
             _write_devconf(*key, int(value))
         return
     target = Path("/proc/sys", path)
-    if target.exists() and target.read_text().strip() != value:
+    if not target.exists() or target.read_text().strip() == value:
+        return
+    try:
         target.write_text(value)
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            raise
+        # A managed plugin sees /proc/sys read-only, and IPv6 settings have no netlink setter. With the
+        # host's PID namespace it reaches the host's own procfs, through PID 1's root; a network sysctl
+        # written there applies to the writer's network namespace (dockerd's).
+        Path("/proc/1/root/proc/sys", path).write_text(value)

@@ -23,7 +23,9 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS = 
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 VETH_INFO_PEER = 1
 IFLA_BRPORT_MODE = 4  # hairpin
-IFA_ADDRESS = 1
+IFA_ADDRESS, IFA_FLAGS = 1, 8
+IFA_F_TEMPORARY, IFA_F_NODAD, IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TENTATIVE = 0x01, 0x02, 0x08, 0x20, 0x40
+SCOPE_UNIVERSE = 0
 
 
 def attr(msg: Any, name: str, default: Any = None) -> Any:
@@ -51,19 +53,43 @@ def tagged_links(ipr: IPRoute) -> dict[str, tuple[str, str, int]]:
     return out
 
 
-def addresses(index: int, family: int = socket.AF_INET) -> tuple[Any, ...]:
-    """The addresses of one link, asked of the kernel with the link's index in a strict dump, so the
-    kernel answers with that link's only (pyroute2 dumps every address and filters in Python)."""
+def _address_dump(index: int, family: int) -> list[tuple[Any, int, int]]:
+    """(address, flags, scope) of one link's addresses of a family, asked of the kernel with the link's
+    index in a strict dump, so the kernel answers with that link's only (pyroute2 dumps every address
+    of the host and filters in Python)."""
     out = []
+    size = 4 if family == socket.AF_INET else 16
+    interface = ipaddress.IPv4Interface if family == socket.AF_INET else ipaddress.IPv6Interface
     for kind, body in nl.request(nl.RTM_GETADDR, nl.NLM_F_DUMP, nl.IFADDRMSG.pack(family, 0, 0, 0, index),
                                  strict=True):
         if kind != nl.RTM_NEWADDR or len(body) < nl.IFADDRMSG.size:
             continue
-        fam, prefixlen, _flags, _scope, ifindex = nl.IFADDRMSG.unpack_from(body)
-        address = nl.attrs(body, nl.IFADDRMSG.size).get(IFA_ADDRESS)
-        if fam == family == socket.AF_INET and ifindex == index and address and len(address) == 4:
-            out.append(ipaddress.IPv4Interface(f"{socket.inet_ntoa(address)}/{prefixlen}"))
-    return tuple(out)
+        fam, prefixlen, flags, scope, ifindex = nl.IFADDRMSG.unpack_from(body)
+        found = nl.attrs(body, nl.IFADDRMSG.size)
+        address = found.get(IFA_ADDRESS)
+        if fam == family and ifindex == index and address and len(address) == size:
+            text = socket.inet_ntop(family, address)
+            out.append((interface(f"{text}/{prefixlen}"), nl.u32(found.get(IFA_FLAGS), flags), scope))
+    return out
+
+
+def addresses(index: int) -> tuple[ipaddress.IPv4Interface, ...]:
+    """The IPv4 addresses of one link."""
+    return tuple(a for a, _flags, _scope in _address_dump(index, socket.AF_INET))
+
+
+def addresses6(index: int) -> tuple[tuple[ipaddress.IPv6Interface, ...], tuple[ipaddress.IPv6Network, ...]]:
+    """One link's IPv6 addresses ports may be published on and egress may leave from (global, not
+    temporary, deprecated, tentative or failed), and the on-link prefixes of all its global ones."""
+    stable, prefixes = [], []
+    for address, flags, scope in _address_dump(index, socket.AF_INET6):
+        if scope != SCOPE_UNIVERSE or address.ip.is_link_local:
+            continue
+        if address.network not in prefixes and address.network.prefixlen < 128:
+            prefixes.append(address.network)
+        if not flags & (IFA_F_TEMPORARY | IFA_F_DEPRECATED | IFA_F_TENTATIVE | IFA_F_DADFAILED):
+            stable.append(address)
+    return tuple(stable), tuple(prefixes)
 
 
 def all_ipv4_addresses(ipr: IPRoute) -> list[tuple[str, ipaddress.IPv4Interface]]:
@@ -78,8 +104,9 @@ def parent_facts(ipr: IPRoute, ifname: str) -> ParentFacts:
     if index is None:
         return ParentFacts(ifname=ifname, exists=False)
     link = ipr.get_links(index)[0]
+    stable6, prefixes6 = addresses6(index)
     return ParentFacts(ifname=ifname, exists=True, addresses=addresses(index), mtu=attr(link, "IFLA_MTU", 1500),
-                       up=bool(link["flags"] & IFF_UP))
+                       up=bool(link["flags"] & IFF_UP), addresses6=stable6, prefixes6=prefixes6)
 
 
 NUD_CONFIRMED = 0x02 | 0x80  # REACHABLE, PERMANENT
@@ -126,8 +153,12 @@ def ensure_bridge(ipr: IPRoute, spec: BridgeSpec) -> None:
         ipr.link("add", ifname=spec.name, kind="bridge")
         index = link_index(ipr, spec.name)
     ipr.link("set", index=index, ifalias=link_alias(LINK_BRIDGE, spec.network_id), mtu=spec.mtu)
-    if spec.address not in addresses(index):
+    if spec.address is not None and spec.address not in addresses(index):
         ipr.addr("add", index=index, address=str(spec.address.ip), prefixlen=spec.address.network.prefixlen)
+    if spec.address6 is not None and spec.address6 not in (a for a, _f, _s in _address_dump(index, socket.AF_INET6)):
+        # nodad: the gateway is ours alone on this bridge, and usable at once
+        ipr.addr("add", index=index, family=socket.AF_INET6, address=str(spec.address6.ip),
+                 prefixlen=spec.address6.network.prefixlen, flags=IFA_F_NODAD)
     ipr.link("set", index=index, state="up")
 
 

@@ -29,7 +29,7 @@ from ..plan.facts import ParentFacts
 from ..plan.rebuild import KernelRemains
 from ..plan.state import State
 from . import conntrack, devconf, facts, links, reaper, routes
-from .firewall import FirewallBackend, Ruleset
+from .firewall import Firewall, FirewallBackend, Ruleset
 from .firewall.view import published
 from .tags import LINK_BRIDGE, LINK_GONE, LINK_VETH
 
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 def reconcile(
     after: State,
     before: State | None,
-    backend: FirewallBackend,
+    backend: Firewall,
     *,
     defer_deletes: bool = False,
     parents: Mapping[str, ParentFacts] | None = None,
@@ -61,7 +61,7 @@ def reconcile(
         if todo.is_empty():
             return todo
         try:
-            _apply(ipr, todo, new, backend, lambda: host_state(after, facts.parents(ipr, parents_of(after))).firewall,
+            _apply(ipr, todo, new, backend, lambda: host_state(after, facts.parents(ipr, parents_of(after))),
                    defer_deletes)
         except Exception as exc:  # noqa: BLE001 - the whole host decides; its error is the one raised
             log.warning("kernel did not hold what the state says (%s); reconciling the whole host", exc)
@@ -73,14 +73,15 @@ def parents_of(*states: State) -> set[str]:
     return set().union(*(state.parent_names() for state in states))
 
 
-def remains(backend: FirewallBackend | None = None) -> KernelRemains:
+def remains(backend: Firewall | None = None) -> KernelRemains:
     """What of ours the kernel holds: bridges by network, our rules and routes, and (given the firewall
     backend) our published ports."""
     with IPRoute() as ipr:
         bridges = {oid: name for name, (kind, oid, _i) in links.tagged_links(ipr).items() if kind == LINK_BRIDGE}
         return KernelRemains(bridges=bridges, rules=frozenset(routes.owned_rules(ipr)),
                              routes=frozenset(routes.owned_routes(ipr)),
-                             published=tuple(published(backend.read())) if backend is not None else ())
+                             published=tuple(p for _family, fw in (backend.by_family() if backend else ())
+                                             for p in published(fw.read())))
 
 
 def desired(state: State) -> HostState:
@@ -89,8 +90,8 @@ def desired(state: State) -> HostState:
         return host_state(state, facts.parents(ipr, parents_of(state)))
 
 
-def _apply(ipr: IPRoute, todo: Change, new: HostState, backend: FirewallBackend,
-           full_firewall: Callable[[], Ruleset], defer_deletes: bool) -> None:
+def _apply(ipr: IPRoute, todo: Change, new: HostState, backend: Firewall,
+           whole: Callable[[], HostState], defer_deletes: bool) -> None:
     for bridge in todo.bridges:
         links.ensure_bridge(ipr, bridge)
     for veth in todo.veths:
@@ -98,10 +99,12 @@ def _apply(ipr: IPRoute, todo: Change, new: HostState, backend: FirewallBackend,
     _routes_and_rules(ipr, todo.routes_add, todo.routes_del, todo.rules_add, todo.rules_del)
     for path, value in todo.sysctls.items():
         devconf.write_sysctl(path, value)
-    if todo.firewall is None:  # first network made, or last one gone: the scope is the whole host
-        _firewall_whole(new, backend)
-    elif todo.firewall:
-        backend.edit(todo.firewall, full_firewall)
+    for edits, ruleset, fw, full in ((todo.firewall, new.firewall, backend.v4, lambda: whole().firewall),
+                                     (todo.firewall6, new.firewall6, backend.v6, lambda: whole().firewall6)):
+        if edits is None:  # first network made, or last one gone: the scope is the whole host
+            _firewall_whole(ruleset, fw)
+        elif edits:
+            fw.edit(edits, full)
     if defer_deletes and todo.veths_gone:
         reaper.delete_later([i for name in todo.veths_gone if (i := links.retire_link(ipr, name)) is not None])
     else:
@@ -125,14 +128,14 @@ def _routes_and_rules(ipr: IPRoute, routes_add: Iterable[RouteSpec], routes_del:
         routes.add_rule(ipr, rule)
 
 
-def _firewall_whole(desired: HostState, backend: FirewallBackend) -> None:
-    if desired.firewall.is_empty():
+def _firewall_whole(ruleset: Ruleset, backend: FirewallBackend) -> None:
+    if ruleset.is_empty():
         backend.remove()
     else:
-        backend.apply(desired.firewall)
+        backend.apply(ruleset)
 
 
-def _whole_host(state: State, backend: FirewallBackend) -> None:
+def _whole_host(state: State, backend: Firewall) -> None:
     with IPRoute() as ipr:
         want = host_state(state, facts.parents(ipr, parents_of(state)))
         for bridge in want.bridges:
@@ -143,7 +146,8 @@ def _whole_host(state: State, backend: FirewallBackend) -> None:
                           *difference(want.rules, routes.owned_rules(ipr)))
         for path, value in want.sysctls.items():
             devconf.write_sysctl(path, value)
-        _firewall_whole(want, backend)
+        _firewall_whole(want.firewall, backend.v4)
+        _firewall_whole(want.firewall6, backend.v6)
         for name, (kind, object_id, _index) in links.tagged_links(ipr).items():
             stale = (kind == LINK_BRIDGE and object_id not in state.networks) or (
                 kind == LINK_VETH and object_id not in state.endpoints) or kind == LINK_GONE

@@ -155,10 +155,9 @@ class Healer:
             time.sleep(SETTLE)
             counts.clear()
             reasons = drift(self.store.load(), counts)
-        if not reasons and firewall and firewall_drift(self.driver.firewall.read(), writer.desired(state).firewall):
+        if not reasons and firewall and self.firewall_drift(state):
             time.sleep(SETTLE)
-            state = self.store.load()
-            reasons = firewall_drift(self.driver.firewall.read(), writer.desired(state).firewall)
+            reasons = self.firewall_drift(self.store.load())
         if not (reasons or full):
             return False  # a round that finds nothing to do reports nothing: the heartbeat says it lives
         if reasons:
@@ -168,6 +167,15 @@ class Healer:
             metrics.repaired(kind, n if reasons else 0)
         health.note(True, repaired=bool(reasons))
         return True
+
+    def firewall_drift(self, state: State) -> list[str]:
+        """Our chains and jumps in both families' tables, compared with the state (one save each; the
+        IPv6 tables only while an IPv6 network exists or they hold something of ours)."""
+        want = writer.desired(state)
+        reasons = firewall_drift(self.driver.firewall.v4.read(), want.firewall)
+        if state.has_ipv6():
+            reasons += [f"IPv6 {r}" for r in firewall_drift(self.driver.firewall.v6.read(), want.firewall6)]
+        return reasons
 
     def _collect_garbage(self) -> None:
         view = engine.endpoints_by_network(self.settings, timeout=5)

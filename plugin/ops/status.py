@@ -58,7 +58,8 @@ def collect(settings: Settings) -> dict[str, Any]:
         "endpoints": [dataclasses.asdict(ep) for ep in state.endpoints.values()],
         "ports": ports,
         "kernel": {"links": sorted(tagged), "routes": [str(r) for r in our_routes],
-                   "rules": [str(r) for r in our_rules], "firewall": backend.dump()},
+                   "rules": [str(r) for r in our_rules], "firewall": backend.v4.dump(),
+                   "firewall6": backend.v6.dump() if state.has_ipv6() else {}},
     }
 
 

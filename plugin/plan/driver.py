@@ -26,7 +26,7 @@ from ..api.messages import (
 from ..api.options import parse_network_options
 from ..errors import Refusal
 from ..kernel import devconf, facts, writer
-from ..kernel.firewall import FirewallBackend, select
+from ..kernel.firewall import Firewall, select
 from ..kernel.firewall.rules import publish_addresses
 from ..settings import Settings
 from . import ports
@@ -54,10 +54,10 @@ class Driver:
         self.defer_deletes = defer_deletes
         self.kernel = kernel
         self.on_saved = on_saved
-        self._firewall: FirewallBackend | None = None
+        self._firewall: Firewall | None = None
 
     @property
-    def firewall(self) -> FirewallBackend:
+    def firewall(self) -> Firewall:
         """The backend for this host, chosen at first use (once per process)."""
         if self._firewall is None:
             self._firewall = select(self.settings)

@@ -1,5 +1,5 @@
-"""Kernel facts planning and the desired state depend on but the plugin does not own (parent NIC
-addresses, tables in use, ...). Plain data: read through :mod:`plugin.netlink`, used by pure code."""
+"""What planning and the desired state depend on but the plugin does not own: the parents' addresses,
+tables in use, others' default gateways, IPv6 settings. Plain data, read by :mod:`plugin.kernel.facts`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ class ParentFacts:
     addresses: tuple[ipaddress.IPv4Interface, ...] = ()
     mtu: int = 1500
     up: bool = True
+    # Global IPv6 addresses ports are published on and egress leaves from: neither temporary (privacy),
+    # deprecated, tentative nor link-local. Their on-link prefixes (temporary addresses' too).
+    addresses6: tuple[ipaddress.IPv6Interface, ...] = ()
+    prefixes6: tuple[ipaddress.IPv6Network, ...] = ()
 
     @property
     def primary(self) -> ipaddress.IPv4Interface | None:
@@ -25,8 +29,8 @@ class ParentFacts:
 
 @dataclass(frozen=True)
 class HostFacts:
-    """A snapshot of what planning needs to know about the host, read once per verb
-    (:func:`plugin.netlink.host_facts`), so planning itself is pure and testable without a kernel."""
+    """A snapshot of what planning needs to know about the host, read once per verb, so planning itself
+    is pure and testable without a kernel."""
 
     parents: Mapping[str, ParentFacts] = field(default_factory=dict)
     links: frozenset[str] = frozenset()
@@ -34,7 +38,13 @@ class HostFacts:
     tables_in_use: frozenset[int] = frozenset()
     # ifname → next hop of a default route through it that is not ours (any table).
     default_gateways: Mapping[str, ipaddress.IPv4Address] = field(default_factory=dict)
+    default_gateways6: Mapping[str, ipaddress.IPv6Address] = field(default_factory=dict)
     local_addresses: frozenset[str] = frozenset()
+    # IPv6 host settings, read when an IPv6 network is planned: net.ipv6.conf.<if>.accept_ra of each NIC,
+    # the NICs whose default route came from a router advertisement, net.ipv6.conf.all.forwarding.
+    accept_ra: Mapping[str, int] = field(default_factory=dict)
+    ra_default: frozenset[str] = frozenset()
+    forwarding6: str | None = None
 
     def parent(self, ifname: str) -> ParentFacts:
         return self.parents.get(ifname) or ParentFacts(ifname=ifname, exists=False)

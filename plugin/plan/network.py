@@ -7,11 +7,12 @@ import ipaddress
 import time
 from typing import Callable
 
-from ..api.messages import CreateNetworkRequest
+from ..api.messages import CreateNetworkRequest, Pool
 from ..api.options import NetworkOptions
 from ..errors import Refusal
 from ..kernel.firewall.rules import publish_addresses
 from ..kernel.tags import MAX_MARK_SLOT, TABLE_ALLOC_FIRST, TABLE_ALLOC_LAST
+from .desired import FORWARDING6
 from .facts import HostFacts, ParentFacts
 from .state import NetworkRecord, ParentRecord, State
 
@@ -53,52 +54,130 @@ def parent_next_hop(
     return next(iter(primary.network.hosts())), GATEWAY_GUESSED
 
 
+def _pools(req: CreateNetworkRequest) -> tuple[Pool | None, Pool | None]:
+    """The network's IPv4 and IPv6 subnets, refused unless one of each family it has, with a gateway."""
+    if req.ipv4_enabled and len(req.ipv4) != 1:
+        raise Refusal(f"multinic networks take exactly one IPv4 subnet, got {len(req.ipv4)}; give one --subnet")
+    if req.ipv6 and len(req.ipv6_pools) != 1:
+        raise Refusal(f"an IPv6 multinic network takes exactly one IPv6 subnet, got {len(req.ipv6_pools)}; give one "
+                      "--subnet fd00:10::/64 beside the IPv4 one (--ipv6 --subnet 10.10.0.0/24 --subnet fd00:10::/64)")
+    pool4 = req.ipv4[0] if req.ipv4_enabled else None
+    pool6 = req.ipv6_pools[0] if req.ipv6 else None
+    for pool in filter(None, (pool4, pool6)):
+        if pool.gateway is None or pool.pool.prefixlen == 0:
+            raise Refusal(f"multinic needs a subnet with a gateway address, got {pool.pool}; use the default IPAM "
+                          "driver (--subnet CIDR, optionally --gateway IP)")
+    if pool6 is not None and (pool6.pool.is_link_local or pool6.pool.is_multicast or pool6.pool.prefixlen > 126):
+        raise Refusal(f"IPv6 subnet {pool6.pool} is link-local, multicast or too small; give a global or unique "
+                      "local prefix, e.g. --subnet fd00:10::/64")
+    if pool4 is None and pool6 is None:
+        raise Refusal("a multinic network needs an IPv4 or an IPv6 subnet")
+    return pool4, pool6
+
+
 def plan_network(
     state: State, req: CreateNetworkRequest, opts: NetworkOptions, facts: HostFacts, rp_filter: str | None = None
 ) -> tuple[NetworkRecord, ParentRecord | None]:
     """Every check of a new network; the records to persist. ``rp_filter``: the parent's current value,
     remembered to put back when its last network goes."""
-    pool = req.ipv4[0]
-    subnet = pool.pool
+    pool4, pool6 = _pools(req)
     for other in state.networks.values():
-        if ipaddress.IPv4Network(other.subnet).overlaps(subnet):
-            raise Refusal(f"subnet {subnet} overlaps multinic network {other.id[:12]} ({other.subnet}); "
-                          "choose a --subnet that does not overlap")
+        for pool, theirs in ((pool4, other.subnet), (pool6, other.subnet6)):
+            if pool is not None and theirs and ipaddress.ip_network(theirs).overlaps(pool.pool):
+                raise Refusal(f"subnet {pool.pool} overlaps multinic network {other.id[:12]} ({theirs}); "
+                              "choose a --subnet that does not overlap")
     bridge = opts.bridge_name or bridge_name_for(req.network_id)
     if any(n.bridge == bridge for n in state.networks.values()) or bridge in facts.links:
         raise Refusal(f"option bridge_name={bridge}: an interface with that name already exists; "
                       "choose another bridge_name or omit it")
     mtu = opts.mtu
-    next_hop, source, table, slot, parent_record = None, "", None, None, None
+    hop4 = hop6 = None
+    source4 = source6 = ""
+    table, slot, parent_record = None, None, None
     if opts.parent and not req.internal:
-        parent = facts.parent(opts.parent)
-        if not parent.exists:
-            raise Refusal(f"option parent={opts.parent}: no such network interface on this host; "
-                          "give the name of an existing NIC (see `ip link`)")
-        if not parent.addresses:
-            raise Refusal(f"option parent={opts.parent}: the interface has no IPv4 address; "
-                          "configure one first or pick another NIC")
-        for addr in parent.addresses:
-            if addr.network.overlaps(subnet):
-                raise Refusal(f"subnet {subnet} overlaps {opts.parent}'s own network {addr.network}; "
-                              "choose a --subnet outside the parent NIC's network")
+        parent = _checked_parent(opts.parent, facts, pool4, pool6)
         siblings = state.networks_on(opts.parent)
-        next_hop, source = _next_hop(opts, parent, facts, siblings)
+        if pool4 is not None:
+            hop4, source4 = _next_hop(opts, parent, facts, siblings)
+        if pool6 is not None:
+            hop6, source6 = _next_hop6(opts, parent, facts, siblings)
         table, slot = _table_and_mark(state, opts, siblings, facts)
         mtu = mtu or parent.mtu
         if not siblings:
             rp = int(rp_filter) if rp_filter is not None and rp_filter.strip().isdigit() else None
             parent_record = ParentRecord(rp_filter_before=rp)
     record = NetworkRecord(
-        id=req.network_id, bridge=bridge, subnet=str(subnet), gateway=str(pool.gateway), internal=req.internal,
+        id=req.network_id, bridge=bridge, internal=req.internal,
+        subnet=str(pool4.pool) if pool4 else "", gateway=str(pool4.gateway) if pool4 else "",
+        subnet6=str(pool6.pool) if pool6 else "", gateway6=str(pool6.gateway) if pool6 else "",
         # An internal network never egresses: it keeps no parent, so it never lends empty table/mark
         # values to a later network on that NIC.
         parent=None if req.internal else opts.parent,
-        parent_gateway=str(next_hop) if next_hop else None, gateway_source=source,
+        parent_gateway=str(hop4) if hop4 else None, gateway_source=source4,
+        parent_gateway6=str(hop6) if hop6 else None, gateway6_source=source6,
         table=table, mark_slot=slot, mtu=mtu or 1500, masquerade=opts.masquerade, gw_priority=opts.gw_priority,
         options={k: str(v) for k, v in req.generic.items()}, created=time.time(),
     )
     return record, parent_record
+
+
+def _checked_parent(name: str, facts: HostFacts, pool4: Pool | None, pool6: Pool | None) -> ParentFacts:
+    parent = facts.parent(name)
+    if not parent.exists:
+        raise Refusal(f"option parent={name}: no such network interface on this host; "
+                      "give the name of an existing NIC (see `ip link`)")
+    if pool4 is not None and not parent.addresses:
+        raise Refusal(f"option parent={name}: the interface has no IPv4 address; configure one first or pick "
+                      "another NIC")
+    if pool6 is not None and not parent.prefixes6:
+        raise Refusal(f"option parent={name}: the interface has no global IPv6 address (is IPv6 disabled on it, or "
+                      "not yet configured?); configure one, or create the network without --ipv6")
+    for pool, nets in ((pool4, [a.network for a in parent.addresses]), (pool6, list(parent.prefixes6))):
+        for net in nets if pool is not None else ():
+            if net.overlaps(pool.pool):
+                raise Refusal(f"subnet {pool.pool} overlaps {name}'s own network {net}; "
+                              "choose a --subnet outside the parent NIC's network")
+    return parent
+
+
+def _next_hop6(opts: NetworkOptions, parent: ParentFacts, facts: HostFacts,
+               siblings: list[NetworkRecord]) -> tuple[ipaddress.IPv6Address | None, str]:
+    """The IPv6 next hop: the one given, else the parent's default route (from router advertisements:
+    a link-local router address, followed as it changes), else a sibling's."""
+    sibling = next((n for n in siblings if n.parent_gateway6), None)
+    if opts.parent_gateway6 is not None:
+        hop = opts.parent_gateway6
+        if not hop.is_link_local and not any(hop in prefix for prefix in parent.prefixes6):
+            raise Refusal(f"option parent_gateway6={hop} is neither link-local nor on {opts.parent}'s prefixes "
+                          f"{', '.join(map(str, parent.prefixes6))}; give the router's address on that NIC")
+        if sibling is not None and sibling.parent_gateway6 != str(hop):
+            raise Refusal(f"option parent_gateway6={hop}: {opts.parent} already routes IPv6 via "
+                          f"{sibling.parent_gateway6} for network {sibling.id[:12]}; use the same or omit it")
+        return hop, GATEWAY_GIVEN
+    found = facts.default_gateways6.get(opts.parent or "")
+    if found is not None:
+        return ipaddress.IPv6Address(found), GATEWAY_ROUTE
+    if sibling is not None:
+        return ipaddress.IPv6Address(sibling.parent_gateway6), sibling.gateway6_source
+    raise Refusal(f"option parent={opts.parent}: no IPv6 default route goes through it (no router advertisement "
+                  "seen, none configured); give the next hop with --opt parent_gateway6=<router address, e.g. "
+                  "fe80::1>")
+
+
+def restore6_for(state: State, record: NetworkRecord, facts: HostFacts) -> dict[str, str]:
+    """What an IPv6 network changes on the host, to put back with the last one: IPv6 forwarding, and
+    ``accept_ra`` of its parent and of every NIC whose default route comes from router advertisements,
+    which go to 2 first (at 1, forwarding makes the kernel drop that route)."""
+    if not record.subnet6:
+        return {}
+    out: dict[str, str] = {}
+    if not state.has_ipv6() and FORWARDING6 not in state.restore6 and facts.forwarding6 not in (None, "1"):
+        out[FORWARDING6] = str(facts.forwarding6)
+    for name in sorted({*facts.ra_default, *([record.parent] if record.parent else [])}):
+        path = f"net/ipv6/conf/{name}/accept_ra"
+        if facts.accept_ra.get(name) == 1 and path not in state.restore6:
+            out[path] = "1"
+    return out
 
 
 def _next_hop(opts: NetworkOptions, parent: ParentFacts, facts: HostFacts,

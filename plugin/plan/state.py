@@ -44,7 +44,7 @@ class PublishedPort:
 class NetworkRecord:
     id: str
     bridge: str
-    subnet: str
+    subnet: str  # "" for an IPv6-only network
     gateway: str  # CIDR form, e.g. 10.10.0.1/24
     internal: bool = False
     parent: str | None = None
@@ -57,6 +57,14 @@ class NetworkRecord:
     gw_priority: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     created: float = 0.0  # unix time; garbage collection leaves young records alone
+    subnet6: str = ""  # "" for an IPv4-only network
+    gateway6: str = ""  # CIDR form, e.g. fd00:10::1/64
+    parent_gateway6: str | None = None
+    gateway6_source: str = ""
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        return tuple(v for v, subnet in ((4, self.subnet), (6, self.subnet6)) if subnet)
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,7 @@ class EndpointRecord:
     sandbox_key: str = ""
     ports: tuple[PublishedPort, ...] = ()
     created: float = 0.0
+    address6: str = ""  # CIDR; "" without IPv6
 
 
 @dataclass(frozen=True)
@@ -86,10 +95,17 @@ class State:
     networks: dict[str, NetworkRecord] = field(default_factory=dict)
     endpoints: dict[str, EndpointRecord] = field(default_factory=dict)
     parents: dict[str, ParentRecord] = field(default_factory=dict)
+    # IPv6 settings of the host multinic changed (sysctl path → the value before), put back with the
+    # last IPv6 network: net/ipv6/conf/all/forwarding, and accept_ra of the NICs that needed 2 for it.
+    restore6: dict[str, str] = field(default_factory=dict)
 
     def copy(self) -> State:
         """A copy a verb can keep as "before" while it changes this one (records are frozen)."""
-        return State(networks=dict(self.networks), endpoints=dict(self.endpoints), parents=dict(self.parents))
+        return State(networks=dict(self.networks), endpoints=dict(self.endpoints), parents=dict(self.parents),
+                     restore6=dict(self.restore6))
+
+    def has_ipv6(self) -> bool:
+        return any(net.subnet6 for net in self.networks.values())
 
     def endpoints_of(self, network_id: str) -> list[EndpointRecord]:
         return [ep for ep in self.endpoints.values() if ep.network_id == network_id]
@@ -107,6 +123,7 @@ class State:
             "networks": {k: _plain(v) for k, v in sorted(self.networks.items())},
             "endpoints": {k: _plain(v) for k, v in sorted(self.endpoints.items())},
             "parents": {k: _plain(v) for k, v in sorted(self.parents.items())},
+            "restore6": dict(sorted(self.restore6.items())),
         }
 
     @classmethod
@@ -120,6 +137,7 @@ class State:
             networks={k: NetworkRecord(**v) for k, v in (data.get("networks") or {}).items()},
             endpoints=endpoints,
             parents={k: ParentRecord(**v) for k, v in (data.get("parents") or {}).items()},
+            restore6={str(k): str(v) for k, v in (data.get("restore6") or {}).items()},
         )
 
 
@@ -255,7 +273,8 @@ class Store:
 
         text = (
             f'{{"endpoints":{section(state.endpoints)},"networks":{section(state.networks)},'
-            f'"parents":{section(state.parents)},"version":{STATE_VERSION}}}'
+            f'"parents":{section(state.parents)},"restore6":{_dumps(dict(sorted(state.restore6.items())))},'
+            f'"version":{STATE_VERSION}}}'
         )
         self._texts = texts
         return text

@@ -108,7 +108,7 @@ def _drifts(state_dir: str) -> tuple[list[str], list[str]]:
     from plugin.loops import healer
 
     state = Store(state_dir).load()
-    return healer.drift(state), drift(select(Settings()).read(), writer.desired(state).firewall)
+    return healer.drift(state), drift(select(Settings()).v4.read(), writer.desired(state).firewall)
 
 
 def test_healer_sees_no_drift_on_a_host_the_writer_made_and_sees_what_others_delete(topo):

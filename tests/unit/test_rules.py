@@ -82,7 +82,7 @@ def test_published_port_on_parent_addresses():
 def test_dnat_buckets_are_owned_chains_entered_in_order_from_multinic_dnat():
     assert len(NAT_DNAT_BUCKETS) == DNAT_BUCKETS == 32
     assert NAT_DNAT_BUCKETS[0] == "MULTINIC-DNAT-00" and NAT_DNAT_BUCKETS[-1] == "MULTINIC-DNAT-1f"
-    assert CHAINS["nat"] == (NAT_DNAT, *NAT_DNAT_BUCKETS, NAT_POSTROUTING)
+    assert CHAINS["nat"] == (NAT_DNAT, *NAT_DNAT_BUCKETS, NAT_POSTROUTING, "MULTINIC-SNAT")
     assert all(is_owned_chain(c) for c in NAT_DNAT_BUCKETS)
     assert BUCKET_JUMPS == tuple(("-j", b) for b in NAT_DNAT_BUCKETS)
 
@@ -132,7 +132,7 @@ def test_internal_network_is_closed():
     hs = host_state(State(networks={"a" * 64: net(internal=True, parent=None, table=None, mark_slot=None)}), {})
     fwd = hs.firewall.rules("filter", FILTER_FORWARD)
     assert ("-i", "mn-aaaaaaaaaaaa", "-j", "DROP") in fwd
-    assert not hs.firewall.rules("nat", NAT_POSTROUTING)
+    assert hs.firewall.rules("nat", NAT_POSTROUTING) == (("-j", "MULTINIC-SNAT"),)  # only the fixed first jump
     assert not hs.rules and not hs.routes
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import shutil
 import subprocess
+from dataclasses import dataclass
 
 from ...errors import Failure
 from ...settings import FIREWALLS, Settings
@@ -38,7 +39,23 @@ def detect_flavour(forced: str = "") -> str:
     return "legacy" if proc is not None and "legacy" in proc.stdout else "nft"
 
 
+@dataclass(frozen=True)
+class Firewall:
+    """The backends of both families, of the same flavour: IPv4 (iptables) and IPv6 (ip6tables)."""
+
+    v4: FirewallBackend
+    v6: FirewallBackend
+
+    @property
+    def name(self) -> str:
+        return self.v4.name
+
+    def by_family(self) -> tuple[tuple[int, FirewallBackend], ...]:
+        return (4, self.v4), (6, self.v6)
+
+
 def backend_for(flavour: str, settings: Settings | None = None) -> FirewallBackend:
+    """The IPv4 backend of a flavour."""
     if flavour == "nft":
         return RestoreBackend("nft")
     if flavour == "legacy-restore":
@@ -50,16 +67,22 @@ def backend_for(flavour: str, settings: Settings | None = None) -> FirewallBacke
     raise ValueError(flavour)
 
 
-def select(settings: Settings) -> FirewallBackend:
-    """The backend for this host, detected once per process (and per forced flavour and lock)."""
+def firewall_for(flavour: str, settings: Settings | None = None) -> Firewall:
+    """Both families' backends of a flavour (legacy IPv6 goes through ``ip6tables-legacy-restore``)."""
+    return Firewall(backend_for(flavour, settings), RestoreBackend("nft" if flavour == "nft" else "legacy", 6))
+
+
+def select(settings: Settings) -> Firewall:
+    """The backends for this host, detected once per process (and per forced flavour and lock)."""
     return _selected(settings.firewall, settings.xtables_lock)
 
 
 @functools.lru_cache(maxsize=4)
-def _selected(forced: str, xtables_lock: str) -> FirewallBackend:
+def _selected(forced: str, xtables_lock: str) -> Firewall:
     from ...settings import Settings
 
-    return backend_for(detect_flavour(forced), Settings(firewall=forced, xtables_lock=xtables_lock))
+    return firewall_for(detect_flavour(forced), Settings(firewall=forced, xtables_lock=xtables_lock))
 
 
-__all__ = ["FirewallBackend", "RestoreBackend", "Ruleset", "View", "backend_for", "detect_flavour", "drift", "select"]
+__all__ = ["Firewall", "FirewallBackend", "RestoreBackend", "Ruleset", "View", "backend_for", "detect_flavour", "drift",
+           "firewall_for", "select"]

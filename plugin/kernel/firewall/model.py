@@ -20,6 +20,7 @@ MANGLE_PREROUTING = "MULTINIC-PREROUTING"
 MANGLE_POSTROUTING = "MULTINIC-CONNMARK"
 NAT_DNAT = "MULTINIC-DNAT"  # only the fixed jumps to the buckets below, in order
 NAT_POSTROUTING = "MULTINIC-POSTROUTING"
+NAT_SNAT = "MULTINIC-SNAT"  # IPv6 egress from the parent's stable address, entered first from MULTINIC-POSTROUTING
 FILTER_FORWARD = "MULTINIC-FORWARD"
 FILTER_ACCEPT = "MULTINIC-ACCEPT"  # accepts of every bridge, entered first from MULTINIC-FORWARD
 FILTER_ISOLATE_DST = "MULTINIC-ISOLATE-DST"  # "-o <any container bridge> DROP"
@@ -114,7 +115,7 @@ JUMPS: tuple[Jump, ...] = (
 
 CHAINS: dict[str, tuple[str, ...]] = {
     "mangle": (MANGLE_PREROUTING, MANGLE_POSTROUTING),
-    "nat": (NAT_DNAT, *NAT_DNAT_BUCKETS, NAT_POSTROUTING),
+    "nat": (NAT_DNAT, *NAT_DNAT_BUCKETS, NAT_POSTROUTING, NAT_SNAT),
     "filter": (FILTER_FORWARD, FILTER_ACCEPT, FILTER_ISOLATE_DST, FILTER_ISOLATE_SRC),
 }
 

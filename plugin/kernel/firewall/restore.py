@@ -1,5 +1,5 @@
-"""The backend driving ``iptables-restore`` of one flavour (``iptables-nft`` or ``iptables-legacy``): the
-one for hosts whose dockerd writes nf_tables through iptables-nft (Debian 12 and most current
+"""The backend driving ``iptables-restore`` (or ``ip6tables-restore``) of one flavour (``nft`` or ``legacy``):
+the one for hosts whose dockerd writes nf_tables through iptables-nft (Debian 12 and most current
 distributions). Each change is one ``iptables-restore --noflush``: one nf_tables transaction."""
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from .view import View, line, parse
 
 
 class RestoreBackend:
-    def __init__(self, flavour: str) -> None:
-        if flavour not in ("nft", "legacy"):
-            raise ValueError(flavour)
+    def __init__(self, flavour: str, family: int = 4) -> None:
+        if flavour not in ("nft", "legacy") or family not in (4, 6):
+            raise ValueError((flavour, family))
         self.flavour = flavour
-        self.name = f"iptables-{flavour}"
+        self.family = family
+        self.name = f"{'ip6tables' if family == 6 else 'iptables'}-{flavour}"
 
     # -- plumbing -----------------------------------------------------------------------------------
     def read(self) -> View:
@@ -116,7 +117,8 @@ class RestoreBackend:
         proc = subprocess.run([f"{self.name}-save", "-t", table], capture_output=True, text=True)
         body = [ln for ln in proc.stdout.splitlines() if ln and not ln.startswith(("#", "*", "COMMIT"))]
         if proc.returncode == 0 and body and all(ln.startswith(":") and " ACCEPT " in ln for ln in body):
-            subprocess.run(["nft", "delete", "table", "ip", table], capture_output=True)
+            subprocess.run(["nft", "delete", "table", "ip6" if self.family == 6 else "ip", table],
+                           capture_output=True)
 
     def dump(self) -> dict[str, list[str]]:
         """Per table, as ``iptables -S`` prints them: the jumps into our chains (in :data:`JUMPS` order),

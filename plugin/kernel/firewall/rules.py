@@ -6,6 +6,7 @@ says why each rule exists; docs/firewall/ shows them."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Mapping
 
 from ...plan.facts import ParentFacts
@@ -22,6 +23,7 @@ from .model import (
     NAT_DNAT,
     NAT_DNAT_BUCKETS,
     NAT_POSTROUTING,
+    NAT_SNAT,
     Rule,
     Ruleset,
     dnat_bucket,
@@ -35,82 +37,91 @@ def _mask() -> str:
     return hex(MARK_MASK)
 
 
-def mangle_rules(state: State) -> tuple[Rule, ...]:
-    rules: list[Rule] = []
-    parents: dict[str, int] = {}
-    for net in sorted(state.networks.values(), key=lambda n: n.bridge):
-        if net.parent and net.mark_slot and not net.internal:
-            parents[net.parent] = net.mark_slot
-    for parent, slot in sorted(parents.items()):
-        mark = f"{hex(mark_for_slot(slot))}/{_mask()}"
-        rules.append(("-i", parent, *CTSTATE, "NEW", "-j", "CONNMARK", "--set-xmark", mark))
-    for net in sorted(state.networks.values(), key=lambda n: n.bridge):
-        if net.parent and net.mark_slot and not net.internal:
-            rules.append(
-                (
-                    "-i",
-                    net.bridge,
-                    "-j",
-                    "CONNMARK",
-                    "--restore-mark",
-                    "--nfmask",
-                    _mask(),
-                    "--ctmask",
-                    _mask(),
-                )
-            )
+def _nets(state: State, family: int, *, parent_bound: bool = False) -> list[NetworkRecord]:
+    """The networks with an address family (sorted by bridge); ``parent_bound``: bound to a parent with a
+    mark (those that get the connmark)."""
+    return [n for n in sorted(state.networks.values(), key=lambda n: n.bridge) if family in n.families
+            and (not parent_bound or (n.parent and n.mark_slot and not n.internal))]
+
+
+def mangle_rules(state: State, family: int) -> tuple[Rule, ...]:
+    marked = _nets(state, family, parent_bound=True)
+    parents = {net.parent: net.mark_slot for net in marked}
+    rules: list[Rule] = [("-i", parent, *CTSTATE, "NEW", "-j", "CONNMARK", "--set-xmark",
+                          f"{hex(mark_for_slot(slot))}/{_mask()}") for parent, slot in sorted(parents.items())]
+    rules += [("-i", net.bridge, "-j", "CONNMARK", "--restore-mark", "--nfmask", _mask(), "--ctmask", _mask())
+              for net in marked]
     return tuple(rules)
 
 
-def connmark_rules(state: State) -> tuple[Rule, ...]:
+def connmark_rules(state: State, family: int) -> tuple[Rule, ...]:
     """A new connection entering a parent-bound bridge that did not come in on a parent NIC
     (eth0, a given HostIP, another bridge, the host) is marked "main": its replies must not
     take the parent's table."""
     main = f"{hex(mark_for_slot(MAIN_MARK_SLOT))}/{_mask()}"
-    return tuple(
-        ("-o", net.bridge, *CTSTATE, "NEW", "-m", "connmark", "--mark", f"0x0/{_mask()}", "-j", "CONNMARK",
-         "--set-xmark", main)
-        for net in sorted(state.networks.values(), key=lambda n: n.bridge)
-        if net.parent and net.mark_slot and not net.internal
-    )
+    return tuple(("-o", net.bridge, *CTSTATE, "NEW", "-m", "connmark", "--mark", f"0x0/{_mask()}", "-j", "CONNMARK",
+                  "--set-xmark", main) for net in _nets(state, family, parent_bound=True))
 
 
-def dnat_rules(state: State, facts: Mapping[str, ParentFacts]) -> dict[str, tuple[Rule, ...]]:
+def dnat_rules(state: State, facts: Mapping[str, ParentFacts], family: int) -> dict[str, tuple[Rule, ...]]:
     """Every bucket chain (empty ones too) → the DNAT rules of the endpoints it holds."""
     buckets: dict[str, list[Rule]] = {bucket: [] for bucket in NAT_DNAT_BUCKETS}
+    host_bits = 32 if family == 4 else 128
     for ep in sorted(state.endpoints.values(), key=lambda e: e.id):
         net = state.networks.get(ep.network_id)
-        if net is None or not ep.joined:
+        address = ep.address if family == 4 else ep.address6
+        if net is None or not ep.joined or not address:
             continue
-        container_ip = ep.address.split("/")[0]
+        ip = address.split("/")[0]
         rules = buckets[dnat_bucket(ep.id)]
         for port in ep.ports:
             match = ("-p", port.proto, "-m", port.proto, "--dport", str(port.host_port))
-            target = ("-j", "DNAT", "--to-destination", f"{container_ip}:{port.container_port}")
+            to = f"{ip}:{port.container_port}" if family == 4 else f"[{ip}]:{port.container_port}"
             for dst in publish_addresses(net, port.host_ip, facts):
-                rules.append((*(("-d", f"{dst}/32") if dst else ()), *match, *target))
+                if not dst or ipaddress.ip_address(dst).version == family:
+                    rules.append((*(("-d", f"{dst}/{host_bits}") if dst else ()), *match, "-j", "DNAT",
+                                  "--to-destination", to))
     return {bucket: tuple(rules) for bucket, rules in buckets.items()}
 
 
 def publish_addresses(net: NetworkRecord, host_ip: str, facts: Mapping[str, ParentFacts]) -> tuple[str, ...]:
-    """Where a port is published: the given HostIP, else the parent's addresses, else everywhere ("")."""
+    """Where a port is published: the given HostIP, else the parent's addresses (IPv4, and IPv6 for a
+    network that has it), else everywhere ("")."""
     if host_ip:
         return (host_ip,)
     if net.parent:
         parent = facts.get(net.parent)
-        return tuple(str(a.ip) for a in parent.addresses) if parent else ()
+        if parent is None:
+            return ()
+        return (*(str(a.ip) for a in parent.addresses if net.subnet),
+                *(str(a.ip) for a in parent.addresses6 if net.subnet6))
     return ("",)
 
 
-def nat_postrouting_rules(state: State) -> tuple[Rule, ...]:
+def snat_rules(state: State, facts: Mapping[str, ParentFacts], family: int) -> tuple[Rule, ...]:
+    """IPv6 egress through the parent leaves from the parent's first global, non-temporary, non-deprecated
+    address (MASQUERADE would let the kernel pick a temporary one). A chain of its own, entered first."""
+    if family != 6:
+        return ()
     rules: list[Rule] = []
-    for net in sorted(state.networks.values(), key=lambda n: n.bridge):
+    for net in _nets(state, 6):
+        parent = facts.get(net.parent or "")
+        if net.masquerade and not net.internal and parent is not None and parent.addresses6:
+            rules.append(("-s", net.subnet6, "-o", parent.ifname, "-j", "SNAT", "--to-source",
+                          str(parent.addresses6[0].ip)))
+    return tuple(rules)
+
+
+def nat_postrouting_rules(state: State, family: int) -> tuple[Rule, ...]:
+    rules: list[Rule] = [("-j", NAT_SNAT)]
+    for net in _nets(state, family):
         if net.internal:
             continue
+        subnet = net.subnet if family == 4 else net.subnet6
         # Hairpin: a container (or another container on B) reaching a port published by B.
-        rules.append(("-s", net.subnet, "-o", net.bridge, *CTSTATE, "DNAT", "-j", "MASQUERADE"))
+        rules.append(("-s", subnet, "-o", net.bridge, *CTSTATE, "DNAT", "-j", "MASQUERADE"))
         if net.masquerade:
-            rules.append(("-s", net.subnet, "!", "-o", net.bridge, "-j", "MASQUERADE"))
+            rules.append(("-s", subnet, "!", "-o", net.bridge, "-j", "MASQUERADE"))
     return tuple(rules)
 
 
@@ -167,17 +178,21 @@ def isolate_src_rules(state: State) -> tuple[Rule, ...]:
     return (*(("-i", b, "-j", "DROP") for b in DOCKER_BRIDGES), *(("-i", n.bridge, "-j", "DROP") for n in nets))
 
 
-def ruleset_for(state: State, facts: Mapping[str, ParentFacts]) -> Ruleset:
-    """Every rule the plugin wants, from the persisted state and the parents' addresses."""
-    if not state.networks:
+def ruleset_for(state: State, facts: Mapping[str, ParentFacts], family: int = 4) -> Ruleset:
+    """Every rule the plugin wants in one family's tables (iptables, ip6tables), from the persisted state
+    and the parents' addresses. The IPv6 tables hold nothing while no network has IPv6; then they isolate
+    every bridge, as the IPv4 ones do."""
+    if not state.networks or (family == 6 and not state.has_ipv6()):
         return Ruleset()
     return Ruleset(
         chains={
-            "mangle": {MANGLE_PREROUTING: mangle_rules(state), MANGLE_POSTROUTING: connmark_rules(state)},
+            "mangle": {MANGLE_PREROUTING: mangle_rules(state, family),
+                       MANGLE_POSTROUTING: connmark_rules(state, family)},
             "nat": {
                 NAT_DNAT: BUCKET_JUMPS,  # the same whatever the endpoints
-                **dnat_rules(state, facts),
-                NAT_POSTROUTING: nat_postrouting_rules(state),
+                **dnat_rules(state, facts, family),
+                NAT_POSTROUTING: nat_postrouting_rules(state, family),
+                NAT_SNAT: snat_rules(state, facts, family),
             },
             "filter": {
                 FILTER_FORWARD: forward_rules(state),
