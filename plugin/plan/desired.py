@@ -187,7 +187,7 @@ def scope(before: State, after: State) -> tuple[State, State]:
     """
     if before.has_ipv6() != after.has_ipv6() or before.restore6 != after.restore6:
         return before, after  # IPv6 turned on or off host-wide (forwarding, accept_ra, ip6tables): all of it
-    touched = _differing(before.endpoints, after.endpoints)
+    touched = _with_siblings(_differing(before.endpoints, after.endpoints), before, after)
     changed_nets = _differing(before.networks, after.networks)
     changed_parents = _differing(before.parents, after.parents)
     if changed_nets or changed_parents:
@@ -229,6 +229,16 @@ def scope(before: State, after: State) -> tuple[State, State]:
         )
 
     return endpoints_only(before), endpoints_only(after)
+
+
+def _with_siblings(endpoints: set[str], *states: State) -> set[str]:
+    """``endpoints`` and the other endpoints of their containers (a container's endpoints publish its
+    ports once between them: see :func:`plugin.kernel.firewall.rules.dnat_rules`)."""
+    sandboxes = {ep.sandbox_key for state in states for eid in endpoints
+                 if (ep := state.endpoints.get(eid)) is not None and ep.sandbox_key}
+    if not sandboxes:
+        return endpoints
+    return endpoints | {eid for state in states for eid, ep in state.endpoints.items() if ep.sandbox_key in sandboxes}
 
 
 def _networks_of(endpoints: set[str], *states: State) -> set[str]:

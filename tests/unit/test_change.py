@@ -1,5 +1,6 @@
 """The writer's request path: what a verb changes is the difference of two desired states (pure)."""
 
+import dataclasses
 import ipaddress
 import random
 from collections import Counter
@@ -216,6 +217,9 @@ def _mutate(state: State, ops: list[tuple[int, int, int, int]]) -> State:
             network = after.networks[nets[a % len(nets)]]
             ports = tuple(PublishedPort("tcp" if c % 2 else "udp", "", 20000 + b, 80) for _ in range(c % 3))
             ep = endpoint(b, network, joined=bool(c % 4), ports=ports if c % 4 else ())
+            if c % 4 == 3:  # in one of two containers: their endpoints share ports
+                ep = dataclasses.replace(ep, sandbox_key=f"/var/run/docker/netns/{a % 2}",
+                                         ports=(PublishedPort("tcp", "", 30000 + a % 2, 80),))
             after.endpoints[ep.id] = ep
         elif kind == 1 and after.endpoints:
             del after.endpoints[sorted(after.endpoints)[a % len(after.endpoints)]]
@@ -246,6 +250,7 @@ OPS = st.lists(st.tuples(st.integers(0, 4), st.integers(0, 50), st.integers(0, 5
 @example([[(0, 0, 1, 1)]], [(2, 0, 1, 1)])  # the network of 20 published endpoints moves to eth2
 @example([[(4, 0, 0, 0)]], [(3, 1, 0, 0)])  # a parent record goes while a network is removed
 @example([[(2, 0, 0, 1), (2, 2, 1, 1), (2, 3, 1, 1)]], [(2, 2, 0, 0)])  # the first sibling left is internal
+@example([[(2, 1, 1, 0), (0, 0, 3, 3), (0, 2, 5, 3)]], [(0, 0, 3, 0)])  # a container's first endpoint leaves
 def test_the_change_over_a_verbs_scope_is_the_change_over_the_whole_host(history, verb):
     """Property: whatever is on the host, the writer's scoped change (the endpoints a verb
     touched and their networks, or every network when one changed) is exactly the change the
@@ -278,3 +283,23 @@ def test_an_endpoint_verb_scopes_to_that_endpoint_and_its_network():
     mine, theirs = scope(before, after)
     assert set(mine.networks) == set(theirs.networks) == {net(1).id}
     assert mine.endpoints == {} and set(theirs.endpoints) == {ep.id}
+
+
+def test_a_containers_endpoints_publish_a_port_once_and_hand_it_over_when_one_leaves():
+    """dockerd sends the whole port map to each endpoint of a container: one DNAT (one map element) per
+    host port, the lowest endpoint id's; when that endpoint leaves, the other's appears in the same verb."""
+    port = (PublishedPort("tcp", "", 4050, 80),)
+    a, b = (dataclasses.replace(endpoint(i, net(i), ports=port), sandbox_key="/var/run/docker/netns/c1")
+            for i in (1, 2))
+    first, second = sorted((a, b), key=lambda e: e.id)
+    both = host(3, 0)
+    both.endpoints.update({a.id: a, b.id: b})
+    rules = [r for chain, rs in host_state(both, FACTS).firewall.chains["nat"].items() if chain.startswith(
+        "MULTINIC-DNAT-") for r in rs]
+    assert len(rules) == 1 and rules[0][-1] == f"{first.address.split('/')[0]}:80"
+    left = both.copy()
+    left.endpoints[first.id] = dataclasses.replace(first, joined=False, ports=(), sandbox_key="")
+    edits = diff(both, left).firewall
+    assert [e.action for e in edits] == ["-D", "-A"] and edits[1].rule[-1] == f"{second.address.split('/')[0]}:80"
+    mine, theirs = scope(both, left)
+    assert change(host_state(mine, FACTS), host_state(theirs, FACTS)) == diff(both, left)

@@ -64,9 +64,15 @@ def connmark_rules(state: State, family: int) -> tuple[Rule, ...]:
 
 
 def dnat_rules(state: State, facts: Mapping[str, ParentFacts], family: int) -> dict[str, tuple[Rule, ...]]:
-    """Every bucket chain (empty ones too) → the DNAT rules of the endpoints it holds."""
+    """Every bucket chain (empty ones too) → the DNAT rules of the endpoints it holds.
+
+    dockerd sends a container's whole port map to each of its endpoints: where two endpoints of one
+    container would publish the same host address and port, the one with the lowest id does (a host port
+    is one DNAT, one map element for the native backend); the other takes over when it leaves
+    (:func:`plugin.plan.desired.scope` keeps a container's endpoints together)."""
     buckets: dict[str, list[Rule]] = {bucket: [] for bucket in NAT_DNAT_BUCKETS}
     host_bits = 32 if family == 4 else 128
+    taken: set[tuple[str, str, str, int]] = set()
     for ep in sorted(state.endpoints.values(), key=lambda e: e.id):
         net = state.networks.get(ep.network_id)
         address = ep.address if family == 4 else ep.address6
@@ -78,6 +84,10 @@ def dnat_rules(state: State, facts: Mapping[str, ParentFacts], family: int) -> d
             match = ("-p", port.proto, "-m", port.proto, "--dport", str(port.host_port))
             to = f"{ip}:{port.container_port}" if family == 4 else f"[{ip}]:{port.container_port}"
             for dst in publish_addresses(net, port.host_ip, facts):
+                key = (ep.sandbox_key, dst, port.proto, port.host_port)
+                if ep.sandbox_key and key in taken:
+                    continue
+                taken.add(key)
                 if not dst or ipaddress.ip_address(dst).version == family:
                     rules.append((*(("-d", f"{dst}/{host_bits}") if dst else ()), *match, "-j", "DNAT",
                                   "--to-destination", to))
