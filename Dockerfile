@@ -3,7 +3,7 @@
 # `docker plugin create multinic:latest plugin-dir` (see README, "Install").
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv iptables nftables iproute2 conntrack \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-nftables iptables nftables iproute2 conntrack \
  && rm -rf /var/lib/apt/lists/*
 COPY setup.cfg pyproject.toml README.md /src/
 COPY plugin /src/plugin

@@ -14,7 +14,9 @@ DEFAULT_SOCKET = "/run/docker/plugins/multinic.sock"
 DEFAULT_STATE_DIR = "/var/lib/multinic"
 DEFAULT_XTABLES_LOCK = "/run/xtables.lock"  # iptables' own; XTABLES_LOCKFILE overrides it, as for iptables
 LOG_LEVELS = ("debug", "info", "warning", "error")
-FIREWALLS = ("nft", "legacy", "legacy-restore")
+# MULTINIC_FIREWALL: native nftables (libnftables), iptables-nft (also "nft"), legacy (python-iptables),
+# legacy-restore (iptables-legacy-restore); empty: chosen from the host (plugin.kernel.firewall).
+FIREWALLS = ("nftables", "iptables-nft", "nft", "legacy", "legacy-restore")
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,7 @@ class Settings:
     workers: int = 2
     log_level: str = "info"
     metrics_address: str = ""  # HOST:PORT; empty: no metrics
-    firewall: str = ""  # forced backend; empty: the flavour Docker uses
+    firewall: str = ""  # forced backend (one of FIREWALLS); empty: chosen from the host
     docker_host: str = ""  # empty: the docker SDK's default socket
     xtables_lock: str = DEFAULT_XTABLES_LOCK
     # The background loops (seconds).
@@ -96,6 +98,12 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
         problems.append(f"log level {level!r} unknown (use {', '.join(LOG_LEVELS)}); using info")
         level = "info"
     values["log_level"] = level
+    firewall = str(values.get("firewall", "")).lower()
+    if firewall and firewall not in FIREWALLS:
+        problems.append(f"MULTINIC_FIREWALL={firewall!r} is not a firewall backend (use one of "
+                        f"{', '.join(FIREWALLS)}); choosing from the host")
+        firewall = ""
+    values["firewall"] = firewall
     return Settings(**values, problems=tuple(problems))
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the managed (v2) plugin directory: DIR/config.json + DIR/rootfs (Debian bookworm minbase
-# with python3, iptables, nftables, iproute2 and multinic in /opt/multinic), ready for
+# with python3, python3-nftables (the native firewall backend's libnftables), iptables, nftables, iproute2
+# and multinic in /opt/multinic), ready for
 #   docker plugin create multinic:latest DIR && docker plugin enable multinic:latest
 # No registry is needed: the rootfs comes from debootstrap, multinic and its dependencies from
 # wheels built here. The base rootfs is cached in $MULTINIC_ROOTFS_CACHE (default .cache/ in this
@@ -9,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: scripts/build-managed-plugin.sh DIR}
-cache=${MULTINIC_ROOTFS_CACHE:-$PWD/.cache/rootfs-bookworm-v2}  # bump when the package list changes
+cache=${MULTINIC_ROOTFS_CACHE:-$PWD/.cache/rootfs-bookworm-v3}  # bump when the package list changes
 export DEBIAN_FRONTEND=noninteractive
 
 if [[ ! -x "$cache/usr/bin/python3" ]]; then
@@ -17,7 +18,7 @@ if [[ ! -x "$cache/usr/bin/python3" ]]; then
   mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources)
   rm -rf "$cache.new"
   mkdir -p "$(dirname "$cache")"
-  debootstrap --variant=minbase --include=python3,python3-venv,iptables,nftables,iproute2,conntrack \
+  debootstrap --variant=minbase --include=python3,python3-venv,python3-nftables,iptables,nftables,iproute2,conntrack \
     bookworm "$cache.new" "$mirror" >/dev/null
   rm -rf "$cache"
   mv "$cache.new" "$cache"

@@ -1,5 +1,5 @@
 """The kernel's announcements the plugin reacts to, from one subscription: links, addresses, routes
-and rules (rtnetlink), and nf_tables deletions (nfnetlink). Parsed just enough to tell two things
+and rules (rtnetlink), and nf_tables deletions and new chains (nfnetlink). Parsed just enough to tell two things
 (both pure): whether something of ours may have been removed (:func:`drift`), and whether a parent
 NIC changed (:func:`touches_parent`). Legacy iptables sends no events: there the period is all there is."""
 
@@ -14,7 +14,7 @@ from .tags import ALIAS_PREFIX, LINK_BRIDGE, RT_PROTO
 RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_RULE = 1, 5, 7, 8
 NFNLGRP_NFTABLES = 7
 NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_DELTABLE, NFT_MSG_DELCHAIN, NFT_MSG_DELRULE = 2, 5, 8
+NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_DELCHAIN, NFT_MSG_DELRULE = 2, 3, 5, 8
 IFLA_IFNAME, IFLA_MTU, IFLA_IFALIAS = 3, 4, 20
 IFA_LABEL = 3
 RTA_OIF = 4
@@ -52,9 +52,11 @@ class Event:
 def parse(protocol: int, kind: int, body: bytes) -> Event | None:
     """One message → an :class:`Event` (None for what we never look at)."""
     if protocol == nl.NETLINK_NETFILTER:
-        deleted = kind >> 8 == NFNL_SUBSYS_NFTABLES and kind & 0xFF in (NFT_MSG_DELTABLE, NFT_MSG_DELCHAIN,
-                                                                        NFT_MSG_DELRULE)
-        return Event(FIREWALL) if deleted else None
+        # Deletions may be of ours; a new chain may be Docker's iptables arriving after us (its FORWARD DROP,
+        # which the native backend then opens). Element changes (a published port) are never looked at.
+        watched = kind >> 8 == NFNL_SUBSYS_NFTABLES and kind & 0xFF in (NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN,
+                                                                        NFT_MSG_DELCHAIN, NFT_MSG_DELRULE)
+        return Event(FIREWALL) if watched else None
     if kind in (nl.RTM_NEWLINK, nl.RTM_DELLINK) and len(body) >= nl.IFINFOMSG.size:
         _family, _type, index, flags, _change = nl.IFINFOMSG.unpack_from(body)
         found = nl.attrs(body, nl.IFINFOMSG.size)

@@ -30,7 +30,6 @@ from ..plan.rebuild import KernelRemains
 from ..plan.state import State
 from . import conntrack, devconf, facts, links, reaper, routes
 from .firewall import Firewall, FirewallBackend, Ruleset
-from .firewall.view import published
 from .tags import LINK_BRIDGE, LINK_GONE, LINK_VETH
 
 log = logging.getLogger(__name__)
@@ -81,7 +80,7 @@ def remains(backend: Firewall | None = None) -> KernelRemains:
         return KernelRemains(bridges=bridges, rules=frozenset(routes.owned_rules(ipr)),
                              routes=frozenset(routes.owned_routes(ipr)),
                              published=tuple(p for _family, fw in (backend.by_family() if backend else ())
-                                             for p in published(fw.read())))
+                                             for p in fw.published()))
 
 
 def desired(state: State) -> HostState:

@@ -17,7 +17,6 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from ..kernel import events, links, routes, writer
-from ..kernel.firewall import drift as firewall_drift
 from ..ops import engine, health, metrics
 from ..plan.desired import difference
 from ..plan.driver import Driver
@@ -169,12 +168,12 @@ class Healer:
         return True
 
     def firewall_drift(self, state: State) -> list[str]:
-        """Our chains and jumps in both families' tables, compared with the state (one save each; the
-        IPv6 tables only while an IPv6 network exists or they hold something of ours)."""
+        """Our chains and jumps (or our nftables tables) in both families, compared with the state (one read
+        each: a save, or a listing in-process; IPv6 only while an IPv6 network exists)."""
         want = writer.desired(state)
-        reasons = firewall_drift(self.driver.firewall.v4.read(), want.firewall)
+        reasons = self.driver.firewall.v4.drift(want.firewall)
         if state.has_ipv6():
-            reasons += [f"IPv6 {r}" for r in firewall_drift(self.driver.firewall.v6.read(), want.firewall6)]
+            reasons += [f"IPv6 {r}" for r in self.driver.firewall.v6.drift(want.firewall6)]
         return reasons
 
     def _collect_garbage(self) -> None:

@@ -43,6 +43,10 @@ def start(driver: Any, settings: Settings) -> None:
         log.error("%s; set aside as %s: the state is rebuilt from dockerd", problem, kept)
     health.note_state(store.directory, True, None, restored)
     try:
+        from ..kernel.firewall import remove_leftovers
+
+        for what in remove_leftovers(driver.firewall):
+            log.warning("removed %s: written by another firewall backend than %s", what, driver.firewall.name)
         if not store.exists():
             from ..kernel import writer
 
@@ -79,6 +83,9 @@ def cmd_serve(settings: Settings) -> int:
         if not info.supported:
             log.error("docker engine %s is too old: multinic needs Engine 20.10 or newer", info.version)
             return 2
+        if info.crashes_on_revoke:
+            log.error("docker engine %s crashes when it revokes a remote plugin's connectivity (moby #51554, "
+                      "fixed in 29.0.3): upgrade Docker", info.version)
     metrics_at = None
     if settings.metrics_address:
         try:
@@ -145,13 +152,16 @@ def cmd_reconcile(settings: Settings) -> int:
 
 def cmd_cleanup(settings: Settings) -> int:
     """Everything multinic added to the kernel and to containers removed, the state forgotten (uninstall)."""
+    from ..kernel.firewall import remove_leftovers
     from ..loops.gateways import cleanup
     from ..plan.driver import Driver
     from ..plan.state import Store
 
     store = Store(settings.state_dir)
     cleanup(str(store.directory))  # our policy rules inside running containers
-    Driver(store, settings).cleanup()
+    driver = Driver(store, settings)
+    driver.cleanup()
+    remove_leftovers(driver.firewall)  # and what another firewall backend of ours left
     print("removed all multinic bridges, veths, routes, rules and firewall chains")
     return 0
 

@@ -36,6 +36,15 @@ class EngineInfo:
     def supported(self) -> bool:
         return self.major_minor >= MIN_ENGINE
 
+    @property
+    def crashes_on_revoke(self) -> bool:
+        """Engine 29.0.0-29.0.2 crash in RevokeExternalConnectivity for any remote plugin (moby #51554)."""
+        parts = self.version.split("+")[0].split("-")[0].split(".")
+        try:
+            return (29, 0, 0) <= (int(parts[0]), int(parts[1]), int(parts[2])) <= (29, 0, 2)
+        except (IndexError, ValueError):
+            return False
+
 
 def client(settings: Settings, timeout: int = 5) -> Any:
     import docker

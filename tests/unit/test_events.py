@@ -19,7 +19,7 @@ def attr(kind: int, value: bytes) -> bytes:
 
 def test_kernel_event_classification():
     """Deleted routes and rules of ours, and our bridges, are drift; container veths and other protocols
-    are not; nf_tables deletions are, additions are not."""
+    are not; nf_tables deletions and new chains are, other additions and published ports are not."""
     route = lambda proto: bytes([2, 24, 0, 0, 254, proto, 0, 1]) + b"\0" * 4  # noqa: E731
     rule = lambda proto: b"\0" * 12 + attr(events.FRA_PROTOCOL, bytes([proto]))  # noqa: E731
     link = lambda alias: b"\0" * 16 + attr(events.IFLA_IFALIAS, alias + b"\0")  # noqa: E731
@@ -31,6 +31,10 @@ def test_kernel_event_classification():
     assert one(rtnl, nl.RTM_DELLINK, link(b"multinic:ep:" + b"a" * 64)) == set()
     assert one(nfnl, (events.NFNL_SUBSYS_NFTABLES << 8) | events.NFT_MSG_DELRULE, b"\0" * 4) == {"firewall"}
     assert one(nfnl, (events.NFNL_SUBSYS_NFTABLES << 8) | 6, b"\0" * 4) == set()  # NFT_MSG_NEWRULE
+    assert one(nfnl, (events.NFNL_SUBSYS_NFTABLES << 8) | 12, b"\0" * 4) == set()  # NFT_MSG_NEWSETELEM: a port
+    assert one(nfnl, (events.NFNL_SUBSYS_NFTABLES << 8) | 14, b"\0" * 4) == set()  # NFT_MSG_DELSETELEM
+    # a new chain: Docker's iptables may have come after us (its FORWARD DROP to open)
+    assert one(nfnl, (events.NFNL_SUBSYS_NFTABLES << 8) | events.NFT_MSG_NEWCHAIN, b"\0" * 4) == {"firewall"}
 
 
 def test_messages_of_one_datagram():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin.kernel.firewall.explain import render_edit, render_ruleset
+from plugin.kernel.firewall.explain import render_edit, render_native, render_native_edit, render_ruleset
 from plugin.plan.desired import change, host_state
 from plugin.plan.facts import ParentFacts
 from plugin.plan.state import EndpointRecord, NetworkRecord, PublishedPort, State
@@ -53,6 +53,41 @@ MANY = State(
 )
 
 
+def verbs() -> dict[str, tuple]:
+    """The firewall edits of a Join with and without a port, its Leave, a second network's create and its
+    removal, from ONE."""
+    before = ONE
+    new = ep("e3" * 32, N1, "10.10.0.3/24", (PublishedPort("tcp", "", 8081, 80),))
+    after = dataclasses.replace(before, endpoints={**before.endpoints, new.id: new})
+    no_ports = dataclasses.replace(before, endpoints={**before.endpoints, new.id: dataclasses.replace(new, ports=())})
+    add_net = dataclasses.replace(before, networks={**before.networks, N2: MANY.networks[N2]})
+    return {"quiet": change(host_state(before, FACTS), host_state(no_ports, FACTS)).firewall,
+            "join": change(host_state(before, FACTS), host_state(after, FACTS)).firewall,
+            "leave": change(host_state(after, FACTS), host_state(before, FACTS)).firewall,
+            "create": change(host_state(before, FACTS), host_state(add_net, FACTS)).firewall,
+            "remove": change(host_state(add_net, FACTS), host_state(before, FACTS)).firewall}
+
+
+def native_verbs() -> str:
+    edits = verbs()
+    return "\n".join([
+        "Starting from [native-one-network.md](native-one-network.md), the one libnftables transaction each",
+        "verb runs with the native backend, in the plugin's process (nothing is spawned). A published port is",
+        "one element of the map `published` (or `published-any`), whatever the host holds; any other rule is",
+        "appended, or deleted by the handle its comment (its iptables text) names in the kernel: reading that",
+        "chain is the only read, and only a network's verbs do it. Beside Docker's iptables, a network's",
+        "create and removal also open and close Docker's FORWARD DROP for its bridge (`-i/-o BRIDGE -j ACCEPT`",
+        "in MULTINIC-FORWARD, entered from the end of DOCKER-USER: one `iptables-nft-restore`).\n",
+        "## Join of a container without published ports\n", render_native_edit(edits["quiet"]),
+        "## Join of a container publishing 8081/tcp\n", render_native_edit(edits["join"]),
+        "## Leave of that container\n",
+        "The element deleted (by its key); its conntrack flows on 8081/tcp are then forgotten (ctnetlink).\n",
+        render_native_edit(edits["leave"]),
+        "## Create of a second (routed, masquerade=false) network on eth2\n", render_native_edit(edits["create"]),
+        "## Removal of that network\n", render_native_edit(edits["remove"]),
+    ])
+
+
 def join_with_port() -> str:
     before = ONE
     new = ep("e3" * 32, N1, "10.10.0.3/24", (PublishedPort("tcp", "", 8081, 80),))
@@ -88,6 +123,17 @@ EXAMPLES = {
         "each bridge adds its own rules only, never one per other bridge.\n",
         render_ruleset(host_state(MANY, FACTS).firewall)]),
     "per-verb-commits.md": join_with_port,
+    "native-one-network.md": lambda: "\n".join([
+        "[one-network.md](one-network.md) as the native nftables backend writes it: its own table `ip multinic`",
+        "(and `ip6 multinic` while a network has IPv6), written in one transaction through libnftables. The",
+        "jumps become base chains on the same hooks; our chains keep their names and their rules, each rule",
+        "commented with its iptables text; the 32 DNAT buckets become two lookups in the maps of published",
+        "ports.\n",
+        render_native(host_state(ONE, FACTS).firewall)]),
+    "native-three-networks.md": lambda: "\n".join([
+        "[three-networks.md](three-networks.md) as the native nftables backend writes it.\n",
+        render_native(host_state(MANY, FACTS).firewall)]),
+    "native-per-verb-commits.md": native_verbs,
 }
 
 

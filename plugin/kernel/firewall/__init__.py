@@ -1,20 +1,27 @@
 """The firewall: our chains and the jumps into them as data (:mod:`.model`, :mod:`.rules`), one backend
-per flavour writing them (:mod:`.restore`, :mod:`.libiptc`), and the choice of backend, which must
-follow the flavour dockerd writes: on nf_tables hosts, rules in the legacy tables cannot open Docker's
-FORWARD path, and the other way round."""
+per way of writing them (:mod:`.native` through libnftables, :mod:`.restore`, :mod:`.libiptc`), and the
+choice of backend (:func:`detect_flavour`): the native one wherever the kernel's nf_tables is what
+Docker's firewall runs on (Docker's nftables backend, iptables-nft, or no iptables at all) and libnftables
+loads; the legacy tables where Docker writes them, since rules elsewhere cannot open its FORWARD DROP."""
 
 from __future__ import annotations
 
 import functools
+import logging
 import shutil
 import subprocess
 from dataclasses import dataclass
 
 from ...errors import Failure
 from ...settings import FIREWALLS, Settings
+from . import nft
 from .model import FirewallBackend, Ruleset
 from .restore import RestoreBackend
 from .view import View, drift
+
+log = logging.getLogger(__name__)
+
+DOCKER_NFT_TABLE = "docker-bridges"  # Engine 29's nftables backend: ip and ip6 tables of this name
 
 
 def _has_docker_chains(flavour: str) -> bool:
@@ -25,23 +32,53 @@ def _has_docker_chains(flavour: str) -> bool:
     return proc.returncode == 0 and ":DOCKER" in proc.stdout
 
 
+def docker_firewall() -> str:
+    """Where Docker's firewall is in this namespace: ``nftables`` (Engine 29's ``docker-bridges`` tables),
+    ``nft`` (its chains in iptables-nft's tables), ``legacy``, or "" (not found: dockerd not started yet,
+    or ``--iptables=false``). Read in-process through libnftables where it loads."""
+    if nft.available() is None:
+        if any(name == DOCKER_NFT_TABLE for _family, name in nft.tables()):
+            return "nftables"
+        if any(c["table"] == "filter" and c["name"].startswith("DOCKER") for c in nft.chains()
+               if c["family"] in ("ip", "ip6")):
+            return "nft"
+    elif _has_docker_chains("nft"):
+        return "nft"
+    return "legacy" if _has_docker_chains("legacy") else ""
+
+
+def has_iptables() -> bool:
+    return any(shutil.which(tool) for tool in ("iptables", "iptables-nft", "iptables-legacy"))
+
+
 def detect_flavour(forced: str = "") -> str:
-    """``forced`` (MULTINIC_FIREWALL), else where Docker's chains are, else what ``iptables -V`` is."""
+    """``forced`` (MULTINIC_FIREWALL), else: ``legacy`` where Docker's chains are in the legacy tables;
+    ``nftables`` (native) wherever libnftables loads (Docker on nftables, on iptables-nft, not started yet,
+    or no iptables at all); else the iptables flavour Docker or ``iptables -V`` uses."""
     if forced:
         if forced not in FIREWALLS:
             raise Failure(f"MULTINIC_FIREWALL={forced!r} is not a firewall backend; use one of {', '.join(FIREWALLS)} "
                           "or leave it empty to follow Docker's (docker plugin set / /etc/default/multinic)")
-        return forced
-    for flavour in ("nft", "legacy"):
-        if _has_docker_chains(flavour):
-            return flavour
+        return "nft" if forced == "iptables-nft" else forced
+    docker = docker_firewall()
+    if docker == "legacy":
+        return "legacy"
+    why_not = nft.available()
+    if why_not is None:
+        return "nftables"
+    if docker == "nftables" or not has_iptables():
+        raise Failure(f"Docker's firewall is nftables here (or there is no iptables), and {why_not}")
+    log.warning("the native nftables backend cannot be used (%s); writing through iptables", why_not)
+    if docker:
+        return docker
     proc = subprocess.run(["iptables", "-V"], capture_output=True, text=True) if shutil.which("iptables") else None
     return "legacy" if proc is not None and "legacy" in proc.stdout else "nft"
 
 
 @dataclass(frozen=True)
 class Firewall:
-    """The backends of both families, of the same flavour: IPv4 (iptables) and IPv6 (ip6tables)."""
+    """The backends of both families, of the same flavour: IPv4 and IPv6 (iptables and ip6tables, or the
+    ``ip multinic`` and ``ip6 multinic`` tables)."""
 
     v4: FirewallBackend
     v6: FirewallBackend
@@ -56,20 +93,30 @@ class Firewall:
 
 def backend_for(flavour: str, settings: Settings | None = None) -> FirewallBackend:
     """The IPv4 backend of a flavour."""
-    if flavour == "nft":
-        return RestoreBackend("nft")
-    if flavour == "legacy-restore":
-        return RestoreBackend("legacy")
-    if flavour == "legacy":
-        from .libiptc import LibiptcBackend
-
-        return LibiptcBackend(*((settings.xtables_lock,) if settings else ()))
-    raise ValueError(flavour)
+    return firewall_for(flavour, settings).v4
 
 
 def firewall_for(flavour: str, settings: Settings | None = None) -> Firewall:
     """Both families' backends of a flavour (legacy IPv6 goes through ``ip6tables-legacy-restore``)."""
-    return Firewall(backend_for(flavour, settings), RestoreBackend("nft" if flavour == "nft" else "legacy", 6))
+    lock = (settings.xtables_lock,) if settings else ()
+    if flavour == "nftables":
+        from .native import NativeBackend
+
+        if docker_firewall() != "legacy":  # iptables-nft's opening is found by the backend itself, in-process
+            return Firewall(NativeBackend(4), NativeBackend(6))
+        from .libiptc import LibiptcBackend
+
+        return Firewall(NativeBackend(4, LibiptcBackend(*lock, tables=("filter",))),
+                        NativeBackend(6, RestoreBackend("legacy", 6, tables=("filter",))))
+    if flavour in ("nft", "iptables-nft"):
+        return Firewall(RestoreBackend("nft"), RestoreBackend("nft", 6))
+    if flavour == "legacy-restore":
+        return Firewall(RestoreBackend("legacy"), RestoreBackend("legacy", 6))
+    if flavour == "legacy":
+        from .libiptc import LibiptcBackend
+
+        return Firewall(LibiptcBackend(*lock), RestoreBackend("legacy", 6))
+    raise ValueError(flavour)
 
 
 def select(settings: Settings) -> Firewall:
@@ -84,5 +131,39 @@ def _selected(forced: str, xtables_lock: str) -> Firewall:
     return firewall_for(detect_flavour(forced), Settings(firewall=forced, xtables_lock=xtables_lock))
 
 
-__all__ = ["Firewall", "FirewallBackend", "RestoreBackend", "Ruleset", "View", "backend_for", "detect_flavour", "drift",
-           "firewall_for", "select"]
+def remove_leftovers(selected: Firewall) -> list[str]:
+    """Remove our chains or tables that another backend than ``selected`` wrote (the backend switched, by an
+    upgrade or MULTINIC_FIREWALL): they would keep ports published and bridges open that the state no
+    longer has. Run at start, before the whole host is reconciled; says what it removed."""
+    from .native import TABLE, legacy_loaded
+
+    removed = []
+    native = selected.name == "nftables"
+    native_here = nft.available() is None
+    if not native and native_here:
+        for family, name in sorted(nft.tables()):
+            if name == TABLE and family in ("ip", "ip6"):
+                nft.run(f"delete table {family} {TABLE}")
+                removed.append(f"table {family} {TABLE}")
+    for flavour in ("nft", "legacy"):
+        if not native and flavour in selected.name:
+            continue
+        # The native backend keeps Docker's iptables FORWARD opened from filter: only its chains elsewhere go.
+        tables = ("mangle", "nat") if native and docker_firewall() == flavour else ("mangle", "nat", "filter")
+        if flavour == "nft" and native_here:
+            found = any(c["name"].startswith("MULTINIC-") and c["table"] in tables for c in nft.chains()
+                        if c["family"] in ("ip", "ip6"))
+        else:
+            tool = shutil.which(f"iptables-{flavour}-save")
+            loaded = flavour == "nft" or legacy_loaded(4) or legacy_loaded(6)
+            found = bool(tool) and loaded and "MULTINIC-" in subprocess.run(
+                [tool], capture_output=True, text=True).stdout
+        if found:
+            for family in (4, 6):
+                RestoreBackend(flavour, family, tables=tables).remove()
+            removed.append(f"iptables-{flavour} chains in {', '.join(tables)}")
+    return removed
+
+
+__all__ = ["Firewall", "FirewallBackend", "RestoreBackend", "Ruleset", "View", "backend_for", "detect_flavour",
+           "docker_firewall", "drift", "firewall_for", "remove_leftovers", "select"]

@@ -1,5 +1,6 @@
 """Render the rules multinic writes as Markdown, for docs/firewall/ (golden files a unit test
-regenerates and compares, as moby's iptablesdoc does for Docker's bridge driver)."""
+regenerates and compares, as moby's iptablesdoc does for Docker's bridge driver): as iptables-nft's
+restore input, and as the native backend's nftables table and transactions."""
 
 from __future__ import annotations
 
@@ -47,6 +48,39 @@ def render_ruleset(ruleset: Ruleset) -> str:
             out += _chain(ruleset, table, chain)
         out.append("```\n")
     return "\n".join(out)
+
+
+def render_native(ruleset: Ruleset, family: int = 4) -> str:
+    """The native backend's whole table for ``ruleset`` (what one transaction defines)."""
+    from .native import document
+
+    return "```\n" + document(ruleset, family).replace("\t", "    ") + "```\n"
+
+
+def render_native_edit(edits: tuple[Edit, ...], family: int = 4) -> str:
+    """The one libnftables transaction a verb runs with the native backend (a rule deleted by the handle
+    its comment names in the kernel: shown as ``handle <the rule commented ...>``)."""
+    from .native import edit_commands
+
+    if not edits:
+        return "(no firewall change)\n"
+    names: dict[int, str] = {}
+
+    def handles(chain: str) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for e in edits:
+            if e.chain == chain and e.action == "-D":
+                from .native import comment
+
+                names[len(names) + 1] = comment(e.rule)
+                out.setdefault(comment(e.rule), []).append(len(names))
+        return out
+
+    lines = []
+    for command in edit_commands(edits, family, handles):
+        head, _, n = command.rpartition(" handle ")
+        lines.append(f'{head} handle <of the rule commented "{names[int(n)]}">' if head else command)
+    return "```\n" + "\n".join(lines) + "\n```\n"
 
 
 def render_edit(edits: tuple[Edit, ...]) -> str:

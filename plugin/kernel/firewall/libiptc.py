@@ -179,8 +179,9 @@ class LibiptcBackend:
     lock_timeout = 30.0  # seconds to wait for the xtables lock, like ``iptables -w 30``
     attempts = 3  # whole transactions, when a commit meets a concurrent writer (EAGAIN)
 
-    def __init__(self, xtables_lock: str = DEFAULT_XTABLES_LOCK) -> None:
+    def __init__(self, xtables_lock: str = DEFAULT_XTABLES_LOCK, tables: tuple[str, ...] = TABLES) -> None:
         self.xtables_lock = xtables_lock  # the lock every ``iptables -w`` takes (XTABLES_LOCKFILE)
+        self.tables = tables  # the tables whose chains and jumps it owns (see RestoreBackend)
         load_iptc()  # fail at selection time, not at the first reconcile
 
     # -- locking ------------------------------------------------------------------------------
@@ -276,7 +277,7 @@ class LibiptcBackend:
     def _commit_all(self, action: str, handles: dict[str, Any]) -> None:
         """One commit per table, in TABLES order. A table whose commit fails is left as it was
         (the kernel swaps a table's whole blob or nothing); earlier tables stay committed."""
-        for table_name in TABLES:
+        for table_name in handles:
             try:
                 handles[table_name].commit()
             except Exception as exc:
@@ -335,7 +336,7 @@ class LibiptcBackend:
         iptc = load_iptc()
 
         def prepare(open_table: Callable[[str], Any], where: list[str]) -> None:
-            for table_name in TABLES:
+            for table_name in self.tables:
                 table = open_table(table_name)
                 for chain in CHAINS[table_name]:
                     where[0] = f"{table_name}/{chain}"
@@ -371,7 +372,7 @@ class LibiptcBackend:
 
     def remove(self) -> None:
         def prepare(open_table: Callable[[str], Any], where: list[str]) -> None:
-            for table_name in TABLES:
+            for table_name in self.tables:
                 table = open_table(table_name)
                 for jump in (j for j in JUMPS if j.table == table_name):
                     where[0] = f"{table_name}/{jump.chain}"
@@ -387,9 +388,18 @@ class LibiptcBackend:
 
         self._transaction("removal", prepare)
 
-    def read(self) -> View:
+    def _reader(self) -> RestoreBackend:
         """``iptables-legacy-save`` reads the same tables; its lines are the reference format."""
-        return RestoreBackend("legacy").read()
+        return RestoreBackend("legacy", tables=self.tables)
+
+    def read(self) -> View:
+        return self._reader().read()
 
     def dump(self) -> dict[str, list[str]]:
-        return RestoreBackend("legacy").dump()
+        return self._reader().dump()
+
+    def drift(self, ruleset: Ruleset) -> list[str]:
+        return self._reader().drift(ruleset)
+
+    def published(self) -> list[Any]:
+        return self._reader().published()

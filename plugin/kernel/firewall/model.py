@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from ..tags import CHAIN_PREFIX, COMMENT
 
@@ -172,7 +172,8 @@ def diff(before: Ruleset, after: Ruleset) -> tuple[Edit, ...]:
 
 
 class FirewallBackend(Protocol):
-    """One implementation per iptables flavour (nf_tables CLI, legacy libiptc, ...)."""
+    """One implementation per way of writing the firewall (iptables-nft-restore, legacy libiptc, native
+    nftables through libnftables, ...)."""
 
     name: str
 
@@ -191,6 +192,12 @@ class FirewallBackend(Protocol):
 
     def dump(self) -> dict[str, list[str]]:
         """Our chains and jumps as ``iptables -S`` lines, per table (for status and tests)."""
+
+    def drift(self, ruleset: Ruleset) -> list[str]:
+        """How what the kernel holds of ours differs from ``ruleset`` (empty: in sync), for the healer."""
+
+    def published(self) -> list[Any]:
+        """The ports the kernel really publishes for us (:class:`plugin.plan.rebuild.Published`)."""
 
 
 def is_owned_chain(name: str) -> bool:

@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from typing import Callable
+from typing import Any, Callable
 
 from ...errors import Failure
 from .model import CHAINS, JUMPS, TABLES, Edit, Ruleset
-from .view import View, line, parse
+from .view import View, drift, line, parse, published
 
 
 class RestoreBackend:
-    def __init__(self, flavour: str, family: int = 4) -> None:
-        if flavour not in ("nft", "legacy") or family not in (4, 6):
-            raise ValueError((flavour, family))
+    def __init__(self, flavour: str, family: int = 4, tables: tuple[str, ...] = TABLES) -> None:
+        """``tables``: the tables whose chains and jumps this backend owns (the native backend's opening of
+        Docker's FORWARD DROP owns only ``filter``)."""
+        if flavour not in ("nft", "legacy") or family not in (4, 6) or not set(tables) <= set(TABLES):
+            raise ValueError((flavour, family, tables))
         self.flavour = flavour
         self.family = family
+        self.tables = tables
         self.name = f"{'ip6tables' if family == 6 else 'iptables'}-{flavour}"
 
     # -- plumbing -----------------------------------------------------------------------------------
@@ -28,7 +31,7 @@ class RestoreBackend:
         it (nf_tables: not created yet; legacy: module not loaded) is read on its own, which lists its
         built-in chains."""
         view = self._save()
-        for table in TABLES:
+        for table in self.tables:
             if table not in view.policies:
                 one = self._save(table)
                 view.policies[table] = one.policies.get(table, {})
@@ -56,7 +59,7 @@ class RestoreBackend:
         written)."""
         view = self.read()
         lines: list[str] = []
-        for table in TABLES:
+        for table in self.tables:
             chains = view.chains(table)
             lines.append(f"*{table}")
             lines += [f":{chain} - [0:0]" for chain in CHAINS[table]]
@@ -91,7 +94,7 @@ class RestoreBackend:
 
     def remove(self) -> None:
         view = self._readable()
-        for table in TABLES:
+        for table in self.tables:
             chains = view.chains(table)
             present = [c for c in CHAINS[table] if c in chains]
             lines = [f"*{table}", *(f":{chain} - [0:0]" for chain in present)]
@@ -124,6 +127,13 @@ class RestoreBackend:
         """Per table, as ``iptables -S`` prints them: the jumps into our chains (in :data:`JUMPS` order),
         then each of our chains (``-N`` and its rules) in :data:`CHAINS` order."""
         return dump(self._readable())
+
+    def drift(self, ruleset: Ruleset) -> list[str]:
+        """How our chains and jumps differ from ``ruleset`` (one save)."""
+        return drift(self.read(), ruleset, self.tables)
+
+    def published(self) -> list[Any]:
+        return published(self.read())
 
 
 def dump(view: View) -> dict[str, list[str]]:

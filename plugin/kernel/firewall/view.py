@@ -76,12 +76,12 @@ def read(flavour: str, table: str | None = None) -> View:
     return parse(proc.stdout) if proc.returncode == 0 else View()
 
 
-def drift(view: View, ruleset: Ruleset) -> list[str]:
-    """Pure: how our chains and jumps in ``view`` differ from ``ruleset`` (empty: in sync). Chains
-    compare as multisets (the order between networks does not matter); a jump must be where
+def drift(view: View, ruleset: Ruleset, tables: tuple[str, ...] = TABLES) -> list[str]:
+    """Pure: how our chains and jumps in ``view`` (of ``tables``) differ from ``ruleset`` (empty: in sync).
+    Chains compare as multisets (the order between networks does not matter); a jump must be where
     :meth:`Jump.placement` puts it."""
     reasons = []
-    for table in TABLES:
+    for table in tables:
         chains = view.chains(table)
         for chain in CHAINS[table]:
             want = Counter(render(rule) for rule in ruleset.rules(table, chain))
