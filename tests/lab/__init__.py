@@ -37,7 +37,8 @@ __all__ = [
 
 
 class Lab(Topology, Dockerd, PluginProcess, Probes):
-    """One fake multi-homed host with its own dockerd: ``Lab(name, engine="20.10"|"28.5", driver="multinic")``.
+    """One fake multi-homed host with its own dockerd: ``Lab(name, engine="20.10"|"28.5", driver="multinic")``;
+    ``docker_firewall="nftables"`` (engine 28.5): Engine 29's nftables mode, simulated (:mod:`.engine29`).
 
     ``name`` (<= 6 chars, [a-z0-9]) prefixes every namespace and names the work dir
     ``/tmp/multinic-lab-<name>/``; the lab's host has its own /run and /var/lib there, so labs never
@@ -45,9 +46,9 @@ class Lab(Topology, Dockerd, PluginProcess, Probes):
     builds it and starts dockerd; ``down()`` removes everything, also after a crash (same name)."""
 
     def __init__(self, name: str, engine: str = "20.10", driver: str = "multinic", *, rp_filter: int = 2,
-                 iptables: str = "nft") -> None:
+                 iptables: str = "nft", docker_firewall: str = "iptables") -> None:
         Topology.__init__(self, name, rp_filter=rp_filter)
-        self.init_dockerd(engine, iptables)
+        self.init_dockerd(engine, iptables, docker_firewall)
         self.init_plugin(driver)
         self.init_probes()
 

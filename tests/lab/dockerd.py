@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import engine29
 from .topology import LabError, clean_env, fail, pid_alive, wait_pid_gone
 
 LAB_TOOLS = Path(os.environ.get("MULTINIC_LAB_TOOLS", "/opt/multinic-lab"))
@@ -80,13 +82,18 @@ class Dockerd:
     dir: Path
     host_ns: str
 
-    def init_dockerd(self, engine: str, iptables: str) -> None:
+    def init_dockerd(self, engine: str, iptables: str, docker_firewall: str = "iptables") -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}")
         if iptables not in ("nft", "legacy"):
             raise ValueError(f"iptables must be 'nft' or 'legacy', got {iptables!r}")
+        if docker_firewall not in ("iptables", "nftables") or (docker_firewall == "nftables" and engine != "28.5"):
+            raise ValueError(f"docker_firewall must be 'iptables', or 'nftables' with engine 28.5 (Engine 29's "
+                             f"nftables backend simulated), got {docker_firewall!r} with {engine}")
         self.engine = engine
         self.iptables = iptables  # the flavour the host's `iptables` is (dockerd and the plugin see it)
+        # "nftables": Engine 29's nftables backend, simulated (tests/lab/engine29.py); no iptables on PATH
+        self.docker_firewall = docker_firewall
         self.iptables_save = "iptables-save" if iptables == "nft" else "iptables-legacy-save"
         # Inside the lab's host: dockerd listens on the usual /run/docker.sock (a managed plugin sees it
         # as /host/run/docker.sock, its default); from the machine, that is <dir>/run/docker.sock.
@@ -135,7 +142,12 @@ class Dockerd:
     # -- the daemon ------------------------------------------------------------------------------------
     def with_iptables_flavour(self, env: dict[str, str]) -> dict[str, str]:
         """A legacy-iptables host: ``iptables*`` on PATH are the legacy tools (as after
-        ``update-alternatives --set iptables iptables-legacy``), for dockerd and the plugin alike."""
+        ``update-alternatives --set iptables iptables-legacy``), for dockerd and the plugin alike. Engine 29's
+        nftables mode: no iptables on PATH at all."""
+        if self.docker_firewall == "nftables":
+            env["PATH"] = engine29.path_without_iptables(self.dir / "no-iptables-bin",
+                                                         env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"))
+            return env
         if self.iptables == "nft":
             return env
         shim = self.dir / "iptables-legacy-bin"
@@ -168,7 +180,8 @@ class Dockerd:
         config_file.write_text(json.dumps(config))
         cmd = [*self.nsenter(self.host_ns), dockerd, "--data-root", str(self.data_root),  # type: ignore[attr-defined]
                "--exec-root", str(self.exec_root), "-H", "unix:///run/docker.sock", "--pidfile", str(self.pidfile),
-               "--config-file", str(config_file), "--cgroup-parent", f"/{self.cgroup_parent}", *extra_args]
+               "--config-file", str(config_file), "--cgroup-parent", f"/{self.cgroup_parent}",
+               *(engine29.DOCKERD_ARGS if self.docker_firewall == "nftables" else ()), *extra_args]
         with open(self.dockerd_log, "ab") as log:
             self._dockerd = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                              env=env, start_new_session=True)
@@ -190,12 +203,27 @@ class Dockerd:
                 raise LabError(f"dockerd ({self.engine}) did not answer in {timeout}s:\n{tail(self.dockerd_log)}")
             time.sleep(0.2)
         self.timings["dockerd_ready"] = time.monotonic() - t0  # type: ignore[attr-defined]
+        if self.docker_firewall == "nftables":
+            self.write_engine29_ruleset()
         if self.docker("image", "inspect", IMAGE, check=False).returncode != 0:
             tar_path = self.dir / "busybox-rootfs.tar"
             tar_path.write_bytes(busybox_rootfs())
             self.docker("import", "-c", "ENV PATH=/bin:/sbin:/usr/bin:/usr/sbin", "-c", 'CMD ["/bin/sh"]',
                         str(tar_path), IMAGE, timeout=120)
         self.timings["start_dockerd"] = time.monotonic() - t0  # type: ignore[attr-defined]
+
+    def write_engine29_ruleset(self) -> None:
+        """What Engine 29's nftables backend writes at daemon start (tests/lab/engine29.py), for docker0 as
+        dockerd made it."""
+        subnets = {}
+        for family in (4, 6):
+            out = self.run(self.host_ns, "ip", f"-{family}", "-o", "addr", "show", "dev", "docker0",  # type: ignore[attr-defined]
+                           "scope", "global", check=False).stdout.split()
+            word = "inet6" if family == 6 else "inet"
+            cidr = out[out.index(word) + 1] if word in out else None
+            subnets[family] = str(ipaddress.ip_interface(cidr).network) if cidr else None
+        text = engine29.ruleset(subnets[4] or "172.17.0.0/16", 4) + engine29.ruleset(subnets[6], 6)
+        self.run(self.host_ns, "nft", "-f", "-", input=text)  # type: ignore[attr-defined]
 
     def dockerd_running(self) -> bool:
         return self._dockerd is not None and self._dockerd.poll() is None

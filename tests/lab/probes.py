@@ -4,6 +4,7 @@ for byte-for-byte before/after comparisons. One implementation, for the e2e lab 
 
 from __future__ import annotations
 
+import json
 import re
 import select
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import time
 from typing import Callable
 
+from . import engine29
 from .plugin import stop_group
 from .topology import LabError, clean_env
 
@@ -80,6 +82,24 @@ def tcp_read(nsenter: list[str], host: str, port: int, timeout: float = 5) -> st
     return proc.stdout if proc.returncode == 0 else None
 
 
+def published_ports_of(run: Callable[..., str], iptables_save: str) -> set[tuple[str, str, int]]:
+    """(protocol, host address or "", host port) of every port multinic's firewall publishes, read with
+    ``run(*command) -> stdout`` in the host: DNAT rules of its iptables buckets, elements of its nftables maps."""
+    out: set[tuple[str, str, int]] = set()
+    for line in run(iptables_save, "-t", "nat").splitlines():
+        m = re.match(r"-A MULTINIC-DNAT-\S+ (?:-d (\S+)/\d+ )?-p (\w+) .*--dport (\d+) -j DNAT", line)
+        if m:
+            out.add((m.group(2), m.group(1) or "", int(m.group(3))))
+    for family in ("ip", "ip6"):
+        text = run("nft", "-j", "list", "table", family, "multinic").strip()
+        for item in json.loads(text)["nftables"] if text.startswith("{") else ():
+            for key, _data in (item.get("map") or {}).get("elem", []):
+                parts = key["concat"]
+                host, proto, port = parts if len(parts) == 3 else ("", *parts)
+                out.add((proto, host, int(port)))
+    return out
+
+
 class Probes:
     """Mixin of :class:`tests.lab.Lab` (needs ``run``, ``host``, ``nsenter``)."""
 
@@ -129,7 +149,8 @@ class Probes:
     def reboot_wipe(self) -> None:
         """What a reboot takes from the host (dockerd stopped first): /run's xtables lock and every
         kernel object multinic tagged (links with a ``multinic:`` alias, routes and rules of protocol
-        211, ``MULTINIC-*`` chains and the jumps into them)."""
+        211, ``MULTINIC-*`` chains and the jumps into them, its nftables tables; and Engine 29's tables,
+        which its start writes again)."""
         self.host_path("/run/xtables.lock").unlink(missing_ok=True)  # type: ignore[attr-defined]
         save = self.iptables_save  # type: ignore[attr-defined]
         self.sh(self.host_ns, f"""
@@ -139,7 +160,24 @@ class Probes:
             while ip -4 rule del proto 211 2>/dev/null; do :; done
             ip -4 route flush table all proto 211
             {save} | grep -v -e '^:MULTINIC-' -e '^-A MULTINIC-' -e ' -j MULTINIC-' | {save.replace('save', 'restore')}
+            for t in "ip multinic" "ip6 multinic" "ip docker-bridges" "ip6 docker-bridges"; do
+                nft delete table $t 2>/dev/null || true
+            done
         """)
+
+    def flush_multinic_chain(self, table: str, chain: str) -> None:
+        """What another tool does to multinic's rules: one of its chains emptied, whichever backend wrote it
+        (``iptables -t TABLE -F CHAIN``, or ``nft flush chain`` in its own table)."""
+        script = (f"{self.iptables_save.replace('-save', '')} -w -t {table} -F {chain} 2>/dev/null; "  # type: ignore[attr-defined]
+                  f"nft flush chain ip multinic {chain} 2>/dev/null; true")
+        self.sh(self.host_ns, script)  # type: ignore[attr-defined]
+
+    def published_ports(self) -> set[tuple[str, str, int]]:
+        """(protocol, host address or "", host port) of every port multinic's firewall publishes in the
+        lab's host, whichever backend wrote it: DNAT rules of its iptables buckets, elements of its
+        nftables maps."""
+        return published_ports_of(lambda *cmd: self.host(*cmd, check=False).stdout,  # type: ignore[attr-defined]
+                                  self.iptables_save)  # type: ignore[attr-defined]
 
     def dump_host_state(self, tables: tuple[str, ...] = ("filter", "nat", "mangle")) -> str:
         """The host's routing and firewall, normalised, for byte-identical before/after comparisons.
@@ -162,6 +200,8 @@ class Probes:
         out += ["## ip -4 route show table all", *sorted(routes)]
         for table in tables:
             out += [f"## iptables-save -t {table}", *self._iptables_table(table)]
+        out += ["## nft -s list ruleset (but iptables-nft's tables)",
+                *engine29.normalise_nft(host("nft", "-s", "list", "ruleset").stdout)]
         links = sorted(" ".join(ln.split()) for ln in host("ip", "-br", "link").stdout.splitlines() if ln.strip())
         addrs = sorted(" ".join(ln.split()) for ln in host("ip", "-4", "-br", "addr").stdout.splitlines() if ln.strip())
         out += ["## ip -br link", *links, "## ip -4 -br addr", *addrs]
