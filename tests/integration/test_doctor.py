@@ -14,6 +14,7 @@ import time
 
 from plugin.ops import doctor
 from plugin.ops.doctor import gather as hostfacts
+from tests.integration.conftest import BACKEND
 from tests.integration.test_datapath import create_network
 from tests.nsutil import sh
 
@@ -29,10 +30,15 @@ def _gather_and_check(state_dir: str, sock: str, parents: tuple[str, ...], root:
     return doctor.run_checks(facts)
 
 
+def _backend_env(env: dict | None) -> dict:
+    """The backend the test's verbs run with, for doctor and the CLI too (unless the test says otherwise)."""
+    return {"MULTINIC_FIREWALL": BACKEND[0], **(env or {})} if BACKEND[0] else dict(env or {})
+
+
 def run_doctor(t, tmp_path, parents=(), sock=None, env=None) -> dict[str, list[doctor.Result]]:
     """Doctor's gatherer and checks inside the scratch host namespace; results by check name."""
     results = t.in_host(_gather_and_check, t.state_dir, sock or str(tmp_path / "no.sock"), tuple(parents),
-                        str(tmp_path / "root"), env or {})
+                        str(tmp_path / "root"), _backend_env(env))
     out: dict[str, list[doctor.Result]] = {}
     for r in results:
         out.setdefault(r.check, []).append(r)
@@ -45,7 +51,8 @@ def only(results: dict, check: str) -> doctor.Result:
 
 
 def cli(t, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, PYTHONPATH=REPO, DOCKER_HOST=f"unix://{t.state_dir}/no-docker.sock", **(env or {}))
+    full_env = dict(os.environ, PYTHONPATH=REPO, DOCKER_HOST=f"unix://{t.state_dir}/no-docker.sock",
+                    **_backend_env(env))
     return subprocess.run(["nsenter", f"--net=/var/run/netns/{t.host}", sys.executable, "-m", "plugin",
                            "--state-dir", t.state_dir, *args], capture_output=True, text=True, env=full_env,
                           timeout=120, cwd=REPO)
@@ -125,9 +132,11 @@ def test_foreign_rules_routes_and_marks_are_named(topo, tmp_path):
     assert not any("priorities" in r.message for r in run_doctor(topo, tmp_path)["foreign_rules"])
 
 
-def test_forward_reordered_is_named_and_its_fix_works(topo, tmp_path):
+def test_forward_reordered_is_named_and_its_fix_works(topo, tmp_path, iptables_nft):
+    """A FORWARD without DOCKER-USER (Docker's chains of another setup): multinic's jump must come first."""
+    sh(topo.host, "iptables -D FORWARD -j DOCKER-USER && iptables -F DOCKER-USER && iptables -X DOCKER-USER")
     assert create_network(topo, {"parent": "eth1"})["status"] == 200
-    sh(topo.host, "iptables -N DOCKER; iptables -N DOCKER-FORWARD")  # what dockerd's chains look like
+    sh(topo.host, "iptables -N DOCKER-FORWARD")  # what dockerd's chains look like
     assert only(run_doctor(topo, tmp_path), "forward").status == doctor.OK
     # another tool (or a Docker restart from an older setup) puts Docker's jump above ours
     sh(topo.host, "iptables -I FORWARD 1 -j DOCKER-FORWARD")
@@ -147,12 +156,12 @@ def test_forward_reordered_is_named_and_its_fix_works(topo, tmp_path):
     assert only(run_doctor(topo, tmp_path), "forward").status != doctor.ERROR
 
 
-def test_firewall_flavour_other_than_dockers_is_named(topo, tmp_path):
+def test_firewall_flavour_other_than_dockers_is_named(topo, tmp_path, iptables_nft):
     if not any(os.access(os.path.join(d, "iptables-legacy"), os.X_OK) for d in os.environ["PATH"].split(":")):
         import pytest
 
         pytest.skip("iptables-legacy not installed")
-    sh(topo.host, "iptables-nft -N DOCKER; iptables-nft -N DOCKER-USER")
+    assert "DOCKER-USER" in sh(topo.host, "iptables-nft -S")  # Docker's chains (the topo fixture's)
     # multinic forced to the legacy tables while Docker lives in nf_tables
     env = {"MULTINIC_FIREWALL": "legacy-restore"}
     proc = cli(topo, "reconcile", env=env)
@@ -168,7 +177,7 @@ def test_firewall_flavour_other_than_dockers_is_named(topo, tmp_path):
     assert only(run_doctor(topo, tmp_path, env={"MULTINIC_FIREWALL": ""}), "iptables_flavour").status == doctor.OK
 
 
-def test_br_netfilter_off_and_missing_same_bridge_accept(topo, tmp_path):
+def test_br_netfilter_off_and_missing_same_bridge_accept(topo, tmp_path, iptables_nft):
     import pytest
 
     if not os.path.isdir("/proc/sys/net/bridge"):
@@ -270,3 +279,44 @@ def test_unreadable_state_is_named(topo, tmp_path):
     assert r.status == doctor.ERROR and "state.json cannot be read" in r.message
     os.unlink(f"{topo.state_dir}/state.json")
     assert only(run_doctor(topo, tmp_path), "state").status == doctor.OK
+
+
+def test_native_backend_is_shown_and_a_foreign_forward_drop_is_named_with_a_fix_that_works(topo, tmp_path):
+    """multinic on nftables beside Docker's iptables-nft: both backends shown, Docker's FORWARD DROP opened
+    from DOCKER-USER (no error); another table's forward hook with policy drop is named, and its fix works."""
+    assert create_network(topo, {"parent": "eth1"})["status"] == 200
+    res = run_doctor(topo, tmp_path)
+    fw = only(res, "firewall")
+    assert fw.status == doctor.OK and "Docker: iptables (iptables-nft)" in fw.message
+    assert "multinic: nftables" in fw.message and "table" in fw.message and "opened from iptables-nft" in fw.message
+    assert only(res, "forward").status == doctor.OK and only(res, "forward_drop").status == doctor.OK
+    sh(topo.host, "nft add table inet hostfw; nft add chain inet hostfw host-forward "
+                  "'{ type filter hook forward priority 10; policy drop; }'")
+    r = only(run_doctor(topo, tmp_path), "forward_drop")
+    assert r.status == doctor.ERROR and "inet hostfw chain host-forward" in r.message and "policy drop" in r.message
+    assert r.fix.startswith('nft insert rule inet hostfw host-forward iifname "mn-*" accept')
+    sh(topo.host, r.fix.split("   (")[0])
+    assert only(run_doctor(topo, tmp_path), "forward_drop").status == doctor.OK
+    sh(topo.host, "nft delete table inet hostfw")
+
+
+def test_engine29_nftables_mode_is_shown_and_ip_forward_off_is_an_error(topo, tmp_path):
+    """Docker's nftables backend (its docker-bridges tables, no iptables chains): doctor shows it beside
+    multinic's own table; ip_forward off is an error that says Docker does not turn it on."""
+    from tests.lab import engine29
+
+    sh(topo.host, "iptables -P FORWARD ACCEPT && iptables -D FORWARD -j DOCKER-USER && iptables -F DOCKER-USER && "
+                  "iptables -X DOCKER-USER && iptables -X DOCKER && nft -f - <<'EOF'\n"
+                  + engine29.ruleset("172.17.0.0/16", 4) + engine29.ruleset(None, 6) + "EOF")
+    assert create_network(topo, {"parent": "eth1"})["status"] == 200
+    res = run_doctor(topo, tmp_path)
+    fw = only(res, "firewall")
+    assert fw.status == doctor.OK, fw
+    assert "Docker: nftables (tables ip docker-bridges, ip6 docker-bridges)" in fw.message
+    assert "multinic: nftables" in fw.message and "ip multinic" in fw.message
+    for check in ("forward", "forward_drop", "iptables_flavour"):
+        assert only(res, check).status == doctor.OK, only(res, check)
+    sh(topo.host, "sysctl -qw net.ipv4.ip_forward=0")
+    r = only(run_doctor(topo, tmp_path), "ip_forward")
+    assert r.status == doctor.ERROR and "Docker's nftables backend does not turn it on" in r.message
+    sh(topo.host, "sysctl -qw net.ipv4.ip_forward=1")

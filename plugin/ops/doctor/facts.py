@@ -76,6 +76,17 @@ class Facts:
     bridge_nf_call_iptables: str | None = None
     iptables: dict[str, View] = field(default_factory=dict)
     firewall_forced: str = ""
+    # nftables, read through libnftables: None when it loads (else why not), every table ("ip multinic"),
+    # base chains on the forward hook with policy drop ({"family", "table", "chain", "prio"}), our IPv4
+    # table's chains → their rules' comments (each rule's iptables text).
+    nft_error: str | None = None
+    nft_tables: list[str] = field(default_factory=list)
+    forward_drops: list[dict[str, Any]] = field(default_factory=list)
+    native_rules: dict[str, list[str]] = field(default_factory=dict)
+    docker_firewall: str = ""  # where Docker's firewall is in the kernel: nftables | nft | legacy | ""
+    docker_firewall_backend: str | None = None  # `docker info`'s FirewallBackend.Driver (None: not reported)
+    firewall_selected: str = ""  # the backend multinic chooses here (plugin.kernel.firewall.detect_flavour)
+    firewall_error: str | None = None  # why it cannot choose one
     rules: list[RuleInfo] = field(default_factory=list)
     foreign_routes_by_table: dict[int, int] = field(default_factory=dict)
     networkd_running: bool = False

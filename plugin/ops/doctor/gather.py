@@ -206,6 +206,32 @@ def gather_kernel(f: Facts, extra_parents: Iterable[str] = ()) -> None:
         f.link_names = links.link_names(ipr)
 
 
+def gather_nftables(f: Facts) -> None:
+    """What nf_tables holds (in-process, libnftables), where Docker's firewall is, and the backend multinic
+    chooses here."""
+    from ...errors import Failure
+    from ...kernel.firewall import detect_flavour, docker_firewall, nft
+    from ...kernel.firewall.native import TABLE
+
+    f.nft_error = nft.available()
+    if f.nft_error is None:
+        f.nft_tables = sorted(f"{family} {name}" for family, name in nft.tables())
+        f.forward_drops = [{"family": c["family"], "table": c["table"], "chain": c["name"], "prio": c.get("prio", 0),
+                            "rules": [" ".join(line.split()) for line in nft.text(
+                                f"list chain {c['family']} {c['table']} {c['name']}").splitlines()]}
+                           for c in nft.chains() if c.get("hook") == "forward" and c.get("policy") == "drop"]
+        for item in nft.listing(f"list table ip {TABLE}"):
+            if "chain" in item:
+                f.native_rules.setdefault(item["chain"]["name"], [])
+            elif "rule" in item:
+                f.native_rules.setdefault(item["rule"]["chain"], []).append(item["rule"].get("comment", ""))
+    f.docker_firewall = docker_firewall()
+    try:
+        f.firewall_selected = detect_flavour(f.firewall_forced)
+    except Failure as exc:
+        f.firewall_error = str(exc)
+
+
 def gather_docker(f: Facts, settings: Settings, timeout: int = 5) -> None:
     from .. import engine
 
@@ -214,6 +240,7 @@ def gather_docker(f: Facts, settings: Settings, timeout: int = 5) -> None:
         api = engine.client(settings, timeout).api
         ver = api.version()
         f.docker_version, f.docker_api = str(ver.get("Version")), str(ver.get("ApiVersion"))
+        f.docker_firewall_backend = (api.info().get("FirewallBackend") or {}).get("Driver") or None
         nets = {}
         for net in api.networks():
             detail = api.inspect_network(net["Id"])
@@ -303,6 +330,7 @@ def gather(settings: Settings, *, state_given: bool = False, socket_given: bool 
         f.firewall_forced = enabled.get("firewall", "").strip()
     for flavour in FLAVOURS:
         f.iptables[flavour] = read_iptables(flavour)
+    gather_nftables(f)
     f.networkd_settings, f.networkd_files = networkd_config(paths)
     procs = scan_processes(paths.proc)
     f.networkd_running = any(p.comm == "systemd-network" for p in procs)

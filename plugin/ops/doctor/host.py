@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from ...kernel.firewall.model import DOCKER_USER, FILTER_ACCEPT, FILTER_FORWARD, JUMPS
+from ...kernel.firewall.native import TABLE
 from ...kernel.firewall.view import View
 from ...kernel.tags import (
     CHAIN_PREFIX,
@@ -46,14 +47,20 @@ NM_DROPIN = (
 def _parents(f: Facts) -> list[ParentInfo]:
     return [f.parents[name] for name in sorted(f.parents)]
 
+def docker_on_nftables(f: Facts) -> bool:
+    """Docker's firewall is its nftables backend (Engine 29): its tables, or what `docker info` says."""
+    return f.docker_firewall == "nftables" or f.docker_firewall_backend == "nftables"
+
+
 def check_ip_forward(f: Facts) -> list[Result]:
     if f.ip_forward == "1":
         return [Result("ip_forward", OK, "net.ipv4.ip_forward=1")]
+    why = " (Docker's nftables backend does not turn it on: that is the host's to set)" if docker_on_nftables(f) else ""
     return [
         Result(
             "ip_forward",
             ERROR,
-            f"net.ipv4.ip_forward={f.ip_forward}: the host routes nothing between the parents and the bridges",
+            f"net.ipv4.ip_forward={f.ip_forward}: the host routes nothing between the parents and the bridges{why}",
             "sysctl -w net.ipv4.ip_forward=1 && echo net.ipv4.ip_forward=1 > /etc/sysctl.d/60-multinic.conf",
         )
     ]
@@ -112,9 +119,11 @@ def check_br_netfilter(f: Facts) -> list[Result]:
             )
         ]
     view = _our_view(f)
-    # The same-bridge accept sits in MULTINIC-ACCEPT (entered first from MULTINIC-FORWARD).
+    # The same-bridge accept sits in MULTINIC-ACCEPT (entered first from MULTINIC-FORWARD); in the native
+    # table each rule carries its iptables text as comment.
     accepted = {r for chain in (FILTER_FORWARD, FILTER_ACCEPT) for r in (view.chain_rules("filter", chain) if view
                                                                       else [])}
+    accepted |= set(f.native_rules.get(FILTER_ACCEPT, ()))
     missing = [b for b in _bridges(f) if f"-i {b} -o {b} -j ACCEPT" not in accepted]
     if missing:
         return [
@@ -151,6 +160,9 @@ def check_forward(f: Facts) -> list[Result]:
     user's rules there (so a DROP of the user's holds for multinic's ports too), or, without DOCKER-USER,
     first in FORWARD."""
     flavour = _our_flavour(f)
+    if flavour is None and f.firewall_selected == "nftables":
+        return [Result("forward", OK, f"no iptables FORWARD to enter: multinic's table ip {TABLE} hooks forward "
+                       "itself, and Docker keeps no iptables chains here")]
     if flavour is None:
         return [Result("forward", SKIP, "no iptables view (neither Docker's nor multinic's chains found)")]
     view = f.iptables[flavour]
@@ -195,6 +207,10 @@ def check_forward(f: Facts) -> list[Result]:
 def check_iptables_flavour(f: Facts) -> list[Result]:
     docker, ours = _docker_flavours(f), _our_flavours(f)
     name = "iptables_flavour"
+    if not docker and docker_on_nftables(f):
+        where = f"; multinic's chains are in iptables-{'/'.join(ours)}" if ours else ""
+        return [Result(name, WARN if ours else OK, "Docker's firewall is nftables: no iptables flavour to follow"
+                       + where, "MULTINIC_FIREWALL=nftables (or unset), restart the plugin" if ours else "")]
     if not docker:
         return [Result(name, WARN if f.state.networks else OK,
                        "Docker's chains are in no iptables flavour (dockerd not running, or --iptables=false)",
@@ -219,11 +235,99 @@ def check_iptables_flavour(f: Facts) -> list[Result]:
                 f"grep -v {CHAIN_PREFIX} | iptables-{wrong[0]}-restore",
             )
         ]
-    if f.firewall_forced and f.firewall_forced.split("-")[0] != docker[0]:
+    forced = {"iptables-nft": "nft", "legacy-restore": "legacy", "nftables": ""}.get(f.firewall_forced,
+                                                                                   f.firewall_forced)
+    if forced and forced != docker[0]:
         return [Result(name, ERROR, f"MULTINIC_FIREWALL={f.firewall_forced} but Docker uses iptables-{docker[0]}",
                        setting)]
     where = "multinic's chains are there too" if ours else "multinic has no chains yet"
     return [Result(name, OK, f"Docker uses iptables-{docker[0]}; {where}")]
+
+def _backends(f: Facts) -> tuple[str, str]:
+    """(Docker's firewall backend, multinic's), as doctor shows them."""
+    docker_tables = [t for t in f.nft_tables if t.endswith(" docker-bridges")]
+    if docker_on_nftables(f):
+        docker = "nftables" + (f" (tables {', '.join(docker_tables)})" if docker_tables else "")
+    elif f.docker_firewall:
+        docker = f"iptables (iptables-{f.docker_firewall})"
+    else:
+        docker = f"{f.docker_firewall_backend or 'not found'} (no chains or tables of Docker's in the kernel)"
+    ours_tables = [t for t in f.nft_tables if t.split()[-1] == TABLE]
+    if f.firewall_selected == "nftables":
+        opened = [fl for fl in _our_flavours(f)]
+        ours = "nftables, in-process" + (f" (tables {', '.join(ours_tables)})" if ours_tables else "") + (
+            f"; Docker's iptables FORWARD DROP opened from iptables-{'/'.join(opened)}" if opened else "")
+    else:
+        ours = {"nft": "iptables-nft", "legacy": "legacy (python-iptables)",
+                "legacy-restore": "legacy (iptables-legacy-restore)"}.get(f.firewall_selected, "none")
+    return docker, ours
+
+
+def check_firewall(f: Facts) -> list[Result]:
+    """Docker's firewall backend and multinic's, side by side; the native one where it cannot load."""
+    name = "firewall"
+    docker, ours = _backends(f)
+    if f.firewall_error:
+        return [Result(name, ERROR, f"Docker: {docker}; multinic cannot choose a firewall backend: {f.firewall_error}",
+                       "apt-get install python3-nftables (libnftables), or MULTINIC_FIREWALL=iptables-nft "
+                       "where iptables exists")]
+    if f.firewall_selected == "nftables" and f.nft_error:
+        return [Result(name, ERROR, f"Docker: {docker}; multinic: nftables, but {f.nft_error}",
+                       "apt-get install python3-nftables")]
+    stale = [t for t in f.nft_tables if t.split()[-1] == TABLE] if f.firewall_selected != "nftables" else []
+    if stale:
+        return [Result(name, WARN, f"Docker: {docker}; multinic: {ours}, and its nftables tables are still there "
+                       f"({', '.join(stale)}): they publish what the state may no longer have",
+                       "restart the plugin (it removes another backend's leftovers at start)")]
+    if docker_on_nftables(f) and f.firewall_selected != "nftables":
+        return [Result(name, WARN, f"Docker: {docker}; multinic: {ours} (it works, but writes iptables beside "
+                       "Docker's nftables)", "MULTINIC_FIREWALL=nftables (or unset), restart the plugin")]
+    return [Result(name, OK, f"Docker: {docker}; multinic: {ours}")]
+
+
+def _bridge_match(f: Facts, nft_syntax: bool) -> tuple[str, ...]:
+    bridges = _bridges(f)
+    if all(b.startswith("mn-") for b in bridges):
+        return ('"mn-*"',) if nft_syntax else ("mn-+",)
+    return (("{ " + ", ".join(f'"{b}"' for b in bridges) + " }"),) if nft_syntax else tuple(bridges)
+
+
+def check_forward_drop(f: Facts) -> list[Result]:
+    """A forward hook whose policy is DROP in a table not multinic's: every base chain on a hook runs and a
+    DROP is final, so it drops multinic's traffic unless it accepts it first. Docker's own iptables FORWARD
+    is opened from DOCKER-USER (by multinic's chains there); anything else is named, with the fix."""
+    name = "forward_drop"
+    found: list[tuple[str, str]] = []  # (where, fix)
+    opened = _our_flavours(f)  # iptables flavours where multinic's FORWARD chains (or opening) are
+    for c in f.forward_drops:
+        where = f"{c['family']} {c['table']} chain {c['chain']} (hook forward, priority {c['prio']}, policy drop)"
+        iptables_nft = c["table"] == "filter" and c["chain"] == "FORWARD" and c["family"] in ("ip", "ip6")
+        if c["table"] == TABLE or (iptables_nft and "nft" in opened):
+            continue
+        if iptables_nft:
+            tool = "ip6tables" if c["family"] == "ip6" else "iptables"
+            accepts = [f"{d} {b} -j ACCEPT" for b in _bridge_match(f, False) for d in ("-i", "-o")]
+            fix = " && ".join(f"{tool} -I FORWARD {a}" for a in accepts)
+            present = f.iptables["nft"].chain_rules("filter", "FORWARD") if "nft" in f.iptables else []
+        else:
+            accepts = [f"{d} {b} accept" for b in _bridge_match(f, True) for d in ("iifname", "oifname")]
+            fix = "; ".join(f"nft insert rule {c['family']} {c['table']} {c['chain']} {a}" for a in accepts)
+            present = c.get("rules", [])
+        if not all(any(line.startswith(a) for line in present) for a in accepts):
+            found.append((where, fix))
+    legacy = f.iptables.get("legacy")
+    if legacy and legacy.policies.get("filter", {}).get("FORWARD") == "DROP" and "legacy" not in opened:
+        accepts = [f"{d} {b} -j ACCEPT" for b in _bridge_match(f, False) for d in ("-i", "-o")]
+        if not all(a in legacy.chain_rules("filter", "FORWARD") for a in accepts):
+            found.append(("legacy iptables filter FORWARD (policy DROP)",
+                          " && ".join(f"iptables-legacy -I FORWARD {a}" for a in accepts)))
+    if not found:
+        return [Result(name, OK, "no FORWARD DROP policy outside multinic's reach")]
+    severity = ERROR if f.state.networks else WARN
+    return [Result(name, severity, f"{where} drops multinic's forwarded traffic: another table's accept, multinic's "
+                   "included, is not final", fix + "   (multinic's own rules still isolate its bridges); or make that "
+                   "policy accept") for where, fix in found]
+
 
 def _truthy(value: str | None, default: bool = True) -> bool:
     if value is None:

@@ -23,11 +23,15 @@ def check_docker(f: Facts) -> list[Result]:
     if ver < MIN_ENGINE or api < MIN_API:
         return [Result(name, ERROR, f"Docker {f.docker_version} (API {f.docker_api}) is too old: multinic needs "
                        "Engine 20.10 (API 1.41) or newer", "upgrade docker (docker.io >= 20.10, or docker-ce)")]
+    if (29, 0, 0) <= _version_tuple(f.docker_version or "", 3) <= (29, 0, 2):
+        return [Result(name, ERROR, f"Docker {f.docker_version} crashes (\"sync: unlock of unlocked mutex\") when "
+                       "it revokes a remote plugin's external connectivity: moby #51554, fixed in 29.0.3",
+                       "upgrade Docker to 29.0.3 or newer")]
     return [Result(name, OK, f"Docker {f.docker_version}, API {f.docker_api}")]
 
-def _version_tuple(text: str) -> tuple[int, int]:
+def _version_tuple(text: str, n: int = 2) -> tuple[int, ...]:
     parts = re.findall(r"\d+", text)
-    return (int(parts[0]), int(parts[1])) if len(parts) >= 2 else (0, 0)
+    return tuple(int(p) for p in parts[:n]) if len(parts) >= n else (0,) * n
 
 def check_socket(f: Facts) -> list[Result]:
     name = "socket"
