@@ -78,6 +78,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.e2e)
 
 
+def own_lab(tag: str, engine: str, **kw) -> Lab:
+    """A lab of a test module's own beside the session's (another host setup): named
+    ``<MULTINIC_LAB_PREFIX><tag>``, its driver ``<MULTINIC_LAB_DRIVER><tag>``; skipped (failed in CI) without
+    the engine. Use it as a context manager."""
+    if reason := missing_prerequisite(engine):
+        skip_or_fail(reason)
+    prefix = os.environ.get("MULTINIC_LAB_PREFIX", "mne")[:4]
+    driver = os.environ.get("MULTINIC_LAB_DRIVER", "multinic") + tag
+    return Lab(f"{prefix}{tag}", engine=engine, driver=driver, **kw)
+
+
 @pytest.fixture(scope="session", params=engines(), ids=lambda engine: f"engine-{engine}")
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """A started lab (namespaces up, dockerd of that engine answering, mn-busybox:latest imported)."""

@@ -43,6 +43,36 @@ def run(lab, names: list[str], name: str, *args: str, cmd: list[str] | None = No
     return lab.docker("run", "-d", "--name", name, *args, IMAGE, *(cmd or ["sleep", "3600"])).stdout.strip()
 
 
+def fetch(lab, client: str, url: str, timeout: int = 3) -> str:
+    """``wget -qO- URL`` in a container; what it printed ("" when it could not connect)."""
+    return lab.docker("exec", client, "sh", "-c", f"timeout {timeout} wget -qO- {url}", check=False).stdout
+
+
+@contextlib.contextmanager
+def across_two_networks(lab, tag: str, subnets: tuple[str, str], ports: tuple[int, int]) -> Iterator[list[str]]:
+    """Two multinic networks on eth1 (``<tag>_a``, ``<tag>_b``) with a web container each (``<tag>-a``,
+    ``<tag>-b``) publishing one port: each reaches the other's published port through eth1's address, never
+    its address directly (isolation). Yields [address a, address b, and the container list to add to]; all
+    removed afterwards."""
+    with network(lab, f"{tag}_a", "--opt", "parent=eth1", "--subnet", subnets[0]), \
+            network(lab, f"{tag}_b", "--opt", "parent=eth1", "--subnet", subnets[1]), containers(lab) as names:
+        names += [f"{tag}-a", f"{tag}-b"]
+        yield [*_across(lab, tag, ports), names]
+
+
+def _across(lab, tag: str, ports: tuple[int, int]) -> tuple[str, str]:
+    names = (f"{tag}-a", f"{tag}-b")
+    for name, net, port in zip(names, (f"{tag}_a", f"{tag}_b"), ports, strict=True):
+        lab.docker("run", "-d", "--name", name, "--network", net, "-p", f"{port}:80", IMAGE, *web_cmd(f"from-{name}"))
+    for client, port, server in ((names[0], ports[1], names[1]), (names[1], ports[0], names[0])):
+        out = wait_for(lambda c=client, p=port: fetch(lab, c, f"http://192.168.101.2:{p}/", timeout=5))
+        assert out == f"from-{server}\n", (client, port)
+    addresses = (inspect_ip(lab, names[0], f"{tag}_a"), inspect_ip(lab, names[1], f"{tag}_b"))
+    assert fetch(lab, names[0], f"http://{addresses[1]}/") == ""
+    assert fetch(lab, names[1], f"http://{addresses[0]}/") == ""
+    return addresses
+
+
 def multinic(lab, *args: str) -> subprocess.CompletedProcess:
     """`multinic ...` in the lab's host, against the lab's state and dockerd."""
     return lab.multinic(*args)

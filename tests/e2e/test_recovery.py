@@ -14,7 +14,7 @@ def test_plugin_restart_reapplies_what_others_deleted(mn):
         # What systemd-networkd or a cloud NIC agent does to rules and routes it does not own:
         lab.host("sh", "-c", "ip rule flush table 20000 2>/dev/null || ip rule del pref 10000; "
                              "ip route flush table 20000; ip rule del pref 10002 || true")
-        lab.host("sh", "-c", "iptables -t mangle -F MULTINIC-PREROUTING")
+        lab.flush_multinic_chain("mangle", "MULTINIC-PREROUTING")
         assert lab.http_get(lab.c1_ns, "http://192.168.101.2:4010/", timeout=2) is None
         lab.start_plugin()
         assert wait_for(lambda: lab.http_get(lab.c1_ns, "http://192.168.101.2:4010/")) == "kept\n"
@@ -46,12 +46,11 @@ def test_ghost_endpoint_of_a_container_removed_while_the_plugin_was_down_is_coll
         with network(lab, "ghostnet", "--opt", "parent=eth1", "--subnet", "10.43.0.0/24"), \
                 containers(lab) as names:
             run(lab, names, "ghost", "--network", "ghostnet", "-p", "4060:80", cmd=web_cmd("ghost"))
-            # the whole nat table: the rule is in the endpoint's MULTINIC-DNAT-xx bucket
-            assert "--dport 4060" in lab.host("iptables", "-t", "nat", "-S").stdout
+            assert ("tcp", "192.168.101.2", 4060) in lab.published_ports()
             lab.stop_plugin()
             lab.docker("rm", "-f", "ghost", timeout=180)  # dockerd retries the plugin ~30 s, then gives up
             lab.start_plugin(env={"MULTINIC_GC_INTERVAL": "2", "MULTINIC_GC_GRACE": "1"})
-            assert wait_for(lambda: "--dport 4060" not in lab.host("iptables", "-t", "nat", "-S").stdout,
+            assert wait_for(lambda: ("tcp", "192.168.101.2", 4060) not in lab.published_ports(),
                             timeout=20)
             # and the port is free again
             run(lab, names, "ghost2", "--network", "ghostnet", "-p", "4060:80", cmd=web_cmd("again"))

@@ -13,12 +13,17 @@ from typing import Iterator
 
 import pytest
 
+from plugin.settings import Settings
 from tests.lab import Topology
+from tests.lab.engine29 import normalise_nft
 from tests.lab.plugin import stop_group
-from tests.lab.probes import start_echo_server
-from tests.nsutil import connect, in_netns, scratch_netns, sh
+from tests.lab.probes import published_ports_of, start_echo_server
+from tests.nsutil import connect, in_netns, scratch_netns, sh  # noqa: F401 - sh for the helpers below
 
 INTEGRATION_DIR = os.path.dirname(os.path.abspath(__file__))
+# What dockerd's iptables leaves in FORWARD (its chains, DOCKER-USER entered first, policy DROP).
+DOCKERS_IPTABLES = ("iptables -N DOCKER && iptables -N DOCKER-USER && iptables -A DOCKER-USER -j RETURN && "
+                    "iptables -A FORWARD -j DOCKER-USER && iptables -P FORWARD DROP")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -34,6 +39,51 @@ def _private_xtables_lock(tmp_path_factory) -> None:
     """Legacy iptables here (the tools and python-iptables) takes a lock of the tests' own, never the
     machine's /run/xtables.lock."""
     os.environ["XTABLES_LOCKFILE"] = str(tmp_path_factory.mktemp("xtables") / "xtables.lock")
+
+
+# The firewall backend the verbs of a test run with ("": chosen from the host, as `multinic serve` does). The
+# ``backend`` fixture sets it; forked children (``in_netns``) inherit it.
+BACKEND = [""]
+BACKENDS = ("nftables", "iptables-nft")
+
+
+def settings(**kw) -> Settings:
+    return Settings(firewall=BACKEND[0], **kw)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test once per firewall backend a host with Docker's iptables-nft can have."""
+    BACKEND[0] = request.param
+    try:
+        yield request.param
+    finally:
+        BACKEND[0] = ""
+
+
+@pytest.fixture
+def iptables_nft() -> Iterator[str]:
+    """The test is about iptables-nft's chains (what doctor reads of them, ...)."""
+    BACKEND[0] = "iptables-nft"
+    try:
+        yield "iptables-nft"
+    finally:
+        BACKEND[0] = ""
+
+
+def flush_ours(ns: str, table: str, chain: str) -> None:
+    """What another tool does: one of our chains emptied, whichever backend wrote it."""
+    sh(ns, f"iptables-nft -t {table} -F {chain} 2>/dev/null; nft flush chain ip multinic {chain} 2>/dev/null; true")
+
+
+def chain_text(ns: str, table: str, chain: str) -> str:
+    """One of our chains as text, whichever backend wrote it."""
+    return sh(ns, f"iptables-nft -t {table} -S {chain} 2>/dev/null; "
+                  f"nft list chain ip multinic {chain} 2>/dev/null; true")
+
+
+def published(ns: str) -> set[tuple[str, str, int]]:
+    return published_ports_of(lambda *cmd: sh(ns, " ".join(cmd) + " 2>/dev/null", check=False), "iptables-save")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -79,7 +129,8 @@ class Topo:
 
     def dump(self) -> str:
         return sh(self.host, "ip -4 rule; ip -4 route show table all; ip -br link; iptables-save | grep -v '^#'; "
-                  "cat /proc/sys/net/ipv4/conf/eth1/rp_filter")
+                  "cat /proc/sys/net/ipv4/conf/eth1/rp_filter") + "\n".join(
+            normalise_nft(sh(self.host, "nft -s list ruleset")))
 
     def in_host(self, func, *args):
         return in_netns(self.host, func, *args)
@@ -99,13 +150,12 @@ def running_healer(t: Topo, log: Path, **settings: float) -> Iterator[None]:
         from plugin.loops.healer import Healer
         from plugin.plan.driver import Driver
         from plugin.plan.state import Store
-        from plugin.settings import Settings
         from tests.nsutil import enter_netns
 
         enter_netns(t.host)
         logging.basicConfig(filename=log, level=logging.INFO, force=True,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        Healer(Driver(Store(t.state_dir), Settings(**settings))).run(stop)
+        Healer(Driver(Store(t.state_dir), Settings(firewall=BACKEND[0], **settings))).run(stop)
 
     proc = ctx.Process(target=child)
     proc.start()
@@ -128,7 +178,7 @@ def running_healer(t: Topo, log: Path, **settings: float) -> Iterator[None]:
 def topo(tmp_path):
     tag = f"mni{os.getpid() % 1000}"
     with Topology(tag, mount=False) as net, scratch_netns(f"{tag}-k") as k:
-        sh(net.host_ns, "iptables -P FORWARD DROP")  # as dockerd leaves it
+        sh(net.host_ns, DOCKERS_IPTABLES)
         t = Topo(net, k, state_dir=str(tmp_path / "state"))
         try:
             yield t

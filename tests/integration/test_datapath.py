@@ -1,4 +1,6 @@
-"""The driver against the real kernel: a packet really crosses, and removal leaves nothing."""
+"""The driver against the real kernel: a packet really crosses, and removal leaves nothing. The datapath
+tests run once per firewall backend (``backend``: native nftables and iptables-nft), beside Docker's
+iptables FORWARD DROP (the ``topo`` fixture)."""
 
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ def call(state_dir: str, verb: str, body: dict) -> dict:
     from plugin.api.http import create_app
     from plugin.plan.driver import Driver
     from plugin.plan.state import Store
-    from plugin.settings import Settings
+    from tests.integration.conftest import settings
 
-    client = create_app(Driver(Store(state_dir), Settings())).test_client()
+    client = create_app(Driver(Store(state_dir), settings())).test_client()
     resp = client.post(f"/NetworkDriver.{verb}", data=json.dumps(body))
     return {"status": resp.status_code, **json.loads(resp.data)}
 
@@ -57,7 +59,7 @@ def detach_and_remove(t):
     assert t.in_host(call, t.state_dir, "DeleteNetwork", {"NetworkID": NID})["status"] == 200
 
 
-def test_egress_leaves_by_parent_with_its_address(topo):
+def test_egress_leaves_by_parent_with_its_address(topo, backend):
     before = topo.dump()
     assert "default via 192.168.100.1 dev eth0" in sh(topo.host, "ip route")
     assert create_network(topo, {"parent": "eth1"})["status"] == 200
@@ -69,7 +71,7 @@ def test_egress_leaves_by_parent_with_its_address(topo):
     assert topo.dump() == before
 
 
-def test_published_port_reply_leaves_the_way_it_came(topo):
+def test_published_port_reply_leaves_the_way_it_came(topo, backend):
     """The seed's case: a client behind eth1 reaches a published port; main default is eth0."""
     before = topo.dump()
     create_network(topo, {"parent": "eth1"})
@@ -86,7 +88,7 @@ def test_published_port_reply_leaves_the_way_it_came(topo):
     assert topo.dump() == before
 
 
-def test_routed_mode_client_reaches_container_directly(topo):
+def test_routed_mode_client_reaches_container_directly(topo, backend):
     before = topo.dump()
     create_network(topo, {"parent": "eth1", "masquerade": "false"})
     attach_container(topo)
@@ -162,7 +164,7 @@ def test_internal_network_with_parent_does_not_poison_later_networks(topo):
 def test_parent_down_fails_closed_and_other_networks_keep_working(topo):
     from plugin.plan.driver import Driver
     from plugin.plan.state import Store
-    from plugin.settings import Settings
+    from tests.integration.conftest import settings
 
     assert create_network(topo, {"parent": "eth1"})["status"] == 200
     attach_container(topo)
@@ -178,12 +180,12 @@ def test_parent_down_fails_closed_and_other_networks_keep_working(topo):
     assert topo.in_host(call, topo.state_dir, "DeleteNetwork", {"NetworkID": "d4" * 32})["status"] == 200
     # eth1 back: the next reconcile (the healer's) restores the parent's routes
     sh(topo.host, "ip link set eth1 up")
-    topo.in_host(lambda: Driver(Store(topo.state_dir), Settings()).reconcile() and None)
+    topo.in_host(lambda: Driver(Store(topo.state_dir), settings()).reconcile() and None)
     assert topo.connect(topo.k, "198.51.100.10", 7000) == "192.168.101.2"
     detach_and_remove(topo)
 
 
-def test_leave_forgets_conntrack_flows_of_its_ports(topo):
+def test_leave_forgets_conntrack_flows_of_its_ports(topo, backend):
     create_network(topo, {"parent": "eth1"})
     attach_container(topo, [{"Proto": 17, "IP": "", "Port": 90, "HostIP": "", "HostPort": 4090,
                              "HostPortEnd": 4090}])

@@ -59,13 +59,15 @@ def wait_for(predicate, timeout: float = 30.0, what: str = ""):
 
 
 @contextmanager
-def serving(tmp_path: Path, stale: float = 3.0, path_prefix: str = "", before: str = ""):
+def serving(tmp_path: Path, stale: float = 3.0, path_prefix: str = "", before: str = "",
+            extra_env: dict[str, str] | None = None):
     ns = f"mnh{os.getpid() % 100000}"
     sock = str(tmp_path / "mnh.sock")
     state = tmp_path / "state"
     env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock", "MULTINIC_HEALTH_STALE": str(stale)}
     if path_prefix:
         env["PATH"] = f"{path_prefix}:{env['PATH']}"
+    env.update(extra_env or {})
     with scratch_netns(ns):
         if before:
             subprocess.run(["nsenter", f"--net=/var/run/netns/{ns}", "sh", "-c", before], check=True)
@@ -216,11 +218,12 @@ def test_firewall_that_cannot_be_applied_is_unhealthy(tmp_path):
     state.mkdir()
     record = {"id": NID, "bridge": "mnhfw0", "subnet": "10.47.0.0/24", "gateway": "10.47.0.1/24", "internal": True}
     (state / "state.json").write_text(json.dumps({**GOOD, "networks": {NID: record}}))
-    with serving(tmp_path, path_prefix=str(bin_dir)) as (sock, _):
+    with serving(tmp_path, path_prefix=str(bin_dir), extra_env={"MULTINIC_FIREWALL": "iptables-nft"}) as (sock, _):
         problems = wait_for(lambda: [p for p in health(sock)["problems"] if "simulated failure" in p],
                             what="the firewall failure reported")
         report = health(sock)
         print(f"\nreported: {problems[0][:160]}")
         assert not report["healthy"] and any(p.startswith("reconcile at start failed") for p in report["problems"])
         assert report["startup"]["ok"] is False
-        assert report["loops"]["watcher"]["waiting"].startswith("docker not usable")
+        waiting = wait_for(lambda: health(sock)["loops"]["watcher"]["waiting"], what="the watcher's wait reported")
+        assert waiting.startswith("docker not usable")

@@ -1,10 +1,12 @@
 """Thousands of seeded mutations of valid bodies against the real driver and the real kernel.
 
 In the scratch host namespace a network bound to eth1 exists with a joined endpoint that
-publishes ports (so bridges, veths, routes, rules, iptables chains and DNATs are all present).
+publishes ports (so bridges, veths, routes, rules, firewall chains and DNATs are all present).
 Every mutated request must be answered below 500 with JSON; every refusal must leave the kernel
-(links, addresses, rules, routes of all tables, iptables) and the state file byte-identical.
-At the end the valid teardown leaves the namespace as it was before the network.
+(links, addresses, rules, routes of all tables, iptables, nftables) and the state file byte-identical.
+At the end the valid teardown leaves the namespace as it was before the network. Twice: beside Docker's
+iptables (the plugin chooses its native nftables backend), and in Engine 29's nftables mode (Docker's
+``docker-bridges`` tables, no iptables on the plugin's PATH: tests/lab/engine29.py).
 
 ``MULTINIC_FUZZ_COUNT`` (default 3000) and ``MULTINIC_FUZZ_SEED`` (default 14) choose the run.
 """
@@ -16,14 +18,21 @@ import difflib
 import json
 import os
 import random
+import shutil
 import subprocess
 import time
 
+import pytest
+
+from tests.lab import engine29
+from tests.lab.engine29 import normalise_nft
+from tests.nsutil import sh
 from tests.unit.mutations import EID, NID, VALID, seeded_mutation
 
 COUNT = int(os.environ.get("MULTINIC_FUZZ_COUNT", "3000"))
 SEED = int(os.environ.get("MULTINIC_FUZZ_SEED", "14"))
-DUMP = "ip -4 -o addr; ip -4 rule; ip -4 route show table all; iptables-save | grep -v '^#'"
+IPTABLES_SAVE = shutil.which("iptables-save") or "iptables-save"  # the observer's, whatever the plugin's PATH
+DUMP = f"ip -4 -o addr; ip -4 rule; ip -4 route show table all; {IPTABLES_SAVE} | grep -v '^#' || true"
 LINK_FIELDS = ("ifname", "mtu", "master", "ifalias", "address", "flags")
 
 
@@ -35,7 +44,8 @@ def kernel_dump() -> str:
              + f" up={'UP' in (link.get('flags') or [])}" for link in links]
     dump = subprocess.run(["sh", "-c", DUMP], capture_output=True, text=True, check=True).stdout
     dump = dump.replace(" linkdown", "")  # carrier follows asynchronously, not a change we made
-    return "\n".join(lines) + "\n" + dump
+    nft = normalise_nft(subprocess.run(["nft", "-s", "list", "ruleset"], capture_output=True, text=True).stdout)
+    return "\n".join(lines) + "\n" + dump + "\n".join(nft)
 
 
 def valid_bodies() -> dict:
@@ -44,13 +54,16 @@ def valid_bodies() -> dict:
     return bodies
 
 
-def fuzz(state_dir: str, count: int, seed: int) -> dict:
+def fuzz(state_dir: str, count: int, seed: int, path: str = "") -> dict:
     from plugin.api.http import create_app
     from plugin.plan.driver import Driver
     from plugin.plan.state import Store
-    from plugin.settings import Settings
+    from tests.integration.conftest import settings
 
-    client = create_app(Driver(Store(state_dir), Settings())).test_client()
+    if path:
+        os.environ["PATH"] = path  # this process is the plugin's: what it finds on PATH
+    driver = Driver(Store(state_dir), settings())
+    client = create_app(driver).test_client()
     state_file = os.path.join(state_dir, "state.json")
     bodies = valid_bodies()
 
@@ -104,12 +117,22 @@ def fuzz(state_dir: str, count: int, seed: int) -> dict:
     assert post("DeleteNetwork", {"NetworkID": NID})[0] == 200
     stats["left_behind"] = kernel_dump() != pristine
     stats["kinds"] = len(stats["kinds"])
+    stats["firewall"] = driver.firewall.name
     return stats
 
 
-def test_seeded_mutations_never_5xx_and_refusals_change_nothing(topo):
-    stats = topo.in_host(fuzz, topo.state_dir, COUNT, SEED)
-    print(f"\nfuzz seed={SEED}: {stats['requests']} requests in {stats['seconds']} s, statuses {stats['statuses']}, "
+@pytest.mark.parametrize("docker_firewall", ["iptables", "nftables"])
+def test_seeded_mutations_never_5xx_and_refusals_change_nothing(topo, docker_firewall, tmp_path):
+    path = ""
+    if docker_firewall == "nftables":  # Engine 29's nftables mode
+        sh(topo.host, "iptables -P FORWARD ACCEPT && iptables -D FORWARD -j DOCKER-USER && iptables -F DOCKER-USER "
+                      "&& iptables -X DOCKER-USER && iptables -X DOCKER && nft -f - <<'EOF'\n"
+                      + engine29.ruleset("172.17.0.0/16", 4) + engine29.ruleset(None, 6) + "EOF")
+        path = engine29.path_without_iptables(tmp_path / "bin", os.environ["PATH"])
+    stats = topo.in_host(fuzz, topo.state_dir, COUNT, SEED, path)
+    print(f"\nfuzz seed={SEED} (Docker on {docker_firewall}, multinic on {stats['firewall']}): {stats['requests']} "
+          f"requests in {stats['seconds']} s, statuses {stats['statuses']}, "
           f"{stats['accepted']} accepted, {stats['refused']} refused ({stats['kinds']} distinct refusals)")
+    assert stats["firewall"] == "nftables"
     assert not stats["changed"], stats["changed"][:5]
     assert not stats["left_behind"]

@@ -57,7 +57,7 @@ def test_scrape_shows_verbs_errors_state_and_healer_repairs(topo, tmp_path):
     try:
         m = wait_for(lambda: _try(scrape, topo))
         assert m[("multinic_networks", (("mode", "masquerade"),))] == 0
-        assert m[("multinic_firewall_backend_info", (("backend", "nft"),))] == 1
+        assert m[("multinic_firewall_backend_info", (("backend", "nftables"),))] == 1
 
         pool = {"AddressSpace": "LocalDefault", "Pool": "10.12.0.0/24", "Gateway": "10.12.0.1/24"}
         assert call(topo, sock, "CreateNetwork", {"NetworkID": NID, "IPv4Data": [pool], "IPv6Data": [],

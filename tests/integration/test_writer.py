@@ -8,8 +8,7 @@ import subprocess
 from plugin.kernel.firewall.model import dnat_bucket
 from plugin.plan.driver import Driver
 from plugin.plan.state import Store
-from plugin.settings import Settings
-from tests.integration.conftest import running_healer
+from tests.integration.conftest import chain_text, flush_ours, published, running_healer, settings
 from tests.integration.test_datapath import EID, NID, attach_container, call, create_network, detach_and_remove
 from tests.nsutil import sh
 
@@ -21,7 +20,7 @@ def _spawns_of_verbs(state_dir: str, ports: list) -> dict[str, list[str]]:
     (the firewall flavour is detected once per process, at plugin start: done first here)."""
     from plugin.kernel.firewall import select
 
-    select(Settings())
+    select(settings())
     spawned: list[str] = []
     real = subprocess.Popen.__init__
 
@@ -49,15 +48,18 @@ def _spawns_of_verbs(state_dir: str, ports: list) -> dict[str, list[str]]:
     return out
 
 
-def test_verbs_without_ports_start_no_process_and_with_ports_one_commit(topo):
+def test_verbs_without_ports_start_no_process_and_with_ports_one_commit(topo, backend):
+    """Without ports no verb starts a process; with ports, the native backend starts none either (one
+    libnftables transaction in-process), iptables-nft one ``iptables-nft-restore`` per Join and Leave."""
     before = topo.dump()
     assert create_network(topo, {"parent": "eth1"})["status"] == 200
     quiet = topo.in_host(_spawns_of_verbs, topo.state_dir, [])
     assert quiet == {"CreateEndpoint": [], "Join": [], "Leave": [], "DeleteEndpoint": []}
     loud = topo.in_host(_spawns_of_verbs, topo.state_dir, [PORT])
     assert loud["CreateEndpoint"] == [] and loud["DeleteEndpoint"] == []
-    assert loud["Join"] == ["iptables-nft-restore"]
-    assert loud["Leave"][0] == "iptables-nft-restore" and set(loud["Leave"][1:]) <= {"conntrack"}
+    restore = [] if backend == "nftables" else ["iptables-nft-restore"]
+    assert loud["Join"] == restore
+    assert loud["Leave"][:len(restore)] == restore and set(loud["Leave"][len(restore):]) <= {"conntrack"}
     assert call_in(topo, "DeleteNetwork", {"NetworkID": NID})["status"] == 200
     assert topo.dump() == before
 
@@ -74,57 +76,70 @@ def dnat_rule(ns: str, port: int) -> str:
     return found[0]
 
 
-def test_rule_deleted_behind_our_back_is_healed_by_the_next_verb(topo):
-    """Leave's edit deletes a DNAT rule someone already removed: nf_tables refuses the whole
-    edit and the writer re-applies the whole host; nothing is left behind."""
+def test_rule_deleted_behind_our_back_is_healed_by_the_next_verb(topo, backend):
+    """Leave's edit deletes a DNAT rule (a map element) someone already removed: nf_tables refuses the
+    whole edit and the writer re-applies the whole host; nothing is left behind."""
     before = topo.dump()
     create_network(topo, {"parent": "eth1"})
     attach_container(topo, [PORT])
-    rule = dnat_rule(topo.host, 4000)
-    assert rule.startswith(f"-A {dnat_bucket(EID)} ")  # the endpoint's bucket
-    sh(topo.host, "iptables-nft -t nat " + rule.replace("-A ", "-D ", 1))
+    assert published(topo.host) == {("tcp", "192.168.101.2", 4000)}
+    if backend == "nftables":
+        sh(topo.host, "nft delete element ip multinic published { 192.168.101.2 . tcp . 4000 }")
+    else:
+        rule = dnat_rule(topo.host, 4000)
+        assert rule.startswith(f"-A {dnat_bucket(EID)} ")  # the endpoint's bucket
+        sh(topo.host, "iptables-nft -t nat " + rule.replace("-A ", "-D ", 1))
+    assert published(topo.host) == set()
     detach_and_remove(topo)
     assert topo.dump() == before
 
 
-def test_missing_jump_is_the_healers_job(topo):
-    """The request path does not check jumps (that costs an `iptables-save`); the whole-host
-    writer the healer runs puts a deleted jump back, once."""
+def test_missing_jump_is_the_healers_job(topo, backend):
+    """The request path does not check jumps (that costs a read of the whole table); the whole-host
+    writer the healer runs puts a deleted jump back, once. Native: the jump of our forward base chain;
+    beside Docker's iptables, also the opening of its FORWARD (from DOCKER-USER)."""
     before = topo.dump()
     create_network(topo, {"parent": "eth1"})
-    jump = "FORWARD -m comment --comment multinic -j MULTINIC-FORWARD"
+    if backend == "nftables":
+        sh(topo.host, "nft flush chain ip multinic filter-FORWARD")
+    jump = "DOCKER-USER -m comment --comment multinic -j MULTINIC-FORWARD"
     sh(topo.host, f"iptables-nft -D {jump}")
     attach_container(topo, [PORT])  # the edit still applies: our chains are there
-    assert "MULTINIC-FORWARD" not in sh(topo.host, "iptables-nft -S FORWARD")
-    topo.in_host(lambda: Driver(Store(topo.state_dir), Settings()).reconcile() and None)
-    assert sh(topo.host, "iptables-nft -S FORWARD").count("-j MULTINIC-FORWARD") == 1
+    assert "MULTINIC-FORWARD" not in sh(topo.host, "iptables-nft -S DOCKER-USER")
+    topo.in_host(lambda: Driver(Store(topo.state_dir), settings()).reconcile() and None)
+    assert sh(topo.host, "iptables-nft -S DOCKER-USER").count("-j MULTINIC-FORWARD") == 1
+    if backend == "nftables":
+        assert "jump MULTINIC-FORWARD" in sh(topo.host, "nft list chain ip multinic filter-FORWARD")
     detach_and_remove(topo)
     assert topo.dump() == before
 
 
 def _drifts(state_dir: str) -> tuple[list[str], list[str]]:
     from plugin.kernel import writer
-    from plugin.kernel.firewall import drift, select
+    from plugin.kernel.firewall import select
     from plugin.loops import healer
 
     state = Store(state_dir).load()
-    return healer.drift(state), drift(select(Settings()).v4.read(), writer.desired(state).firewall)
+    return healer.drift(state), select(settings()).v4.drift(writer.desired(state).firewall)
 
 
-def test_healer_sees_no_drift_on_a_host_the_writer_made_and_sees_what_others_delete(topo):
+def test_healer_sees_no_drift_on_a_host_the_writer_made_and_sees_what_others_delete(topo, backend):
     """The healer's checks read the kernel as the writer wrote it (else it would rewrite the
-    host on every period): after verbs, no drift; a deleted rule, route or jump is seen."""
+    host on every period): after verbs, no drift; a deleted rule, route, jump or published port is seen."""
     before = topo.dump()
     create_network(topo, {"parent": "eth1"})
     attach_container(topo, [PORT])
     assert topo.in_host(_drifts, topo.state_dir) == ([], [])
-    sh(topo.host, "iptables-nft -t mangle -F MULTINIC-PREROUTING")
+    flush_ours(topo.host, "mangle", "MULTINIC-PREROUTING")
     assert topo.in_host(_drifts, topo.state_dir)[1]
-    sh(topo.host, "iptables-nft -D FORWARD -m comment --comment multinic -j MULTINIC-FORWARD")
+    sh(topo.host, "iptables-nft -D DOCKER-USER -m comment --comment multinic -j MULTINIC-FORWARD")
     sh(topo.host, "ip rule del pref 10002")
     routes, fw = topo.in_host(_drifts, topo.state_dir)
     assert routes and any("jump" in r for r in fw)
-    topo.in_host(lambda: Driver(Store(topo.state_dir), Settings()).reconcile() and None)
+    if backend == "nftables":
+        sh(topo.host, "nft delete element ip multinic published { 192.168.101.2 . tcp . 4000 }")
+        assert any("map published" in r for r in topo.in_host(_drifts, topo.state_dir)[1])
+    topo.in_host(lambda: Driver(Store(topo.state_dir), settings()).reconcile() and None)
     assert topo.in_host(_drifts, topo.state_dir) == ([], [])
     detach_and_remove(topo)
     assert topo.dump() == before
@@ -157,7 +172,7 @@ def _deferred_deletes(state_dir: str) -> dict[str, object]:
     from plugin.api.http import create_app
     from plugin.kernel import reaper
 
-    client = create_app(Driver(Store(state_dir), Settings(), defer_deletes=True)).test_client()
+    client = create_app(Driver(Store(state_dir), settings(), defer_deletes=True)).test_client()
 
     def verb(name: str, body: dict) -> None:
         resp = client.post(f"/NetworkDriver.{name}", data=_json.dumps(body))
@@ -214,7 +229,7 @@ def _retire_then_reconcile(state_dir: str) -> tuple[str | None, str | None]:
     with IPRoute() as ipr:
         links.retire_link(ipr, host_veth)  # as DeleteEndpoint does, then the plugin dies
     retired = sh_alias(host_veth)
-    writer.reconcile(Store(state_dir).load(), None, select(Settings()))
+    writer.reconcile(Store(state_dir).load(), None, select(settings()))
     return retired, sh_alias(host_veth)
 
 
@@ -235,7 +250,7 @@ def test_a_retired_veth_left_by_a_crash_is_removed_by_the_whole_host_writer(topo
     assert topo.dump() == before
 
 
-def test_the_healer_repairs_on_kernel_events_not_only_on_its_period(topo, tmp_path):
+def test_the_healer_repairs_on_kernel_events_not_only_on_its_period(topo, tmp_path, backend):
     """A deleted ip rule of ours (netlink event) and a flushed chain of ours (nf_tables event)
     are put back although the healer's periods are an hour long."""
     import time
@@ -254,8 +269,8 @@ def test_the_healer_repairs_on_kernel_events_not_only_on_its_period(topo, tmp_pa
                         full_interval=3600, gc_interval=3600):
         sh(topo.host, "ip rule del pref 10002")
         eventually(lambda: "10.10.0.0/24" in sh(topo.host, "ip rule show pref 10002"), "ip rule")
-        sh(topo.host, "iptables-nft -t nat -F MULTINIC-POSTROUTING")
-        eventually(lambda: "MASQUERADE" in sh(topo.host, "iptables-nft -t nat -S MULTINIC-POSTROUTING"), "chain")
+        flush_ours(topo.host, "nat", "MULTINIC-POSTROUTING")
+        eventually(lambda: "MASQUERADE" in chain_text(topo.host, "nat", "MULTINIC-POSTROUTING").upper(), "chain")
     detach_and_remove(topo)
     assert topo.dump() == before
 
