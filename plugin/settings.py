@@ -98,12 +98,6 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
         problems.append(f"log level {level!r} unknown (use {', '.join(LOG_LEVELS)}); using info")
         level = "info"
     values["log_level"] = level
-    firewall = str(values.get("firewall", "")).lower()
-    if firewall and firewall not in FIREWALLS:
-        problems.append(f"MULTINIC_FIREWALL={firewall!r} is not a firewall backend (use one of "
-                        f"{', '.join(FIREWALLS)}); choosing from the host")
-        firewall = ""
-    values["firewall"] = firewall
     return Settings(**values, problems=tuple(problems))
 
 

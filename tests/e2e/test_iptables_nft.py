@@ -10,6 +10,7 @@ from tests.e2e.helpers import containers, network, run, wait_for, web_cmd
 
 def test_seed_case_through_iptables_nft_and_back_to_native(clean_lab):
     lab = clean_lab
+    lab.stop_plugin()  # the session's plugin (if any) runs the default backend
     lab.start_plugin(env={"MULTINIC_FIREWALL": "iptables-nft"})
     before = lab.dump_host_state()
     with network(lab, "ipt", "--opt", "parent=eth1", "--subnet", "10.57.0.0/24"), containers(lab) as names:

@@ -191,7 +191,10 @@ class Dockerd:
                 rc, self._dockerd = self._dockerd.returncode, None
                 raise LabError(f"dockerd ({self.engine}) exited with {rc}:\n{tail(self.dockerd_log)}")
             if self.docker_sock.exists():
-                probe = self.docker("version", "--format", "{{.Server.Version}}", check=False, timeout=10)
+                try:  # a dockerd starting a managed plugin holds its API until the plugin listens
+                    probe = self.docker("version", "--format", "{{.Server.Version}}", check=False, timeout=10)
+                except LabError:
+                    probe = subprocess.CompletedProcess([], 1)
                 if probe.returncode == 0:
                     self.server_version = probe.stdout.strip()
                     if not self.server_version.startswith(self.engine + "."):

@@ -44,7 +44,9 @@ def docker_firewall() -> str:
             return "nft"
     elif _has_docker_chains("nft"):
         return "nft"
-    return "legacy" if _has_docker_chains("legacy") else ""
+    from .native import legacy_loaded  # legacy tables exist only once their module is loaded: no save before
+
+    return "legacy" if (legacy_loaded(4) or legacy_loaded(6)) and _has_docker_chains("legacy") else ""
 
 
 def has_iptables() -> bool:

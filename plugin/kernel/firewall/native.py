@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from ...errors import Failure
+from ..tags import COMMENT
 from . import nft
 from .model import (
     CHAINS,
@@ -231,7 +232,7 @@ def base_chains() -> dict[str, tuple[str, str, str, tuple[Jump, ...]]]:
 
 
 def _jump_rule(jump: Jump, family: int) -> str:
-    return f'{statement((*jump.match, "-j", jump.target), family)} comment "{jump.rule[-3]}"'
+    return f'{statement((*jump.match, "-j", jump.target), family)} comment "{COMMENT}"'
 
 
 def _bucket(chain: str) -> bool:
@@ -378,7 +379,7 @@ def table_drift(table: Table, ruleset: Ruleset, family: int) -> list[str]:
     assert table.base is not None and table.rules is not None and table.maps is not None
     reasons = []
     for chain, (_kind, hook, prio, jumps) in base_chains().items():
-        want = Counter(j.rule[-3] for j in jumps)
+        want = Counter(COMMENT for _ in jumps)
         if table.base.get(chain) != (hook, priority(prio)) or Counter(c for c, _ in table.rules[chain]) != want:
             reasons.append(f"{name}: base chain {chain} missing or changed")
     for t in TABLES:
