@@ -1,7 +1,8 @@
 """Thousands of seeded mutations of valid bodies against the real driver and the real kernel.
 
-In the scratch host namespace a network bound to eth1 exists with a joined endpoint that
-publishes ports (so bridges, veths, routes, rules, firewall chains and DNATs are all present).
+In the scratch host namespace a dual-stack network bound to eth1 exists with a joined endpoint that
+publishes ports (so bridges, veths, routes, rules, firewall chains or tables of both families and DNATs are all
+present).
 Every mutated request must be answered below 500 with JSON; every refusal must leave the kernel
 (links, addresses, rules, routes of all tables, iptables, nftables) and the state file byte-identical.
 At the end the valid teardown leaves the namespace as it was before the network. Twice: beside Docker's
@@ -32,7 +33,10 @@ from tests.unit.mutations import EID, NID, VALID, seeded_mutation
 COUNT = int(os.environ.get("MULTINIC_FUZZ_COUNT", "3000"))
 SEED = int(os.environ.get("MULTINIC_FUZZ_SEED", "14"))
 IPTABLES_SAVE = shutil.which("iptables-save") or "iptables-save"  # the observer's, whatever the plugin's PATH
-DUMP = f"ip -4 -o addr; ip -4 rule; ip -4 route show table all; {IPTABLES_SAVE} | grep -v '^#' || true"
+IP6TABLES_SAVE = shutil.which("ip6tables-save") or "ip6tables-save"
+DUMP = (f"ip -o addr; ip -4 rule; ip -4 route show table all; {IPTABLES_SAVE} | grep -v '^#' || true; ip -6 rule; "
+        f"ip -6 route show table all | sed -E 's/ expires [0-9]+sec//'; {IP6TABLES_SAVE} | grep -v '^#' || true; "
+        "grep . /proc/sys/net/ipv6/conf/all/forwarding /proc/sys/net/ipv6/conf/*/accept_ra")
 LINK_FIELDS = ("ifname", "mtu", "master", "ifalias", "address", "flags")
 
 
