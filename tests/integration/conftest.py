@@ -21,6 +21,9 @@ from tests.lab.probes import published_ports_of, start_echo_server
 from tests.nsutil import connect, in_netns, scratch_netns, sh  # noqa: F401 - sh for the helpers below
 
 INTEGRATION_DIR = os.path.dirname(os.path.abspath(__file__))
+# Lab names: <prefix>i<pid>, the prefix MULTINIC_LAB_PREFIX's (as e2e's) so that engineers sharing a machine
+# never meet (a lab of the same name is removed first).
+LAB_PREFIX = os.environ.get("MULTINIC_LAB_PREFIX", "mn")
 # What dockerd's iptables leaves in FORWARD (its chains, DOCKER-USER entered first, policy DROP).
 DOCKERS_IPTABLES = ("iptables -N DOCKER && iptables -N DOCKER-USER && iptables -A DOCKER-USER -j RETURN && "
                     "iptables -A FORWARD -j DOCKER-USER && iptables -P FORWARD DROP")
@@ -180,7 +183,7 @@ def running_healer(t: Topo, log: Path, **settings: float) -> Iterator[None]:
 
 @pytest.fixture
 def topo(tmp_path):
-    tag = f"mni{os.getpid() % 1000}"
+    tag = f"{LAB_PREFIX}i{os.getpid() % 1000}"
     with Topology(tag, mount=False) as net, scratch_netns(f"{tag}-k") as k:
         sh(net.host_ns, DOCKERS_IPTABLES)
         t = Topo(net, k, state_dir=str(tmp_path / "state"))

@@ -1,15 +1,20 @@
 """IPv6 through the driver against the real kernel: egress by the parent with its address, the seed's
 published port with the reply by the parent, the next hop a router advertised, a host whose default routes
-come from router advertisements keeping them, and removal leaving both families as they were."""
+come from router advertisements keeping them, and removal leaving both families as they were. The datapath
+tests run once per firewall backend (``backend``: native nftables, iptables-nft), beside Docker's iptables
+and, as Engine 27 and later write it, its ip6tables FORWARD DROP."""
 
 from __future__ import annotations
 
 import pytest
 
+from tests.integration.conftest import DOCKERS_IPTABLES
 from tests.integration.test_datapath import EID, NID, SUBNET, attach_container, call, detach_and_remove
 from tests.lab import C1_ADDR6, HOST6_ETH0, HOST6_ETH1, ROUTER_LL
 from tests.nsutil import sh
 
+# What dockerd 27+ leaves in ip6tables' FORWARD (its chains, DOCKER-USER entered first, policy DROP).
+DOCKERS_IP6TABLES = DOCKERS_IPTABLES.replace("iptables ", "ip6tables ")
 SUBNET6 = {"AddressSpace": "LocalDefault", "Pool": "fd00:10::/64", "Gateway": "fd00:10::1/64"}
 ADDRESS6 = "fd00:10::2"
 IPV6 = {"com.docker.network.enable_ipv6": True}
@@ -34,7 +39,8 @@ def ra_defaults(t) -> str:
     return sh(t.host, "ip -6 route show default")
 
 
-def test_dual_stack_egress_and_seed_case_by_the_parent(topo):
+def test_dual_stack_egress_and_seed_case_by_the_parent(topo, backend):
+    sh(topo.host, DOCKERS_IP6TABLES)
     before = topo.dump()
     assert f"via {ROUTER_LL} dev eth0 proto ra" in ra_defaults(topo)
     assert create_dual_stack(topo, {"parent": "eth1"})["status"] == 200
@@ -49,6 +55,11 @@ def test_dual_stack_egress_and_seed_case_by_the_parent(topo):
     assert f"via {ROUTER_LL} dev eth0 proto ra" in ra_defaults(topo)
     assert f"via {ROUTER_LL} dev eth1 proto ra" in ra_defaults(topo)
     attach(topo, [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 4000, "HostPortEnd": 4000}])
+    # Each backend writes both families its own way: the native one its tables (and the opening of Docker's
+    # ip6tables FORWARD DROP), iptables-nft the ip6tables chains.
+    tables = sh(topo.host, "nft list tables")
+    assert ("table ip6 multinic" in tables) == (backend == "nftables"), tables
+    assert "-j MULTINIC-FORWARD" in sh(topo.host, "ip6tables-save -t filter")
     # Egress: c1 is reachable only through eth1's router, and sees eth1's address (masqueraded).
     topo.serve_peer(topo.c1, 7000, '::')
     assert topo.connect(topo.k, C1_ADDR6, 7000) == HOST6_ETH1
@@ -67,7 +78,7 @@ def test_dual_stack_egress_and_seed_case_by_the_parent(topo):
     assert f"via {ROUTER_LL} dev eth0 proto ra" in ra_defaults(topo)
 
 
-def test_ipv6_only_network(topo):
+def test_ipv6_only_network(topo, backend):
     before = topo.dump()
     assert create_dual_stack(topo, {"parent": "eth1"}, ipv4=False)["status"] == 200
     attach(topo, [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 4000, "HostPortEnd": 4000}],
@@ -81,7 +92,8 @@ def test_ipv6_only_network(topo):
     assert topo.dump() == before
 
 
-def test_routed_ipv6_client_reaches_container_directly(topo):
+def test_routed_ipv6_client_reaches_container_directly(topo, backend):
+    sh(topo.host, DOCKERS_IP6TABLES)
     before = topo.dump()
     create_dual_stack(topo, {"parent": "eth1", "masquerade": "false"})
     attach(topo)

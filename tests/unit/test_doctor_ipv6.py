@@ -3,6 +3,8 @@ disable_ipv6 on a parent, the ip6tables flavour."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from plugin.kernel.firewall.view import parse
 from plugin.ops.doctor import ERROR, OK, SKIP, WARN, Facts, ParentInfo
 from plugin.ops.doctor.ipv6 import check_accept_ra, check_ip6tables_flavour, check_ipv6_forwarding, check_parents_ipv6
@@ -61,3 +63,33 @@ def test_ip6tables_flavour_follows_dockers():
     result = check_ip6tables_flavour(f)[0]
     assert result.status == ERROR and "MULTINIC_FIREWALL=nft" in result.fix
     assert check_ip6tables_flavour(Facts(state=dual_stack(), ip6tables={"nft": ours}))[0].status == OK
+
+
+def test_ip6tables_flavour_with_the_native_backend_is_its_ip6_table():
+    """With the native backend multinic's IPv6 rules are the table ``ip6 multinic``, not ip6tables chains."""
+    f = Facts(state=dual_stack(), firewall_selected="nftables", nft_tables=["ip multinic", "ip6 multinic"])
+    result = check_ip6tables_flavour(f)[0]
+    assert result.status == OK and "ip6 multinic" in result.message
+    missing = check_ip6tables_flavour(Facts(state=dual_stack(), firewall_selected="nftables",
+                                            nft_tables=["ip multinic"]))[0]
+    assert missing.status == ERROR and "ip6 multinic" in missing.message and missing.fix == "multinic reconcile"
+
+
+def test_an_ip6tables_forward_drop_is_opened_or_named_per_family():
+    """Docker's ip6tables FORWARD DROP (Engine 27+) drops the IPv6 of multinic's networks unless multinic's
+    opening is in ip6tables too; an IPv4-only host's networks do not care about it."""
+    from plugin.ops.doctor.host import check_forward_drop
+
+    drop6 = {"family": "ip6", "table": "filter", "chain": "FORWARD", "prio": 0, "rules": []}
+    docker = parse("*filter\n:FORWARD DROP [0:0]\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\nCOMMIT\n")
+    opened = parse("*filter\n:FORWARD DROP [0:0]\n:DOCKER-USER - [0:0]\n:MULTINIC-FORWARD - [0:0]\n"
+                   "-A DOCKER-USER -m comment --comment multinic -j MULTINIC-FORWARD\nCOMMIT\n")
+    f = Facts(state=dual_stack(), forward_drops=[drop6], iptables={"nft": opened}, ip6tables={"nft": docker})
+    result = check_forward_drop(f)[0]
+    assert result.status == ERROR and result.message.startswith("ip6 filter chain FORWARD")
+    assert "ip6tables -I FORWARD -i mn-+ -j ACCEPT" in result.fix
+    f = Facts(state=dual_stack(), forward_drops=[drop6], iptables={"nft": opened}, ip6tables={"nft": opened})
+    assert check_forward_drop(f)[0].status == OK
+    v4_only = State(networks={NID: dataclasses.replace(dual_stack().networks[NID], subnet6="", gateway6="")})
+    f = Facts(state=v4_only, forward_drops=[drop6], iptables={"nft": opened}, ip6tables={"nft": docker})
+    assert check_forward_drop(f)[0].status == OK

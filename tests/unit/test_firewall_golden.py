@@ -97,6 +97,27 @@ def native_verbs() -> str:
     ])
 
 
+def native_dual_stack() -> str:
+    """[dual-stack.md](dual-stack.md)'s IPv6 rules as the native backend writes them, and a Join's IPv6
+    transaction."""
+    new = ep("e3" * 32, N1, "10.10.0.3/24", (PublishedPort("tcp", "", 8081, 80),))
+    new = dataclasses.replace(new, address6="fd00:10::3/64")
+    after = dataclasses.replace(DUAL, endpoints={**DUAL.endpoints, new.id: new})
+    return "\n".join([
+        "[dual-stack.md](dual-stack.md) as the native nftables backend writes it: the table `ip multinic` is",
+        "[native-one-network.md](native-one-network.md)'s, and `ip6 multinic`, written from the same plan's",
+        "IPv6 ruleset, holds the same chains for the IPv6 subnet: `-p 8080:80` is an element of `published`",
+        "keyed on eth1's stable IPv6 address (`[fd00:10::2]:80` its data), egress is `snat to` that address",
+        "(`MULTINIC-SNAT`, entered first), and isolation and hairpin are the IPv4 table's. The table exists",
+        "only while a network has IPv6.\n",
+        "## ip6 multinic\n", render_native(host_state(DUAL, FACTS).firewall6, 6),
+        "## Join of a dual-stack container publishing 8081/tcp: the IPv6 transaction\n",
+        "The IPv4 one is [native-per-verb-commits.md](native-per-verb-commits.md)'s; each family is one",
+        "transaction of its own table.\n",
+        render_native_edit(change(host_state(DUAL, FACTS), host_state(after, FACTS)).firewall6, 6),
+    ])
+
+
 def join_with_port() -> str:
     before = ONE
     new = ep("e3" * 32, N1, "10.10.0.3/24", (PublishedPort("tcp", "", 8081, 80),))
@@ -143,6 +164,7 @@ EXAMPLES = {
         "[three-networks.md](three-networks.md) as the native nftables backend writes it.\n",
         render_native(host_state(MANY, FACTS).firewall)]),
     "native-per-verb-commits.md": native_verbs,
+    "native-dual-stack.md": native_dual_stack,
     "dual-stack.md": lambda: "\n".join([
         "The network of [one-network.md](one-network.md) with IPv6 too (`--ipv6 --subnet 10.10.0.0/24 --subnet",
         "fd00:10::/64`): the IPv4 tables are unchanged, and the IPv6 tables (ip6tables, in the host's",

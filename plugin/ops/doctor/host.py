@@ -298,29 +298,38 @@ def check_forward_drop(f: Facts) -> list[Result]:
     is opened from DOCKER-USER (by multinic's chains there); anything else is named, with the fix."""
     name = "forward_drop"
     found: list[tuple[str, str]] = []  # (where, fix)
-    opened = _our_flavours(f)  # iptables flavours where multinic's FORWARD chains (or opening) are
+    views = {"ip": f.iptables, "ip6": f.ip6tables}
+    # The iptables flavours, per family, where multinic's FORWARD chains (or opening) are.
+    opened = {fam: [fl for fl in FLAVOURS if fl in v and v[fl].has_ours] for fam, v in views.items()}
+    # An IPv6 forward policy drops nothing of multinic's while its networks have no IPv6.
+    families = ("ip", "ip6") if f.state.has_ipv6() or not f.state.networks else ("ip",)
     for c in f.forward_drops:
+        if c["family"] not in families and c["family"] in views:
+            continue
         where = f"{c['family']} {c['table']} chain {c['chain']} (hook forward, priority {c['prio']}, policy drop)"
-        iptables_nft = c["table"] == "filter" and c["chain"] == "FORWARD" and c["family"] in ("ip", "ip6")
-        if c["table"] == TABLE or (iptables_nft and "nft" in opened):
+        iptables_nft = c["table"] == "filter" and c["chain"] == "FORWARD" and c["family"] in views
+        if c["table"] == TABLE or (iptables_nft and "nft" in opened[c["family"]]):
             continue
         if iptables_nft:
             tool = "ip6tables" if c["family"] == "ip6" else "iptables"
             accepts = [f"{d} {b} -j ACCEPT" for b in _bridge_match(f, False) for d in ("-i", "-o")]
             fix = " && ".join(f"{tool} -I FORWARD {a}" for a in accepts)
-            present = f.iptables["nft"].chain_rules("filter", "FORWARD") if "nft" in f.iptables else []
+            view = views[c["family"]].get("nft")
+            present = view.chain_rules("filter", "FORWARD") if view else []
         else:
             accepts = [f"{d} {b} accept" for b in _bridge_match(f, True) for d in ("iifname", "oifname")]
             fix = "; ".join(f"nft insert rule {c['family']} {c['table']} {c['chain']} {a}" for a in accepts)
             present = c.get("rules", [])
         if not all(any(line.startswith(a) for line in present) for a in accepts):
             found.append((where, fix))
-    legacy = f.iptables.get("legacy")
-    if legacy and legacy.policies.get("filter", {}).get("FORWARD") == "DROP" and "legacy" not in opened:
-        accepts = [f"{d} {b} -j ACCEPT" for b in _bridge_match(f, False) for d in ("-i", "-o")]
-        if not all(a in legacy.chain_rules("filter", "FORWARD") for a in accepts):
-            found.append(("legacy iptables filter FORWARD (policy DROP)",
-                          " && ".join(f"iptables-legacy -I FORWARD {a}" for a in accepts)))
+    for family in families:
+        legacy = views[family].get("legacy")
+        if legacy and legacy.policies.get("filter", {}).get("FORWARD") == "DROP" and "legacy" not in opened[family]:
+            tool = "ip6tables" if family == "ip6" else "iptables"
+            accepts = [f"{d} {b} -j ACCEPT" for b in _bridge_match(f, False) for d in ("-i", "-o")]
+            if not all(a in legacy.chain_rules("filter", "FORWARD") for a in accepts):
+                found.append((f"legacy {tool} filter FORWARD (policy DROP)",
+                              " && ".join(f"{tool}-legacy -I FORWARD {a}" for a in accepts)))
     if not found:
         return [Result(name, OK, "no FORWARD DROP policy outside multinic's reach")]
     severity = ERROR if f.state.networks else WARN

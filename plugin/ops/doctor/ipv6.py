@@ -4,6 +4,7 @@ flavour."""
 
 from __future__ import annotations
 
+from ...kernel.firewall.native import TABLE
 from ...kernel.tags import CHAIN_PREFIX
 from .facts import ERROR, FLAVOURS, OK, SKIP, WARN, Facts, Result
 
@@ -75,13 +76,23 @@ def check_parents_ipv6(f: Facts) -> list[Result]:
 
 def check_ip6tables_flavour(f: Facts) -> list[Result]:
     """multinic's IPv6 chains go in the flavour of Docker's (its ip6tables chains, else its iptables ones:
-    20.10 leaves ip6tables alone)."""
+    20.10 leaves ip6tables alone); with the native backend, in its table ``ip6 multinic`` (and, beside
+    Docker's ip6tables, the opening of its FORWARD DROP in Docker's flavour)."""
     name = "ip6tables_flavour"
     if not f.state.has_ipv6():
         return [Result(name, SKIP, "no IPv6 multinic network")]
     docker = [fl for fl in FLAVOURS if fl in f.ip6tables and f.ip6tables[fl].has_docker] or \
         [fl for fl in FLAVOURS if fl in f.iptables and f.iptables[fl].has_docker]
     ours = [fl for fl in FLAVOURS if fl in f.ip6tables and f.ip6tables[fl].has_ours]
+    if f.firewall_selected == "nftables":
+        if f"ip6 {TABLE}" not in f.nft_tables:
+            return [Result(name, ERROR, f"IPv6 multinic networks exist but nftables holds no table ip6 {TABLE}: "
+                           "their IPv6 is neither published, translated nor isolated", "multinic reconcile")]
+        docker6 = [fl for fl in FLAVOURS if fl in f.ip6tables and f.ip6tables[fl].has_docker]
+        opened = f"; Docker's ip6tables FORWARD opened from ip6tables-{ours[0]}" if ours else ""
+        if docker6 and not ours:
+            opened = f"; Docker's ip6tables-{docker6[0]} FORWARD not opened yet (see forward_drop)"
+        return [Result(name, OK, f"multinic's IPv6 rules are in its nftables table ip6 {TABLE}{opened}")]
     if not ours:
         return [Result(name, ERROR, "IPv6 multinic networks exist but ip6tables holds no chain of multinic's",
                        "multinic reconcile")]
