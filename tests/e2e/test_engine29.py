@@ -15,7 +15,7 @@ import pytest
 from tests.e2e.conftest import own_lab
 from tests.e2e.helpers import across_two_networks, containers, fetch, inspect_ip, network, run, wait_for, web_cmd
 from tests.e2e.test_soak import worker_loop
-from tests.lab import Lab
+from tests.lab import C1_ADDR6, HOST6_ETH1, Lab
 from tests.lab.engine29 import DOCKERD_ARGS
 
 CHURN_CYCLES = int(os.environ.get("MULTINIC_ENGINE29_CHURN", "24"))
@@ -71,6 +71,35 @@ def test_seed_case_and_egress_by_the_parent(e29):
         assert out == "192.168.101.2"  # egress leaves by eth1, with its address
         assert "multinic" not in lab.host("iptables-nft-save").stdout  # nothing written to iptables
     assert wait_for(lambda: lab.dump_host_state() == before, timeout=10)
+
+
+def test_dual_stack_seed_case_egress_isolation_and_hairpin(e29):
+    """IPv6 through the native backend's ``ip6 multinic`` beside Engine 29's ``ip6 docker-bridges``: the port on
+    eth1's IPv6 address answered by eth1, egress with eth1's stable IPv6 address, hairpin from a sibling,
+    isolation from another multinic network, IPv6 forwarding turned on by multinic (Docker leaves it) and put
+    back, nothing in ip6tables, and the host byte-identical afterwards."""
+    lab = e29
+    lab.serve_peer_echo(lab.c1_ns, 7027, "::")
+    before = lab.dump_host_state()
+    url = f"http://[{HOST6_ETH1}]:4027/"
+    with network(lab, "dual29", "--ipv6", "--opt", "parent=eth1", "--subnet", "10.47.0.0/24", "--subnet",
+                 "fd00:47::/64"), \
+            network(lab, "other29", "--ipv6", "--opt", "parent=eth1", "--subnet", "10.48.0.0/24", "--subnet",
+                    "fd00:48::/64"), containers(lab) as names:
+        run(lab, names, "web29v6", "--network", "dual29", "-p", "4027:80", cmd=web_cmd("hello29v6"))
+        run(lab, names, "peer29v6", "--network", "dual29")
+        run(lab, names, "other29v6", "--network", "other29")
+        assert wait_for(lambda: lab.http_get(lab.c1_ns, url)) == "hello29v6\n"
+        assert ("tcp", HOST6_ETH1, 4027) in lab.published_ports()
+        assert "table ip6 multinic" in lab.host("nft", "list", "tables").stdout
+        assert lab.host("sysctl", "-n", "net.ipv6.conf.all.forwarding").stdout.strip() == "1"
+        out = lab.docker("exec", "web29v6", "sh", "-c", f"nc -w 3 {C1_ADDR6} 7027 </dev/null", check=False)
+        assert out.stdout.strip() == HOST6_ETH1  # egress by eth1, from its stable address
+        got = lab.docker("exec", "peer29v6", "sh", "-c", f"timeout 5 wget -qO- {url}", check=False)
+        assert got.stdout == "hello29v6\n", got.stderr  # hairpin
+        assert fetch(lab, "other29v6", "http://[fd00:47::2]/") == ""  # isolated from the other network
+        assert "MULTINIC" not in lab.host("ip6tables-nft-save").stdout  # nothing written to ip6tables
+    assert wait_for(lambda: lab.dump_host_state() == before, timeout=10), lab.dump_host_state()
 
 
 def test_the_users_own_nftables_filter_holds_for_multinic_ports(e29):

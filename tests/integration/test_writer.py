@@ -15,7 +15,7 @@ from tests.nsutil import sh
 PORT = {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 4000, "HostPortEnd": 4000}
 
 
-def _spawns_of_verbs(state_dir: str, ports: list) -> dict[str, list[str]]:
+def _spawns_of_verbs(state_dir: str, ports: list, address6: str = "") -> dict[str, list[str]]:
     """Run CreateEndpoint, Join, Leave, DeleteEndpoint here, recording every process started
     (the firewall flavour is detected once per process, at plugin start: done first here)."""
     from plugin.kernel.firewall import select
@@ -33,7 +33,7 @@ def _spawns_of_verbs(state_dir: str, ports: list) -> dict[str, list[str]]:
     ref = {"NetworkID": NID, "EndpointID": EID}
     try:
         bodies = {
-            "CreateEndpoint": {**ref, "Interface": {"Address": "10.10.0.2/24"}},
+            "CreateEndpoint": {**ref, "Interface": {"Address": "10.10.0.2/24", "AddressIPv6": address6}},
             "Join": {**ref, "SandboxKey": "", "Options": {"com.docker.network.portmap": ports}},
             "Leave": ref,
             "DeleteEndpoint": ref,
@@ -60,6 +60,23 @@ def test_verbs_without_ports_start_no_process_and_with_ports_one_commit(topo, ba
     restore = [] if backend == "nftables" else ["iptables-nft-restore"]
     assert loud["Join"] == restore
     assert loud["Leave"][:len(restore)] == restore and set(loud["Leave"][len(restore):]) <= {"conntrack"}
+    assert call_in(topo, "DeleteNetwork", {"NetworkID": NID})["status"] == 200
+    assert topo.dump() == before
+
+
+def test_dual_stack_verbs_with_ports_start_no_process_with_the_native_backend(topo, backend):
+    """A dual-stack Join and Leave with a port: the native backend writes both families in-process (one
+    transaction per table, nothing started); iptables-nft one restore per family."""
+    from tests.integration.test_datapath6 import create_dual_stack
+
+    before = topo.dump()
+    assert create_dual_stack(topo, {"parent": "eth1"})["status"] == 200
+    loud = topo.in_host(_spawns_of_verbs, topo.state_dir, [PORT], "fd00:10::2/64")
+    assert "table ip6 multinic" in sh(topo.host, "nft list tables") or backend != "nftables"
+    restores = [] if backend == "nftables" else ["ip6tables-nft-restore", "iptables-nft-restore"]
+    assert loud["CreateEndpoint"] == [] and loud["DeleteEndpoint"] == []
+    assert sorted(loud["Join"]) == restores, loud
+    assert sorted(s for s in loud["Leave"] if s != "conntrack") == restores, loud
     assert call_in(topo, "DeleteNetwork", {"NetworkID": NID})["status"] == 200
     assert topo.dump() == before
 
