@@ -5,6 +5,7 @@ client, the Driver ``multinic serve`` runs) in a namespace lab's host that looks
 
     .venv/bin/python scripts/firewall_bench.py                     # 0, 500, 2000 ports; 40 rounds
     .venv/bin/python scripts/firewall_bench.py --fill 0,2000 --rounds 20 --backends nftables
+    .venv/bin/python scripts/firewall_bench.py --dual-stack   # the network and its endpoints in IPv6 too
 
 For each backend and each fill K (ports already published, ten per endpoint: a bridge takes at most 1024
 ports), it times R rounds of CreateEndpoint, Join publishing one port, Leave and DeleteEndpoint (p50 / p90
@@ -37,7 +38,7 @@ DOCKER_LIKE = ("iptables-nft -N DOCKER && iptables-nft -N DOCKER-USER && iptable
                "iptables-nft -A FORWARD -j DOCKER-USER && iptables-nft -P FORWARD DROP")
 
 
-def measure(state_dir: str, backend: str, fills: list[int], rounds: int) -> dict[str, Any]:
+def measure(state_dir: str, backend: str, fills: list[int], rounds: int, dual_stack: bool = False) -> dict[str, Any]:
     from plugin.api.http import create_app
     from plugin.kernel import reaper
     from plugin.plan.driver import Driver
@@ -55,16 +56,21 @@ def measure(state_dir: str, backend: str, fills: list[int], rounds: int) -> dict
     driver = Driver(Store(state_dir), Settings(firewall=backend), defer_deletes=True)
     client = create_app(driver).test_client()
     in_firewall = [0.0]
-    edit = driver.firewall.v4.edit
 
-    def timed_edit(*a: Any, **kw: Any) -> None:  # the firewall's own share of a verb
-        start = time.perf_counter()
-        try:
-            edit(*a, **kw)
-        finally:
-            in_firewall[0] += time.perf_counter() - start
+    def timed(edit: Any) -> Any:
+        def timed_edit(*a: Any, **kw: Any) -> None:  # the firewall's own share of a verb (both families)
+            start = time.perf_counter()
+            try:
+                edit(*a, **kw)
+            finally:
+                in_firewall[0] += time.perf_counter() - start
+        return timed_edit
 
-    driver.firewall.v4.edit = timed_edit  # type: ignore[method-assign]
+    for _family, backend_of_family in driver.firewall.by_family():
+        backend_of_family.edit = timed(backend_of_family.edit)  # type: ignore[method-assign]
+
+    def iface(v4: str, i: int) -> dict[str, str]:
+        return {"Address": v4, **({"AddressIPv6": f"fd00:10::{i + 2:x}/64"} if dual_stack else {})}
 
     def call(verb: str, body: dict[str, Any]) -> tuple[float, int, float]:
         before, fw = len(spawned), in_firewall[0]
@@ -75,15 +81,17 @@ def measure(state_dir: str, backend: str, fills: list[int], rounds: int) -> dict
             raise RuntimeError(f"{verb}: {resp.data!r}")
         return took, len(spawned) - before, (in_firewall[0] - fw) * 1000
 
-    call("CreateNetwork", {"NetworkID": NID, "Options": {"com.docker.network.generic": {"parent": "eth1"}},
+    ipv6 = [{"AddressSpace": "", "Pool": "fd00:10::/64", "Gateway": "fd00:10::1/64"}] if dual_stack else []
+    call("CreateNetwork", {"NetworkID": NID, "Options": {"com.docker.network.generic": {"parent": "eth1"},
+                                                        "com.docker.network.enable_ipv6": dual_stack},
                            "IPv4Data": [{"AddressSpace": "", "Pool": "10.10.0.0/16", "Gateway": "10.10.0.1/16"}],
-                           "IPv6Data": []})
-    out: dict[str, Any] = {"backend": driver.firewall.name}
+                           "IPv6Data": ipv6})
+    out: dict[str, Any] = {"backend": driver.firewall.name, "dual_stack": dual_stack}
     held = 0
     for fill in fills:
         for i in range(held // PER_ENDPOINT, fill // PER_ENDPOINT):
             ref = {"NetworkID": NID, "EndpointID": _eid("fill", i)}
-            call("CreateEndpoint", {**ref, "Interface": {"Address": f"10.10.{1 + i // 250}.{1 + i % 250}/16"}})
+            call("CreateEndpoint", {**ref, "Interface": iface(f"10.10.{1 + i // 250}.{1 + i % 250}/16", i)})
             ports = [{"Proto": 6, "IP": "", "Port": 80 + k, "HostIP": "", "HostPort": 20000 + i * PER_ENDPOINT + k,
                       "HostPortEnd": 20000 + i * PER_ENDPOINT + k} for k in range(PER_ENDPOINT)]
             call("Join", {**ref, "SandboxKey": "", "Options": {"com.docker.network.portmap": ports}})
@@ -94,7 +102,7 @@ def measure(state_dir: str, backend: str, fills: list[int], rounds: int) -> dict
         for r in range(rounds):
             ref = {"NetworkID": NID, "EndpointID": _eid(f"round{fill}-", r)}
             port = {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 40000, "HostPortEnd": 40000}
-            for verb, body in (("CreateEndpoint", {**ref, "Interface": {"Address": "10.10.200.1/16"}}),
+            for verb, body in (("CreateEndpoint", {**ref, "Interface": iface("10.10.200.1/16", 0xfff0)}),
                                ("Join", {**ref, "SandboxKey": "", "Options": {"com.docker.network.portmap": [port]}}),
                                ("Leave", ref), ("DeleteEndpoint", ref)):
                 took, n, fw = call(verb, body)
@@ -116,13 +124,15 @@ def main() -> int:
     parser.add_argument("--fill", default="0,500,2000", help="ports already published, comma-separated")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--backends", default="nftables,iptables-nft")
+    parser.add_argument("--dual-stack", action="store_true", help="the network and its endpoints in IPv6 too")
     args = parser.parse_args()
     fills = sorted(int(x) for x in args.fill.split(","))
     results = []
     for n, backend in enumerate(args.backends.split(",")):
         with Topology(f"nfbn{n}", mount=False) as net, tempfile.TemporaryDirectory(prefix="nfbench-") as tmp:
             net.sh(net.host_ns, DOCKER_LIKE)
-            results.append(in_netns(net.host_ns, measure, str(Path(tmp) / "state"), backend, fills, args.rounds))
+            results.append(in_netns(net.host_ns, measure, str(Path(tmp) / "state"), backend, fills, args.rounds,
+                                   args.dual_stack))
     print(json.dumps({"rounds": args.rounds, "results": results}, indent=1))
     return 0
 
