@@ -70,8 +70,11 @@ def test_dual_stack_seed_case_egress_and_hairpin(c1_echo6):
         assert lab.http_get(lab.host_ns, url(HOST6_ETH1, 4070)) == "hello6\n"
         got = lab.docker("exec", "peer6", "sh", "-c", f"timeout 5 wget -qO- {url(HOST6_ETH1, 4070)}", check=False)
         assert got.stdout == "hello6\n", got.stderr
-        # multinic status shows both families
-        rows = {p["host"] for p in status(lab)["ports"] if p["container"] == "web6"}
+        # multinic status shows both families; the default backend beside Docker's iptables-nft is the native
+        # one: IPv6 in its table ip6 multinic
+        shown = status(lab)
+        assert shown["firewall"] == "nftables" and "table ip6 multinic" in lab.host("nft", "list", "tables").stdout
+        rows = {p["host"] for p in shown["ports"] if p["container"] == "web6"}
         assert {f"[{HOST6_ETH1}]:4070", "192.168.101.2:4070", f"[{HOST6_ETH1}]:4071"} <= rows
 
 
