@@ -98,12 +98,11 @@ def _apply(ipr: IPRoute, todo: Change, new: HostState, backend: Firewall,
     _routes_and_rules(ipr, todo.routes_add, todo.routes_del, todo.rules_add, todo.rules_del)
     for path, value in todo.sysctls.items():
         devconf.write_sysctl(path, value)
-    for edits, ruleset, fw, full in ((todo.firewall, new.firewall, backend.v4, lambda: whole().firewall),
-                                     (todo.firewall6, new.firewall6, backend.v6, lambda: whole().firewall6)):
+    for edits, ruleset, fw in ((todo.firewall, new.firewall, backend.v4), (todo.firewall6, new.firewall6, backend.v6)):
         if edits is None:  # first network made, or last one gone: the scope is the whole host
             _firewall_whole(ruleset, fw)
-        elif edits:
-            fw.edit(edits, full)
+    # The rest, both families at once (the native backend: one transaction for both tables).
+    backend.edit(todo.firewall or (), lambda: whole().firewall, todo.firewall6 or (), lambda: whole().firewall6)
     if defer_deletes and todo.veths_gone:
         reaper.delete_later([i for name in todo.veths_gone if (i := links.retire_link(ipr, name)) is not None])
     else:

@@ -5,6 +5,7 @@ Packets crossing it are tests/integration/test_datapath.py's (run once per backe
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -94,6 +95,45 @@ def test_a_port_is_one_element_whatever_the_host_holds_and_a_refused_edit_change
     assert (out["start"], out["joined"], out["left"]) == (held, held + 1, held)
     assert out["refused"] and "nftables refused" in out["refused"]
     assert out["after_refusal"] == held and out["drift"] == []
+
+
+def _both_families_at_once() -> dict:
+    """A dual-stack host; a verb's edits of both tables through ``Firewall.edit``: one transaction, so an
+    IPv6 deletion the kernel cannot match leaves the IPv4 table unchanged too."""
+    from plugin.errors import Failure
+    from plugin.kernel.firewall import Firewall, nft
+    from plugin.kernel.firewall.native import NativeBackend
+
+    state = _dual_stack()
+    fw = Firewall(NativeBackend(4), NativeBackend(6))
+    hs = host_state(state, FACTS6)
+    fw.v4.apply(hs.firewall)
+    fw.v6.apply(hs.firewall6)
+    before = nft.text("list ruleset")
+    gone = dataclasses.replace(state, endpoints=dict(list(state.endpoints.items())[1:]))
+    leave = change(hs, host_state(gone, FACTS6))
+    runs: list[str] = []
+    real = nft.run
+    nft.run = lambda commands: runs.append(commands) or real(commands)
+    out: dict = {}
+    try:
+        fw.edit(leave.firewall, lambda: Ruleset(), leave.firewall6 * 2, lambda: Ruleset())  # IPv6 deleted twice
+    except Failure as exc:
+        out["refused"] = str(exc)
+    out["unchanged"] = nft.text("list ruleset") == before
+    fw.edit(leave.firewall, lambda: Ruleset(), leave.firewall6, lambda: Ruleset())
+    nft.run = real
+    out["transactions"] = len(runs)
+    out["drift"] = fw.v4.drift(host_state(gone, FACTS6).firewall) + fw.v6.drift(host_state(gone, FACTS6).firewall6)
+    fw.v4.remove()
+    fw.v6.remove()
+    return out
+
+
+def test_a_verbs_edits_of_both_families_are_one_transaction(ns):
+    out = in_netns(ns, _both_families_at_once)
+    assert out["refused"] and out["unchanged"]
+    assert out["transactions"] == 2 and out["drift"] == []  # the refused one, then the good one
 
 
 def _opening(first: Ruleset, more: Ruleset) -> dict:

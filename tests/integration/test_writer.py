@@ -15,10 +15,11 @@ from tests.nsutil import sh
 PORT = {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 4000, "HostPortEnd": 4000}
 
 
-def _spawns_of_verbs(state_dir: str, ports: list, address6: str = "") -> dict[str, list[str]]:
-    """Run CreateEndpoint, Join, Leave, DeleteEndpoint here, recording every process started
-    (the firewall flavour is detected once per process, at plugin start: done first here)."""
-    from plugin.kernel.firewall import select
+def _spawns_of_verbs(state_dir: str, ports: list, address6: str = "", transactions: bool = False) -> dict:
+    """Run CreateEndpoint, Join, Leave, DeleteEndpoint here, recording every process started (and with
+    ``transactions`` the libnftables transactions each ran, under "nft transactions"; the firewall flavour is
+    detected once per process, at plugin start: done first here)."""
+    from plugin.kernel.firewall import nft, select
 
     select(settings())
     spawned: list[str] = []
@@ -29,7 +30,11 @@ def _spawns_of_verbs(state_dir: str, ports: list, address6: str = "") -> dict[st
         return real(self, args, *a, **kw)
 
     subprocess.Popen.__init__ = record
-    out: dict[str, list[str]] = {}
+    runs: list[str] = []
+    real_run = nft.run
+    nft.run = lambda commands: runs.append(commands) or real_run(commands)
+    out: dict = {}
+    counted: dict[str, int] = {}
     ref = {"NetworkID": NID, "EndpointID": EID}
     try:
         bodies = {
@@ -40,11 +45,16 @@ def _spawns_of_verbs(state_dir: str, ports: list, address6: str = "") -> dict[st
         }
         for verb, body in bodies.items():
             spawned.clear()
+            runs.clear()
             resp = call(state_dir, verb, body)
             assert resp["status"] == 200, (verb, resp)
             out[verb] = [s.split()[0].rsplit("/", 1)[-1] for s in spawned]
+            counted[verb] = len(runs)
     finally:
         subprocess.Popen.__init__ = real
+        nft.run = real_run
+    if transactions:
+        out["nft transactions"] = counted
     return out
 
 
@@ -71,12 +81,14 @@ def test_dual_stack_verbs_with_ports_start_no_process_with_the_native_backend(to
 
     before = topo.dump()
     assert create_dual_stack(topo, {"parent": "eth1"})["status"] == 200
-    loud = topo.in_host(_spawns_of_verbs, topo.state_dir, [PORT], "fd00:10::2/64")
+    loud = topo.in_host(_spawns_of_verbs, topo.state_dir, [PORT], "fd00:10::2/64", True)
     assert "table ip6 multinic" in sh(topo.host, "nft list tables") or backend != "nftables"
     restores = [] if backend == "nftables" else ["ip6tables-nft-restore", "iptables-nft-restore"]
     assert loud["CreateEndpoint"] == [] and loud["DeleteEndpoint"] == []
     assert sorted(loud["Join"]) == restores, loud
     assert sorted(s for s in loud["Leave"] if s != "conntrack") == restores, loud
+    if backend == "nftables":  # both tables in ONE libnftables transaction per verb
+        assert loud["nft transactions"] == {"CreateEndpoint": 0, "Join": 1, "Leave": 1, "DeleteEndpoint": 0}
     assert call_in(topo, "DeleteNetwork", {"NetworkID": NID})["status"] == 200
     assert topo.dump() == before
 

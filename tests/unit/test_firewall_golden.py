@@ -112,8 +112,8 @@ def native_dual_stack() -> str:
         "only while a network has IPv6.\n",
         "## ip6 multinic\n", render_native(host_state(DUAL, FACTS).firewall6, 6),
         "## Join of a dual-stack container publishing 8081/tcp: the IPv6 transaction\n",
-        "The IPv4 one is [native-per-verb-commits.md](native-per-verb-commits.md)'s; each family is one",
-        "transaction of its own table.\n",
+        "The IPv4 commands are [native-per-verb-commits.md](native-per-verb-commits.md)'s; the verb sends both",
+        "families' commands to libnftables as ONE transaction (both tables change, or neither).\n",
         render_native_edit(change(host_state(DUAL, FACTS), host_state(after, FACTS)).firewall6, 6),
     ])
 

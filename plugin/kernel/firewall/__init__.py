@@ -11,11 +11,12 @@ import logging
 import shutil
 import subprocess
 from dataclasses import dataclass
+from typing import Callable
 
 from ...errors import Failure
 from ...settings import FIREWALLS, Settings
 from . import nft
-from .model import FirewallBackend, Ruleset
+from .model import Edit, FirewallBackend, Ruleset
 from .restore import RestoreBackend
 from .view import View, drift
 
@@ -91,6 +92,19 @@ class Firewall:
 
     def by_family(self) -> tuple[tuple[int, FirewallBackend], ...]:
         return (4, self.v4), (6, self.v6)
+
+    def edit(self, edits: tuple[Edit, ...], full: Callable[[], Ruleset], edits6: tuple[Edit, ...],
+             full6: Callable[[], Ruleset]) -> None:
+        """Both families' edits of a verb: with the native backend ONE libnftables transaction for both
+        tables; the iptables backends one commit per family, IPv4 first."""
+        from .native import NativeBackend, edit_together
+
+        if isinstance(self.v4, NativeBackend) and isinstance(self.v6, NativeBackend):
+            edit_together(((self.v4, edits, full), (self.v6, edits6, full6)))
+            return
+        for fw, todo, whole in ((self.v4, edits, full), (self.v6, edits6, full6)):
+            if todo:
+                fw.edit(todo, whole)
 
 
 def backend_for(flavour: str, settings: Settings | None = None) -> FirewallBackend:

@@ -310,6 +310,31 @@ def opening_edits(edits: Iterable[Edit]) -> tuple[Edit, ...]:
                  if e.table == "filter" and e.chain == FILTER_ACCEPT for r in _opening_of(e.rule))
 
 
+def edit_together(todo: Iterable[tuple[NativeBackend, tuple[Edit, ...], Callable[[], Ruleset]]]) -> None:
+    """The edits of our tables (both families for a dual-stack verb) as ONE libnftables transaction. The
+    opening of Docker's iptables FORWARD (an iptables transaction of its own, only when a bridge came or
+    went) closes before it and opens after it. A deletion the kernel cannot match refuses the whole
+    transaction, both families (the writer then re-applies the whole host)."""
+    commands: list[str] = []
+    opens: list[tuple[FirewallBackend, tuple[Edit, ...], Callable[[], Ruleset]]] = []
+    for backend, edits, full in todo:
+        if not edits:
+            continue
+        gates = opening_edits(edits)  # a bridge came or went: only then is Docker's iptables looked at
+        opener = backend.opening_backend() if gates else None
+        if opener is not None:
+            shut = tuple(e for e in gates if e.action == "-D")
+            if shut:
+                opener.edit(shut, lambda full=full: opening(full()))
+            if len(shut) < len(gates):
+                opens.append((opener, tuple(e for e in gates if e.action == "-A"), full))
+        commands += edit_commands(edits, backend.family, backend._handles)
+    if commands:
+        nft.run("\n".join(commands))
+    for opener, gates, full in opens:
+        opener.edit(gates, lambda full=full: opening(full()))
+
+
 # -- reading the kernel ---------------------------------------------------------------------------------
 def _value(v: Any) -> str:
     if isinstance(v, dict) and "prefix" in v:
@@ -472,19 +497,8 @@ class NativeBackend:
 
     def edit(self, edits: tuple[Edit, ...], full: Callable[[], Ruleset]) -> None:
         """ONE transaction for our table: an element per published port, a rule appended or deleted (by its
-        handle, read from the chain it is deleted from) for the rest. The opening closes before and opens
-        after it. A deletion the kernel cannot match fails it (the writer then re-applies the whole host)."""
-        if not edits:
-            return
-        gates = opening_edits(edits)  # a bridge came or went: only then is Docker's iptables looked at
-        opener = self.opening_backend() if gates else None
-        shut = tuple(e for e in gates if e.action == "-D")
-        if opener is not None and shut:
-            opener.edit(shut, lambda: opening(full()))
-        commands = edit_commands(edits, self.family, self._handles)
-        nft.run("\n".join(commands))
-        if opener is not None and len(shut) < len(gates):
-            opener.edit(tuple(e for e in gates if e.action == "-A"), lambda: opening(full()))
+        handle, read from the chain it is deleted from) for the rest (:func:`edit_together`)."""
+        edit_together(((self, edits, full),))
 
     def _handles(self, chain: str) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
