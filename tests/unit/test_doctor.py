@@ -149,6 +149,14 @@ def test_docker_unreachable_old_and_current():
     assert r.status == OK and "28.5.2" in r.message
 
 
+def test_engine_29_0_0_to_29_0_2_is_an_error_naming_moby_51554():
+    for version in ("29.0.0", "29.0.2"):
+        r = one(doctor.check_docker(Facts(docker_version=version, docker_api="1.52")))
+        assert r.status == ERROR and "moby #51554" in r.message and "29.0.3" in r.fix
+    assert one(doctor.check_docker(Facts(docker_version="29.0.3", docker_api="1.52"))).status == OK
+    assert one(doctor.check_docker(Facts(docker_version="29.7.2", docker_api="1.52"))).status == OK
+
+
 def test_ghosts_both_ways_and_young_endpoints_spared():
     st = state()
     st.endpoints[EID] = EndpointRecord(id=EID, network_id=NID, address="10.10.0.2/24", mac="02:42:0a:0a:00:02",
