@@ -86,7 +86,11 @@ def chain_text(ns: str, table: str, chain: str) -> str:
 
 
 def published(ns: str) -> set[tuple[str, str, int]]:
-    return published_ports_of(lambda *cmd: sh(ns, " ".join(cmd) + " 2>/dev/null", check=False), "iptables-save")
+    """(protocol, host address or "", port) multinic publishes in the host, both families, either backend."""
+    def run(*cmd: str) -> str:
+        return sh(ns, " ".join(cmd) + " 2>/dev/null", check=False)
+
+    return published_ports_of(run, "iptables-save") | published_ports_of(run, "ip6tables-save")
 
 
 @pytest.fixture(autouse=True, scope="session")
