@@ -33,8 +33,11 @@ def test_plugin_restart_reapplies_ipv6_what_others_deleted(mn):
         assert wait_for(lambda: lab.http_get(lab.c1_ns, url)) == "kept6\n"
         lab.stop_plugin()
         lab.host("sh", "-c", "while ip -6 rule del proto 211 2>/dev/null; do :; done; "
-                             "ip -6 route flush table all proto 211; ip6tables -t mangle -F MULTINIC-PREROUTING; "
-                             "ip6tables -t nat -F MULTINIC-SNAT")
+                             "ip -6 route flush table all proto 211; "
+                             # whichever backend wrote them: ip6tables' chains or the native ip6 table
+                             "ip6tables -t mangle -F MULTINIC-PREROUTING 2>/dev/null; "
+                             "ip6tables -t nat -F MULTINIC-SNAT 2>/dev/null; nft flush table ip6 multinic 2>/dev/null; "
+                             "true")
         assert lab.http_get(lab.c1_ns, url, timeout=2) is None
         lab.start_plugin()
         assert wait_for(lambda: lab.http_get(lab.c1_ns, url)) == "kept6\n"
