@@ -23,7 +23,8 @@ Operations:
 - ``spawns``: processes the plugin starts during one ``run --rm`` and one ``run -d -p`` (strace);
 - ``ipv6``: the same through dual-stack networks (``--ipv6``; both drivers): ``run_rm6``,
   ``requests6_per_s`` and ``throughput6_MBps`` on the host's IPv6 address (from c0), and
-  ``dual_stack_run_rm`` in the JSON: multinic's dual-stack ``run --rm`` over its IPv4-only one. Engine
+  ``dual_stack_run_rm`` in the JSON: each driver's dual-stack ``run --rm`` over its IPv4-only one, timed
+  interleaved (``run_rm4_beside6``). Engine
   20.10's bridge publishes IPv6 through docker-proxy (no ip6tables), 28.5's through DNAT.
 
 Usage (root)::
@@ -220,8 +221,13 @@ class Bench:
             self.docker("network", "create", *self.opts[driver], "--ipv6", "--subnet", f"10.{n}.0.0/24",
                         "--subnet", f"fd00:{n}::/64", f"bn6-{driver}")
         try:
-            self.rounds("run_rm6", lambda d, i: self.timed(
-                lambda: self.docker("run", "--rm", "--network", f"bn6-{d}", IMAGE, "true")))
+            def run_rm_both(d: str, i: int) -> float:
+                # IPv4-only interleaved with dual stack, so that their ratio is taken under the same load
+                self.record(d, "run_rm4_beside6", i, self.timed(
+                    lambda: self.docker("run", "--rm", "--network", f"bn-{d}", IMAGE, "true")))
+                return self.timed(lambda: self.docker("run", "--rm", "--network", f"bn6-{d}", IMAGE, "true"))
+
+            self.rounds("run_rm6", run_rm_both)
             self.op_requests("requests6_per_s", "bn6", HOST6_ETH0)
             iperf3 = self._iperf3()
             if iperf3:
@@ -475,10 +481,12 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
             else:
                 row["ratio"] = row["multinic"]["median"] / row["bridge"]["median"]
         out[op] = row
-    rm, rm6 = out.get("run_rm", {}).get("multinic"), out.get("run_rm6", {}).get("multinic")
-    if rm and rm6:
-        out["dual_stack_run_rm"] = {"multinic_ipv4": rm["median"], "multinic_dual_stack": rm6["median"],
-                                    "ratio": rm6["median"] / rm["median"]}
+    # dual stack over IPv4-only, per driver, from the interleaved rounds (else the earlier run_rm op)
+    rm4 = out.get("run_rm4_beside6") or out.get("run_rm", {})
+    dual = {d: out.get("run_rm6", {}).get(d, {}).get("median", 0) / rm4[d]["median"]
+            for d in DRIVERS if d in rm4 and out.get("run_rm6", {}).get(d)}
+    if "multinic" in dual:
+        out["dual_stack_run_rm"] = {"ratio": dual["multinic"], "bridge_ratio": dual.get("bridge")}
     return out
 
 
@@ -560,7 +568,8 @@ def main() -> int:
     print(f"engine {args.engine}: medians of {args.rounds} rounds (ratio = multinic / bridge)")
     for op, row in summary.items():
         if op == "dual_stack_run_rm":
-            print(f"  {op:22} multinic dual-stack / IPv4-only {row['ratio']:5.2f}")
+            print(f"  {op:22} dual-stack / IPv4-only: multinic {row['ratio']:5.2f}  bridge "
+                  f"{row['bridge_ratio'] or float('nan'):5.2f}")
         elif "ratio" in row:
             print(f"  {op:22} bridge {row['bridge']['median']:9.3f}  multinic {row['multinic']['median']:9.3f}"
                   f"  ratio {row['ratio']:5.2f}")
