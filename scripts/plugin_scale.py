@@ -12,7 +12,8 @@ verb's cost grows with what is already on the host::
 
 ``leave`` mode: what a Leave that removes a published port costs as the host's published ports grow
 from 0 to N (default 2,000): at each step (0, N/8, N/4, N/2, N) it times ``rounds`` Join + Leave pairs of
-an endpoint publishing one port (Leave p50 / p99, Join p50), whatever firewall backend is active (its
+an endpoint publishing one port (Leave p50 / p99, Join p50; the ports already there belong to endpoints
+publishing 10 each), whatever firewall backend is active (its
 name is printed: iptables-nft's Leave searches the endpoint's DNAT bucket, 1/32 of the host's ports; a
 backend holding ports in a set or map pays one element)::
 
@@ -40,6 +41,7 @@ from tests.nsutil import in_netns  # noqa: E402
 
 NID = "5c" * 32
 LAB = os.environ.get("MULTINIC_SCALE_LAB", "mnscal")  # the namespaces' prefix
+PORTS_EACH = 10  # leave mode: ports published by each filling endpoint
 
 
 def _eid(tag: str, i: int) -> str:
@@ -76,9 +78,10 @@ def _address(i: int) -> dict[str, Any]:
     return {"Address": f"10.10.{1 + i // 250}.{1 + i % 250}/16"}
 
 
-def _port(host_port: int) -> dict[str, Any]:
-    return {"com.docker.network.portmap": [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": host_port,
-                                            "HostPortEnd": host_port}]}
+def _port(host_port: int, count: int = 1) -> dict[str, Any]:
+    return {"com.docker.network.portmap": [{"Proto": 6, "IP": "", "Port": 80 + k, "HostIP": "",
+                                            "HostPort": host_port + k, "HostPortEnd": host_port + k}
+                                           for k in range(count)]}
 
 
 def measure(state_dir: str, fill: int, rounds: int) -> dict[str, Any]:
@@ -115,13 +118,14 @@ def leave_cost(state_dir: str, most: int, rounds: int) -> dict[str, Any]:
     from plugin.kernel import reaper
 
     driver, call = _verbs(state_dir)
-    steps, published, rows = sorted({0, most // 8, most // 4, most // 2, most}), 0, []
+    steps = sorted({round(n / PORTS_EACH) * PORTS_EACH for n in (0, most / 8, most / 4, most / 2, most)})
+    published, rows = 0, []
     for step in steps:
-        while published < step:  # one endpoint per published port, as containers have them
+        while published < step:  # 10 ports an endpoint: a Linux bridge takes 1,023 ports at most
             ref = {"NetworkID": NID, "EndpointID": _eid("fill", published)}
-            call("CreateEndpoint", {**ref, "Interface": _address(published)})
-            call("Join", {**ref, "SandboxKey": "", "Options": _port(20000 + published)})
-            published += 1
+            call("CreateEndpoint", {**ref, "Interface": _address(published // PORTS_EACH)})
+            call("Join", {**ref, "SandboxKey": "", "Options": _port(20000 + published, PORTS_EACH)})
+            published += PORTS_EACH
         joins, leaves = [], []
         for i in range(rounds):
             ref = {"NetworkID": NID, "EndpointID": _eid(f"leave{step}-", i)}

@@ -87,16 +87,23 @@ class Events:
     def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
         self.conn = conn
         self.response = response
+        self.closed = False
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
-            line = self.response.readline()
+            try:
+                line = self.response.readline()
+            except (OSError, ValueError, AttributeError, http.client.HTTPException):
+                if self.closed:
+                    return  # closed under the reader's feet
+                raise
             if not line:
                 return
             if line.strip():
                 yield json.loads(line)
 
     def close(self) -> None:
+        self.closed = True
         sock = self.conn.sock
         if sock is not None:
             try:
@@ -104,6 +111,15 @@ class Events:
             except OSError:
                 pass
         self.conn.close()
+
+
+def _filters(filters: dict[str, Any]) -> dict[str, list[str]]:
+    """dockerd's filters are lists of strings: ``{"status": "running"}`` → ``{"status": ["running"]}``."""
+    out = {}
+    for key, value in filters.items():
+        values = value if isinstance(value, (list, tuple, set)) else [value]
+        out[key] = [str(v).lower() if isinstance(v, bool) else str(v) for v in values]
+    return out
 
 
 class DockerAPI:
@@ -127,7 +143,7 @@ class DockerAPI:
 
     def _open(self, path: str, params: dict[str, Any] | None, timeout: float | None
               ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        query = {k: json.dumps(v) if isinstance(v, dict) else v for k, v in (params or {}).items()}
+        query = {k: json.dumps(_filters(v)) if k == "filters" else v for k, v in (params or {}).items()}
         conn = self._connect(timeout)
         try:
             conn.request("GET", path + (f"?{urlencode(query)}" if query else ""))
