@@ -10,6 +10,7 @@ import pytest
 from plugin.kernel import tags
 from plugin.loops import decisions
 from plugin.loops import gateways as watcher
+from plugin.ops import engine
 from plugin.ops.status import gateway_rows
 from plugin.plan import gateway
 from plugin.plan.desired import MAIN_TABLE, RouteSpec, RuleSpec
@@ -289,21 +290,17 @@ class FakeAPI:
         return list(self._networks.values())
 
     def inspect_network(self, nid):
-        import docker.errors
-
         if nid not in self._networks:
-            raise docker.errors.NotFound("no such network")
+            raise engine.NotFound("no such network", 404)
         return self._networks[nid]
 
     def containers(self, filters=None):
         return [c for c in self._containers.values() if c["State"]["Running"]]
 
     def inspect_container(self, cid):
-        import docker.errors
-
         self.inspected.append(cid)
         if cid not in self._containers:
-            raise docker.errors.NotFound("no such container")
+            raise engine.NotFound("no such container", 404)
         return self._containers[cid]
 
 
