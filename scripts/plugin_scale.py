@@ -1,5 +1,5 @@
 """The plugin's own cost as the host fills up, without dockerd: the remote-driver verbs called
-in-process (Flask test client, the same Driver ``multinic serve`` runs) inside a namespace lab
+in-process (the WSGI app's test client, the same Driver ``multinic serve`` runs) inside a namespace lab
 (a fake host with eth0/eth1, its routers and a client, as the integration tests build it).
 
 It creates one network on eth1, then K endpoints each publishing one port (Join with a port,

@@ -55,8 +55,11 @@ def drift(state: State, counts: dict[str, int] | None = None) -> list[str]:
 
 
 class Healer:
-    def __init__(self, driver: Driver) -> None:
+    def __init__(self, driver: Driver, serving_since: float | None = None) -> None:
+        """``serving_since``: when ``multinic serve`` started; networks created since are never "lost
+        while we were down" (default: now)."""
         self.driver = driver
+        self.serving_since = time.time() if serving_since is None else serving_since
         self.store = driver.store
         self.settings = driver.settings
         self.parents: dict[str, int | None] = {}  # parent name → its index, as last read
@@ -188,7 +191,7 @@ class Healer:
         known = engine.network_ids(self.settings, timeout=3)
         if known is not None:
             self.pruned_at = None
-            self.driver.reconcile(known)
+            self.driver.reconcile(known, created_before=self.serving_since)
 
     def _collect_garbage(self) -> None:
         view = engine.endpoints_by_network(self.settings, timeout=5)
@@ -209,6 +212,6 @@ class Healer:
             time.sleep(STOP_POLL)
 
 
-def loop(driver: Driver) -> Callable[[Any], None]:
+def loop(driver: Driver, serving_since: float | None = None) -> Callable[[Any], None]:
     """The healer, as the supervisor runs it in the loops process."""
-    return lambda stop: Healer(driver).run(stop)
+    return lambda stop: Healer(driver, serving_since).run(stop)

@@ -66,6 +66,7 @@ def cmd_serve(settings: Settings) -> int:
     the loops (threads): everything is imported and the garbage collector's objects frozen before either
     forks, so the three share their pages (docs/ARCHITECTURE.md, *Processes*)."""
     import gc
+    import time
 
     from gunicorn.app.base import BaseApplication
 
@@ -75,6 +76,7 @@ def cmd_serve(settings: Settings) -> int:
     from ..plan.state import Store
     from . import faults, metrics
 
+    serving_since = time.time()  # networks created from now on were not lost by dockerd while we were down
     metrics_at = None
     if settings.metrics_address:
         try:
@@ -107,14 +109,20 @@ def cmd_serve(settings: Settings) -> int:
             return app
 
     log.info("multinic %s serving on %s (driver name %r)", __version__, sock, settings.driver_name)
-    loops = {"watcher": gateways.loop(store, settings), "healer": healer.loop(driver)}
+    loops = {"watcher": gateways.loop(store, settings), "healer": healer.loop(driver, serving_since)}
     if metrics_at:
         loops["metrics"] = metrics.loop(*metrics_at, str(store.directory), settings.firewall)
         log.info("prometheus metrics on http://%s:%s/metrics", *metrics_at)
-    _settle()
-    gc.freeze()  # what is imported so far stays shared with the forks: the collector never writes to it
     watchdog = supervisor.Supervisor(str(store.directory), loops, settings.health_stale, pause)
-    watchdog.start()
+
+    def ready(arbiter: Any) -> None:
+        """gunicorn's arbiter is set up and about to fork its worker: the loops are forked now too, so
+        both inherit the same heap, and nothing the arbiter writes while setting up is copied into one."""
+        _settle()
+        gc.freeze()  # what is allocated so far stays shared with the forks: the collector never writes to it
+        watchdog.start()
+
+    options["when_ready"] = ready
     try:
         Server().run()
     finally:

@@ -82,7 +82,7 @@ def verb_of(path: str) -> str:
     return path.strip("/").rpartition(".")[2] or path
 
 
-def instrument(path: str, view: Callable[[], Any]) -> Callable[[], Any]:
+def instrument(path: str, view: Callable[..., Any]) -> Callable[..., Any]:
     """The view itself when metrics are off; else the view timed and its errors counted."""
     if not enabled():
         return view
@@ -90,11 +90,11 @@ def instrument(path: str, view: Callable[[], Any]) -> Callable[[], Any]:
     latency = _metrics["latency"].labels(verb)
     errors = _metrics["errors"]
 
-    def timed() -> Any:
+    def timed(*args: Any) -> Any:
         start = time.perf_counter()
         response = None
         try:
-            response = view()
+            response = view(*args)
             return response
         finally:
             latency.observe(time.perf_counter() - start)
