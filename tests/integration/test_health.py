@@ -238,4 +238,6 @@ def test_firewall_that_cannot_be_applied_is_unhealthy(tmp_path):
         print(f"\nreported: {problems[0][:160]}")
         assert not report["healthy"] and any(p.startswith("reconcile at start failed") for p in report["problems"])
         assert report["startup"]["ok"] is False
-        assert report["loops"]["watcher"]["waiting"].startswith("docker not usable")
+        waiting = wait_for(lambda: (health(sock)["loops"].get("watcher") or {}).get("waiting"),
+                           what="the watcher's first look at dockerd")  # the loops start beside the socket
+        assert waiting.startswith("docker not usable")
