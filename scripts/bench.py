@@ -365,6 +365,8 @@ class Bench:
             parent: dict[int, int] = {}
             execs: list[tuple[int, str]] = []
             pending: dict[int, str] = {}  # pid → program of an execve strace split ("<unfinished ...>")
+            forked: list[int] = []  # processes (not threads) started: a fork without exec is one too
+            threading_call: dict[int, bool] = {}  # pid → its unfinished clone makes a thread
             for ln in lines:
                 pid_s, _, rest = ln.partition(" ")
                 rest = rest.lstrip()
@@ -373,8 +375,13 @@ class Bench:
                 pid = int(pid_s)
                 result = rest.rsplit("= ", 1)[1].split()[0] if "= " in rest else ""
                 if rest.startswith(("clone", "fork", "vfork", "<... clone", "<... fork", "<... vfork")):
+                    thread = "CLONE_THREAD" in rest or (rest.startswith("<...") and threading_call.pop(pid, False))
+                    if rest.endswith("<unfinished ...>"):
+                        threading_call[pid] = "CLONE_THREAD" in rest
                     if result.isdigit():
                         parent[int(result)] = pid
+                        if not thread:
+                            forked.append(int(result))
                 elif rest.startswith("execve("):
                     prog = rest.split('execve("', 1)[1].split('"', 1)[0]
                     if rest.endswith("<unfinished ...>"):
@@ -390,6 +397,8 @@ class Bench:
                     pid, seen = parent[pid], seen + 1
                 return pid in background
 
+            ran = {pid for pid, _ in execs}
+            execs += [(pid, "fork (no exec)") for pid in forked if pid not in ran]
             request = sorted(prog for pid, prog in execs if not from_loop(pid))
             loop = sorted(prog for pid, prog in execs if from_loop(pid))
             self.record("multinic", op, 0, len(request), "spawns")
