@@ -23,7 +23,7 @@ FIREWALLS = ("nftables", "iptables-nft", "nft", "legacy", "legacy-restore")
 class Settings:
     state_dir: str = DEFAULT_STATE_DIR
     socket: str = DEFAULT_SOCKET
-    workers: int = 2
+    workers: int = 1  # verbs are serialised by the state lock: a second worker only answers Health meanwhile
     log_level: str = "info"
     metrics_address: str = ""  # HOST:PORT; empty: no metrics
     firewall: str = ""  # forced backend (one of FIREWALLS); empty: chosen from the host

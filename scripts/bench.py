@@ -21,6 +21,16 @@ Operations:
   on its socket directly (p50 / p99 over many calls), with GetCapabilities as the HTTP floor;
   again after the scale test with its containers still running (``api_*_at_scale``);
 - ``spawns``: processes the plugin starts during one ``run --rm`` and one ``run -d -p`` (strace);
+- ``footprint``: the plugin's weight beside dockerd's, read from ``/proc/PID/smaps_rollup``: total PSS
+  of every process of the plugin (``footprint_pss_MiB``, with the process count) and dockerd's own PSS
+  and RSS, at rest and again with the scale test's containers running (``_at_scale``);
+- ``cpu``: the plugin's CPU per ``run --rm`` (``/proc/PID/stat``, every thread), beyond the verbs: its
+  processes other than gunicorn's workers (the arbiter, the loops) over the 1.5 s after a start on a
+  multinic network (``cpu_background_ms``: the gateway watcher's follow-ups are in that window), and
+  every process of the plugin after a start on Docker's bridge (``cpu_unrelated_ms``: none of its
+  business); each minus the same window idle;
+- ``startup``: from ``multinic serve`` to the socket answering ``GetCapabilities`` (``startup_s``),
+  with dockerd running and the plugin's networks in place;
 - ``ipv6``: the same through dual-stack networks (``--ipv6``; both drivers): ``run_rm6``,
   ``requests6_per_s`` and ``throughput6_MBps`` on the host's IPv6 address (from c0), and
   ``dual_stack_run_rm`` in the JSON: each driver's dual-stack ``run --rm`` over its IPv4-only one, timed
@@ -133,8 +143,8 @@ class Bench:
             self.network(driver, f"bn-{driver}", {"bridge": "10.150.0.0/24", "multinic": "10.151.0.0/24"}[driver])
         self.network("bridge", "bn-home", "10.152.0.0/24")
         ops = (self.op_run_rm, self.op_run_p, self.op_net_create_rm, self.op_connect_disconnect, self.op_parallel,
-               self.op_requests, self.op_throughput, self.op_ipv6, self.op_api, self.op_spawns,
-               self.op_scale_networks, self.op_scale_containers)
+               self.op_requests, self.op_throughput, self.op_ipv6, self.op_api, self.op_spawns, self.op_footprint,
+               self.op_cpu, self.op_startup, self.op_scale_networks, self.op_scale_containers)
         try:
             for op in ops:
                 if not self.args.only or op.__name__[3:] in self.args.only:
@@ -341,7 +351,8 @@ class Bench:
         conn.request("POST", "/Plugin.Health", "{}")
         loops = json.loads(conn.getresponse().read() or b"{}").get("loops", {})
         conn.close()
-        background = {int(info["pid"]) for info in loops.values() if info.get("pid")}
+        background = {int(tid) for info in loops.values() if info.get("pid")  # a loop may be a thread
+                      for tid in _tasks(int(info["pid"]))}
         for op, cmd in (("spawns_run_rm", ["run", "--rm", "--network", "bn-multinic", IMAGE, "true"]),
                         ("spawns_run_p", ["run", "--rm", "--network", "bn-multinic", "-p", "5500:80", IMAGE,
                                           "true"])):
@@ -360,6 +371,8 @@ class Bench:
             parent: dict[int, int] = {}
             execs: list[tuple[int, str]] = []
             pending: dict[int, str] = {}  # pid → program of an execve strace split ("<unfinished ...>")
+            forked: list[int] = []  # processes (not threads) started: a fork without exec is one too
+            threading_call: dict[int, bool] = {}  # pid → its unfinished clone makes a thread
             for ln in lines:
                 pid_s, _, rest = ln.partition(" ")
                 rest = rest.lstrip()
@@ -368,8 +381,13 @@ class Bench:
                 pid = int(pid_s)
                 result = rest.rsplit("= ", 1)[1].split()[0] if "= " in rest else ""
                 if rest.startswith(("clone", "fork", "vfork", "<... clone", "<... fork", "<... vfork")):
+                    thread = "CLONE_THREAD" in rest or (rest.startswith("<...") and threading_call.pop(pid, False))
+                    if rest.endswith("<unfinished ...>"):
+                        threading_call[pid] = "CLONE_THREAD" in rest
                     if result.isdigit():
                         parent[int(result)] = pid
+                        if not thread:
+                            forked.append(int(result))
                 elif rest.startswith("execve("):
                     prog = rest.split('execve("', 1)[1].split('"', 1)[0]
                     if rest.endswith("<unfinished ...>"):
@@ -385,12 +403,82 @@ class Bench:
                     pid, seen = parent[pid], seen + 1
                 return pid in background
 
+            ran = {pid for pid, _ in execs}
+            execs += [(pid, "fork (no exec)") for pid in forked if pid not in ran]
             request = sorted(prog for pid, prog in execs if not from_loop(pid))
             loop = sorted(prog for pid, prog in execs if from_loop(pid))
             self.record("multinic", op, 0, len(request), "spawns")
             self.record("multinic", op + "_background", 0, len(loop), "spawns")
             self.say(f"{op}: request path {len(request)} spawn(s) {', '.join(sorted(set(request)))}; "
                      f"background loops {len(loop)} {', '.join(sorted(set(loop)))}")
+
+    # -- footprint, CPU, start-up -------------------------------------------------------------------
+    def plugin_pids(self) -> dict[str, list[int]]:
+        """The plugin's processes: ``workers`` (gunicorn's) and ``background`` (the arbiter, the loops),
+        from the lab's process group and the supervisor's record."""
+        pgid = self.lab._plugin.pid if self.lab._plugin is not None else None
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and pgid and _pgid(int(p)) == pgid]
+        record = _read_json(self.lab.state_dir / "health" / "supervisor.json")
+        background = {record.get("pid")} | {(info or {}).get("pid") for info in (record.get("loops") or {}).values()}
+        return {"workers": [p for p in pids if p not in background and _comm(p) != "nsenter"],
+                "background": [p for p in pids if p in background]}
+
+    def op_footprint(self, suffix: str = "") -> None:
+        time.sleep(5)  # at rest: the last verb's and the watcher's follow-ups are over
+        pids = [p for group in self.plugin_pids().values() for p in group]
+        pss = sum(_smaps(p).get("Pss", 0) for p in pids) / 1024
+        self.record("multinic", f"footprint_pss_MiB{suffix}", len(pids), pss, "MiB")
+        self.record("multinic", f"footprint_processes{suffix}", 0, len(pids), "processes")
+        dockerd = self.lab._dockerd.pid if self.lab._dockerd is not None else None
+        rollup = _smaps(dockerd) if dockerd else {}
+        self.record("multinic", f"dockerd_pss_MiB{suffix}", 0, rollup.get("Pss", 0) / 1024, "MiB")
+        self.record("multinic", f"dockerd_rss_MiB{suffix}", 0, rollup.get("Rss", 0) / 1024, "MiB")
+        self.say(f"footprint{suffix}: plugin {len(pids)} processes, PSS {pss:.1f} MiB; dockerd PSS "
+                 f"{rollup.get('Pss', 0) / 1024:.1f} MiB, RSS {rollup.get('Rss', 0) / 1024:.1f} MiB")
+
+    def op_cpu(self) -> None:
+        window = 1.5
+
+        def ticks(pids: list[int]) -> float:
+            return sum(_cpu_seconds(p) for p in pids) * 1000
+        starts = 5  # per window: the kernel counts reaped children's CPU in 10 ms ticks
+
+        def measure(driver: str, which: str) -> tuple[float, float]:
+            pids = self.plugin_pids()
+            chosen = pids["background"] if which == "background" else pids["background"] + pids["workers"]
+            before = ticks(chosen)
+            time.sleep(window)
+            idle = ticks(chosen) - before
+            before = ticks(chosen)
+            start = time.monotonic()
+            for _ in range(starts):
+                self.docker("run", "--rm", "--network", f"bn-{driver}", IMAGE, "true")
+            time.sleep(window)  # the watcher's follow-ups of the last start (0.3 s, 1 s)
+            took = time.monotonic() - start
+            return (ticks(chosen) - before - idle * took / window) / starts, idle
+        for i in range(self.args.rounds):
+            net, idle = measure("multinic", "background")
+            self.record("multinic", "cpu_background_ms", i, net, "ms")
+            unrelated, idle2 = measure("bridge", "all")
+            self.record("multinic", "cpu_unrelated_ms", i, unrelated, "ms")
+            self.say(f"cpu round {i + 1}: beyond the verbs {net:.1f} ms per multinic start, {unrelated:.1f} ms "
+                     f"per bridge start (idle {idle:.1f} / {idle2:.1f} ms per {window} s)")
+
+    def op_startup(self) -> None:
+        for i in range(min(self.args.rounds, 5)):
+            self.lab.stop_plugin()
+            start = time.monotonic()
+            self.lab.start_plugin()
+            while True:
+                try:
+                    self._call("GetCapabilities", {})
+                    break
+                except OSError:
+                    time.sleep(0.005)
+            took = time.monotonic() - start
+            self.record("multinic", "startup_s", i, took)
+            self.say(f"startup round {i + 1}: socket answered {took:.3f} s after multinic serve")
+        time.sleep(3)  # its loops have settled
 
     # -- scale ------------------------------------------------------------------------------------
     def op_scale_networks(self) -> None:
@@ -428,6 +516,8 @@ class Bench:
                 if (k + 1) % 10 == 0 or k + 1 == n:
                     self.say(f"scale containers: {k + 1}/{n}")
             self.op_api("_at_scale")  # the plugin's own cost with every one of them still running
+            if not self.args.only or "footprint" in self.args.only:
+                self.op_footprint("_at_scale")
         finally:
             for i in range(0, len(made), 50):
                 self.docker("rm", "-f", *made[i:i + 50], check=False)
@@ -449,6 +539,57 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except OSError:
         return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _smaps(pid: int) -> dict[str, int]:
+    """``/proc/PID/smaps_rollup`` in kB."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            key, _, rest = line.partition(":")
+            out[key] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def _tasks(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return [pid]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU of every live thread of ``pid`` (``schedstat``, in ns) and of its reaped children
+    (``stat``'s cutime + cstime, in ticks)."""
+    total = 0.0
+    for tid in _tasks(pid):
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            pass
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        pass
+    return total
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -535,7 +676,8 @@ def main() -> int:
     parser.add_argument("--tag", default="", help="suffix of the output files")
     parser.add_argument("--only", nargs="*", default=None,
                         help="run only these operations (run_rm run_p net_create_rm connect_disconnect parallel "
-                             "requests throughput ipv6 api spawns scale_networks scale_containers)")
+                             "requests throughput ipv6 api spawns footprint cpu startup scale_networks "
+                             "scale_containers)")
     args = parser.parse_args()
     if args.quick:
         args.rounds = min(args.rounds, 3)

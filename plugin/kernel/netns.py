@@ -3,9 +3,11 @@ namespace, made to match what :mod:`plugin.plan.gateway` decided. dockerd's own 
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import os
 import socket
+import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -20,8 +22,36 @@ class NotThatNetns(Exception):
     """The path does not lead to the container's netns (our own netns, or a recycled pid)."""
 
 
+CLONE_NEWNET = 0x40000000
+
+
 def _ns_id(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
+
+
+def _rtnl_socket_in(fd: int) -> socket.socket:
+    """A rtnetlink socket of the netns ``fd`` (a socket stays in the netns it was made in), made by a
+    short-lived thread that enters it (``setns`` moves the calling thread only) and ends there: this
+    process's other threads never leave their netns, and no process is forked (pyroute2's ``NetNS``
+    forks one per call: CPU and a process for every container the gateway watcher looks into)."""
+    made: dict[str, Any] = {}
+
+    def enter() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, f"setns: {os.strerror(code)}")
+            made["socket"] = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+            made["error"] = exc
+
+    thread = threading.Thread(target=enter, name="multinic-setns", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in made:
+        raise made["error"]
+    return made["socket"]
 
 
 @contextmanager
@@ -32,7 +62,7 @@ def open_netns(netns_path: str, expect: str | None = None) -> Iterator[Any]:
     the host's rules and routes are never touched here. If ``expect`` (dockerd's SandboxKey) is
     readable it must be the same namespace, which catches a pid recycled since ``inspect``. Never
     creates a namespace (pyroute2's default would for a missing path)."""
-    from pyroute2 import NetNS
+    from pyroute2 import IPRoute
 
     fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -46,7 +76,13 @@ def open_netns(netns_path: str, expect: str | None = None) -> Iterator[Any]:
                 expected = None  # not visible from here (managed plugin without the mount)
             if expected is not None and expected != target:
                 raise NotThatNetns(f"{netns_path} is not the namespace {expect}")
-        with NetNS(fd, flags=0) as ipr:
+        raw = _rtnl_socket_in(fd).detach()
+        try:
+            ipr = IPRoute(fileno=raw)
+        except BaseException:
+            os.close(raw)
+            raise
+        with ipr:
             yield ipr
     finally:
         os.close(fd)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..kernel import netns
-from ..ops import health
+from ..ops import engine, health
 from ..plan import gateway
 from ..plan.gateway import Attachment
 from ..plan.state import State, Store
@@ -133,17 +133,16 @@ class Watcher:
         self._written: dict[str, dict[str, Any]] | None = None  # first flush always writes
         self.last_event: dict[str, tuple[int, str]] = {}  # container id → (timeNano, "network connect")
         self.running: set[str] = set()  # containers seen running (resync) or started (events) since
+        self.ours: set[str] = set()  # containers with a network of ours (resync, network events)
         self.info: dict[str, Any] = {"pid": os.getpid(), "driver": self.driver_name, "since": None, "docker": None}
 
     # docker ------------------------------------------------------------------------------
     def _netinfo(self, api: Any, net_id: str) -> NetInfo | None:
         info = self.networks.get(net_id)
         if info is None:
-            import docker.errors
-
             try:
                 raw = api.inspect_network(net_id)
-            except docker.errors.NotFound:
+            except engine.NotFound:
                 return None
             info = self._remember_network(raw)
         return info
@@ -164,7 +163,7 @@ class Watcher:
         for raw in api.networks():
             self._remember_network(raw)
 
-    def ours(self, api: Any, networks: dict[str, Any], state: State) -> bool:
+    def has_ours(self, api: Any, networks: dict[str, Any], state: State) -> bool:
         for ep in (networks or {}).values():
             net_id = (ep or {}).get("NetworkID") or ""
             if net_id in state.networks:
@@ -176,15 +175,16 @@ class Watcher:
 
     # one container -----------------------------------------------------------------------
     def reconcile_container(self, api: Any, cid: str) -> None:
-        import docker.errors
         from pyroute2.netlink.exceptions import NetlinkError
 
         try:
             info = api.inspect_container(cid)
-        except docker.errors.NotFound:
+        except engine.NotFound:
             self._forget(cid)
             return
-        except docker.errors.APIError as exc:  # this container only; connection errors end the session
+        except engine.DockerError as exc:  # this container only; connection errors end the session
+            if not exc.status:
+                raise
             log.warning("cannot inspect container %s: %s", cid[:12], exc)
             return
         cid = info["Id"]
@@ -204,7 +204,7 @@ class Watcher:
         name = (info.get("Name") or "").lstrip("/") or cid[:12]
         try:
             state = self.store.load()
-            if not self.ours(api, networks, state):
+            if not self.has_ours(api, networks, state):
                 just_left = (self.last_event.get(cid) or (0, ""))[1] == "network disconnect"
                 if cid in self.decisions or just_left:
                     if self.unroute(path, expect=settings.get("SandboxKey") or None):
@@ -294,18 +294,24 @@ class Watcher:
         self.decisions.pop(cid, None)
         self.last_event.pop(cid, None)
 
-    def _note_event(self, item: tuple[str, int, str]) -> bool:
-        """Remember the event; False if it needs no reconcile.
+    def _note_event(self, item: tuple[str, int, str, str, str]) -> bool:
+        """Remember the event; False if it needs no reconcile. Only containers with a network of ours
+        are followed (:attr:`ours`): another container's start costs a set lookup.
 
         dockerd sends ``network connect`` for each network of ``docker run`` *before* the container
         starts, and inspecting a container mid-start waits for dockerd's container lock (0.2–0.4 s
         measured): such events are skipped, the ``container start`` that follows brings it in.
         """
-        cid, when, what = item
+        cid, when, what, network, driver = item
+        if what.startswith("network ") and (driver == self.driver_name or network in self.store.load().networks):
+            self.ours.add(cid)
+        if cid not in self.ours:
+            return False
         if what in ("container start", "container restart"):
             self.running.add(cid)
         elif what == "container die":
             self.running.discard(cid)
+            self.ours.discard(cid)  # its next start connects its networks again
         elif cid not in self.running:
             return False
         self.last_event[cid] = (when, what)
@@ -326,9 +332,10 @@ class Watcher:
             running.add(summary["Id"])
             self.running.add(summary["Id"])
             networks = (summary.get("NetworkSettings") or {}).get("Networks") or {}
-            if self.ours(api, networks, state):
+            if self.has_ours(api, networks, state):
                 targets.add(summary["Id"])
         self.running &= running
+        self.ours = (self.ours & running) | targets
         for cid in list(self.decisions):
             if cid not in running:
                 self._forget(cid)
@@ -341,6 +348,15 @@ class Watcher:
         """One connection to dockerd: subscribe, resync, follow events until the stream ends."""
         client = self.client_factory()
         api = client.api
+        engine_info = engine.EngineInfo.of(api.version())
+        if engine_info.version != self.info.get("engine"):
+            log.info("docker engine %s, API %s", engine_info.version, engine_info.api_version)
+            if engine_info.crashes_on_revoke:
+                log.error("docker engine %s crashes when it revokes a remote plugin's connectivity (moby #51554, "
+                          "fixed in 29.0.3): upgrade Docker", engine_info.version)
+        self.info["engine"] = engine_info.version
+        if not engine_info.supported:
+            raise engine.TooOld(f"docker engine {engine_info.version} is too old: multinic needs Engine 20.10 or newer")
         stream_client = self.client_factory()
         stream = stream_client.api.events(decode=True, filters=EVENT_FILTERS)
         events: queue.Queue[Any] = queue.Queue()
@@ -406,17 +422,21 @@ def _schedule(due: list[tuple[float, str]], cid: str, now: float) -> None:
 
 
 def _pump(stream: Any, events: queue.Queue[Any]) -> None:
-    """Event stream → container ids on ``events``; :data:`_STREAM_END` when the stream stops."""
+    """Event stream → (container id, time, what, network id, network driver) on ``events``;
+    :data:`_STREAM_END` when the stream stops."""
     try:
         for event in stream:
             actor = event.get("Actor") or {}
+            attributes = actor.get("Attributes") or {}
+            network = driver = ""
             if event.get("Type") == "network":
-                cid = (actor.get("Attributes") or {}).get("container")
+                cid, network, driver = attributes.get("container"), actor.get("ID") or "", attributes.get("type") or ""
             else:
                 cid = actor.get("ID") or event.get("id")
             if cid:
                 when = event.get("timeNano") or int(event.get("time") or 0) * 1_000_000_000
-                events.put((cid, int(when), f"{event.get('Type')} {event.get('Action') or event.get('status')}"))
+                events.put((cid, int(when), f"{event.get('Type')} {event.get('Action') or event.get('status')}",
+                            network, driver))
     except Exception as exc:  # noqa: BLE001 - closed by us, or dockerd went away
         log.debug("docker event stream: %s", exc)
     finally:
@@ -424,9 +444,7 @@ def _pump(stream: Any, events: queue.Queue[Any]) -> None:
 
 
 def _client(settings: Settings) -> Any:
-    from ..ops.engine import client
-
-    return client(settings, API_TIMEOUT)
+    return engine.client(settings, API_TIMEOUT)
 
 
 def run(store: Store, stop_event: Any, settings: Settings, client_factory: Callable[[], Any] | None = None) -> None:
@@ -439,6 +457,9 @@ def run(store: Store, stop_event: Any, settings: Settings, client_factory: Calla
             watcher.session(stop_event)
         except Reconnect as exc:
             log.info("%s; reconnecting", exc)
+        except engine.TooOld as exc:
+            log.error("%s", exc)
+            health.note(False, exc)
         except Exception as exc:  # noqa: BLE001 - dockerd away, API errors: retry
             log.info("gateway watcher: docker not usable (%s); retrying in %.1fs", exc, backoff)
             health.waiting(f"docker not usable: {exc}")
@@ -449,10 +470,9 @@ def run(store: Store, stop_event: Any, settings: Settings, client_factory: Calla
     log.info("gateway watcher stopped")
 
 
-def spawn(store: Store, settings: Settings) -> Any:
-    from .supervisor import spawn as fork
-
-    return fork("gateway watcher", lambda stop: run(store, stop, settings), str(store.directory))
+def loop(store: Store, settings: Settings) -> Callable[[Any], None]:
+    """The gateway watcher, as the supervisor runs it in the loops process."""
+    return lambda stop: run(store, stop, settings)
 
 
 def cleanup(state_dir: str) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from pyroute2 import IPRoute
 
@@ -54,14 +54,18 @@ def drift(state: State, counts: dict[str, int] | None = None) -> list[str]:
 
 
 class Healer:
-    def __init__(self, driver: Driver) -> None:
+    def __init__(self, driver: Driver, serving_since: float | None = None) -> None:
+        """``serving_since``: when ``multinic serve`` started; networks created since are never "lost
+        while we were down" (default: now)."""
         self.driver = driver
+        self.serving_since = time.time() if serving_since is None else serving_since
         self.store = driver.store
         self.settings = driver.settings
         self.parents: dict[str, int | None] = {}  # parent name → its index, as last read
         self.links: dict[int, tuple] = {}  # index → Event.link_key of each parent, as last seen
         self.parents_read = 0.0
         self.state_seen: int | None = None
+        self.pruned_at: float | None = 0.0  # None once networks dockerd lost while we were down are forgotten
 
     # -- parent NICs ------------------------------------------------------------------------------------
     def _read_parents(self) -> bool:
@@ -110,6 +114,7 @@ class Healer:
                     if not self.store.exists():
                         self._missing_state()
                         continue
+                    self._forget_lost_networks()
                     changed = self._read_parents()
                     woken = [e for e in seen or () if events.touches_parent(e, self.parents, self.links)]
                     if seen is None or woken or changed:
@@ -176,6 +181,17 @@ class Healer:
             reasons += [f"IPv6 {r}" for r in self.driver.firewall.v6.drift(want.firewall6)]
         return reasons
 
+    def _forget_lost_networks(self) -> None:
+        """Once after start, as soon as dockerd answers: networks it no longer has are forgotten and the
+        host reconciled (``multinic serve`` listens first: dockerd waits for its plugins at boot)."""
+        if self.pruned_at is None or time.monotonic() < self.pruned_at:
+            return
+        self.pruned_at = time.monotonic() + self.settings.check_interval
+        known = engine.network_ids(self.settings, timeout=3)
+        if known is not None:
+            self.pruned_at = None
+            self.driver.reconcile(known, created_before=self.serving_since)
+
     def _collect_garbage(self) -> None:
         view = engine.endpoints_by_network(self.settings, timeout=5)
         if view is not None:
@@ -195,7 +211,6 @@ class Healer:
             time.sleep(STOP_POLL)
 
 
-def spawn(driver: Driver) -> Any:
-    from .supervisor import spawn as fork
-
-    return fork("healer", lambda stop: Healer(driver).run(stop), str(driver.store.directory))
+def loop(driver: Driver, serving_since: float | None = None) -> Callable[[Any], None]:
+    """The healer, as the supervisor runs it in the loops process."""
+    return lambda stop: Healer(driver, serving_since).run(stop)

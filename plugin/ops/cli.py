@@ -28,11 +28,14 @@ def _flush_deletes(_server: Any, _worker: Any) -> None:
 
 def start(driver: Any, settings: Settings) -> None:
     """Before listening: the state file checked (an unreadable one set aside for its backup, or for a
-    rebuild from dockerd), then the whole host reconciled. Whatever fails here is logged, reported in
-    health and left to the healer: the socket must listen regardless (dockerd 20.10 panics at its next
-    start on a managed plugin that cannot start; a missing legacy socket stalls every docker command)."""
+    rebuild from dockerd), then the whole host reconciled from it. Nothing here waits for dockerd, which
+    waits for its plugins at boot: what needs dockerd (a lost state rebuilt, networks it lost while we
+    were down forgotten, its version) is the loops' first work. Whatever fails here is logged, reported
+    in health and left to the healer: the socket must listen regardless (dockerd 20.10 panics at its
+    next start on a managed plugin that cannot start; a missing legacy socket stalls every docker
+    command)."""
     from ..plan.state import StateLost
-    from . import engine, health
+    from . import health
 
     store = driver.store
     usable, problem, restored = store.check()
@@ -48,14 +51,11 @@ def start(driver: Any, settings: Settings) -> None:
         for what in remove_leftovers(driver.firewall):
             log.warning("removed %s: written by another firewall backend than %s", what, driver.firewall.name)
         if not store.exists():
-            from ..kernel import writer
-
-            view = engine.rebuild_view(settings, writer.remains().bridges, timeout=3)
-            outcome = driver.resolve_missing_state(view)
+            outcome = driver.resolve_missing_state(None)  # StateLost while the kernel holds our networks
             log.warning("no state file: %s", outcome)
             health.note_state(store.directory, True, None, restored, outcome)
-        if store.exists():
-            driver.reconcile(engine.network_ids(settings, timeout=3))
+        else:
+            driver.reconcile()
         health.note_startup(store.directory, True)
     except StateLost as exc:
         log.error("%s", exc)
@@ -66,26 +66,21 @@ def start(driver: Any, settings: Settings) -> None:
 
 
 def cmd_serve(settings: Settings) -> int:
+    """gunicorn's arbiter (this process, with the supervisor thread), its worker(s), and one process for
+    the loops (threads): everything is imported and the garbage collector's objects frozen before either
+    forks, so the three share their pages (docs/ARCHITECTURE.md, *Processes*)."""
+    import gc
+    import time
+
     from gunicorn.app.base import BaseApplication
 
     from ..api.http import create_app
     from ..loops import gateways, healer, supervisor
     from ..plan.driver import Driver
     from ..plan.state import Store
-    from . import engine, faults, metrics
+    from . import faults, metrics
 
-    info = engine.engine_info(settings, timeout=3)
-    if info is None:
-        log.warning("docker engine not reachable yet (DOCKER_HOST=%s); serving anyway",
-                    settings.docker_host or "default")
-    else:
-        log.info("docker engine %s, API %s", info.version, info.api_version)
-        if not info.supported:
-            log.error("docker engine %s is too old: multinic needs Engine 20.10 or newer", info.version)
-            return 2
-        if info.crashes_on_revoke:
-            log.error("docker engine %s crashes when it revokes a remote plugin's connectivity (moby #51554, "
-                      "fixed in 29.0.3): upgrade Docker", info.version)
+    serving_since = time.time()  # networks created from now on were not lost by dockerd while we were down
     metrics_at = None
     if settings.metrics_address:
         try:
@@ -118,12 +113,20 @@ def cmd_serve(settings: Settings) -> int:
             return app
 
     log.info("multinic %s serving on %s (driver name %r)", __version__, sock, settings.driver_name)
-    loops = {"watcher": lambda: gateways.spawn(store, settings), "healer": lambda: healer.spawn(driver)}
+    loops = {"watcher": gateways.loop(store, settings), "healer": healer.loop(driver, serving_since)}
     if metrics_at:
-        loops["metrics"] = lambda: metrics.spawn(*metrics_at, str(store.directory), settings.firewall)
+        loops["metrics"] = metrics.loop(*metrics_at, str(store.directory), settings.firewall)
         log.info("prometheus metrics on http://%s:%s/metrics", *metrics_at)
-    watchdog = supervisor.Supervisor(str(store.directory), loops, settings.health_stale)
-    watchdog.start()
+    watchdog = supervisor.Supervisor(str(store.directory), loops, settings.health_stale, pause)
+
+    def ready(arbiter: Any) -> None:
+        """gunicorn's arbiter is set up and about to fork its worker: the loops are forked now too, so
+        both inherit the same heap, and nothing the arbiter writes while setting up is copied into one."""
+        _settle()
+        gc.freeze()  # what is allocated so far stays shared with the forks: the collector never writes to it
+        watchdog.start()
+
+    options["when_ready"] = ready
     try:
         Server().run()
     finally:
@@ -131,6 +134,19 @@ def cmd_serve(settings: Settings) -> int:
         if metrics_at:
             metrics.teardown()
     return 0
+
+
+def _settle() -> None:
+    """Garbage of the imports and of the reconcile at start collected, and the heap's free pages given back,
+    before anything forks."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def cmd_status(settings: Settings, as_json: bool) -> int:
@@ -190,7 +206,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the plugin (gunicorn on a unix socket)")
     serve.add_argument("--socket", help=f"unix socket (MULTINIC_SOCKET, default {DEFAULT_SOCKET})")
-    serve.add_argument("--workers", type=int, help="gunicorn workers (MULTINIC_WORKERS, default 2)")
+    serve.add_argument("--workers", type=int, help="gunicorn workers (MULTINIC_WORKERS, default 1)")
     serve.add_argument("--log-level", help="debug, info, warning, error (LOG_LEVEL; default info)")
     serve.add_argument("-v", "--verbose", action="store_const", dest="log_level", const="debug",
                        help="same as --log-level debug")

@@ -1,15 +1,23 @@
-"""What the plugin asks dockerd (docker SDK): the engine's version, its networks and containers.
+"""What the plugin asks dockerd: the engine's version, its networks, containers, plugins and events.
 
 Never called from inside a verb: dockerd may be waiting on us (start-up cleanup, a container mid-start),
 so every call here is bounded and answers None (or empty) when dockerd does not.
+
+Docker's API is read with :class:`DockerAPI`, a few read-only GETs over ``http.client`` with the docker
+SDK's method names: the SDK (with requests and urllib3) weighed 12 MiB in every process that imported it
+and a few ms of CPU per call, for eight endpoints (docs/ARCHITECTURE.md, *Processes*).
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
+from urllib.parse import quote, urlencode, urlsplit
 
 from ..settings import Settings
 
@@ -45,13 +53,166 @@ class EngineInfo:
         except (IndexError, ValueError):
             return False
 
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> EngineInfo:
+        """From dockerd's ``/version``."""
+        return cls(version=str(data.get("Version", "?")), api_version=str(data.get("ApiVersion", "?")))
 
-def client(settings: Settings, timeout: int = 5) -> Any:
-    import docker
 
-    if settings.docker_host:
-        return docker.DockerClient(base_url=settings.docker_host, timeout=timeout)
-    return docker.DockerClient(timeout=timeout)
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+
+
+class DockerError(Exception):
+    """dockerd answered with an error status (``status``), or could not be reached (``status`` 0)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFound(DockerError):
+    """404: the container or network is gone."""
+
+
+class TooOld(DockerError):
+    """dockerd answers, but its engine is older than multinic supports."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+class Events:
+    """dockerd's event stream (one JSON object a line, chunked); :meth:`close` from another thread ends
+    the iteration."""
+
+    def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
+        self.conn = conn
+        self.response = response
+        self.closed = False
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            try:
+                line = self.response.readline()
+            except (OSError, ValueError, AttributeError, http.client.HTTPException):
+                if self.closed:
+                    return  # closed under the reader's feet
+                raise
+            if not line:
+                return
+            if line.strip():
+                yield json.loads(line)
+
+    def close(self) -> None:
+        self.closed = True
+        sock = self.conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.conn.close()
+
+
+def _filters(filters: dict[str, Any]) -> dict[str, list[str]]:
+    """dockerd's filters are lists of strings: ``{"status": "running"}`` → ``{"status": ["running"]}``."""
+    out = {}
+    for key, value in filters.items():
+        values = value if isinstance(value, (list, tuple, set)) else [value]
+        out[key] = [str(v).lower() if isinstance(v, bool) else str(v) for v in values]
+    return out
+
+
+class DockerAPI:
+    """Docker's API, read-only, with the docker SDK's ``APIClient`` method names (``api.networks()``,
+    ``api.inspect_container(id)``...). ``DOCKER_HOST`` ``unix://PATH`` or ``tcp://HOST:PORT`` (plain HTTP,
+    as the SDK without TLS settings); one connection per call, as dockerd serves them."""
+
+    def __init__(self, base_url: str = "", timeout: float = 5) -> None:
+        url = urlsplit(base_url or DEFAULT_HOST)
+        if url.scheme not in ("unix", "tcp", "http"):
+            raise DockerError(f"DOCKER_HOST={base_url!r}: multinic reaches dockerd by unix:// or tcp:// only")
+        self.unix_path = url.path if url.scheme == "unix" else ""
+        self.address = (url.hostname or "localhost", url.port or 2375)
+        self.timeout = timeout
+        self.api = self  # DockerClient(...).api, as callers of the SDK wrote it
+
+    def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
+        if self.unix_path:
+            return _UnixConnection(self.unix_path, timeout)
+        return http.client.HTTPConnection(*self.address, timeout=timeout)
+
+    def _open(self, path: str, params: dict[str, Any] | None, timeout: float | None
+              ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        query = {k: json.dumps(_filters(v)) if k == "filters" else v for k, v in (params or {}).items()}
+        conn = self._connect(timeout)
+        try:
+            conn.request("GET", path + (f"?{urlencode(query)}" if query else ""))
+            response = conn.getresponse()
+        except OSError as exc:
+            conn.close()
+            raise DockerError(f"dockerd at {self.unix_path or self.address}: {exc}") from exc
+        if response.status >= 400:
+            body = response.read()[:500]
+            conn.close()
+            try:
+                text = json.loads(body).get("message") or body.decode(errors="replace")
+            except ValueError:
+                text = body.decode(errors="replace")
+            raise (NotFound if response.status == 404 else DockerError)(f"{path}: {text}", response.status)
+        return conn, response
+
+    def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        conn, response = self._open(path, params, self.timeout)
+        try:
+            return json.loads(response.read() or b"null")
+        except (OSError, ValueError) as exc:
+            raise DockerError(f"{path}: {exc}") from exc
+        finally:
+            conn.close()
+
+    def version(self) -> dict[str, Any]:
+        return self.get("/version")
+
+    def info(self) -> dict[str, Any]:
+        return self.get("/info")
+
+    def networks(self) -> list[dict[str, Any]]:
+        return self.get("/networks")
+
+    def inspect_network(self, network_id: str) -> dict[str, Any]:
+        return self.get(f"/networks/{quote(network_id, safe='')}")
+
+    def containers(self, filters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return self.get("/containers/json", {"filters": filters} if filters else None)
+
+    def inspect_container(self, container_id: str) -> dict[str, Any]:
+        return self.get(f"/containers/{quote(container_id, safe='')}/json")
+
+    def plugins(self) -> list[dict[str, Any]]:
+        return self.get("/plugins")
+
+    def events(self, decode: bool = True, filters: dict[str, Any] | None = None) -> Events:
+        """The stream of events from now on (no timeout once it answers; :meth:`Events.close` ends it)."""
+        conn, response = self._open("/events", {"filters": filters} if filters else None, self.timeout)
+        if conn.sock is not None:
+            conn.sock.settimeout(None)
+        return Events(conn, response)
+
+    def close(self) -> None:
+        """Nothing is kept open between calls."""
+
+
+def client(settings: Settings, timeout: int = 5) -> DockerAPI:
+    return DockerAPI(settings.docker_host, timeout)
 
 
 def engine_info(settings: Settings, timeout: int = 5) -> EngineInfo | None:
@@ -61,7 +222,7 @@ def engine_info(settings: Settings, timeout: int = 5) -> EngineInfo | None:
     except Exception as exc:  # noqa: BLE001 - any failure means "not reachable now"
         log.info("docker engine not reachable: %s", exc)
         return None
-    return EngineInfo(version=str(data.get("Version", "?")), api_version=str(data.get("ApiVersion", "?")))
+    return EngineInfo.of(data)
 
 
 def network_ids(settings: Settings, timeout: int = 5) -> set[str] | None:

@@ -25,3 +25,26 @@ class Faults:
             return
         Path(self.state_dir, "fault-reached").write_text(f"{self.verb}@{where} {os.getpid()}\n")
         time.sleep(3600)  # until the test kills us
+
+    def loop_point(self, loop: str) -> None:
+        """With ``MULTINIC_FAULT=loops``: a loop that finds ``<state dir>/fault-loop`` saying ``kill <loop>``
+        dies (its thread ends on :class:`LoopKilled`), ``hang <loop>`` stops looking at anything, as a hung
+        loop does (the file is consumed)."""
+        if self.verb != "loops":
+            return
+        path = Path(self.state_dir, "fault-loop")
+        try:
+            action, _, name = path.read_text().strip().partition(" ")
+        except OSError:
+            return
+        if name != loop:
+            return
+        path.unlink(missing_ok=True)
+        if action == "kill":
+            raise LoopKilled(f"{loop} killed by the fault test")
+        while action == "hang":
+            time.sleep(3600)
+
+
+class LoopKilled(BaseException):
+    """Ends a loop's thread whatever it catches (fault tests only)."""

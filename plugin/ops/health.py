@@ -95,27 +95,36 @@ class Beat:
         self.flush()
 
 
-_beat: Beat | None = None
+_beats: dict[int, Beat] = {}  # thread ident → the record of the loop running in that thread
+_pumping = threading.Event()  # set: the flushing thread should stop
 
 
 class WatchedFlag:
-    """Wraps a loop's stop flag: every look at it is a sign of life (``last_run``)."""
+    """Wraps a loop's stop flag: every look at it is a sign of life (``last_run``). With the fault tests'
+    setting (:mod:`plugin.ops.faults`), a look is also where the loop is made to die or hang."""
 
-    def __init__(self, stop: Any, beat: Beat) -> None:
+    def __init__(self, stop: Any, beat: Beat, key: str = "", faults: Any = None) -> None:
         self._stop = stop
         self._beat = beat
+        self._key = key
+        self._faults = faults
 
     def set(self) -> None:
         self._stop.set()
 
-    def is_set(self) -> bool:
+    def _look(self) -> None:
+        if self._faults is not None:
+            self._faults.loop_point(self._key)
         self._beat.touch()
+
+    def is_set(self) -> bool:
+        self._look()
         return self._stop.is_set()
 
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while not self._stop.is_set():  # beat while waiting: a long wait is not a hang
-            self._beat.touch()
+            self._look()
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
@@ -123,32 +132,60 @@ class WatchedFlag:
         return True
 
 
-def start_beat(state_dir: str | os.PathLike[str], name: str, stop: Any) -> WatchedFlag:
-    """In a helper process: start writing ``<loop>.json``; returns the stop flag the loop should use."""
-    global _beat
+def start_beat(state_dir: str | os.PathLike[str], name: str, stop: Any, faults: Any = None) -> WatchedFlag:
+    """In the loops process: start writing ``<loop>.json`` for the loop that will run in the thread that
+    first looks at the returned stop flag (or in this thread); one thread flushes every loop's record."""
     beat = Beat(health_dir(state_dir) / f"{LOOP_KEYS.get(name, name)}.json")
-    _beat = beat
     beat.flush()
+    flag = WatchedFlag(stop, beat, LOOP_KEYS.get(name, name), faults)
+    bind(flag)
+    if not any(t.name == "health-beat" and t.is_alive() for t in threading.enumerate()):
+        _pumping.clear()
+        threading.Thread(target=_pump, name="health-beat", daemon=True).start()
+    return flag
 
-    def pump() -> None:
-        while not stop.is_set():
+
+def bind(flag: WatchedFlag) -> None:
+    """The loop of ``flag`` runs in this thread: :func:`note` and :func:`waiting` here report to it."""
+    _beats[threading.get_ident()] = flag._beat
+
+
+def _pump() -> None:
+    while not _pumping.wait(BEAT_INTERVAL):
+        for beat in list(_beats.values()):
             beat.flush()
-            time.sleep(BEAT_INTERVAL)
 
-    threading.Thread(target=pump, name="health-beat", daemon=True).start()
-    return WatchedFlag(stop, beat)
+
+def stop_beats() -> None:
+    _pumping.set()
+    _beats.clear()
+
+
+def _mine() -> Beat | None:
+    return _beats.get(threading.get_ident())
 
 
 def note(ok: bool, error: BaseException | str | None = None, repaired: bool = False) -> None:
-    """A loop reports one round; a no-op outside a supervised helper (tests calling ``run``)."""
-    if _beat is not None:
-        _beat.note(ok, error, repaired)
+    """A loop reports one round; a no-op outside a supervised loop (tests calling ``run``)."""
+    beat = _mine()
+    if beat is not None:
+        beat.note(ok, error, repaired)
 
 
 def waiting(reason: str) -> None:
     """A loop waits for a dependency (reported in its record, not a health problem)."""
-    if _beat is not None:
-        _beat.waiting(reason)
+    beat = _mine()
+    if beat is not None:
+        beat.waiting(reason)
+
+
+def crashed(key: str, error: BaseException) -> None:
+    """The loop's thread ended on ``error``: said in its record, which the supervisor reads."""
+    beat = _mine()
+    if beat is not None:
+        with beat.lock:
+            beat.data.update(crashed=f"{type(error).__name__}: {error}"[:500], ok=False)
+        beat.flush()
 
 
 # -- other writers ----------------------------------------------------------------------------------

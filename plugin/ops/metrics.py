@@ -82,7 +82,7 @@ def verb_of(path: str) -> str:
     return path.strip("/").rpartition(".")[2] or path
 
 
-def instrument(path: str, view: Callable[[], Any]) -> Callable[[], Any]:
+def instrument(path: str, view: Callable[..., Any]) -> Callable[..., Any]:
     """The view itself when metrics are off; else the view timed and its errors counted."""
     if not enabled():
         return view
@@ -90,11 +90,11 @@ def instrument(path: str, view: Callable[[], Any]) -> Callable[[], Any]:
     latency = _metrics["latency"].labels(verb)
     errors = _metrics["errors"]
 
-    def timed() -> Any:
+    def timed(*args: Any) -> Any:
         start = time.perf_counter()
         response = None
         try:
-            response = view()
+            response = view(*args)
             return response
         finally:
             latency.observe(time.perf_counter() - start)
@@ -199,7 +199,7 @@ def registry(state_dir: str, forced_firewall: str = "") -> Any:
 
 
 def serve(host: str, port: int, state_dir: str, forced_firewall: str, stop: Any) -> None:
-    """The exporter's loop (run in its own forked process by :func:`spawn`)."""
+    """The exporter's loop (a thread of the loops process, :func:`loop`)."""
     from prometheus_client import start_http_server
 
     server, _thread = start_http_server(port, addr=host, registry=registry(state_dir, forced_firewall))
@@ -211,7 +211,5 @@ def serve(host: str, port: int, state_dir: str, forced_firewall: str, stop: Any)
         server.server_close()
 
 
-def spawn(host: str, port: int, state_dir: str, forced_firewall: str) -> Any:
-    from ..loops.supervisor import spawn as fork
-
-    return fork("metrics", lambda stop: serve(host, port, state_dir, forced_firewall, stop), state_dir)
+def loop(host: str, port: int, state_dir: str, forced_firewall: str) -> Callable[[Any], None]:
+    return lambda stop: serve(host, port, state_dir, forced_firewall, stop)

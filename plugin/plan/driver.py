@@ -118,13 +118,16 @@ class Driver:
                     "the state from dockerd as soon as dockerd answers (multinic status says when); if dockerd is "
                     "up, look at the plugin's log")
 
-    def reconcile(self, known_networks: set[str] | None = None) -> State:
+    def reconcile(self, known_networks: set[str] | None = None, created_before: float | None = None) -> State:
         """Make the whole host match the state (at start, from the healer, ``multinic reconcile``),
-        first forgetting networks dockerd no longer has (when it answered: ``known_networks``)."""
+        first forgetting networks dockerd no longer has (when it answered: ``known_networks``) among those
+        created before ``created_before``: one created since (a verb racing the listing; dockerd lists a
+        network only after its driver created it) is not one dockerd lost."""
         with self.store.locked() as state:
             self._check_not_lost()
             if known_networks is not None:
-                for nid in [n for n in state.networks if n not in known_networks]:
+                for nid in [n for n, net in state.networks.items() if n not in known_networks
+                            and (created_before is None or net.created < created_before)]:
                     log.warning("forgetting network %s: dockerd no longer has it", nid[:12])
                     del state.networks[nid]
                 for eid in [e for e, ep in state.endpoints.items() if ep.network_id not in state.networks]:

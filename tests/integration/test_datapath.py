@@ -17,7 +17,7 @@ SUBNET = {"AddressSpace": "LocalDefault", "Pool": "10.10.0.0/24", "Gateway": "10
 
 
 def call(state_dir: str, verb: str, body: dict) -> dict:
-    """One remote-driver call through the Flask app, inside the host namespace."""
+    """One remote-driver call through the WSGI app, inside the host namespace."""
     from plugin.api.http import create_app
     from plugin.plan.driver import Driver
     from plugin.plan.state import Store

@@ -59,7 +59,7 @@ class PluginProcess:
         self.plugin_log = self.dir / "plugin.log"
         self.state_dir = self.dir / "state"
         self.plugin_root = REPO_ROOT  # cwd and first PYTHONPATH entry of the plugin process
-        # interpreter of the plugin: needs the plugin's dependencies (flask, gunicorn, pyroute2, ...)
+        # interpreter of the plugin: needs the plugin's dependencies (gunicorn, pyroute2, ...)
         self.plugin_python = os.environ.get("MULTINIC_LAB_PYTHON") or sys.executable
         self._plugin: subprocess.Popen[bytes] | None = None
 

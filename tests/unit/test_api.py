@@ -181,3 +181,49 @@ def test_garbage_collection_forgets_only_old_records_dockerd_lacks(tmp_path):
     applied.clear()
     assert driver.collect_garbage({"kept": {"live", "new"}, "young": set()}, now=1000.0) == []
     assert applied == []
+
+
+def _wsgi(app, method, path, body=b"", length=None):
+    """The app as gunicorn calls it: a WSGI environ and start_response."""
+    import io
+
+    seen = {}
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "wsgi.input": io.BytesIO(body),
+               "CONTENT_LENGTH": str(len(body)) if length is None else length}
+    out = b"".join(app(environ, lambda status, headers: seen.update(status=status, headers=dict(headers))))
+    assert seen["headers"]["Content-Length"] == str(len(out))
+    return seen["status"], seen["headers"]["Content-Type"], json.loads(out)
+
+
+def test_wsgi_contract_as_gunicorn_calls_it(client):
+    app = client.application
+    status, ctype, body = _wsgi(app, "POST", "/Plugin.Activate", length="")  # dockerd: no body at all
+    assert (status, ctype, body) == ("200 OK", "application/vnd.docker.plugins.v1.2+json",
+                                     {"Implements": ["NetworkDriver"]})
+    assert _wsgi(app, "POST", "/NetworkDriver.GetCapabilities")[0] == "200 OK"
+    status, _, body = _wsgi(app, "GET", "/NetworkDriver.Join")
+    assert status == "405 Method Not Allowed" and body["Err"] == "/NetworkDriver.Join takes POST"
+    status, _, body = _wsgi(app, "POST", "/NetworkDriver.Nothing", b"{}")
+    assert status == "404 Not Found" and "does not implement /NetworkDriver.Nothing" in body["Err"]
+    status, _, body = _wsgi(app, "POST", "/NetworkDriver.Join", b"{}", length=str(2 << 20))
+    assert status == "413 Payload Too Large" and "larger than" in body["Err"]
+    status, _, body = _wsgi(app, "POST", "/NetworkDriver.Join", b"{}", length="ten")
+    assert status == "400 Bad Request" and "Content-Length" in body["Err"]
+    status, _, body = _wsgi(app, "POST", "/NetworkDriver.Join", b"[1]")
+    assert status == "400 Bad Request" and "must be a JSON object" in body["Err"]
+
+
+def test_a_network_created_while_serving_is_not_forgotten_as_lost(tmp_path):
+    """The healer's first listing of dockerd's networks may race a CreateNetwork (dockerd lists a network
+    only after its driver created it): only networks older than ``multinic serve`` are forgotten."""
+    import time
+
+    applied = []
+    driver = Driver(Store(tmp_path), Settings(), kernel=lambda after, before: applied.append(after))
+    serving_since = time.time()
+    client = create_app(driver).test_client()
+    assert create(client) == (200, {})
+    driver.reconcile(set(), created_before=serving_since)  # dockerd's listing did not show it yet
+    assert NID in applied[-1].networks
+    driver.reconcile(set(), created_before=time.time() + 1)  # one from before the restart, dockerd lost it
+    assert applied[-1].networks == {}

@@ -10,6 +10,7 @@ import pytest
 from plugin.kernel import tags
 from plugin.loops import decisions
 from plugin.loops import gateways as watcher
+from plugin.ops import engine
 from plugin.ops.status import gateway_rows
 from plugin.plan import gateway
 from plugin.plan.desired import MAIN_TABLE, RouteSpec, RuleSpec
@@ -289,21 +290,17 @@ class FakeAPI:
         return list(self._networks.values())
 
     def inspect_network(self, nid):
-        import docker.errors
-
         if nid not in self._networks:
-            raise docker.errors.NotFound("no such network")
+            raise engine.NotFound("no such network", 404)
         return self._networks[nid]
 
     def containers(self, filters=None):
         return [c for c in self._containers.values() if c["State"]["Running"]]
 
     def inspect_container(self, cid):
-        import docker.errors
-
         self.inspected.append(cid)
         if cid not in self._containers:
-            raise docker.errors.NotFound("no such container")
+            raise engine.NotFound("no such container", 404)
         return self._containers[cid]
 
 
@@ -385,20 +382,39 @@ def test_last_network_disconnected_removes_rules_even_if_never_recorded(tmp_path
                         staticmethod(lambda netns, expect=None: removed.append((netns, expect)) or True))
     w = watcher.Watcher(Store(tmp_path), MN)
     api = FakeAPI(containers, nets)
-    assert not w._note_event(("c1", 1, "network disconnect"))  # not known running: no inspect mid-start
-    assert w._note_event(("c1", 1, "container start"))
+    ours = ("n1", MN.driver_name)  # the network event's Actor.ID and Attributes.type
+    assert not w._note_event(("c1", 1, "network connect", *ours))  # not known running: no inspect mid-start
+    assert w._note_event(("c1", 1, "container start", "", ""))
     w.reconcile_container(api, "c1")
     assert removed == []  # a foreign container is left alone
-    assert w._note_event(("c1", 2, "network disconnect"))
+    assert w._note_event(("c1", 2, "network disconnect", *ours))
     w.reconcile_container(api, "c1")
     assert removed == [("/proc/77/ns/net", "/nonexistent")]
+
+
+def test_only_containers_with_a_network_of_ours_are_followed(tmp_path):
+    """Another container's events cost a set lookup: no inspect, no netns (the watcher's CPU per
+    unrelated container start); one with a network of ours is followed, by its driver or by its id."""
+    store = Store(tmp_path)
+    store.save(State(networks={"n1": NetworkRecord(id="n1", bridge="b", subnet="10.1.0.0/24",
+                                                   gateway="10.1.0.1/24")}))
+    w = watcher.Watcher(store, MN)
+    for what in ("network connect", "container start", "container die"):
+        assert not w._note_event(("other", 1, what, "n9" if what.startswith("network") else "", "bridge"))
+    assert not w._note_event(("managed", 1, "network connect", "n1", "org/multinic:latest"))  # by id
+    assert w._note_event(("managed", 2, "container start", "", ""))
+    assert w._note_event(("managed", 3, "network connect", "n9", "bridge"))  # another network: gateway may move
+    assert w._note_event(("managed", 4, "container die", "", ""))
+    assert not w._note_event(("managed", 5, "container start", "", ""))  # its next start connects again
 
 
 def test_spawned_watcher_stops_only_from_its_owner(tmp_path, monkeypatch):
     import os
     import time
 
-    proc = watcher.spawn(Store(tmp_path), MN.replace(docker_host=f"unix://{tmp_path}/no-docker.sock"))
+    from plugin.loops.supervisor import spawn
+
+    proc = spawn("watcher", watcher.loop(Store(tmp_path), MN.replace(docker_host=f"unix://{tmp_path}/no-docker.sock")))
     try:
         time.sleep(0.3)
         assert proc.alive()

@@ -70,7 +70,7 @@ def test_settings_never_keep_the_plugin_from_starting() -> None:
 
     got = settings.load({"log_level": None}, {"LOG_LEVEL": "LOUD", "MULTINIC_WORKERS": "many",
                                                "MULTINIC_CHECK_INTERVAL": "-1", "MULTINIC_STATE_DIR": "/s"})
-    assert (got.log_level, got.workers, got.check_interval, got.state_dir) == ("info", 2, 2.0, "/s")
+    assert (got.log_level, got.workers, got.check_interval, got.state_dir) == ("info", 1, 2.0, "/s")
     assert len(got.problems) == 3 and any("MULTINIC_WORKERS='many'" in p for p in got.problems)
     flags = settings.load({"log_level": "DEBUG", "socket": "/run/docker/plugins/x.sock"}, {"LOG_LEVEL": "error"})
     assert (flags.log_level, flags.driver_name, flags.problems) == ("debug", "x", ())
