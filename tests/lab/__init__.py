@@ -26,13 +26,14 @@ from .topology import (
     R1_HOST_SIDE,
     LabError,
     Topology,
+    wait_for,
 )
 
 __all__ = [
     "BUSYBOX", "C0_ADDR", "C0_NET", "C1_ADDR", "C1_NET", "COMPOSE", "DOCKER_CLI", "DOCKERD", "ENGINES", "ETH0_NET",
     "ETH1_NET", "HOST_ETH0", "HOST_ETH1", "IMAGE", "LAB_TOOLS", "LOCK_DIR", "NETNS_DIR", "PLUGIN_DIR",
     "R0_CLIENT_SIDE", "R0_HOST_SIDE", "R1_CLIENT_SIDE", "R1_HOST_SIDE", "REPO_ROOT", "Lab", "LabError", "Topology",
-    "connectable", "lab_tool", "start_echo_server", "tcp_read", "tool_env",
+    "connectable", "lab_tool", "start_echo_server", "tcp_read", "tool_env", "wait_for",
 ]
 
 

@@ -178,8 +178,11 @@ class Dockerd:
                 rc, self._dockerd = self._dockerd.returncode, None
                 raise LabError(f"dockerd ({self.engine}) exited with {rc}:\n{tail(self.dockerd_log)}")
             if self.docker_sock.exists():
-                probe = self.docker("version", "--format", "{{.Server.Version}}", check=False, timeout=10)
-                if probe.returncode == 0:
+                try:
+                    probe = self.docker("version", "--format", "{{.Server.Version}}", check=False, timeout=10)
+                except LabError:  # the socket accepts before the API answers (a swarm node restoring plugins)
+                    probe = None
+                if probe is not None and probe.returncode == 0:
                     self.server_version = probe.stdout.strip()
                     if not self.server_version.startswith(self.engine + "."):
                         self.stop_dockerd()

@@ -141,6 +141,18 @@ class Probes:
             {save} | grep -v -e '^:MULTINIC-' -e '^-A MULTINIC-' -e ' -j MULTINIC-' | {save.replace('save', 'restore')}
         """)
 
+    def multinic_objects(self) -> list[str]:
+        """Every kernel object of the host that multinic tagged (links with a ``multinic:`` alias, routes and
+        rules of protocol 211, ``MULTINIC-*`` chains and the jumps into them): empty when none is left, even
+        where Docker's own objects changed (a dockerd restart renames its veths and rewrites its rules)."""
+        host = self.host  # type: ignore[attr-defined]
+        links = [ln.strip() for ln in host("ip", "-o", "-d", "link").stdout.splitlines() if "alias multinic:" in ln]
+        rules = [ln for ln in host("ip", "-4", "rule").stdout.splitlines() if "proto 211" in ln]
+        routes = host("ip", "-4", "route", "show", "table", "all", "proto", "211").stdout.splitlines()
+        chains = [ln for ln in host(self.iptables_save).stdout.splitlines()  # type: ignore[attr-defined]
+                  if "MULTINIC" in ln or "multinic" in ln]
+        return [*links, *rules, *routes, *chains]
+
     def dump_host_state(self, tables: tuple[str, ...] = ("filter", "nat", "mangle")) -> str:
         """The host's routing and firewall, normalised, for byte-identical before/after comparisons.
 
