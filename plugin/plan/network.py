@@ -121,6 +121,7 @@ def plan_network(
         parent_gateway6=str(hop6) if hop6 else None, gateway6_source=source6,
         table=table, mark_slot=slot, mtu=mtu or 1500, masquerade=opts.masquerade, gw_priority=opts.gw_priority,
         options={k: str(v) for k, v in req.generic.items()}, created=time.time(),
+        ingress_replies=opts.ingress_replies and not req.internal,
     )
     return record, parent_record
 

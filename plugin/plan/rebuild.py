@@ -109,7 +109,7 @@ def _network(raw: Mapping[str, Any], state: State, kernel: KernelRemains, facts:
         gateway=f"{gateway}/{subnet.prefixlen}", internal=internal, parent=parent, parent_gateway=hop,
         gateway_source=source, table=table, mark_slot=slot,
         mtu=opts.mtu or (facts.parent(parent).mtu if parent else 1500), masquerade=opts.masquerade,
-        gw_priority=opts.gw_priority, options=given, created=now,
+        gw_priority=opts.gw_priority, options=given, created=now, ingress_replies=opts.ingress_replies and not internal,
     )
 
 

@@ -222,7 +222,7 @@ def _mutate(state: State, ops: list[tuple[int, int, int, int]]) -> State:
         elif kind == 2:
             parent = "eth2" if c % 2 else "eth1"
             n = net(a % 13, parent=parent, table=20000 + c % 2, mark_slot=1 + c % 2,
-                    masquerade=bool(b % 3), internal=b % 5 == 0)
+                    masquerade=bool(b % 3), internal=b % 5 == 0, ingress_replies=c % 4 >= 2)
             after.networks[n.id] = n
         elif kind == 3 and len(nets) > 1:
             nid = nets[a % len(nets)]
@@ -246,6 +246,7 @@ OPS = st.lists(st.tuples(st.integers(0, 4), st.integers(0, 50), st.integers(0, 5
 @example([[(0, 0, 1, 1)]], [(2, 0, 1, 1)])  # the network of 20 published endpoints moves to eth2
 @example([[(4, 0, 0, 0)]], [(3, 1, 0, 0)])  # a parent record goes while a network is removed
 @example([[(2, 0, 0, 1), (2, 2, 1, 1), (2, 3, 1, 1)]], [(2, 2, 0, 0)])  # the first sibling left is internal
+@example([[(2, 2, 1, 3), (2, 4, 1, 2)]], [(3, 2, 0, 0)])  # the mesh's restore rule stays with the other parent's
 def test_the_change_over_a_verbs_scope_is_the_change_over_the_whole_host(history, verb):
     """Property: whatever is on the host, the writer's scoped change (the endpoints a verb
     touched and their networks, or every network when one changed) is exactly the change the

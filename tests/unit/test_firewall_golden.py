@@ -88,6 +88,12 @@ EXAMPLES = {
         "each bridge adds its own rules only, never one per other bridge.\n",
         render_ruleset(host_state(MANY, FACTS).firewall)]),
     "per-verb-commits.md": join_with_port,
+    "swarm-ingress.md": lambda: "\n".join([
+        "What `--opt ingress_replies=true` adds to [one-network.md](one-network.md): replies coming back from",
+        "docker_gwbridge (swarm's routing mesh: a published port is DNATed to ingress_sbox behind it) take the",
+        "mark of the parent their connection came in on, so they leave by that parent's table.\n",
+        render_edit(change(host_state(ONE, FACTS), host_state(dataclasses.replace(ONE, networks={
+            N1: dataclasses.replace(ONE.networks[N1], ingress_replies=True)}), FACTS)).firewall)]),
 }
 
 

@@ -1,13 +1,17 @@
 """Swarm's node-local networks, the pure parts: swarmkit's network ids, the refusal of a swarm network whose
 options were lost (no ``--config-from``), which of dockerd's networks are on this node, garbage collection
-of a dynamic network, and doctor's swarm and ghost checks. The swarm itself is tests/e2e/test_swarm.py."""
+of a dynamic network, doctor's swarm and ghost checks, and the ``ingress_replies`` option (the routing
+mesh's replies by the parent). The swarm itself is tests/e2e/test_swarm.py."""
 
 from __future__ import annotations
 
 import pytest
 
 from plugin.api.messages import parse_create_network, parse_endpoint_ref, parse_network_ref, swarm_scoped
+from plugin.api.options import parse_network_options
 from plugin.errors import Refusal
+from plugin.kernel.firewall.model import MANGLE_PREROUTING
+from plugin.kernel.firewall.rules import ruleset_for
 from plugin.ops import doctor
 from plugin.ops.doctor import ERROR, OK, SKIP, WARN, Facts
 from plugin.ops.engine import on_this_node
@@ -105,3 +109,25 @@ def test_a_swarm_network_not_on_this_node_is_no_ghost():
     stale = facts(state=State(networks={SWARM_NID: record}), docker_networks={SWARM_NID: ours(CLUSTER_VIEW, False)})
     r = doctor.check_ghosts(stale)
     assert [x.status for x in r] == [WARN] and SWARM_NID[:12] in r[0].message
+
+
+def test_ingress_replies_is_an_option_of_a_parent_bound_network():
+    assert parse_network_options({"parent": "eth1", "ingress_replies": "true"}).ingress_replies
+    assert not parse_network_options({"parent": "eth1"}).ingress_replies
+    with pytest.raises(Refusal, match="ingress_replies needs parent"):
+        parse_network_options({"ingress_replies": "yes"})
+    with pytest.raises(Refusal, match="ingress_replies='maybe' is not a boolean"):
+        parse_network_options({"parent": "eth1", "ingress_replies": "maybe"})
+
+
+def test_the_mesh_restore_rule_exists_while_a_network_asks_for_it():
+    def mangle(**kw) -> tuple:
+        record = NetworkRecord(id=SWARM_NID, bridge="mn-x", subnet="10.10.0.0/24", gateway="10.10.0.1/24",
+                               parent="eth1", table=20000, mark_slot=1, **kw)
+        return ruleset_for(State(networks={SWARM_NID: record}), {}, 4).chains["mangle"][MANGLE_PREROUTING]
+
+    restore = ("-i", "docker_gwbridge", "-j", "CONNMARK", "--restore-mark", "--nfmask", "0xff0000", "--ctmask",
+               "0xff0000")
+    assert restore in mangle(ingress_replies=True)
+    assert restore not in mangle()
+    assert restore not in mangle(ingress_replies=True, internal=True)
