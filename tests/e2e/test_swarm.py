@@ -52,7 +52,7 @@ def swarm(request: pytest.FixtureRequest, plugin_dir: Path) -> Iterator[Swarm]:
         skip_or_fail(reason)
     driver = os.environ.get("MULTINIC_LAB_DRIVER", "multinic")
     with Swarm(swarm_prefix(engine), engine, driver) as the_swarm:
-        the_swarm.start_registry(plugin_dir)
+        the_swarm.start_registry(plugin_dir, tags=("1", "2"))
         for node in the_swarm.nodes:
             node.docker("network", "create", "--config-only", "-o", f"parent={node.parent}", "--subnet",
                         FRONT_SUBNET, "mncfg")
@@ -70,7 +70,7 @@ def cluster(swarm: Swarm) -> Iterator[Swarm]:
                          "--attachable", FRONT)
     for node in swarm.nodes:
         node.serve_peer_echo(node.c1_ns, ECHO_PORT)
-    swarm.baseline = {node.name: node.dump_host_state() for node in swarm.nodes}  # type: ignore[attr-defined]
+    swarm.baseline = {node.name: node.dump_host_state() for node in swarm.nodes}
     yield swarm
 
 
@@ -99,7 +99,7 @@ def assert_serves(node: Node, container: str, port: int, text: str) -> None:
 
 def assert_clean(swarm: Swarm, node: Node, timeout: float = 60) -> None:
     """No multinic kernel object left on ``node``: its dump is byte-identical to the baseline."""
-    base = swarm.baseline[node.name]  # type: ignore[attr-defined]
+    base = swarm.baseline[node.name]
     if not wait_for(lambda: node.dump_host_state() == base, timeout=timeout, interval=1):
         diff = difflib.unified_diff(base.splitlines(), node.dump_host_state().splitlines(), "baseline", "now",
                                     lineterm="")
@@ -215,7 +215,7 @@ def test_scale_drain_and_dockerd_restart(cluster: Swarm) -> None:
     finally:
         swarm.remove_services("web")
     assert wait_for(lambda: not restarted.multinic_objects(), timeout=60), restarted.multinic_objects()
-    swarm.baseline[restarted.name] = restarted.dump_host_state()  # type: ignore[attr-defined]
+    swarm.baseline[restarted.name] = restarted.dump_host_state()
     for node in swarm.nodes:
         assert_clean(swarm, node)
 
@@ -296,6 +296,43 @@ def test_multinic_beside_an_overlay_network(cluster: Swarm) -> None:
     finally:
         swarm.remove_services("api")
         swarm.manager.docker("network", "rm", EAST, check=False)
+    for node in swarm.nodes:
+        assert_clean(swarm, node)
+
+
+def test_plugin_upgrade_across_the_cluster_node_by_node(cluster: Swarm) -> None:
+    """The README's upgrade: per node, drain, disable, upgrade, enable, active again. The service keeps
+    serving from the other nodes meanwhile, and every node runs the new release at the end."""
+    swarm = cluster
+    m = swarm.manager
+    new = f"{swarm.registry.addr}/multinic:2"
+    swarm.create_service("web", "--network", FRONT, "--publish", "mode=host,target=80,published=8080",
+                         "--endpoint-mode", "dnsrr", "--replicas", "2", cmd=web("web"))
+    try:
+        swarm.wait_tasks("web", 2)
+        for node in swarm.nodes:
+            m.docker("node", "update", "--availability", "drain", node.node_id)
+            try:
+                placed = swarm.wait_tasks("web", 2, off=node.name)
+                assert_clean(swarm, node)
+                node.docker("plugin", "disable", "-f", NAME)
+                node.docker("plugin", "upgrade", "--grant-all-permissions", "--skip-remote-check", NAME, new,
+                            timeout=300)
+                node.docker("plugin", "enable", NAME, timeout=120)
+                for other in swarm.nodes:
+                    if placed[other.name]:
+                        assert_serves(other, placed[other.name][0], 8080, "web")
+            finally:
+                m.docker("node", "update", "--availability", "active", node.node_id)
+        for node in swarm.nodes:
+            described = node.docker("plugin", "inspect", "-f", "{{.Config.Description}}", NAME).stdout
+            assert "[release 2]" in described, (node.name, described)
+        m.docker("service", "scale", "-d", "web=3")
+        placed = swarm.wait_tasks("web", 3)
+        for node in swarm.nodes:
+            assert_serves(node, placed[node.name][0], 8080, "web")
+    finally:
+        swarm.remove_services("web")
     for node in swarm.nodes:
         assert_clean(swarm, node)
 

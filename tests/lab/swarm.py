@@ -29,8 +29,7 @@ from . import IMAGE, Lab
 from .registry import Registry, publish_plugin
 from .topology import NETNS_DIR, LabError, exclusive_lock, ip, pids_mentioning, wait_for
 
-CLUSTER_PREFIX = "192.168.200"
-CLUSTER_NET = f"{CLUSTER_PREFIX}.0/24"
+CLUSTER_PREFIX = "192.168.200"  # the cluster LAN, a /24
 REGISTRY_ADDR = f"{CLUSTER_PREFIX}.250:5000"
 CLUSTER_DEV = "cl0"
 
@@ -81,6 +80,7 @@ class Swarm:
         self.registry = Registry(self.lan_nsenter(), self.dir / "registry", REGISTRY_ADDR)
         self._lock: int | None = None
         self.timings: dict[str, float] = {}
+        self.baseline: dict[str, str] = {}  # node name → its dump_host_state() as a test wants it back
 
     @property
     def manager(self) -> Node:
@@ -186,10 +186,14 @@ class Swarm:
         self.manager.docker("service", "create", "-d", "--name", name, "--stop-grace-period", "1s", *args,
                             self.image, *cmd)
 
+    @staticmethod
+    def running(node: Node, service: str) -> list[str]:
+        """Ids of ``service``'s running containers on ``node``."""
+        return node.docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}").stdout.split()
+
     def placement(self, service: str) -> dict[str, list[str]]:
         """Node name → ids of ``service``'s running containers there."""
-        return {node.name: node.docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}"
-                                       ).stdout.split() for node in self.nodes}
+        return {node.name: self.running(node, service) for node in self.nodes}
 
     def wait_tasks(self, service: str, count: int, timeout: float = 120, off: str = "") -> dict[str, list[str]]:
         """The placement once ``count`` containers of ``service`` run (none on node ``off``), or LabError
@@ -208,7 +212,7 @@ class Swarm:
     def remove_services(self, *names: str) -> None:
         for name in names:
             self.manager.docker("service", "rm", name, check=False)
-        wait_for(lambda: not any(self.placement(name)[n.name] for name in names for n in self.nodes), 60, 1.0)
+        wait_for(lambda: not any(ids for name in names for ids in self.placement(name).values()), 60, 1.0)
 
     # -- removing --------------------------------------------------------------------------------------------
     def down(self) -> None:
@@ -228,7 +232,7 @@ class Swarm:
 
     def _remove_lan(self) -> None:
         """The LAN namespace and the swarm's directory (the registry's processes first)."""
-        for pid in pids_mentioning(str(self.dir)):
+        for pid in pids_mentioning(f"{self.dir}/"):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         if Path(NETNS_DIR, self.lan_ns).exists():
