@@ -25,6 +25,10 @@ Operations:
   registry), a dnsrr service scaled from 0 to 12 tasks, on a multinic swarm network and on an overlay
   network, interleaved: the time until every task answers HTTP from its node (a global probe service on
   the same network, one task per node), ratio multinic / overlay.
+- ``ipv6``: the same through dual-stack networks (``--ipv6``; both drivers): ``run_rm6``,
+  ``requests6_per_s`` and ``throughput6_MBps`` on the host's IPv6 address (from c0), and
+  ``dual_stack_run_rm`` in the JSON: multinic's dual-stack ``run --rm`` over its IPv4-only one. Engine
+  20.10's bridge publishes IPv6 through docker-proxy (no ip6tables), 28.5's through DNAT.
 
 Usage (root)::
 
@@ -60,7 +64,7 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.e2e.helpers import web_cmd  # noqa: E402
-from tests.lab import HOST_ETH0, IMAGE, REPO_ROOT, Lab, LabError, lab_tool, tool_env  # noqa: E402
+from tests.lab import HOST6_ETH0, HOST_ETH0, IMAGE, REPO_ROOT, Lab, LabError, lab_tool, tool_env  # noqa: E402
 from tests.lab.swarm import Swarm  # noqa: E402
 from tests.lab.topology import clean_env as _clean_env  # noqa: E402
 
@@ -82,8 +86,8 @@ SENDER = (
 )
 DRIVERS = ("bridge", "multinic")
 SWARM_DRIVERS = ("overlay", "multinic")  # the swarm's own multi-host network is the reference there
-LAB_OPS = ("run_rm", "run_p", "net_create_rm", "connect_disconnect", "parallel", "requests", "throughput", "api",
-           "spawns", "scale_networks", "scale_containers")
+LAB_OPS = ("run_rm", "run_p", "net_create_rm", "connect_disconnect", "parallel", "requests", "throughput", "ipv6",
+           "api", "spawns", "scale_networks", "scale_containers")
 SWARM_TASKS = 12
 
 
@@ -111,9 +115,10 @@ class Bench:
         func()
         return time.monotonic() - start
 
-    def wait_port(self, port: int, limit: float = 60) -> None:
+    def wait_port(self, port: int, limit: float = 60, address: str = HOST_ETH0) -> None:
         deadline = time.monotonic() + limit
-        while self.lab.http_get(self.lab.c0_ns, f"http://{HOST_ETH0}:{port}/", timeout=1) is None:
+        where = f"[{address}]" if ":" in address else address
+        while self.lab.http_get(self.lab.c0_ns, f"http://{where}:{port}/", timeout=1) is None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"port {port} did not answer in {limit}s")
             time.sleep(0.02)
@@ -139,8 +144,8 @@ class Bench:
             self.network(driver, f"bn-{driver}", {"bridge": "10.150.0.0/24", "multinic": "10.151.0.0/24"}[driver])
         self.network("bridge", "bn-home", "10.152.0.0/24")
         ops = (self.op_run_rm, self.op_run_p, self.op_net_create_rm, self.op_connect_disconnect, self.op_parallel,
-               self.op_requests, self.op_throughput, self.op_api, self.op_spawns, self.op_scale_networks,
-               self.op_scale_containers)
+               self.op_requests, self.op_throughput, self.op_ipv6, self.op_api, self.op_spawns,
+               self.op_scale_networks, self.op_scale_containers)
         try:
             for op in ops:
                 if not self.args.only or op.__name__[3:] in self.args.only:
@@ -197,31 +202,55 @@ class Bench:
             return took
         self.rounds("parallel20", body, rounds=max(3, self.args.rounds // 2) if self.args.quick else None)
 
-    def _published(self, driver: str, port: int, cmd: list[str], name: str) -> None:
-        self.docker("run", "-d", "--name", name, "--network", f"bn-{driver}", "-p", f"{port}:{port}", IMAGE, *cmd)
+    def _published(self, driver: str, port: int, cmd: list[str], name: str, net: str = "bn") -> None:
+        self.docker("run", "-d", "--name", name, "--network", f"{net}-{driver}", "-p", f"{port}:{port}", IMAGE, *cmd)
 
-    def op_requests(self) -> None:
+    def op_requests(self, op: str = "requests_per_s", net: str = "bn", address: str = HOST_ETH0) -> None:
         count = 100 if self.args.quick else 300
+        base = 5300 if net == "bn" else 5350
         for driver in DRIVERS:
-            self._published(driver, 5300 + DRIVERS.index(driver), web_cmd("r", 5300 + DRIVERS.index(driver)),
-                            f"brq-{driver}")
+            self._published(driver, base + DRIVERS.index(driver), web_cmd("r", base + DRIVERS.index(driver)),
+                            f"brq-{driver}", net)
+        where = f"[{address}]" if ":" in address else address
         try:
             def body(driver: str, i: int) -> float:
-                port = 5300 + DRIVERS.index(driver)
-                self.wait_port(port)
-                out = self.lab.run(self.lab.c0_ns, sys.executable, "-c", REQUESTS, f"http://{HOST_ETH0}:{port}/",
+                port = base + DRIVERS.index(driver)
+                self.wait_port(port, address=address)
+                out = self.lab.run(self.lab.c0_ns, sys.executable, "-c", REQUESTS, f"http://{where}:{port}/",
                                    str(count), timeout=120).stdout
                 return float(out)
-            self.rounds("requests_per_s", body)
+            self.rounds(op, body)
         finally:
             for driver in DRIVERS:
                 self.docker("rm", "-f", f"brq-{driver}", check=False)
 
-    def op_throughput(self) -> None:
+    def op_ipv6(self) -> None:
+        """Dual-stack networks of both drivers. multinic's is made first: it sets accept_ra=2 before it
+        turns IPv6 forwarding on; Docker's bridge turns it on without (the lab's host would lose the
+        router-advertised default route that multinic's IPv6 next hop comes from)."""
+        for driver, n in (("multinic", 157), ("bridge", 156)):
+            self.docker("network", "create", *self.opts[driver], "--ipv6", "--subnet", f"10.{n}.0.0/24",
+                        "--subnet", f"fd00:{n}::/64", f"bn6-{driver}")
         try:
-            iperf3 = lab_tool("iperf3")
+            self.rounds("run_rm6", lambda d, i: self.timed(
+                lambda: self.docker("run", "--rm", "--network", f"bn6-{d}", IMAGE, "true")))
+            self.op_requests("requests6_per_s", "bn6", HOST6_ETH0)
+            iperf3 = self._iperf3()
+            if iperf3:
+                self._throughput_iperf3(iperf3, "throughput6_MBps", "bn6", HOST6_ETH0)
+        finally:
+            for driver in DRIVERS:
+                self.docker("network", "rm", f"bn6-{driver}", check=False)
+
+    @staticmethod
+    def _iperf3() -> str | None:
+        try:
+            return lab_tool("iperf3")
         except LabError:
-            iperf3 = None
+            return None
+
+    def op_throughput(self) -> None:
+        iperf3 = self._iperf3()
         if iperf3:
             return self._throughput_iperf3(iperf3)
         megabytes = 100 if self.args.quick else 400
@@ -242,14 +271,15 @@ class Bench:
             for driver in DRIVERS:
                 self.docker("rm", "-f", f"bth-{driver}", check=False)
 
-    def _throughput_iperf3(self, iperf3: str) -> None:
+    def _throughput_iperf3(self, iperf3: str, op: str = "throughput_MBps", net: str = "bn",
+                           address: str = HOST_ETH0) -> None:
         """iperf3 (Debian's): the server runs in the container's network namespace (the busybox
         image has no iperf3), the client in c0, through the published port: one TCP stream."""
         seconds = "2" if self.args.quick else "5"
         servers: list[subprocess.Popen[bytes]] = []
         for driver in DRIVERS:
             port = 5400 + DRIVERS.index(driver)
-            self._published(driver, port, ["sleep", "3600"], f"bth-{driver}")
+            self._published(driver, port, ["sleep", "3600"], f"bth-{driver}", net)
             pid = self.docker("inspect", "-f", "{{.State.Pid}}", f"bth-{driver}").stdout.strip()
             servers.append(subprocess.Popen(["nsenter", "-t", pid, "-n", iperf3, "-s", "-p", str(port)],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=tool_env()))
@@ -257,10 +287,10 @@ class Bench:
         try:
             def body(driver: str, i: int) -> float:
                 port = 5400 + DRIVERS.index(driver)
-                out = self.lab.run(self.lab.c0_ns, iperf3, "-c", HOST_ETH0, "-p", str(port), "-t", seconds, "-J",
+                out = self.lab.run(self.lab.c0_ns, iperf3, "-c", address, "-p", str(port), "-t", seconds, "-J",
                                    timeout=120, env={"LD_LIBRARY_PATH": tool_env()["LD_LIBRARY_PATH"]}).stdout
                 return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 8e6
-            self.rounds("throughput_MBps", body)
+            self.rounds(op, body)
         finally:
             for proc in servers:
                 proc.terminate()
@@ -516,6 +546,10 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
             else:
                 row["ratio"] = row["multinic"]["median"] / row[reference]["median"]
         out[op] = row
+    rm, rm6 = out.get("run_rm", {}).get("multinic"), out.get("run_rm6", {}).get("multinic")
+    if rm and rm6:
+        out["dual_stack_run_rm"] = {"multinic_ipv4": rm["median"], "multinic_dual_stack": rm6["median"],
+                                    "ratio": rm6["median"] / rm["median"]}
     return out
 
 
@@ -611,7 +645,9 @@ def main() -> int:
     print(f"engine {args.engine}: medians of {args.rounds} rounds (ratio = multinic / bridge, or / overlay on "
           "the swarm)")
     for op, row in summary.items():
-        if "ratio" in row:
+        if op == "dual_stack_run_rm":
+            print(f"  {op:22} multinic dual-stack / IPv4-only {row['ratio']:5.2f}")
+        elif "ratio" in row:
             ref = next(d for d in ("bridge", "overlay") if d in row)
             print(f"  {op:22} {ref} {row[ref]['median']:9.3f}  multinic {row['multinic']['median']:9.3f}"
                   f"  ratio {row['ratio']:5.2f}")

@@ -121,6 +121,18 @@ def parse_table(value: Any) -> int:
     return table
 
 
+def _next_hop(name: str, raw: Mapping[str, Any], version: int, example: str) -> Any:
+    """``parent_gateway`` (IPv4) or ``parent_gateway6`` (IPv6): an address, and only with a parent."""
+    try:
+        hop = (ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address)(str(raw[name]).strip())
+    except ValueError:
+        raise Refusal(f"option {name}={raw[name]!r} is not an IPv{version} address; give the next hop's address, "
+                      f"e.g. {name}={example}") from None
+    if "parent" not in raw:
+        raise Refusal(f"option {name} needs parent: add --opt parent=<NIC>")
+    return hop
+
+
 def parse_network_options(raw: Mapping[str, Any] | None) -> NetworkOptions:
     """``com.docker.network.generic`` → :class:`NetworkOptions`, refusing unknown keys."""
     raw = dict(raw or {})
@@ -133,26 +145,10 @@ def parse_network_options(raw: Mapping[str, Any] | None) -> NetworkOptions:
     kwargs: dict[str, Any] = {}
     if "parent" in raw:
         kwargs["parent"] = parse_ifname("parent", raw["parent"])
-    if "parent_gateway" in raw:
-        try:
-            kwargs["parent_gateway"] = ipaddress.IPv4Address(str(raw["parent_gateway"]).strip())
-        except ValueError:
-            raise Refusal(
-                f"option parent_gateway={raw['parent_gateway']!r} is not an IPv4 address; "
-                "give the next hop's address, e.g. parent_gateway=192.168.1.1"
-            ) from None
-        if "parent" not in raw:
-            raise Refusal("option parent_gateway needs parent: add --opt parent=<NIC>")
-    if "parent_gateway6" in raw:
-        try:
-            kwargs["parent_gateway6"] = ipaddress.IPv6Address(str(raw["parent_gateway6"]).strip())
-        except ValueError:
-            raise Refusal(
-                f"option parent_gateway6={raw['parent_gateway6']!r} is not an IPv6 address; "
-                "give the next hop's address, e.g. parent_gateway6=fe80::1 (the router's link-local address)"
-            ) from None
-        if "parent" not in raw:
-            raise Refusal("option parent_gateway6 needs parent: add --opt parent=<NIC>")
+    for name, version, example in (("parent_gateway", 4, "192.168.1.1"),
+                                   ("parent_gateway6", 6, "fe80::1 (the router's link-local address)")):
+        if name in raw:
+            kwargs[name] = _next_hop(name, raw, version, example)
     if "table" in raw:
         kwargs["table"] = parse_table(raw["table"])
         if "parent" not in raw:

@@ -44,9 +44,10 @@ def _flows(family: int) -> list[tuple[bytes, int, int, str]]:
 
 
 def forget(ports: Iterable[PublishedPort]) -> int:
-    """Delete the flows whose original destination is one of ``ports`` (any address where ``host_ip``
-    is empty); how many went. Flows that vanish meanwhile are not an error."""
-    wanted = [(PROTOCOLS.get(p.proto), p.host_port, p.host_ip) for p in ports]
+    """Delete the flows whose original destination meets one of ``ports``
+    (:meth:`~plugin.plan.state.PublishedPort.lands_on`); how many went. Flows that vanish meanwhile are
+    not an error."""
+    wanted = [(PROTOCOLS.get(p.proto), p.host_port, p) for p in ports]
     if not wanted:
         return 0
     deleted = 0
@@ -58,7 +59,7 @@ def forget(ports: Iterable[PublishedPort]) -> int:
                 return 0  # no conntrack here: nothing to forget
             raise
         for tuple_attr, proto, port, dst in flows:
-            if any(proto == p and port == hp and (not ip or ip == dst) for p, hp, ip in wanted):
+            if any(proto == p and port == hp and published.lands_on(dst) for p, hp, published in wanted):
                 try:
                     nl.ack((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE, 0,
                            nl.NFGENMSG.pack(family, 0, 0) + tuple_attr, protocol=nl.NETLINK_NETFILTER)

@@ -1,14 +1,18 @@
-"""Sysctls the plugin sets (``net.ipv4.conf.<parent>.rp_filter``), read and written in the current
-network namespace. Per-interface IPv4 settings go over netlink, because a managed plugin sees /proc/sys
-read-only: ``RTM_SETLINK`` with ``IFLA_AF_SPEC`` → ``AF_INET`` → ``IFLA_INET_CONF`` → one u32 per
+"""Sysctls the plugin sets (``net.ipv4.conf.<parent>.rp_filter``; IPv6 forwarding and ``accept_ra``),
+read and written in the current network namespace. Per-interface IPv4 settings go over netlink, because a
+managed plugin sees /proc/sys read-only (IPv6 ones, which have no netlink setter, through a procfs of its
+own): ``RTM_SETLINK`` with ``IFLA_AF_SPEC`` → ``AF_INET`` → ``IFLA_INET_CONF`` → one u32 per
 setting (``IPV4_DEVCONF_*``, include/uapi/linux/ip.h); ``RTM_GETLINK`` returns them as an array of u32."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import os
 import re
 import socket
 import struct
+import tempfile
 from pathlib import Path
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -16,6 +20,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from . import netlink as nl
 
 IFLA_IFNAME, IFLA_AF_SPEC, IFLA_INET_CONF = 3, 26, 1
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 DEVCONF = {"forwarding": 1, "proxy_arp": 3, "accept_redirects": 4, "rp_filter": 8, "promote_secondaries": 21,
            "route_localnet": 27}
 _PER_INTERFACE = re.compile(r"net/ipv4/conf/([^/]+)/([a-z_]+)")
@@ -80,7 +85,22 @@ def write_sysctl(path: str, value: str) -> None:
     except OSError as exc:
         if exc.errno != errno.EROFS:
             raise
-        # A managed plugin sees /proc/sys read-only, and IPv6 settings have no netlink setter. With the
-        # host's PID namespace it reaches the host's own procfs, through PID 1's root; a network sysctl
+        # A managed plugin sees /proc/sys read-only (the runtime's bind mount), and IPv6 settings have no
+        # netlink setter: a procfs of its own, in its own mount namespace, is writable; a network sysctl
         # written there applies to the writer's network namespace (dockerd's).
-        Path("/proc/1/root/proc/sys", path).write_text(value)
+        (_own_procfs() / "sys" / path).write_text(value)
+
+
+def _own_procfs() -> Path:
+    """A procfs mounted by this plugin in its own mount namespace (once: every process of the plugin
+    shares that namespace); needs CAP_SYS_ADMIN, which the managed plugin has."""
+    target = Path(tempfile.gettempdir(), "multinic-procfs")
+    if (target / "sys" / "net").is_dir():
+        return target
+    target.mkdir(mode=0o700, exist_ok=True)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"proc", str(target).encode(), b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"/proc/sys is read-only here and mounting a procfs of our own failed: "
+                            f"{os.strerror(code)}", str(target))
+    return target

@@ -1,5 +1,5 @@
 """The kernel's announcements the plugin reacts to, from one subscription: links, addresses, routes
-and rules (rtnetlink), and nf_tables deletions (nfnetlink). Parsed just enough to tell two things
+and rules of both families (rtnetlink), and nf_tables deletions (nfnetlink). Parsed just enough to tell two things
 (both pure): whether something of ours may have been removed (:func:`drift`), and whether a parent
 NIC changed (:func:`touches_parent`). Legacy iptables sends no events: there the period is all there is."""
 
@@ -12,6 +12,7 @@ from . import netlink as nl
 from .tags import ALIAS_PREFIX, LINK_BRIDGE, RT_PROTO
 
 RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_RULE = 1, 5, 7, 8
+RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV6_ROUTE, RTNLGRP_IPV6_RULE = 9, 11, 19
 NFNLGRP_NFTABLES = 7
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_DELTABLE, NFT_MSG_DELCHAIN, NFT_MSG_DELRULE = 2, 5, 8
@@ -109,7 +110,8 @@ class Listener:
 
     def __init__(self) -> None:
         self.subscription = nl.Subscription({
-            nl.NETLINK_ROUTE: (RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_RULE),
+            nl.NETLINK_ROUTE: (RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_RULE,
+                               RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV6_ROUTE, RTNLGRP_IPV6_RULE),
             nl.NETLINK_NETFILTER: (NFNLGRP_NFTABLES,),
         })
 

@@ -24,7 +24,8 @@ IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 
 VETH_INFO_PEER = 1
 IFLA_BRPORT_MODE = 4  # hairpin
 IFA_ADDRESS, IFA_FLAGS = 1, 8
-IFA_F_TEMPORARY, IFA_F_NODAD, IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TENTATIVE = 0x01, 0x02, 0x08, 0x20, 0x40
+IFA_F_TEMPORARY, IFA_F_NODAD, IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TENTATIVE, IFA_F_PERMANENT = (
+    0x01, 0x02, 0x08, 0x20, 0x40, 0x80)
 SCOPE_UNIVERSE = 0
 
 
@@ -88,15 +89,17 @@ def addresses6(index: int) -> tuple[tuple[ipaddress.IPv6Interface, ...], tuple[i
         if address.network not in prefixes and address.network.prefixlen < 128:
             prefixes.append(address.network)
         if not flags & (IFA_F_TEMPORARY | IFA_F_DEPRECATED | IFA_F_TENTATIVE | IFA_F_DADFAILED):
-            stable.append(address)
-    return tuple(stable), tuple(prefixes)
+            stable.append((not flags & IFA_F_PERMANENT, address.ip, address))
+    # Configured (permanent) addresses first, then autoconfigured ones; by address within each: the first is
+    # the one egress leaves from, whatever order the kernel lists them in.
+    return tuple(a for _auto, _ip, a in sorted(stable)), tuple(sorted(prefixes))
 
 
-def all_ipv4_addresses(ipr: IPRoute) -> list[tuple[str, ipaddress.IPv4Interface]]:
-    """(ifname, address) of every IPv4 address in ``ipr``'s namespace."""
+def all_addresses(ipr: IPRoute) -> list[tuple[str, ipaddress.IPv4Interface | ipaddress.IPv6Interface]]:
+    """(ifname, address) of every address, both families, in ``ipr``'s namespace."""
     names = link_names(ipr)
-    return [(names.get(msg["index"], "?"), ipaddress.IPv4Interface(f"{attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}"))
-            for msg in ipr.get_addr(family=socket.AF_INET)]
+    return [(names.get(msg["index"], "?"), ipaddress.ip_interface(f"{attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}"))
+            for msg in ipr.get_addr()]
 
 
 def parent_facts(ipr: IPRoute, ifname: str) -> ParentFacts:

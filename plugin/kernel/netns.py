@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 from ..plan.desired import MAIN_TABLE, difference
 from ..plan.gateway import Routing
-from .links import all_ipv4_addresses, attr
+from .links import all_addresses, attr
 from .routes import add_rule, delete_route, delete_rule, owned_routes, owned_rules, replace_route, table_of
 from .tags import RT_PROTO
 
@@ -52,15 +52,17 @@ def open_netns(netns_path: str, expect: str | None = None) -> Iterator[Any]:
         os.close(fd)
 
 
-def read(ipr: Any) -> tuple[ipaddress.IPv4Address | None, dict[ipaddress.IPv4Address, str]]:
-    """(dockerd's default gateway in the main table, {address: ifname}) of the netns ``ipr`` is in."""
-    gateway = None
-    for msg in ipr.route("dump", family=socket.AF_INET):
-        ours = msg["proto"] == RT_PROTO
-        if table_of(msg) == MAIN_TABLE and msg["dst_len"] == 0 and not ours and attr(msg, "RTA_GATEWAY"):
-            gateway = ipaddress.IPv4Address(attr(msg, "RTA_GATEWAY"))
-            break
-    return gateway, {iface.ip: name for name, iface in all_ipv4_addresses(ipr)}
+def read(ipr: Any) -> tuple[dict[int, Any], dict[Any, str]]:
+    """({4: dockerd's IPv4 default gateway in the main table, 6: its IPv6 one}, {address: ifname}) of
+    the netns ``ipr`` is in."""
+    gateways: dict[int, Any] = {4: None, 6: None}
+    for version, family in ((4, socket.AF_INET), (6, socket.AF_INET6)):
+        for msg in ipr.route("dump", family=family):
+            ours = msg["proto"] == RT_PROTO
+            if table_of(msg) == MAIN_TABLE and msg["dst_len"] == 0 and not ours and attr(msg, "RTA_GATEWAY"):
+                gateways[version] = ipaddress.ip_address(attr(msg, "RTA_GATEWAY"))
+                break
+    return gateways, {iface.ip: name for name, iface in all_addresses(ipr)}
 
 
 def apply(ipr: Any, routing: Routing) -> bool:

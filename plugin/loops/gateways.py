@@ -54,18 +54,20 @@ class NetInfo:
     options: dict[str, str]
 
 
-def _ip(text: Any) -> ipaddress.IPv4Address | None:
+def _ip(text: Any, version: int = 4) -> Any:
     try:
-        return ipaddress.IPv4Address(text) if text else None
+        address = ipaddress.ip_address(text) if text else None
     except ValueError:
         return None
+    return address if address is not None and address.version == version else None
 
 
-def _iface(ip: Any, prefixlen: Any) -> ipaddress.IPv4Interface | None:
+def _iface(ip: Any, prefixlen: Any, version: int = 4) -> Any:
     try:
-        return ipaddress.IPv4Interface(f"{ip}/{int(prefixlen)}") if ip else None
+        address = ipaddress.ip_interface(f"{ip}/{int(prefixlen)}") if ip else None
     except (TypeError, ValueError):
         return None
+    return address if address is not None and address.version == version else None
 
 
 def build_attachments(
@@ -112,6 +114,8 @@ def build_attachments(
                 gateway=_ip(ep.get("Gateway")),
                 address=_iface(ep.get("IPAddress"), ep.get("IPPrefixLen")),
                 internal=info.internal or bool(record and record.internal),
+                gateway6=_ip(ep.get("IPv6Gateway"), 6),
+                address6=_iface(ep.get("GlobalIPv6Address"), ep.get("GlobalIPv6PrefixLen"), 6),
             )
         )
     return out
@@ -231,10 +235,13 @@ class Watcher:
         decided and seen."""
         with netns.open_netns(path, expect) as ipr:
             docker_gw, ifname_by_ip = netns.read(ipr)
-            decision = gateway.choose(attachments, docker_gw)
-            changed = netns.apply(ipr, gateway.container_routing(attachments, decision, ifname_by_ip))
-        return decision, {"docker_gateway": str(docker_gw) if docker_gw else None, "changed": changed,
-                          "ifnames": {str(ip): ifname for ip, ifname in ifname_by_ip.items()}}
+            decision = gateway.choose(attachments, docker_gw[4])
+            decision6 = gateway.choose(attachments, docker_gw[6], 6) if any(a.gateway6 for a in attachments) \
+                else None
+            changed = netns.apply(ipr, gateway.container_routing(attachments, decision, ifname_by_ip, decision6))
+        return decision, {"docker_gateway": str(docker_gw[4]) if docker_gw[4] else None, "changed": changed,
+                          "ifnames": {str(ip): ifname for ip, ifname in ifname_by_ip.items()},
+                          "ipv6": decision6, "docker_gateway6": str(docker_gw[6]) if docker_gw[6] else None}
 
     @staticmethod
     def unroute(path: str, expect: str | None) -> bool:
@@ -265,10 +272,23 @@ class Watcher:
                     "address": str(a.address) if a.address else None,
                     "interface": ifnames.get(str(a.address.ip)) if a.address else None,
                     "internal": a.internal,
+                    **({"gateway6": str(a.gateway6) if a.gateway6 else None,
+                        "address6": str(a.address6) if a.address6 else None} if facts.get("ipv6") else {}),
                 }
                 for a in attachments
             ],
         }
+        decision6 = facts.get("ipv6")
+        if decision6 is not None:
+            chosen6 = decision6.chosen
+            self.decisions[cid]["ipv6"] = {
+                "chosen": chosen6.network_name if chosen6 else None,
+                "gateway": str(chosen6.gateway6) if chosen6 and chosen6.gateway6 else None,
+                "interface": ifnames.get(str(chosen6.address6.ip)) if chosen6 and chosen6.address6 else None,
+                "override": decision6.override,
+                "reason": decision6.reason,
+                "docker_gateway": facts.get("docker_gateway6"),
+            }
 
     def _forget(self, cid: str) -> None:
         self.decisions.pop(cid, None)

@@ -134,6 +134,14 @@ class StateCollector:
         for mode, n in sorted(modes.items()):
             nets.add_metric([mode], n)
         yield nets
+        families = GaugeMetricFamily("multinic_networks_by_family", "Networks in multinic's state by address "
+                                     "family", labels=["family"])
+        kinds = {"ipv4": 0, "dual-stack": 0, "ipv6": 0}
+        for net in state.networks.values():
+            kinds[{(4,): "ipv4", (4, 6): "dual-stack", (6,): "ipv6"}.get(net.families, "ipv4")] += 1
+        for kind, n in sorted(kinds.items()):
+            families.add_metric([kind], n)
+        yield families
         yield GaugeMetricFamily("multinic_endpoints", "Endpoints in multinic's state", value=len(state.endpoints))
         ports = GaugeMetricFamily("multinic_published_ports", "Ports multinic publishes", labels=["proto"])
         counts = {"tcp": 0, "udp": 0}

@@ -37,10 +37,14 @@ def collect(settings: Settings) -> dict[str, Any]:
         net = state.networks.get(ep.network_id)
         for port in ep.ports:
             for where in publish_addresses(net, port.host_ip, parents) if net else (port.host_ip,):
+                v6 = ":" in where
+                inside = (ep.address6 if v6 else ep.address).split("/")[0]
                 ports.append({
                     "container": owner.get("container", ""), "network": owner.get("network", ep.network_id[:12]),
-                    "endpoint": ep.id[:12], "host": f"{where or '*'}:{port.host_port}",
-                    "container_port": f"{ep.address.split('/')[0]}:{port.container_port}/{port.proto}",
+                    "endpoint": ep.id[:12], "host": f"[{where}]:{port.host_port}" if v6 else
+                    f"{where or '*'}:{port.host_port}",
+                    "container_port": f"[{inside}]:{port.container_port}/{port.proto}" if v6 else
+                    f"{inside}:{port.container_port}/{port.proto}",
                     "proto": port.proto,
                 })
     backend = select(settings)
@@ -71,10 +75,14 @@ def gateway_rows(state_dir: str) -> list[str]:
 
     rows = []
     for cid, dec in sorted(decisions.load(state_dir).items(), key=lambda kv: kv[1].get("container", kv[0])):
-        chosen = dec.get("chosen") or "-"
-        how = "override" if dec.get("override") else "docker"
-        via = f"via {dec['gateway']} dev {dec.get('interface') or '?'}" if dec.get("gateway") else "no default route"
-        rows.append(f"{dec.get('container') or cid[:12]:20} {chosen:16} {via:32} [{how}] {dec.get('reason', '')}")
+        name = dec.get("container") or cid[:12]
+        for family in filter(None, (dec, dec.get("ipv6"))):  # the IPv6 decision, if any, on a line of its own
+            chosen = family.get("chosen") or "-"
+            how = "override" if family.get("override") else "docker"
+            via = f"via {family['gateway']} dev {family.get('interface') or '?'}" if family.get("gateway") \
+                else "no default route"
+            rows.append(f"{name:20} {chosen:16} {via:32} [{how}] {family.get('reason', '')}")
+            name = "  (IPv6)"
     return rows
 
 
@@ -97,10 +105,17 @@ def render(status: dict[str, Any]) -> str:
                "NEXT HOP")
     for net in status["networks"]:
         mode = "internal" if net["internal"] else ("masquerade" if net["masquerade"] else "routed")
-        hop = f"{net['parent_gateway']} ({net['gateway_source'] or '-'})" if net["parent_gateway"] else "-"
-        out.append(f"{net['id'][:12]:13} {net.get('scope', 'local'):6} {net['bridge']:16} {net['subnet']:18} "
-                   f"{net['parent'] or '-':8} {net['table'] or '-'!s:6} {net['mark_slot'] or '-'!s:5} "
-                   f"{net['gw_priority']:<8} {mode:11} {hop}")
+        rows = [(net[subnet], net[hop], net[source]) for subnet, hop, source in
+                (("subnet", "parent_gateway", "gateway_source"), ("subnet6", "parent_gateway6", "gateway6_source"))
+                if net[subnet]]
+        for i, (subnet, hop, source) in enumerate(rows):  # a second line for a dual-stack network's IPv6
+            via = f"{hop} ({source or '-'})" if hop else "-"
+            if i:
+                out.append(f"{'':13} {'':6} {'':16} {subnet:18} {'':8} {'':6} {'':5} {'':8} {'':11} {via}")
+                continue
+            out.append(f"{net['id'][:12]:13} {net.get('scope', 'local'):6} {net['bridge']:16} {subnet:18} "
+                       f"{net['parent'] or '-':8} {net['table'] or '-'!s:6} {net['mark_slot'] or '-'!s:5} "
+                       f"{net['gw_priority']:<8} {mode:11} {via}")
     if any(net.get("scope") == "swarm" for net in status["networks"]):
         out.append("(scope swarm: made on this node by swarm with its first task on it, removed with its last)")
     out.append("\nPUBLISHED PORTS (docker ps cannot show them for remote drivers)")

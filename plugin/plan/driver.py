@@ -31,7 +31,17 @@ from ..kernel.firewall.rules import publish_addresses
 from ..settings import Settings
 from . import ports
 from .facts import HostFacts
-from .network import GATEWAY_GUESSED, mac_for, parent_next_hop, plan_network, publish_resolver, veth_names_for
+from .network import (
+    GATEWAY_GUESSED,
+    bridge_name_for,
+    mac_for,
+    parent_next_hop,
+    parent_next_hop6,
+    plan_network,
+    publish_resolver,
+    restore6_for,
+    veth_names_for,
+)
 from .rebuild import rebuild
 from .state import EndpointRecord, NetworkRecord, PublishedPort, State, StateLost, Store
 
@@ -76,20 +86,24 @@ class Driver:
         else:
             writer.reconcile(state, before, self.firewall, defer_deletes=self.defer_deletes, parents=parents)
 
-    def _forget_idle_parents(self, state: State) -> None:
-        """Forget parents no network uses any more, once the writer put their rp_filter back (desired
-        state). If the plugin dies before, the record is still there and the next run puts it back."""
+    def _forget_put_back(self, state: State) -> None:
+        """Forget what the writer has put back (desired state): the parents no network uses any more (their
+        rp_filter) and, with the last IPv6 network, the IPv6 settings found before. If the plugin dies
+        before, the records are still there and the next run puts them back."""
         idle = [p for p in state.parents if not state.networks_on(p)]
         for parent in idle:
             del state.parents[parent]
-        if idle:
+        restored = bool(state.restore6) and not state.has_ipv6()
+        if restored:
+            state.restore6.clear()
+        if idle or restored:
             self.store.save(state)
 
     def _rollback(self, state: State) -> None:
         """Best effort after a failed commit: the caller already undid its change in ``state``."""
         try:
             self._save_and_reconcile(state, None)
-            self._forget_idle_parents(state)
+            self._forget_put_back(state)
         except Exception:  # noqa: BLE001 - the original error is the one to report
             log.exception("rollback incomplete; the healer finishes it")
 
@@ -116,7 +130,7 @@ class Driver:
                 for eid in [e for e, ep in state.endpoints.items() if ep.network_id not in state.networks]:
                     del state.endpoints[eid]
             self._save_and_reconcile(state, None)
-            self._forget_idle_parents(state)
+            self._forget_put_back(state)
             return state
 
     def resolve_missing_state(self, docker: tuple[list[Any], list[Any]] | None) -> str:
@@ -166,28 +180,26 @@ class Driver:
 
     def create_network(self, req: CreateNetworkRequest) -> dict[str, Any]:
         opts = parse_network_options(req.generic)
-        if req.ipv6:
-            raise Refusal("multinic does not support IPv6 yet; create the network without --ipv6")
-        if len(req.ipv4) != 1:
-            raise Refusal(f"multinic networks take exactly one IPv4 subnet, got {len(req.ipv4)}; give one --subnet")
-        if req.ipv4[0].gateway is None or req.ipv4[0].pool.prefixlen == 0:
-            raise Refusal("multinic needs an IPv4 subnet with a gateway address; use the default IPAM driver "
-                          "(--subnet CIDR, optionally --gateway IP)")
         with self.store.locked() as state:
             if req.network_id in state.networks:
                 return {}
             self._check_not_lost()
-            bridge = opts.bridge_name or f"mn-{req.network_id[:12]}"
-            # Tables in use and the parent's next hop matter only for the first network on a parent.
-            first = bool(opts.parent) and not req.internal and not state.networks_on(opts.parent)
+            bridge = opts.bridge_name or bridge_name_for(req.network_id)
+            # Tables in use and the parent's next hops matter only for the first network on a parent (and
+            # the IPv6 next hop for the first IPv6 one).
+            siblings = state.networks_on(opts.parent) if opts.parent and not req.internal else []
+            first = bool(opts.parent) and not req.internal and (not siblings or (
+                req.ipv6 and not any(n.subnet6 for n in siblings)))
             with IPRoute() as ipr:
-                host = facts.read(ipr, [opts.parent] if opts.parent else [], names=[bridge], routing=first)
-            rp = devconf.read_sysctl(f"net/ipv4/conf/{opts.parent}/rp_filter") if first else None
+                host = facts.read(ipr, [opts.parent] if opts.parent else [], names=[bridge], routing=first,
+                                  ipv6=req.ipv6)
+            rp = devconf.read_sysctl(f"net/ipv4/conf/{opts.parent}/rp_filter") if first and not siblings else None
             record, parent_record = plan_network(state, req, opts, host, rp)
             before = state.copy()
             state.networks[record.id] = record
             if parent_record is not None and record.parent:
                 state.parents[record.parent] = parent_record
+            state.restore6.update(restore6_for(before, record, host))
             try:
                 self._save_and_reconcile(state, before)
             except Exception:
@@ -195,8 +207,10 @@ class Driver:
                 state.networks.pop(record.id, None)
                 self._rollback(state)
                 raise
-        log.info("created network %s bridge=%s parent=%s table=%s next hop %s (%s)", record.id[:12], record.bridge,
-                 record.parent, record.table, record.parent_gateway, record.gateway_source or "-")
+        log.info("created network %s bridge=%s parent=%s table=%s next hop %s (%s)%s", record.id[:12], record.bridge,
+                 record.parent, record.table, record.parent_gateway, record.gateway_source or "-",
+                 f", IPv6 next hop {record.parent_gateway6} ({record.gateway6_source})" if record.parent_gateway6
+                 else "")
         if first and record.gateway_source == GATEWAY_GUESSED:
             log.warning("network %s: %s has no default route in any table, so its next hop %s is a guess (the first "
                         "host of its subnet); if the router is elsewhere, re-create the network with "
@@ -214,7 +228,7 @@ class Driver:
                 if ep.network_id == req.network_id:
                     del state.endpoints[ep.id]
             self._save_and_reconcile(state, before)
-            self._forget_idle_parents(state)
+            self._forget_put_back(state)
         log.info("deleted network %s", req.network_id[:12])
         return {}
 
@@ -230,18 +244,21 @@ class Driver:
     def create_endpoint(self, req: CreateEndpointRequest) -> dict[str, Any]:
         with self.store.locked() as state:
             net = self._network(state, req.network_id)
-            if req.address is None:
+            if net.subnet and req.address is None:
                 raise Refusal("multinic needs an IPv4 address from IPAM for each endpoint; "
                               "use the default IPAM driver for this network")
-            if req.address_v6:
-                raise Refusal("multinic does not support IPv6 endpoints yet")
+            if net.subnet6 and req.address_v6 is None:
+                raise Refusal("multinic needs an IPv6 address from IPAM for each endpoint of an IPv6 network; "
+                              "use the default IPAM driver for this network")
             existing = state.endpoints.get(req.endpoint_id)
-            mac = req.mac or (existing.mac if existing else mac_for(req.address))
+            address6 = str(req.address_v6) if net.subnet6 and req.address_v6 else ""
+            mac = req.mac or (existing.mac if existing else mac_for(req.address or req.address_v6))
             if existing is None:
                 before = state.copy()
                 host, peer = veth_names_for(req.endpoint_id)
                 state.endpoints[req.endpoint_id] = EndpointRecord(
-                    id=req.endpoint_id, network_id=net.id, address=str(req.address), mac=mac, host_veth=host,
+                    id=req.endpoint_id, network_id=net.id, address=str(req.address) if net.subnet else "",
+                    address6=address6, mac=mac, host_veth=host,
                     peer_veth=peer, gw_priority=req.options.gw_priority, created=time.time())
                 try:
                     self._save_and_reconcile(state, before)
@@ -295,8 +312,10 @@ class Driver:
                 self._rollback(state)
                 raise
         response: dict[str, Any] = {"InterfaceName": {"SrcName": ep.peer_veth, "DstPrefix": "eth"}}
-        if not net.internal:
+        if not net.internal and net.gateway:
             response["Gateway"] = str(ipaddress.IPv4Interface(net.gateway).ip)
+        if not net.internal and net.gateway6:
+            response["GatewayIPv6"] = str(ipaddress.IPv6Interface(net.gateway6).ip)
         response["DisableGatewayService"] = net.internal
         return response
 
@@ -340,20 +359,26 @@ class Driver:
                 host = facts.read(ipr, names, routing=True)
             for nid, net in sorted(state.networks.items()):
                 parent = host.parents.get(net.parent or "")
-                if net.internal or parent is None or not parent.exists or not parent.addresses:
+                if net.internal or parent is None or not parent.exists or not (parent.addresses or parent.addresses6):
                     continue
                 updated = net
-                if "parent_gateway" not in net.options:
+                if net.subnet and "parent_gateway" not in net.options:
                     hop, source = parent_next_hop(parent, None, host.default_gateways.get(parent.ifname),
                                                   net.parent_gateway, net.gateway_source)
                     if hop is not None and (str(hop), source) != (net.parent_gateway, net.gateway_source):
                         updated = dataclasses.replace(updated, parent_gateway=str(hop), gateway_source=source)
+                if net.subnet6 and "parent_gateway6" not in net.options:
+                    hop6, source6 = parent_next_hop6(None, host.default_gateways6.get(parent.ifname),
+                                                     net.parent_gateway6, net.gateway6_source)
+                    if hop6 is not None and (str(hop6), source6) != (net.parent_gateway6, net.gateway6_source):
+                        updated = dataclasses.replace(updated, parent_gateway6=str(hop6), gateway6_source=source6)
                 if "mtu" not in net.options and parent.mtu and parent.mtu != net.mtu:
                     updated = dataclasses.replace(updated, mtu=parent.mtu)
                 if updated != net:
                     state.networks[nid] = updated
                     changes.append(f"network {nid[:12]}: parent {net.parent} now next hop {updated.parent_gateway} "
-                                   f"mtu {updated.mtu} (was {net.parent_gateway} mtu {net.mtu})")
+                                   f"{updated.parent_gateway6 or ''} mtu {updated.mtu} (was {net.parent_gateway} "
+                                   f"{net.parent_gateway6 or ''} mtu {net.mtu})".replace("  ", " "))
             self._save_and_reconcile(state, None)
         for change in changes:
             log.info("%s", change)
@@ -379,7 +404,7 @@ class Driver:
             if forgotten:
                 log.warning("forgetting what dockerd no longer has: %s", ", ".join(forgotten))
                 self._save_and_reconcile(state, before)
-                self._forget_idle_parents(state)
+                self._forget_put_back(state)
         return forgotten
 
     def cleanup(self) -> None:
@@ -389,4 +414,4 @@ class Driver:
             # Parents stay until the writer put their rp_filter back (desired state), then go.
             emptied = State(parents=dict(state.parents))
             self._save_and_reconcile(emptied, None)
-            self._forget_idle_parents(emptied)
+            self._forget_put_back(emptied)

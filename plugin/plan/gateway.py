@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from ..api.options import INT32_MAX, INT32_MIN
-from .desired import MAIN_TABLE, RouteSpec, RuleSpec
+from .desired import DEFAULT, MAIN_TABLE, RouteSpec, RuleSpec
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,6 @@ TABLE_SOURCE_FIRST = 30100
 MAX_SOURCE_ROUTED = RULE_PREF_OVERRIDE - RULE_PREF_SOURCE_FIRST  # 80 interfaces
 
 DEFAULT_DST = ipaddress.IPv4Network("0.0.0.0/0")
-AF_INET = 2
 
 SOURCE_DOCKER = "docker gw-priority"
 SOURCE_ENDPOINT = "endpoint driver-opt"
@@ -48,11 +47,22 @@ class Attachment:
     gateway: ipaddress.IPv4Address | None
     address: ipaddress.IPv4Interface | None
     internal: bool = False
+    gateway6: ipaddress.IPv6Address | None = None
+    address6: ipaddress.IPv6Interface | None = None
 
     @property
     def candidate(self) -> bool:
-        """Can provide a default route: not ``--internal`` and has an IPv4 gateway."""
-        return not self.internal and self.gateway is not None
+        """Can provide the IPv4 default route: not ``--internal`` and has an IPv4 gateway."""
+        return self.candidate_for(4)
+
+    def candidate_for(self, family: int) -> bool:
+        return not self.internal and self.gateway_of(family) is not None
+
+    def gateway_of(self, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        return self.gateway if family == 4 else self.gateway6
+
+    def address_of(self, family: int) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface | None:
+        return self.address if family == 4 else self.address6
 
     def describe(self) -> str:
         return f"{self.network_name} (priority {self.priority}, {self.priority_source})"
@@ -116,25 +126,29 @@ def _name_key(att: Attachment) -> bytes:
     return att.network_name.encode("utf-8", "surrogateescape")
 
 
-def docker_order(attachments: Iterable[Attachment]) -> list[Attachment]:
-    """Candidates in the order Docker would elect them (priority, then name; IPv4 only)."""
-    return sorted((a for a in attachments if a.candidate), key=lambda a: (-a.priority, _name_key(a)))
+def docker_order(attachments: Iterable[Attachment], family: int = 4) -> list[Attachment]:
+    """Candidates for one family's default route in the order Docker would elect them (priority, then
+    name)."""
+    return sorted((a for a in attachments if a.candidate_for(family)), key=lambda a: (-a.priority, _name_key(a)))
 
 
-def choose(attachments: Iterable[Attachment], docker_default_gateway: ipaddress.IPv4Address | None) -> Decision:
-    """Which attachment should give the default route, and whether Docker's choice must be overridden.
+def choose(attachments: Iterable[Attachment], docker_default_gateway: ipaddress.IPv4Address | ipaddress.IPv6Address
+           | None, family: int = 4) -> Decision:
+    """Which attachment should give one family's default route, and whether Docker's choice must be
+    overridden. Each family is decided on its own, as Engine 28 does (20.10 takes both from the IPv4
+    winner; the same priorities then give both to the same network).
 
     Ties at the top keep Docker's choice (so a single-network container, or one whose networks all
     have the same priority, behaves exactly as without the plugin). If Docker's default gateway is
     not a top-priority attachment, the top one wins; among several tied at the top, the one Docker
     itself would pick (byte-wise smallest network name).
     """
-    candidates = docker_order(attachments)
+    candidates = docker_order(attachments, family)
     if not candidates:
-        return Decision(None, False, "no non-internal network with an IPv4 gateway")
+        return Decision(None, False, f"no non-internal network with an IPv{family} gateway")
     top = candidates[0].priority
     tops = [a for a in candidates if a.priority == top]
-    current = next((a for a in candidates if a.gateway == docker_default_gateway), None)
+    current = next((a for a in candidates if a.gateway_of(family) == docker_default_gateway), None)
     if current is not None and current.priority == top:
         if len(candidates) == 1:
             reason = f"{current.network_name} is the only network with a gateway"
@@ -167,36 +181,49 @@ def _ifname_key(name: str) -> tuple[int, str]:
 def container_routing(
     attachments: Iterable[Attachment],
     decision: Decision,
-    ifname_by_ip: Mapping[ipaddress.IPv4Address, str],
+    ifname_by_ip: Mapping[ipaddress.IPv4Address | ipaddress.IPv6Address, str],
+    decision6: Decision | None = None,
 ) -> Routing:
-    """The rules and routes of ours the container's netns should hold (see the module docstring).
+    """The rules and routes of ours the container's netns should hold (see the module docstring), for
+    IPv4 and, with ``decision6``, IPv6: per interface a table with its own default route, chosen by the
+    source address; above main's default, the chosen network's when Docker's choice is overridden.
 
     With a single network the routing is the same as Docker's (its source rule names Docker's own
     gateway), but it is installed anyway: when a second network is attached and dockerd moves the
     main default route, connections already established keep leaving by their own interface from
     that instant on, before the watcher has even seen the event.
     """
-    routed = []
+    families = (4, 6) if decision6 is not None else (4,)
+    routed: dict[str, Attachment] = {}
     for att in attachments:
-        if att.candidate and att.address is not None and att.address.ip in ifname_by_ip:
-            routed.append((ifname_by_ip[att.address.ip], att))
+        for family in families:
+            address = att.address_of(family)
+            if att.candidate_for(family) and address is not None and address.ip in ifname_by_ip:
+                routed[ifname_by_ip[address.ip]] = att
     if not routed:
         return Routing()
-    routed.sort(key=lambda pair: _ifname_key(pair[0]))
-    rules = {RuleSpec(priority=RULE_PREF_SUPPRESS, table=MAIN_TABLE, suppress_prefixlen=0)}
-    routes = set()
-    for i, (ifname, att) in enumerate(routed[:MAX_SOURCE_ROUTED]):
-        table = TABLE_SOURCE_FIRST + i
-        src = ipaddress.IPv4Network(f"{att.address.ip}/32")
-        rules.add(RuleSpec(priority=RULE_PREF_SOURCE_FIRST + i, table=table, src=src))
-        routes.add(RouteSpec(table=table, dst=DEFAULT_DST, dev=ifname, gateway=att.gateway))
-    chosen = decision.chosen
-    if decision.override and chosen is not None:
-        ifname = ifname_by_ip.get(chosen.address.ip) if chosen.address is not None else None
-        if ifname is None:
-            # The chosen network's interface is not (yet) in the netns: leave Docker's route alone.
-            log.debug("chosen network %s has no interface in the netns yet", chosen.network_name)
-        else:
-            rules.add(RuleSpec(priority=RULE_PREF_OVERRIDE, table=TABLE_OVERRIDE))
-            routes.add(RouteSpec(table=TABLE_OVERRIDE, dst=DEFAULT_DST, dev=ifname, gateway=chosen.gateway))
+    rules, routes = set(), set()
+    for family in families:
+        default = DEFAULT[family]
+        for i, ifname in enumerate(sorted(routed, key=_ifname_key)[:MAX_SOURCE_ROUTED]):
+            att = routed[ifname]
+            address, gateway = att.address_of(family), att.gateway_of(family)
+            if not att.candidate_for(family) or address is None or gateway is None:
+                continue
+            table = TABLE_SOURCE_FIRST + i
+            rules.add(RuleSpec(priority=RULE_PREF_SUPPRESS, table=MAIN_TABLE, suppress_prefixlen=0, family=family))
+            rules.add(RuleSpec(priority=RULE_PREF_SOURCE_FIRST + i, table=table,
+                               src=ipaddress.ip_network(address.ip), family=family))
+            routes.add(RouteSpec(table=table, dst=default, dev=ifname, gateway=gateway))
+        chosen_decision = decision if family == 4 else decision6
+        chosen = chosen_decision.chosen if chosen_decision is not None else None
+        if chosen_decision is not None and chosen_decision.override and chosen is not None:
+            address = chosen.address_of(family)
+            ifname = ifname_by_ip.get(address.ip) if address is not None else None
+            if ifname is None:
+                # The chosen network's interface is not (yet) in the netns: leave Docker's route alone.
+                log.debug("chosen network %s has no interface in the netns yet", chosen.network_name)
+            else:
+                rules.add(RuleSpec(priority=RULE_PREF_OVERRIDE, table=TABLE_OVERRIDE, family=family))
+                routes.add(RouteSpec(table=TABLE_OVERRIDE, dst=default, dev=ifname, gateway=chosen.gateway_of(family)))
     return Routing(rules=frozenset(rules), routes=frozenset(routes))

@@ -14,7 +14,7 @@ from ..kernel.firewall.rules import publish_addresses
 from ..kernel.tags import MAX_MARK_SLOT, TABLE_ALLOC_FIRST, TABLE_ALLOC_LAST
 from .desired import FORWARDING6
 from .facts import HostFacts, ParentFacts
-from .state import NetworkRecord, ParentRecord, State
+from .state import ANY_ADDRESS, NetworkRecord, ParentRecord, State
 
 GATEWAY_GIVEN = "given (parent_gateway)"
 GATEWAY_ROUTE = "the parent's default route"
@@ -32,9 +32,10 @@ def veth_names_for(endpoint_id: str) -> tuple[str, str]:
     return f"mnh{endpoint_id[:12]}", f"mnc{endpoint_id[:12]}"
 
 
-def mac_for(address: ipaddress.IPv4Interface) -> str:
-    """A stable locally administered MAC from the IP, as Docker's bridge does (02:42:a:b:c:d)."""
-    return "02:42:" + ":".join(f"{b:02x}" for b in address.ip.packed)
+def mac_for(address: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> str:
+    """A stable locally administered MAC from the IP, as Docker's bridge does (02:42:a:b:c:d); from the
+    IPv6 address's last 4 bytes on an IPv6-only network."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in address.ip.packed[-4:])
 
 
 def parent_next_hop(
@@ -156,28 +157,44 @@ def _checked_parent(name: str, facts: HostFacts, pool4: Pool | None, pool6: Pool
     return parent
 
 
+def parent_next_hop6(
+    given: ipaddress.IPv6Address | None, default_gateway: ipaddress.IPv6Address | None,
+    current: str | None = None, current_source: str = "",
+) -> tuple[ipaddress.IPv6Address | None, str]:
+    """The IPv6 next hop of a parent's table: the one given, else the parent's default route (usually
+    learned from router advertisements: a router's link-local address, followed as it changes), else the
+    one in use (a router that stopped advertising may come back). No guess: IPv6 has no "first host"."""
+    if given is not None:
+        return given, GATEWAY_GIVEN
+    if default_gateway is not None:
+        return ipaddress.IPv6Address(default_gateway), GATEWAY_ROUTE
+    if current:
+        return ipaddress.IPv6Address(current), current_source
+    return None, ""
+
+
 def _next_hop6(opts: NetworkOptions, parent: ParentFacts, facts: HostFacts,
                siblings: list[NetworkRecord]) -> tuple[ipaddress.IPv6Address | None, str]:
-    """The IPv6 next hop: the one given, else the parent's default route (from router advertisements:
-    a link-local router address, followed as it changes), else a sibling's."""
     sibling = next((n for n in siblings if n.parent_gateway6), None)
-    if opts.parent_gateway6 is not None:
-        hop = opts.parent_gateway6
-        if not hop.is_link_local and not any(hop in prefix for prefix in parent.prefixes6):
-            raise Refusal(f"option parent_gateway6={hop} is neither link-local nor on {opts.parent}'s prefixes "
+    given = opts.parent_gateway6
+    if given is not None:
+        if not given.is_link_local and not any(given in prefix for prefix in parent.prefixes6):
+            raise Refusal(f"option parent_gateway6={given} is neither link-local nor on {opts.parent}'s prefixes "
                           f"{', '.join(map(str, parent.prefixes6))}; give the router's address on that NIC")
-        if sibling is not None and sibling.parent_gateway6 != str(hop):
-            raise Refusal(f"option parent_gateway6={hop}: {opts.parent} already routes IPv6 via "
+        if sibling is not None and sibling.parent_gateway6 != str(given):
+            raise Refusal(f"option parent_gateway6={given}: {opts.parent} already routes IPv6 via "
                           f"{sibling.parent_gateway6} for network {sibling.id[:12]}; use the same or omit it")
-        return hop, GATEWAY_GIVEN
-    found = facts.default_gateways6.get(opts.parent or "")
-    if found is not None:
-        return ipaddress.IPv6Address(found), GATEWAY_ROUTE
-    if sibling is not None:
+    elif sibling is not None:
         return ipaddress.IPv6Address(sibling.parent_gateway6), sibling.gateway6_source
-    raise Refusal(f"option parent={opts.parent}: no IPv6 default route goes through it (no router advertisement "
-                  "seen, none configured); give the next hop with --opt parent_gateway6=<router address, e.g. "
-                  "fe80::1>")
+    hop, source = parent_next_hop6(given, facts.default_gateways6.get(opts.parent or ""))
+    if hop is None:
+        deaf = facts.forwarding6 == "1" and facts.accept_ra.get(opts.parent or "") == 1
+        why = (f"IPv6 forwarding is on and {opts.parent} has accept_ra=1, so the kernel ignores its router "
+               f"advertisements: sysctl -w net.ipv6.conf.{opts.parent}.accept_ra=2 and wait for the next one, or "
+               if deaf else "no router advertisement seen, none configured: ")
+        raise Refusal(f"option parent={opts.parent}: no IPv6 default route goes through it ({why}give the next hop "
+                      "with --opt parent_gateway6=<router address, e.g. fe80::1>)")
+    return hop, source
 
 
 def restore6_for(state: State, record: NetworkRecord, facts: HostFacts) -> dict[str, str]:
@@ -249,29 +266,33 @@ def free_mark_slot(state: State) -> int:
 
 
 def publish_resolver(net: NetworkRecord, facts: HostFacts) -> Callable[[str], tuple[str, ...]]:
-    """host_ip → the addresses a binding lands on, refusing addresses the host does not have."""
+    """host_ip → the addresses a binding lands on, refusing addresses the host does not have and
+    addresses of a family the network lacks."""
     local = facts.local_addresses
 
     def resolve(host_ip: str) -> tuple[str, ...]:
-        if host_ip == "0.0.0.0":
-            host_ip = ""  # -p 0.0.0.0:P:C (common in compose files) means "not specified"
         if host_ip:
             try:
                 ip = ipaddress.ip_address(host_ip)
             except ValueError:
                 raise Refusal(f"published host address {host_ip!r} is not an IP address") from None
-            if ip.version != 4:
-                raise Refusal(f"published host address {host_ip} is IPv6; multinic publishes IPv4 only")
+            if ip.version not in net.families:
+                have = "IPv4" if net.subnet else "IPv6"
+                raise Refusal(f"published host address {host_ip} is IPv{ip.version} but network {net.id[:12]} is "
+                              f"{have} only; publish on an {have} address, or create the network with "
+                              f"{'--ipv6 and an IPv6 --subnet' if ip.version == 6 else 'an IPv4 --subnet'}")
             if ip.is_loopback:
                 raise Refusal(f"published host address {host_ip} is a loopback address, which multinic cannot "
                               "DNAT into a bridge; publish on the parent's address instead (-p HOSTPORT:PORT)")
-            if host_ip not in local:
+            if host_ip not in (*local, *ANY_ADDRESS):
+                mine = sorted(a for a in local if ipaddress.ip_address(a).version == ip.version
+                              and not ipaddress.ip_address(a).is_loopback and not ipaddress.ip_address(a).is_link_local)
                 raise Refusal(f"published host address {host_ip} is not an address of this host; use one of "
-                              f"{', '.join(sorted(a for a in local if not a.startswith('127.')))} "
-                              "or leave it out (-p HOSTPORT:PORT)")
+                              f"{', '.join(mine) or '(none)'} or leave it out (-p HOSTPORT:PORT)")
         addrs = publish_addresses(net, host_ip, facts.parents)
         if not addrs:
-            raise Refusal(f"parent {net.parent} has no IPv4 address to publish ports on; configure one first")
+            families = " or ".join(f"IPv{f}" for f in net.families)
+            raise Refusal(f"parent {net.parent} has no {families} address to publish ports on; configure one first")
         return addrs
 
     return resolve

@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 
 from ..api.messages import PortBinding
 from ..errors import Refusal
-from .state import PublishedPort
+from .state import ANY_ADDRESS, PublishedPort
 
 SOCK_TYPES = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
 
@@ -24,12 +24,8 @@ def ephemeral_range() -> tuple[int, int]:
 
 
 def overlaps(a: PublishedPort, b: PublishedPort) -> bool:
-    """Same protocol and port, and the addresses meet ("" is every address)."""
-    return (
-        a.proto == b.proto
-        and a.host_port == b.host_port
-        and (not a.host_ip or not b.host_ip or a.host_ip == b.host_ip)
-    )
+    """Same protocol and port, and the addresses meet."""
+    return a.proto == b.proto and a.host_port == b.host_port and a.lands_on(b.host_ip)
 
 
 def port_is_bindable(proto: str, host_ip: str, port: int) -> bool:
@@ -37,8 +33,11 @@ def port_is_bindable(proto: str, host_ip: str, port: int) -> bool:
     kind = SOCK_TYPES.get(proto)
     if kind is None:
         return True  # sctp: no userspace holder to probe
-    with socket.socket(socket.AF_INET, kind) as sock:
+    family = socket.AF_INET6 if ":" in host_ip else socket.AF_INET
+    with socket.socket(family, kind) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
             sock.bind((host_ip or "0.0.0.0", port))
         except OSError as exc:
@@ -103,8 +102,9 @@ def allocate(
                 )
             raise Refusal(f"no free ephemeral host port left for {binding.container_port}/{proto}")
         chosen.extend(picked)
-        if binding.host_ip in ("", "0.0.0.0"):
-            kept.append(PublishedPort(proto, "", picked[0].host_port, binding.container_port))
+        if binding.host_ip in ("", *ANY_ADDRESS):
+            # Kept as given: resolved to the parent's addresses when rendered
+            kept.append(PublishedPort(proto, binding.host_ip, picked[0].host_port, binding.container_port))
         else:
             kept.extend(picked)
     return tuple(kept)

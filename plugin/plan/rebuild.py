@@ -17,8 +17,8 @@ from ..errors import Refusal
 from ..kernel.tags import MARK_SHIFT, RULE_PREF_FWMARK, RULE_PREF_SOURCE, TABLE_ALLOC_FIRST, TABLE_ALLOC_LAST
 from .desired import RouteSpec, RuleSpec
 from .facts import HostFacts
-from .network import bridge_name_for, free_mark_slot, mac_for, parent_next_hop, veth_names_for
-from .state import EndpointRecord, NetworkRecord, ParentRecord, PublishedPort, State
+from .network import bridge_name_for, free_mark_slot, mac_for, parent_next_hop, parent_next_hop6, veth_names_for
+from .state import ANY_ADDRESS, EndpointRecord, NetworkRecord, ParentRecord, PublishedPort, State
 
 GATEWAY_KEPT = "kept from the kernel's table when the state was rebuilt"
 
@@ -58,6 +58,9 @@ def rebuild(networks: Iterable[Mapping[str, Any]], containers: Iterable[Mapping[
             state.parents[net.parent] = ParentRecord(rp_filter_before=None)
             notes.append(f"the rp_filter {net.parent} had before multinic is unknown: it stays at 2 when the "
                          "last network on it goes")
+    if state.has_ipv6():
+        notes.append("the IPv6 forwarding and accept_ra values the host had before multinic are unknown: they stay "
+                     "as they are when the last IPv6 network goes")
     by_id = {c["Id"]: c for c in containers}
     for raw in networks:
         net = state.networks.get(raw["Id"])
@@ -75,39 +78,59 @@ def _network(raw: Mapping[str, Any], state: State, kernel: KernelRemains, facts:
              notes: list[str]) -> NetworkRecord | None:
     nid = raw["Id"]
     given = {k: str(v) for k, v in (raw.get("Options") or {}).items() if k in NETWORK_OPTIONS}
-    configs = [c for c in (raw.get("IPAM") or {}).get("Config") or [] if ":" not in (c.get("Subnet") or ":")]
+    configs = (raw.get("IPAM") or {}).get("Config") or []
     try:
         opts = parse_network_options(given)
-        subnet = ipaddress.IPv4Network(configs[0]["Subnet"])
-    except (Refusal, IndexError, KeyError, ValueError) as exc:
+        subnets = {ipaddress.ip_network(c["Subnet"]).version: (ipaddress.ip_network(c["Subnet"]), c.get("Gateway"))
+                   for c in reversed(configs)}
+        if not subnets:
+            raise ValueError("dockerd shows no subnet")
+    except (Refusal, KeyError, ValueError) as exc:
         notes.append(f"network {raw.get('Name', nid[:12])}: not rebuilt ({exc})")
         return None
-    gateway = configs[0].get("Gateway") or str(next(iter(subnet.hosts())))
+    cidr = {v: f"{gateway or next(iter(subnet.hosts()))}/{subnet.prefixlen}"
+            for v, (subnet, gateway) in subnets.items()}
     internal = bool(raw.get("Internal"))
     parent = None if internal else opts.parent
-    hop, source, table, slot = None, "", None, None
+    hop = hop6 = None
+    source = source6 = ""
+    table, slot = None, None
     if parent:
         siblings = state.networks_on(parent)
         if siblings:
-            hop, source = siblings[0].parent_gateway, siblings[0].gateway_source
             table, slot = siblings[0].table, siblings[0].mark_slot
         else:
-            table = next((r.table for r in kernel.rules if r.priority == RULE_PREF_SOURCE and r.src == subnet),
-                         opts.table)
+            table = next((r.table for r in kernel.rules if r.priority == RULE_PREF_SOURCE
+                          and r.src in {s for s, _g in subnets.values()}), opts.table)
             slot = next((r.fwmark >> MARK_SHIFT for r in kernel.rules if r.priority == RULE_PREF_FWMARK
                          and r.table == table and r.fwmark), None) or free_mark_slot(state)
             if table is None:
                 used = {n.table for n in state.networks.values()} | set(facts.tables_in_use)
                 table = next(t for t in range(TABLE_ALLOC_FIRST, TABLE_ALLOC_LAST + 1) if t not in used)
-            kept = next((str(r.gateway) for r in kernel.routes if r.table == table and r.gateway
-                         and r.dst.prefixlen == 0), None)
-            address, source = parent_next_hop(facts.parent(parent), opts.parent_gateway,
-                                              facts.default_gateways.get(parent), kept, GATEWAY_KEPT)
-            hop = str(address) if address else None
+        kept = {r.family: str(r.gateway) for r in kernel.routes if r.table == table and r.gateway
+                and r.dst.prefixlen == 0}
+        if 4 in subnets:
+            sibling = next((n for n in siblings if n.parent_gateway), None)
+            if sibling is not None:
+                hop, source = sibling.parent_gateway, sibling.gateway_source
+            else:
+                address, source = parent_next_hop(facts.parent(parent), opts.parent_gateway,
+                                                  facts.default_gateways.get(parent), kept.get(4), GATEWAY_KEPT)
+                hop = str(address) if address else None
+        if 6 in subnets:
+            sibling = next((n for n in siblings if n.parent_gateway6), None)
+            if sibling is not None:
+                hop6, source6 = sibling.parent_gateway6, sibling.gateway6_source
+            else:
+                address6, source6 = parent_next_hop6(opts.parent_gateway6, facts.default_gateways6.get(parent),
+                                                     kept.get(6), GATEWAY_KEPT)
+                hop6 = str(address6) if address6 else None
     return NetworkRecord(
-        id=nid, bridge=kernel.bridges.get(nid) or opts.bridge_name or bridge_name_for(nid), subnet=str(subnet),
-        gateway=f"{gateway}/{subnet.prefixlen}", internal=internal, parent=parent, parent_gateway=hop,
-        gateway_source=source, table=table, mark_slot=slot,
+        id=nid, bridge=kernel.bridges.get(nid) or opts.bridge_name or bridge_name_for(nid),
+        subnet=str(subnets[4][0]) if 4 in subnets else "", gateway=cidr.get(4, ""),
+        subnet6=str(subnets[6][0]) if 6 in subnets else "", gateway6=cidr.get(6, ""),
+        internal=internal, parent=parent, parent_gateway=hop, gateway_source=source,
+        parent_gateway6=hop6, gateway6_source=source6, table=table, mark_slot=slot,
         mtu=opts.mtu or (facts.parent(parent).mtu if parent else 1500), masquerade=opts.masquerade,
         gw_priority=opts.gw_priority, options=given, created=now, ingress_replies=opts.ingress_replies and not internal,
     )
@@ -117,8 +140,9 @@ def _endpoint(net: NetworkRecord, entry: Mapping[str, Any], container: Mapping[s
               now: float) -> EndpointRecord | None:
     eid = entry.get("EndpointID") or ""
     try:
-        address = ipaddress.IPv4Interface(entry.get("IPv4Address") or "")
-    except ValueError:
+        address = ipaddress.IPv4Interface(entry["IPv4Address"]) if net.subnet else None
+        address6 = ipaddress.IPv6Interface(entry["IPv6Address"]) if net.subnet6 else None
+    except (KeyError, ValueError):
         return None
     settings = container.get("NetworkSettings") or {}
     mine = next((n for n in (settings.get("Networks") or {}).values() if (n or {}).get("EndpointID") == eid), {})
@@ -127,25 +151,27 @@ def _endpoint(net: NetworkRecord, entry: Mapping[str, Any], container: Mapping[s
     except Refusal:
         priority = None
     host, peer = veth_names_for(eid)
+    ips = {str(a.ip) for a in (address, address6) if a is not None}
     return EndpointRecord(
-        id=eid, network_id=net.id, address=str(address), mac=entry.get("MacAddress") or mac_for(address),
-        host_veth=host, peer_veth=peer, gw_priority=priority, joined=True,
-        sandbox_key=settings.get("SandboxKey") or "", created=now,
-        ports=() if net.internal else _ports(str(address.ip), container, kernel),
+        id=eid, network_id=net.id, address=str(address) if address else "", address6=str(address6) if address6 else "",
+        mac=entry.get("MacAddress") or mac_for(address or address6), host_veth=host, peer_veth=peer,
+        gw_priority=priority, joined=True, sandbox_key=settings.get("SandboxKey") or "", created=now,
+        ports=() if net.internal else _ports(ips, container, kernel),
     )
 
 
-def _ports(ip: str, container: Mapping[str, Any], kernel: KernelRemains) -> tuple[PublishedPort, ...]:
-    """From our DNAT rules towards ``ip`` (what was really picked); else the explicit host ports of the
-    container's bindings (a range or ``-P`` whose rules are gone too is not republished)."""
+def _ports(ips: set[str], container: Mapping[str, Any], kernel: KernelRemains) -> tuple[PublishedPort, ...]:
+    """From our DNAT rules towards the endpoint's addresses (what was really picked); else the explicit
+    host ports of the container's bindings (a range or ``-P`` whose rules are gone too is not
+    republished). A binding without a HostIP, or with a family's "any" address, is kept as given."""
     bindings = ((container.get("HostConfig") or {}).get("PortBindings") or {})
     given_ip = {(int(k.split("/")[0]), (k.split("/") + ["tcp"])[1]): (v or [{}])[0].get("HostIp") or ""
                 for k, v in bindings.items()}
     out: list[PublishedPort] = []
     for p in kernel.published:
-        if p.container_ip == ip:
+        if p.container_ip in ips:
             host_ip = given_ip.get((p.container_port, p.proto), "")
-            port = PublishedPort(p.proto, "" if host_ip in ("", "0.0.0.0") else p.host_ip, p.host_port,
+            port = PublishedPort(p.proto, host_ip if host_ip in ("", *ANY_ADDRESS) else p.host_ip, p.host_port,
                                  p.container_port)
             if port not in out:
                 out.append(port)
@@ -156,7 +182,5 @@ def _ports(ip: str, container: Mapping[str, Any], kernel: KernelRemains) -> tupl
         for b in entries or ():
             host_port = str(b.get("HostPort") or "")
             if host_port.isdigit():
-                host_ip = b.get("HostIp") or ""
-                out.append(PublishedPort(proto or "tcp", "" if host_ip == "0.0.0.0" else host_ip, int(host_port),
-                                         int(port)))
+                out.append(PublishedPort(proto or "tcp", b.get("HostIp") or "", int(host_port), int(port)))
     return tuple(out)

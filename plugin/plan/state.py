@@ -32,12 +32,25 @@ class StateLost(Failure):
 
 @dataclass(frozen=True)
 class PublishedPort:
-    """A port the plugin really publishes: host_ip ``""`` means every local address."""
+    """A port the plugin really publishes. ``host_ip``: an address, ``""`` (none given: the parent's
+    addresses, of the network's families, as they are now), or a family's "any" address (``0.0.0.0``,
+    ``::``: Docker's "every address of that family")."""
 
     proto: str
     host_ip: str
     host_port: int
     container_port: int
+
+    def lands_on(self, address: str) -> bool:
+        """Whether traffic to ``address`` (a concrete address, or a family's "any") meets this port's."""
+        mine, theirs = self.host_ip, address
+        if not mine or not theirs or mine == theirs:
+            return True
+        return (mine in ANY_ADDRESS and (":" in theirs) == (":" in mine)) or (
+            theirs in ANY_ADDRESS and (":" in mine) == (":" in theirs))
+
+
+ANY_ADDRESS = ("0.0.0.0", "::")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Iterator
 import pytest
 
 from tests.e2e.helpers import containers, inside_managed_plugin, network, run, wait_for, web_cmd
-from tests.lab import C1_ADDR, HOST_ETH1, Lab
+from tests.lab import C1_ADDR, HOST6_ETH1, HOST_ETH1, Lab
 from tests.lab.registry import Registry, publish_plugin, remove_all_plugins
 
 REGISTRY = "localhost:5000"
@@ -97,10 +97,12 @@ def _route_via(lab: Lab, ctr: str) -> str | None:
 
 
 def _seed_case(lab: Lab, port: int, text: str, ctr: str) -> None:
-    """The published port answers c1 (reachable only through eth1) and the container's egress leaves by
-    eth1 with eth1's address."""
+    """The published port answers c1 (reachable only through eth1), on eth1's IPv4 and IPv6 addresses, and
+    the container's egress leaves by eth1 with eth1's address."""
     got = wait_for(lambda: lab.http_get(lab.c1_ns, f"http://{HOST_ETH1}:{port}/"), timeout=30)
     assert got == f"{text}\n", f"port {port} via eth1 answered {got!r}"
+    got = wait_for(lambda: lab.http_get(lab.c1_ns, f"http://[{HOST6_ETH1}]:{port}/"), timeout=10)
+    assert got == f"{text}\n", f"port {port} via eth1's IPv6 address answered {got!r}"
     out = lab.docker("exec", ctr, "sh", "-c", f"nc {C1_ADDR} 7080 </dev/null").stdout
     assert out.strip() == HOST_ETH1
 
@@ -127,8 +129,11 @@ def test_install_from_registry_on_a_pristine_host(lab: Lab, pristine: Lab) -> No
     assert lab.docker("plugin", "inspect", "-f", "{{.Enabled}}", NAME).stdout.strip() == "true"
     lab.serve_peer_echo(lab.c1_ns, 7080)
     with containers(lab) as names:
-        with network(lab, "front", "--opt", "parent=eth1", "--subnet", "10.70.0.0/24", driver=NAME):
+        with network(lab, "front", "--ipv6", "--opt", "parent=eth1", "--subnet", "10.70.0.0/24", "--subnet",
+                     "fd00:70::/64", driver=NAME):
             assert _rp_filter(lab) == "2"  # written over netlink: the plugin's /proc/sys is read-only
+            # IPv6 settings have no netlink setter: written through the host's procfs (pidhost)
+            assert lab.host("sysctl", "-n", "net.ipv6.conf.all.forwarding").stdout.strip() == "1"
             run(lab, names, "web", "--network", "front", "--restart", "always", "-p", "4070:80",
                 cmd=web_cmd("hello-v1"))
             _seed_case(lab, 4070, "hello-v1", "web")

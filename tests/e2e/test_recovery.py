@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.e2e.helpers import containers, network, run, wait_for, web_cmd
+from tests.lab import HOST6_ETH1
 
 
 def test_plugin_restart_reapplies_what_others_deleted(mn):
@@ -19,6 +20,25 @@ def test_plugin_restart_reapplies_what_others_deleted(mn):
         lab.start_plugin()
         assert wait_for(lambda: lab.http_get(lab.c1_ns, "http://192.168.101.2:4010/")) == "kept\n"
         assert "lookup 20000" in lab.host("ip", "rule").stdout
+
+
+def test_plugin_restart_reapplies_ipv6_what_others_deleted(mn):
+    """The same for IPv6: rules, the parent's table and ip6tables chains deleted behind the plugin's back,
+    and the IPv6 forwarding a tool turned off, are back after a restart."""
+    lab = mn
+    url = f"http://[{HOST6_ETH1}]:4011/"
+    with network(lab, "keep6", "--ipv6", "--opt", "parent=eth1", "--subnet", "10.32.0.0/24", "--subnet",
+                 "fd00:32::/64"), containers(lab) as names:
+        run(lab, names, "keep6-web", "--network", "keep6", "-p", "4011:80", cmd=web_cmd("kept6"))
+        assert wait_for(lambda: lab.http_get(lab.c1_ns, url)) == "kept6\n"
+        lab.stop_plugin()
+        lab.host("sh", "-c", "while ip -6 rule del proto 211 2>/dev/null; do :; done; "
+                             "ip -6 route flush table all proto 211; ip6tables -t mangle -F MULTINIC-PREROUTING; "
+                             "ip6tables -t nat -F MULTINIC-SNAT")
+        assert lab.http_get(lab.c1_ns, url, timeout=2) is None
+        lab.start_plugin()
+        assert wait_for(lambda: lab.http_get(lab.c1_ns, url)) == "kept6\n"
+        assert "lookup 20000" in lab.host("ip", "-6", "rule").stdout
 
 
 def test_plugin_restart_keeps_running_containers_working(mn):

@@ -13,6 +13,7 @@ import os
 import time
 
 from tests.e2e.helpers import IMAGE, wait_for, web_cmd
+from tests.lab import HOST6_ETH1
 
 CYCLES = int(os.environ.get("MULTINIC_SOAK_CYCLES", "200"))
 PARALLEL = int(os.environ.get("MULTINIC_SOAK_PARALLEL", "4"))
@@ -45,12 +46,19 @@ def group_usage(pgid: int, detail: dict | None = None) -> tuple[int, int, int]:
 
 
 def cycle(lab, worker: int, i: int) -> None:
+    """One network with one container publishing a port, reached from c1, then removed. Odd workers'
+    networks are dual-stack: IPv6 comes and goes with them (forwarding, accept_ra, ip6tables)."""
     net, name, port = f"soak{worker}", f"soak{worker}c", 4100 + worker
-    lab.docker("network", "create", "-d", lab.driver, "--opt", "parent=eth1", "--subnet", f"10.60.{worker}.0/24", net)
+    ipv6 = ("--ipv6", "--subnet", f"fd00:60:{worker}::/64") if worker % 2 else ()
+    lab.docker("network", "create", "-d", lab.driver, "--opt", "parent=eth1", "--subnet", f"10.60.{worker}.0/24",
+               *ipv6, net)
     try:
         lab.docker("run", "-d", "--name", name, "--network", net, "-p", f"{port}:80", IMAGE, *web_cmd(f"w{worker}i{i}"))
         got = wait_for(lambda: lab.http_get(lab.c1_ns, f"http://192.168.101.2:{port}/", timeout=3), timeout=20)
         assert got == f"w{worker}i{i}\n", (worker, i, got)
+        if ipv6:
+            got = lab.http_get(lab.c1_ns, f"http://[{HOST6_ETH1}]:{port}/", timeout=3)
+            assert got == f"w{worker}i{i}\n", (worker, i, "IPv6", got)
     finally:
         lab.docker("rm", "-f", name, check=False)
         lab.docker("network", "rm", net, check=False)

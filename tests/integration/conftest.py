@@ -71,15 +71,19 @@ class Topo:
     def c1(self) -> str:
         return self.net.c1
 
-    def serve_peer(self, ns: str, port: int) -> None:
-        self.servers.append(start_echo_server(["nsenter", f"--net=/var/run/netns/{ns}"], port))
+    def serve_peer(self, ns: str, port: int, bind: str = "0.0.0.0") -> None:
+        self.servers.append(start_echo_server(["nsenter", f"--net=/var/run/netns/{ns}"], port, bind))
 
     def connect(self, ns: str, addr: str, port: int, timeout: float = 3.0) -> str:
         return connect(ns, addr, port, timeout)
 
     def dump(self) -> str:
+        """The host's routing, firewall and the settings multinic changes, both families (the lifetimes of
+        routes learned from router advertisements cut out)."""
         return sh(self.host, "ip -4 rule; ip -4 route show table all; ip -br link; iptables-save | grep -v '^#'; "
-                  "cat /proc/sys/net/ipv4/conf/eth1/rp_filter")
+                  "cat /proc/sys/net/ipv4/conf/eth1/rp_filter; ip -6 rule; "
+                  "ip -6 route show table all | sed -E 's/ expires [0-9]+sec//'; ip6tables-save | grep -v '^#'; "
+                  "grep . /proc/sys/net/ipv6/conf/*/forwarding /proc/sys/net/ipv6/conf/*/accept_ra")
 
     def in_host(self, func, *args):
         return in_netns(self.host, func, *args)

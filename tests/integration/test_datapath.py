@@ -32,10 +32,11 @@ def create_network(t, generic, pool=SUBNET, nid=NID):
                       "IPv6Data": []})
 
 
-def attach_container(t, ports=()):
-    """What dockerd does: CreateEndpoint, Join, then move SrcName into the sandbox as eth0."""
-    ep = t.in_host(call, t.state_dir, "CreateEndpoint",
-                   {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": "10.10.0.2/24"}})
+def attach_container(t, ports=(), address="10.10.0.2/24", address6=""):
+    """What dockerd does: CreateEndpoint, Join, then move SrcName into the sandbox as eth0, with the
+    endpoint's addresses and default routes."""
+    iface = {"Address": address, "AddressIPv6": address6}
+    ep = t.in_host(call, t.state_dir, "CreateEndpoint", {"NetworkID": NID, "EndpointID": EID, "Interface": iface})
     assert ep["status"] == 200, ep
     join = t.in_host(call, t.state_dir, "Join",
                      {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "",
@@ -43,8 +44,12 @@ def attach_container(t, ports=()):
     assert join["status"] == 200, join
     src = join["InterfaceName"]["SrcName"]
     sh(t.host, f"ip link set {src} netns {t.k}")
-    sh(t.k, f"ip link set {src} name eth0; ip addr add 10.10.0.2/24 dev eth0; ip link set eth0 up; "
-            f"ip route add default via {join['Gateway']}")
+    script = f"ip link set {src} name eth0; ip link set eth0 up"
+    if address:
+        script += f"; ip addr add {address} dev eth0; ip route add default via {join['Gateway']}"
+    if address6:
+        script += f"; ip -6 addr add {address6} dev eth0 nodad; ip -6 route add default via {join['GatewayIPv6']}"
+    sh(t.k, script)
     return join
 
 

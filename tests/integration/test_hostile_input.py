@@ -1,7 +1,7 @@
 """Thousands of seeded mutations of valid bodies against the real driver and the real kernel.
 
-In the scratch host namespace a network bound to eth1 exists with a joined endpoint that
-publishes ports (so bridges, veths, routes, rules, iptables chains and DNATs are all present).
+In the scratch host namespace a dual-stack network bound to eth1 exists with a joined endpoint that
+publishes ports (so bridges, veths, routes, rules, iptables and ip6tables chains and DNATs are all present).
 Every mutated request must be answered below 500 with JSON; every refusal must leave the kernel
 (links, addresses, rules, routes of all tables, iptables) and the state file byte-identical.
 At the end the valid teardown leaves the namespace as it was before the network.
@@ -23,7 +23,9 @@ from tests.unit.mutations import EID, NID, VALID, seeded_mutation
 
 COUNT = int(os.environ.get("MULTINIC_FUZZ_COUNT", "3000"))
 SEED = int(os.environ.get("MULTINIC_FUZZ_SEED", "14"))
-DUMP = "ip -4 -o addr; ip -4 rule; ip -4 route show table all; iptables-save | grep -v '^#'"
+DUMP = ("ip -o addr; ip -4 rule; ip -4 route show table all; iptables-save | grep -v '^#'; ip -6 rule; "
+        "ip -6 route show table all | sed -E 's/ expires [0-9]+sec//'; ip6tables-save | grep -v '^#'; "
+        "grep . /proc/sys/net/ipv6/conf/all/forwarding /proc/sys/net/ipv6/conf/*/accept_ra")
 LINK_FIELDS = ("ifname", "mtu", "master", "ifalias", "address", "flags")
 
 

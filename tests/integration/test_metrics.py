@@ -78,6 +78,8 @@ def test_scrape_shows_verbs_errors_state_and_healer_repairs(topo, tmp_path):
         assert m[("multinic_verb_errors_total", (("kind", "refused"), ("verb", "CreateNetwork")))] == 1
         assert ("multinic_verb_errors_total", (("kind", "refused"), ("verb", "Join"))) not in m
         assert m[("multinic_networks", (("mode", "masquerade"),))] == 1
+        assert m[("multinic_networks_by_family", (("family", "ipv4"),))] == 1
+        assert m[("multinic_networks_by_family", (("family", "dual-stack"),))] == 0
         assert m[("multinic_endpoints", ())] == 1
         assert m[("multinic_published_ports", (("proto", "tcp"),))] == 1
 

@@ -6,31 +6,42 @@ from __future__ import annotations
 
 from typing import Any
 
-from .dockerd import BUSYBOX, COMPOSE, DOCKER_CLI, DOCKERD, ENGINES, IMAGE, LAB_TOOLS, Dockerd, lab_tool, tool_env
+from .dockerd import BUSYBOX, COMPOSE, DOCKER_CLI, DOCKERD, ENGINES, IMAGE, Dockerd
 from .plugin import PLUGIN_DIR, REPO_ROOT, PluginProcess, connectable
 from .probes import Probes, start_echo_server, tcp_read
 from .topology import (
     C0_ADDR,
+    C0_ADDR6,
     C0_NET,
     C1_ADDR,
+    C1_ADDR6,
     C1_NET,
     ETH0_NET,
+    ETH0_NET6,
     ETH1_NET,
+    ETH1_NET6,
+    HOST6_ETH0,
+    HOST6_ETH1,
     HOST_ETH0,
     HOST_ETH1,
+    LAB_TOOLS,
     LOCK_DIR,
     NETNS_DIR,
     R0_CLIENT_SIDE,
     R0_HOST_SIDE,
     R1_CLIENT_SIDE,
     R1_HOST_SIDE,
+    ROUTER_LL,
     LabError,
     Topology,
+    lab_tool,
+    tool_env,
     wait_for,
 )
 
 __all__ = [
-    "BUSYBOX", "C0_ADDR", "C0_NET", "C1_ADDR", "C1_NET", "COMPOSE", "DOCKER_CLI", "DOCKERD", "ENGINES", "ETH0_NET",
+    "BUSYBOX", "C0_ADDR", "C0_ADDR6", "C0_NET", "C1_ADDR", "C1_ADDR6", "C1_NET", "COMPOSE", "ETH0_NET6", "ETH1_NET6",
+    "HOST6_ETH0", "HOST6_ETH1", "ROUTER_LL", "DOCKER_CLI", "DOCKERD", "ENGINES", "ETH0_NET",
     "ETH1_NET", "HOST_ETH0", "HOST_ETH1", "IMAGE", "LAB_TOOLS", "LOCK_DIR", "NETNS_DIR", "PLUGIN_DIR",
     "R0_CLIENT_SIDE", "R0_HOST_SIDE", "R1_CLIENT_SIDE", "R1_HOST_SIDE", "REPO_ROOT", "Lab", "LabError", "Topology",
     "connectable", "lab_tool", "start_echo_server", "tcp_read", "tool_env", "wait_for",

@@ -14,11 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from .topology import LabError, clean_env, fail, pid_alive, wait_pid_gone
+from .topology import LAB_TOOLS, TOOLS_PATH, LabError, clean_env, fail, pid_alive, wait_pid_gone
 
-LAB_TOOLS = Path(os.environ.get("MULTINIC_LAB_TOOLS", "/opt/multinic-lab"))
-TOOLS_PATH = [str(LAB_TOOLS / "tools/root/usr/bin"), str(LAB_TOOLS / "tools/root/usr/sbin")]
-TOOLS_LIBS = str(LAB_TOOLS / "tools/root/usr/lib/x86_64-linux-gnu")
 ENGINES = {  # engine -> directories put first on PATH for dockerd (containerd, shims, docker-proxy, runc)
     e: [str(LAB_TOOLS / f"engine-{e}/root/usr/bin"), str(LAB_TOOLS / f"engine-{e}/root/usr/sbin"), *TOOLS_PATH]
     for e in ("20.10", "28.5")
@@ -29,21 +26,6 @@ COMPOSE = str(LAB_TOOLS / "engine-28.5/root/usr/libexec/docker/cli-plugins/docke
 RUNC = str(LAB_TOOLS / "tools/root/usr/sbin/runc")
 IMAGE = "mn-busybox:latest"
 BUSYBOX = "/bin/busybox"
-
-
-def lab_tool(name: str) -> str:
-    """A daemon or tool unpacked for the lab (docker-registry, radvd, iperf3)."""
-    for directory in TOOLS_PATH:
-        if os.access(Path(directory, name), os.X_OK):
-            return str(Path(directory, name))
-    raise LabError(f"{name} not found under {LAB_TOOLS} (run scripts/install-lab-tools.sh)")
-
-
-def tool_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment a lab tool runs with (its libraries are unpacked beside it)."""
-    out = clean_env(env)
-    out["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [TOOLS_LIBS, out.get("LD_LIBRARY_PATH")]))
-    return out
 
 
 def busybox_rootfs() -> bytes:
@@ -178,11 +160,11 @@ class Dockerd:
                 rc, self._dockerd = self._dockerd.returncode, None
                 raise LabError(f"dockerd ({self.engine}) exited with {rc}:\n{tail(self.dockerd_log)}")
             if self.docker_sock.exists():
-                try:
+                try:  # the socket answers before dockerd has restored its plugins and containers
                     probe = self.docker("version", "--format", "{{.Server.Version}}", check=False, timeout=10)
-                except LabError:  # the socket accepts before the API answers (a swarm node restoring plugins)
-                    probe = None
-                if probe is not None and probe.returncode == 0:
+                except LabError:
+                    probe = subprocess.CompletedProcess([], 1)
+                if probe.returncode == 0:
                     self.server_version = probe.stdout.strip()
                     if not self.server_version.startswith(self.engine + "."):
                         self.stop_dockerd()

@@ -18,6 +18,8 @@ ECHO_SERVER = r"""
 import socket, sys
 srv = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_STREAM)
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+if ":" in sys.argv[1]:  # IPv6 only: a server on 0.0.0.0 may share the port
+    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
 srv.bind((sys.argv[1], int(sys.argv[2])))
 srv.listen(64)
 print("ready", flush=True)
@@ -127,18 +129,25 @@ class Probes:
         return read
 
     def reboot_wipe(self) -> None:
-        """What a reboot takes from the host (dockerd stopped first): /run's xtables lock and every
-        kernel object multinic tagged (links with a ``multinic:`` alias, routes and rules of protocol
-        211, ``MULTINIC-*`` chains and the jumps into them)."""
+        """What a reboot takes from the host (dockerd stopped first): /run's xtables lock, every kernel
+        object multinic tagged (links with a ``multinic:`` alias, routes and rules of protocol 211 of both
+        families, ``MULTINIC-*`` chains and the jumps into them, in iptables and ip6tables), and the IPv6
+        settings it changed (back to the kernel's defaults: forwarding 0, accept_ra 1)."""
         self.host_path("/run/xtables.lock").unlink(missing_ok=True)  # type: ignore[attr-defined]
         save = self.iptables_save  # type: ignore[attr-defined]
+        save6 = save.replace("iptables", "ip6tables")
+        ours = "grep -v -e '^:MULTINIC-' -e '^-A MULTINIC-' -e ' -j MULTINIC-'"
         self.sh(self.host_ns, f"""
             for l in $(ip -o link | awk -F': ' '/alias multinic:/ {{print $2}}' | cut -d@ -f1); do
                 ip link del "$l"
             done
             while ip -4 rule del proto 211 2>/dev/null; do :; done
+            while ip -6 rule del proto 211 2>/dev/null; do :; done
             ip -4 route flush table all proto 211
-            {save} | grep -v -e '^:MULTINIC-' -e '^-A MULTINIC-' -e ' -j MULTINIC-' | {save.replace('save', 'restore')}
+            ip -6 route flush table all proto 211
+            {save} | {ours} | {save.replace('save', 'restore')}
+            {save6} | {ours} | {save6.replace('save', 'restore')}
+            sysctl -qw net.ipv6.conf.all.forwarding=0 net.ipv6.conf.eth0.accept_ra=1 net.ipv6.conf.eth1.accept_ra=1
         """)
 
     def multinic_objects(self) -> list[str]:
@@ -154,33 +163,42 @@ class Probes:
         return [*links, *rules, *routes, *chains]
 
     def dump_host_state(self, tables: tuple[str, ...] = ("filter", "nat", "mangle")) -> str:
-        """The host's routing and firewall, normalised, for byte-identical before/after comparisons.
+        """The host's routing and firewall, both families, normalised, for byte-identical before/after
+        comparisons.
 
-        ``ip -4 rule`` as is; ``ip -4 route show table all`` sorted, without kernel-volatile bits;
-        ``iptables-save`` per table without counters, chains sorted by name (rule order within a chain
-        kept), a table of nothing but empty ACCEPT built-ins shown as empty; links and addresses sorted.
+        ``ip rule`` as is; ``ip route show table all`` sorted, without kernel-volatile bits (the lifetimes
+        of routes learned from router advertisements); ``iptables-save`` and ``ip6tables-save`` per table
+        without counters, chains sorted by name (rule order within a chain kept), a table of nothing but
+        empty ACCEPT built-ins shown as empty; links and addresses sorted; the IPv6 settings multinic
+        changes (forwarding, accept_ra of the NICs).
         A removed endpoint's veth is deleted right after the response (retired with the alias
         ``multinic:gone:<id>``): the dump waits until none is left, as a user would see the host."""
         host = self.host  # type: ignore[attr-defined]
         deadline = time.monotonic() + 10
         while "alias multinic:gone:" in host("ip", "-o", "link").stdout and time.monotonic() < deadline:
             time.sleep(0.05)
-        out = ["## ip -4 rule", host("ip", "-4", "rule").stdout.rstrip()]
-        routes = []
-        for line in host("ip", "-4", "route", "show", "table", "all").stdout.splitlines():
-            if not line.strip() or line.startswith(("cache", " ")):
-                continue
-            routes.append(" ".join(re.sub(r"\s+(expires|age)\s+\S+", "", line).split()))
-        out += ["## ip -4 route show table all", *sorted(routes)]
-        for table in tables:
-            out += [f"## iptables-save -t {table}", *self._iptables_table(table)]
+        out = []
+        for family in ("-4", "-6"):
+            out += [f"## ip {family} rule", host("ip", family, "rule").stdout.rstrip()]
+            routes = []
+            for line in host("ip", family, "route", "show", "table", "all").stdout.splitlines():
+                if not line.strip() or line.startswith(("cache", " ")):
+                    continue
+                routes.append(" ".join(re.sub(r"\s+(expires|age)\s+\S+", "", line).split()))
+            out += [f"## ip {family} route show table all", *sorted(routes)]
+        for tool in ("iptables", "ip6tables"):
+            for table in tables:
+                out += [f"## {tool}-save -t {table}", *self._iptables_table(table, tool)]
         links = sorted(" ".join(ln.split()) for ln in host("ip", "-br", "link").stdout.splitlines() if ln.strip())
-        addrs = sorted(" ".join(ln.split()) for ln in host("ip", "-4", "-br", "addr").stdout.splitlines() if ln.strip())
-        out += ["## ip -br link", *links, "## ip -4 -br addr", *addrs]
+        addrs = sorted(" ".join(ln.split()) for ln in host("ip", "-br", "addr").stdout.splitlines() if ln.strip())
+        settings = host("sh", "-c", "grep . /proc/sys/net/ipv6/conf/all/forwarding "
+                        "/proc/sys/net/ipv6/conf/eth*/accept_ra").stdout.split()
+        out += ["## ip -br link", *links, "## ip -br addr", *addrs, "## IPv6 settings", *settings]
         return "\n".join(out) + "\n"
 
-    def _iptables_table(self, table: str) -> list[str]:
-        proc = self.host(self.iptables_save, "-t", table, check=False)  # type: ignore[attr-defined]
+    def _iptables_table(self, table: str, tool: str = "iptables") -> list[str]:
+        save = self.iptables_save.replace("iptables", tool)  # type: ignore[attr-defined]
+        proc = self.host(save, "-t", table, check=False)  # type: ignore[attr-defined]
         policies: dict[str, str] = {}
         rules: dict[str, list[str]] = {}
         for line in proc.stdout.splitlines():

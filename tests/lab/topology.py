@@ -32,6 +32,31 @@ ETH0_NET = "192.168.100.0/24"
 ETH1_NET = "192.168.101.0/24"
 C0_NET = "203.0.113.0/24"
 C1_NET = "198.51.100.0/24"
+# IPv6 on every link (documentation prefixes): static /64 addresses; the routers advertise themselves
+# (radvd) from the link-local fe80::1, so the host learns both IPv6 default routes from router
+# advertisements, eth0's preferred (eth1's router advertises a low preference), as on real hosts.
+HOST6_ETH0 = "2001:db8:100::2"
+HOST6_ETH1 = "2001:db8:101::2"
+R0_HOST_SIDE6 = "2001:db8:100::1"
+R1_HOST_SIDE6 = "2001:db8:101::1"
+R0_CLIENT_SIDE6 = "2001:db8:203::1"
+R1_CLIENT_SIDE6 = "2001:db8:198::1"
+C0_ADDR6 = "2001:db8:203::10"
+C1_ADDR6 = "2001:db8:198::10"
+ETH0_NET6 = "2001:db8:100::/64"
+ETH1_NET6 = "2001:db8:101::/64"
+ROUTER_LL = "fe80::1"  # each router's address on the host's link, the host's IPv6 next hop
+RADVD_CONF = """interface {dev} {{
+    AdvSendAdvert on;
+    MinRtrAdvInterval 3;
+    MaxRtrAdvInterval 10;
+    AdvDefaultPreference {preference};
+{prefixes}}};
+"""
+
+LAB_TOOLS = Path(os.environ.get("MULTINIC_LAB_TOOLS", "/opt/multinic-lab"))
+TOOLS_PATH = [str(LAB_TOOLS / "tools/root/usr/bin"), str(LAB_TOOLS / "tools/root/usr/sbin")]
+TOOLS_LIBS = str(LAB_TOOLS / "tools/root/usr/lib/x86_64-linux-gnu")
 
 _PROXY_VARS = ("http_proxy", "https_proxy", "ftp_proxy", "all_proxy", "no_proxy")
 _DOCKER_VARS = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONFIG",
@@ -119,6 +144,21 @@ def exclusive_lock(name: str, busy: str) -> int:
     return fd
 
 
+def lab_tool(name: str) -> str:
+    """A daemon or tool unpacked for the lab (docker-registry, radvd, iperf3)."""
+    for directory in TOOLS_PATH:
+        if os.access(Path(directory, name), os.X_OK):
+            return str(Path(directory, name))
+    raise LabError(f"{name} not found under {LAB_TOOLS} (run scripts/install-lab-tools.sh)")
+
+
+def tool_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a lab tool runs with (its libraries are unpacked beside it)."""
+    out = clean_env(env)
+    out["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [TOOLS_LIBS, out.get("LD_LIBRARY_PATH")]))
+    return out
+
+
 def ip(*args: str) -> None:
     proc = subprocess.run(["ip", *args], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -132,6 +172,8 @@ class Topology:
                                                                    <name>-host
         c1 198.51.100.10 -- r1 (198.51.100.1 | 192.168.101.1) --- eth1 192.168.101.2
 
+    and the same in IPv6 (``*6`` constants: 2001:db8:203::/64, 2001:db8:100::/64, ...), where the host's
+    default routes come from the routers' advertisements (radvd, from fe80::1; eth0's preferred).
     r0 has no route to c1's net, r1 no default: a reply to c1 that leaves by eth0 is dropped silently.
     rp_filter on the host is Debian 12's (``all``=0, ``default``=2, 2 on eth0/eth1 unless ``rp_filter``).
     Nothing is done in the machine's own namespaces: veths are made inside the lab's (``ip -n``), and
@@ -244,6 +286,10 @@ class Topology:
             for ns in self.namespaces:
                 ip("netns", "add", ns)
                 self.run(ns, "ip", "link", "set", "lo", "up")
+                # No duplicate address detection on the lab's links (every address is the lab's own):
+                # link-local addresses are usable, and dumps stable, the moment a link is up.
+                for scope in ("all", "default"):
+                    self.sysctl(ns, f"net.ipv6.conf.{scope}.accept_dad", "0")
             h, r0, r1, c0, c1 = self.namespaces
             self._veth(h, "eth0", r0, "h0")
             self._veth(h, "eth1", r1, "h1")
@@ -256,6 +302,7 @@ class Topology:
             self.run(h, "ip", "route", "add", "default", "via", R0_HOST_SIDE, "dev", "eth0")
             self.run(c0, "ip", "route", "add", "default", "via", R0_CLIENT_SIDE, "dev", "eth0")
             self.run(c1, "ip", "route", "add", "default", "via", R1_CLIENT_SIDE, "dev", "eth0")
+            self._ipv6()
             for ns in (h, r0, r1):
                 self.sysctl(ns, "net.ipv4.ip_forward", "1")
             self.sysctl(h, "net.ipv4.conf.all.rp_filter", "0")
@@ -264,10 +311,71 @@ class Topology:
                 self.sysctl(h, f"net.ipv4.conf.{dev}.rp_filter", str(self.rp_filter))
             if self.with_mount:
                 self._start_mount_namespace()
+            self.start_router_advertisements()
         except BaseException:
             self.down_topology()
             raise
         self.timings["up"] = time.monotonic() - t0
+
+    def _ipv6(self) -> None:
+        """Static IPv6 addresses on every link (no duplicate address detection: the lab is ours), the
+        routers' fe80::1 on the host's links, the clients' default routes, the routers forwarding."""
+        h, r0, r1, c0, c1 = self.namespaces
+        for ns, dev in ((r0, "h0"), (r1, "h1")):
+            self.run(ns, "ip", "link", "set", dev, "addrgenmode", "none")
+            self.run(ns, "ip", "-6", "addr", "flush", "dev", dev, "scope", "link")
+            self.run(ns, "ip", "-6", "addr", "add", f"{ROUTER_LL}/64", "dev", dev, "nodad")
+        for ns, dev, address in ((h, "eth0", HOST6_ETH0), (h, "eth1", HOST6_ETH1), (r0, "h0", R0_HOST_SIDE6),
+                                 (r0, "c0", R0_CLIENT_SIDE6), (r1, "h1", R1_HOST_SIDE6),
+                                 (r1, "c1", R1_CLIENT_SIDE6), (c0, "eth0", C0_ADDR6), (c1, "eth0", C1_ADDR6)):
+            self.run(ns, "ip", "-6", "addr", "add", f"{address}/64", "dev", dev, "nodad")
+        self.run(c0, "ip", "-6", "route", "add", "default", "via", R0_CLIENT_SIDE6, "dev", "eth0")
+        self.run(c1, "ip", "-6", "route", "add", "default", "via", R1_CLIENT_SIDE6, "dev", "eth0")
+        for ns in (r0, r1):
+            self.sysctl(ns, "net.ipv6.conf.all.forwarding", "1")
+
+    def start_router_advertisements(self) -> None:
+        """radvd on both routers' host-facing links; returns once the host learned both default routes."""
+        for role in ("r0", "r1"):
+            self.advertise(role)
+
+    def advertise(self, role: str, prefixes: Iterable[str] | None = None, *, autonomous: bool = False,
+                  wait: bool = True) -> None:
+        """(Re)start radvd on router ``role`` (r0: medium preference, r1: low, so eth0's default route is the
+        host's own) advertising ``prefixes`` (default: the link's), for address autoconfiguration too if
+        ``autonomous``; with ``wait``, returns once the host has a default route through that router."""
+        self.stop_router_advertisements(role)
+        dev, preference, default_prefix, host_dev = {"r0": ("h0", "medium", ETH0_NET6, "eth0"),
+                                                     "r1": ("h1", "low", ETH1_NET6, "eth1")}[role]
+        conf = self.dir / f"radvd-{role}.conf"
+        on = "on" if autonomous else "off"
+        conf.write_text(RADVD_CONF.format(dev=dev, preference=preference, prefixes="".join(
+            f"    prefix {p} {{ AdvOnLink on; AdvAutonomous {on}; }};\n" for p in prefixes or (default_prefix,))))
+        subprocess.Popen(
+            [*self.nsenter(role), lab_tool("radvd"), "--nodaemon", "-C", str(conf), "-p",
+             str(self.dir / f"radvd-{role}.pid"), "-m", "logfile", "-l", str(self.dir / f"radvd-{role}.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=tool_env(), start_new_session=True)
+        deadline = time.monotonic() + 20
+        while wait:
+            routes = self.run(self.host_ns, "ip", "-6", "route", "show", "default").stdout
+            if re.search(rf"via fe80::\S+ dev {host_dev} proto ra", routes):
+                return
+            if time.monotonic() > deadline:
+                logs = "".join(p.read_text() for p in self.dir.glob("radvd-*.log"))
+                raise LabError(f"the host learned no IPv6 default route from {role}'s radvd within 20 s:\n"
+                               f"{routes}\n{logs}")
+            time.sleep(0.05)
+
+    def stop_router_advertisements(self, role: str) -> None:
+        """Stop a router's radvd, if it runs: it sends a last advertisement with router lifetime 0, and the
+        host drops its default route through that router at once."""
+        pid_file = self.dir / f"radvd-{role}.pid"
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, signal.SIGTERM)
+            wait_pid_gone(pid, 5)
+        pid_file.unlink(missing_ok=True)
 
     def remove_stale(self) -> None:
         """What a crashed run of a lab with this name left (no live lab holds the name)."""

@@ -22,16 +22,16 @@ VALID: dict[str, dict[str, Any]] = {
     "GwAllocCheck": {"Options": {"com.docker.network.generic": {}}},
     "CreateNetwork": {
         "NetworkID": NID,
-        "Options": {"com.docker.network.enable_ipv6": False, "com.docker.network.internal": False,
+        "Options": {"com.docker.network.enable_ipv6": True, "com.docker.network.internal": False,
                     "com.docker.network.generic": {"mtu": "1400", "gw_priority": "5"}},
         "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.213.0.0/24", "Gateway": "10.213.0.1/24",
                       "AuxAddresses": {"r1": "10.213.0.250/24"}}],
-        "IPv6Data": [],
+        "IPv6Data": [{"AddressSpace": "LocalDefault", "Pool": "fd00:213::/64", "Gateway": "fd00:213::1/64"}],
     },
     "DeleteNetwork": {"NetworkID": NID},
     "CreateEndpoint": {
         "NetworkID": NID, "EndpointID": EID,
-        "Interface": {"Address": "10.213.0.2/24", "AddressIPv6": "", "MacAddress": ""},
+        "Interface": {"Address": "10.213.0.2/24", "AddressIPv6": "fd00:213::2/64", "MacAddress": ""},
         "Options": {"com.docker.network.endpoint.exposedports": [{"Proto": 6, "Port": 80}],
                     "com.docker.network.portmap": PORTMAP, "gw_priority": "3"},
     },
@@ -56,6 +56,8 @@ NASTY = [
     "true", "80", "eth0", "lo", "mn-" + "a" * 12, "../../etc/passwd", "/", "/var/run/docker/netns/../../x",
     "a\x00b", "\n", "é" * 20, "x" * 300, "A7" * 32, "a7" * 31, "a7" * 33, "g" * 64, "0.0.0.0", "127.0.0.1",
     "255.255.255.255", "10.213.0.0/24", "10.213.0.1/33", "0.0.0.0/0", "::1", "fd00::1/64", "01:00:5e:00:00:01",
+    "::", "::/0", "fe80::/64", "fe80::1", "fd00:213::/56", "fd00:213::1/129", "2001:db8:101::/64", "2001:db8:101::2",
+    "ff02::1", "[fd00::1]", "fd00:213::2/64", "::ffff:10.213.0.2",
     "00:00:00:00:00:00", "02:42:ac:11:00:02", [], {}, [1], {"a": 1}, [{}], [None],
 ]
 

@@ -72,8 +72,11 @@ def test_errors_are_json_err(client):
 
 
 def test_refused_create_changes_nothing(client):
-    code, body = create(client, IPv6Data=[{"Pool": "fd00::/64", "Gateway": "fd00::1/64"}])
-    assert code == 400 and "IPv6" in body["Err"]
+    code, body = create(client, IPv6Data=[{"Pool": "fe80::/64", "Gateway": "fe80::1/64"}])
+    assert code == 400 and "link-local" in body["Err"] and "--subnet fd00:10::/64" in body["Err"]
+    code, body = create(client, IPv6Data=[{"Pool": "fd00::/64", "Gateway": "fd00::1/64"},
+                                          {"Pool": "fd01::/64", "Gateway": "fd01::1/64"}])
+    assert code == 400 and "exactly one IPv6 subnet" in body["Err"]
     code, body = post(client, "/NetworkDriver.CreateNetwork",
                       {"NetworkID": NID, "IPv4Data": [{"AddressSpace": "null", "Pool": "0.0.0.0/0"}]})
     assert code == 400 and "gateway" in body["Err"]
@@ -96,6 +99,38 @@ def test_endpoint_lifecycle_contract(client):
     assert post(client, "/NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": EID}) == (200, {})
     assert post(client, "/NetworkDriver.DeleteNetwork", {"NetworkID": NID}) == (200, {})
     assert client.application.applied[-1].networks == {}
+
+
+JOIN = {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "", "Options": {}}
+
+
+def test_dual_stack_endpoint_contract(client):
+    """IPv6Data in CreateNetwork, AddressIPv6 in CreateEndpoint, GatewayIPv6 in the Join response."""
+    assert create(client, IPv6Data=[{"AddressSpace": "LocalDefault", "Pool": "fd00:213::/64",
+                                     "Gateway": "fd00:213::1/64"}],
+                  Options={"com.docker.network.enable_ipv6": True, "com.docker.network.generic": {}}) == (200, {})
+    code, body = post(client, "/NetworkDriver.CreateEndpoint",
+                      {"NetworkID": NID, "EndpointID": EID,
+                       "Interface": {"Address": "10.213.0.2/24", "AddressIPv6": "fd00:213::2/64", "MacAddress": ""}})
+    assert code == 200
+    code, body = post(client, "/NetworkDriver.Join", JOIN)
+    assert (code, body["Gateway"], body["GatewayIPv6"]) == (200, "10.213.0.1", "fd00:213::1")
+    state = client.application.applied[-1]
+    assert state.endpoints[EID].address6 == "fd00:213::2/64" and state.networks[NID].subnet6 == "fd00:213::/64"
+
+
+def test_ipv6_only_network_contract(client):
+    """Engine 28's --ipv4=false: no IPv4Data, enable_ipv4 false; no Gateway, only GatewayIPv6."""
+    options = {"com.docker.network.enable_ipv6": True, "com.docker.network.enable_ipv4": False,
+               "com.docker.network.generic": {}}
+    assert create(client, IPv4Data=[], IPv6Data=[{"Pool": "fd00:214::/64", "Gateway": "fd00:214::1/64"}],
+                  Options=options) == (200, {})
+    code, body = post(client, "/NetworkDriver.CreateEndpoint",
+                      {"NetworkID": NID, "EndpointID": EID,
+                       "Interface": {"Address": "", "AddressIPv6": "fd00:214::5/64", "MacAddress": ""}})
+    assert (code, body) == (200, {"Interface": {"MacAddress": "02:42:00:00:00:05"}})
+    code, body = post(client, "/NetworkDriver.Join", JOIN)
+    assert code == 200 and "Gateway" not in body and body["GatewayIPv6"] == "fd00:214::1"
 
 
 def test_mac_given_by_docker_is_not_echoed(client):

@@ -1,6 +1,7 @@
 """The writer's request path: what a verb changes is the difference of two desired states (pure)."""
 
 import ipaddress
+import os
 import random
 from collections import Counter
 
@@ -10,7 +11,9 @@ from plugin.plan.desired import change, host_state, needs_parent_facts
 from plugin.plan.facts import ParentFacts
 from plugin.plan.state import EndpointRecord, NetworkRecord, ParentRecord, PublishedPort, State
 
-FACTS = {"eth1": ParentFacts("eth1", True, (ipaddress.IPv4Interface("192.168.101.2/24"),), 1500)}
+FACTS = {"eth1": ParentFacts("eth1", True, (ipaddress.IPv4Interface("192.168.101.2/24"),), 1500,
+                             addresses6=(ipaddress.IPv6Interface("2001:db8:101::2/64"),),
+                             prefixes6=(ipaddress.IPv6Network("2001:db8:101::/64"),))}
 
 
 def net(i, **kw):
@@ -22,10 +25,16 @@ def net(i, **kw):
     return NetworkRecord(**base)
 
 
+def net6(i, **kw):
+    """A dual-stack network."""
+    return net(i, subnet6=f"fd00:{i:x}::/64", gateway6=f"fd00:{i:x}::1/64", parent_gateway6="fe80::1", **kw)
+
+
 def endpoint(i, network, joined=True, ports=()):
     eid = f"{(i * 0x9E3779B1) & 0xFFFFFFFF:08x}{i:056x}"  # spread over the DNAT buckets, as random ids are
     return EndpointRecord(id=eid, network_id=network.id, address=f"10.0.{i % 250}.{2 + i // 250}/16", mac="",
-                          host_veth=f"mnh{eid[-12:]}", peer_veth=f"mnc{eid[-12:]}", joined=joined, ports=ports)
+                          host_veth=f"mnh{eid[-12:]}", peer_veth=f"mnc{eid[-12:]}", joined=joined, ports=ports,
+                          address6=f"fd00::{i + 2:x}/64" if network.subnet6 else "")
 
 
 def host(n_networks=1, n_endpoints=0, ports=True):
@@ -149,8 +158,9 @@ def test_random_verb_sequences_keep_the_kernel_equal_to_the_desired_state():
             choice = rng.random()
             if choice < 0.2 and len(state.networks) < 6:
                 i = rng.randrange(1, 40)
-                state.networks.setdefault(net(i).id, net(i, masquerade=rng.random() < 0.7,
-                                                       internal=rng.random() < 0.2))
+                make = net6 if rng.random() < 0.4 else net
+                state.networks.setdefault(net(i).id, make(i, masquerade=rng.random() < 0.7,
+                                                        internal=rng.random() < 0.2))
             elif choice < 0.3 and len(state.networks) > 1:
                 nid = rng.choice(sorted(state.networks))
                 del state.networks[nid]
@@ -158,18 +168,20 @@ def test_random_verb_sequences_keep_the_kernel_equal_to_the_desired_state():
             elif choice < 0.7:
                 network = state.networks[rng.choice(sorted(state.networks))]
                 i = rng.randrange(0, 500)
-                ports = tuple(PublishedPort(rng.choice(["tcp", "udp"]), "", 20000 + i, 80)
-                              for _ in range(rng.randrange(0, 2)))
+                ports = tuple(PublishedPort(rng.choice(["tcp", "udp"]), rng.choice(["", "0.0.0.0", "::"]), 20000 + i,
+                                            80) for _ in range(rng.randrange(0, 2)))
                 state.endpoints[endpoint(i, network).id] = endpoint(i, network, ports=ports)
             elif state.endpoints:
                 del state.endpoints[rng.choice(sorted(state.endpoints))]
             old, new = host_state(before, FACTS), host_state(state, FACTS)
             todo = change(old, new)
-            if todo.firewall is None:
-                continue
-            got = apply_edits(old.firewall, todo.firewall)
-            want = {(t, c): list(new.firewall.rules(t, c)) for t in TABLES for c in CHAINS[t]}
-            assert {k: Counter(v) for k, v in got.items()} == {k: Counter(v) for k, v in want.items()}
+            for edits, was, wanted in ((todo.firewall, old.firewall, new.firewall),
+                                       (todo.firewall6, old.firewall6, new.firewall6)):
+                if edits is None:
+                    continue
+                got = apply_edits(was, edits)
+                want = {(t, c): list(wanted.rules(t, c)) for t in TABLES for c in CHAINS[t]}
+                assert {k: Counter(v) for k, v in got.items()} == {k: Counter(v) for k, v in want.items()}
 
 
 def test_join_and_leave_without_ports_change_nothing_on_the_host():
@@ -202,27 +214,31 @@ from hypothesis import strategies as st  # noqa: E402
 
 from plugin.plan.desired import scope  # noqa: E402
 
-FACTS2 = {**FACTS, "eth2": ParentFacts("eth2", True, (ipaddress.IPv4Interface("192.168.102.2/24"),), 1500)}
+FACTS2 = {**FACTS, "eth2": ParentFacts("eth2", True, (ipaddress.IPv4Interface("192.168.102.2/24"),), 1500,
+                                       addresses6=(ipaddress.IPv6Interface("2001:db8:102::2/64"),),
+                                       prefixes6=(ipaddress.IPv6Network("2001:db8:102::/64"),))}
 
 
 def _mutate(state: State, ops: list[tuple[int, int, int, int]]) -> State:
     """A verb-like step: add / replace / drop an endpoint (joined or not, with or without
-    ports), add / drop / change a network (on eth1 or eth2, internal, routed), or a parent
-    record coming or going."""
+    ports on every address or one family's), add / drop / change a network (on eth1 or eth2, internal,
+    routed, dual-stack), a parent record coming or going, or an IPv6 setting to put back."""
     after = state.copy()
     for kind, a, b, c in ops:
         nets = sorted(after.networks)
         if kind == 0 and nets:
             network = after.networks[nets[a % len(nets)]]
-            ports = tuple(PublishedPort("tcp" if c % 2 else "udp", "", 20000 + b, 80) for _ in range(c % 3))
+            host_ip = ("", "0.0.0.0", "::", "")[b % 4]
+            ports = tuple(PublishedPort("tcp" if c % 2 else "udp", host_ip, 20000 + b, 80) for _ in range(c % 3))
             ep = endpoint(b, network, joined=bool(c % 4), ports=ports if c % 4 else ())
             after.endpoints[ep.id] = ep
         elif kind == 1 and after.endpoints:
             del after.endpoints[sorted(after.endpoints)[a % len(after.endpoints)]]
         elif kind == 2:
             parent = "eth2" if c % 2 else "eth1"
-            n = net(a % 13, parent=parent, table=20000 + c % 2, mark_slot=1 + c % 2,
-                    masquerade=bool(b % 3), internal=b % 5 == 0, ingress_replies=c % 4 >= 2)
+            make = net6 if (b // 5) % 3 == 1 else net
+            n = make(a % 13, parent=parent, table=20000 + c % 2, mark_slot=1 + c % 2,
+                     masquerade=bool(b % 3), internal=b % 5 == 0, ingress_replies=c % 4 >= 2)
             after.networks[n.id] = n
         elif kind == 3 and len(nets) > 1:
             nid = nets[a % len(nets)]
@@ -234,19 +250,27 @@ def _mutate(state: State, ops: list[tuple[int, int, int, int]]) -> State:
                 del after.parents[parent]
             else:
                 after.parents[parent] = ParentRecord(rp_filter_before=b % 3)
+        elif kind == 5:
+            path = ("net/ipv6/conf/all/forwarding", "net/ipv6/conf/eth0/accept_ra")[a % 2]
+            if path in after.restore6:
+                del after.restore6[path]
+            else:
+                after.restore6[path] = str(b % 2)
     return after
 
 
-OPS = st.lists(st.tuples(st.integers(0, 4), st.integers(0, 50), st.integers(0, 50), st.integers(0, 7)),
+OPS = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 50), st.integers(0, 50), st.integers(0, 7)),
                min_size=1, max_size=4)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=int(os.environ.get("MULTINIC_PROPERTY_EXAMPLES", "300")), deadline=None)
 @given(st.lists(OPS, min_size=1, max_size=6), OPS)
 @example([[(0, 0, 1, 1)]], [(2, 0, 1, 1)])  # the network of 20 published endpoints moves to eth2
 @example([[(4, 0, 0, 0)]], [(3, 1, 0, 0)])  # a parent record goes while a network is removed
 @example([[(2, 0, 0, 1), (2, 2, 1, 1), (2, 3, 1, 1)]], [(2, 2, 0, 0)])  # the first sibling left is internal
 @example([[(2, 2, 1, 3), (2, 4, 1, 2)]], [(3, 2, 0, 0)])  # the mesh's restore rule stays with the other parent's
+@example([[(2, 1, 6, 0)]], [(2, 1, 1, 0)])  # the only dual-stack network becomes IPv4-only
+@example([[(2, 1, 6, 0), (2, 2, 6, 0)]], [(0, 1, 1, 1)])  # a port on every address of a dual-stack network
 def test_the_change_over_a_verbs_scope_is_the_change_over_the_whole_host(history, verb):
     """Property: whatever is on the host, the writer's scoped change (the endpoints a verb
     touched and their networks, or every network when one changed) is exactly the change the

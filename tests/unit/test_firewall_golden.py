@@ -18,7 +18,9 @@ from plugin.plan.state import EndpointRecord, NetworkRecord, PublishedPort, Stat
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "firewall"
 FACTS = {
-    "eth1": ParentFacts("eth1", True, (ipaddress.IPv4Interface("192.168.101.2/24"),)),
+    "eth1": ParentFacts("eth1", True, (ipaddress.IPv4Interface("192.168.101.2/24"),),
+                        addresses6=(ipaddress.IPv6Interface("2001:db8:101::2/64"),),
+                        prefixes6=(ipaddress.IPv6Network("2001:db8:101::/64"),)),
     "eth2": ParentFacts("eth2", True, (ipaddress.IPv4Interface("192.168.102.2/24"),)),
 }
 N1, N2, N3 = "1" * 64, "2" * 64, "3" * 64
@@ -50,6 +52,13 @@ MANY = State(
         **ONE.endpoints,
         "e2" * 32: ep("e2" * 32, N2, "10.20.0.2/24", (PublishedPort("udp", "192.168.102.2", 5353, 53),)),
     },
+)
+
+
+DUAL = State(
+    networks={N1: dataclasses.replace(ONE.networks[N1], subnet6="fd00:10::/64", gateway6="fd00:10::1/64",
+                                      parent_gateway6="fe80::1")},
+    endpoints={"e1" * 32: dataclasses.replace(ONE.endpoints["e1" * 32], address6="fd00:10::2/64")},
 )
 
 
@@ -94,6 +103,15 @@ EXAMPLES = {
         "mark of the parent their connection came in on, so they leave by that parent's table.\n",
         render_edit(change(host_state(ONE, FACTS), host_state(dataclasses.replace(ONE, networks={
             N1: dataclasses.replace(ONE.networks[N1], ingress_replies=True)}), FACTS)).firewall)]),
+    "dual-stack.md": lambda: "\n".join([
+        "The network of [one-network.md](one-network.md) with IPv6 too (`--ipv6 --subnet 10.10.0.0/24 --subnet",
+        "fd00:10::/64`): the IPv4 tables are unchanged, and the IPv6 tables (ip6tables, in the host's",
+        "flavour) hold the same rules for the IPv6 subnet. `-p 8080:80` lands on eth1's global, stable IPv6",
+        "address as well; egress leaves from that address (an explicit SNAT, entered before any MASQUERADE:",
+        "MASQUERADE would let the kernel pick a temporary address). The IPv6 tables stay empty while no",
+        "network has IPv6.\n",
+        "## IPv6 (ip6tables)\n",
+        render_ruleset(host_state(DUAL, FACTS).firewall6)]),
 }
 
 

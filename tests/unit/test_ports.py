@@ -51,4 +51,4 @@ def test_port_without_host_ip_is_kept_without_one():
     """Resolved to the parent's addresses when the rules are rendered: it follows a readdressed parent."""
     got = allocate([PortBinding(6, 80, "", 4000, 4000), PortBinding(6, 81, "0.0.0.0", 4001, 4001),
                     PortBinding(6, 82, "192.168.101.2", 4002, 4002)], ips, [], free)
-    assert [(p.host_ip, p.host_port) for p in got] == [("", 4000), ("", 4001), ("192.168.101.2", 4002)]
+    assert [(p.host_ip, p.host_port) for p in got] == [("", 4000), ("0.0.0.0", 4001), ("192.168.101.2", 4002)]

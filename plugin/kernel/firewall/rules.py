@@ -10,7 +10,7 @@ import ipaddress
 from typing import Mapping
 
 from ...plan.facts import ParentFacts
-from ...plan.state import NetworkRecord, State
+from ...plan.state import ANY_ADDRESS, NetworkRecord, State
 from ..tags import MAIN_MARK_SLOT, MARK_MASK, mark_for_slot
 from .model import (
     BUCKET_JUMPS,
@@ -90,24 +90,28 @@ def dnat_rules(state: State, facts: Mapping[str, ParentFacts], family: int) -> d
             match = ("-p", port.proto, "-m", port.proto, "--dport", str(port.host_port))
             to = f"{ip}:{port.container_port}" if family == 4 else f"[{ip}]:{port.container_port}"
             for dst in publish_addresses(net, port.host_ip, facts):
-                if not dst or ipaddress.ip_address(dst).version == family:
-                    rules.append((*(("-d", f"{dst}/{host_bits}") if dst else ()), *match, "-j", "DNAT",
-                                  "--to-destination", to))
+                if ipaddress.ip_address(dst).version == family:
+                    where = () if dst in ANY_ADDRESS else ("-d", f"{dst}/{host_bits}")
+                    rules.append((*where, *match, "-j", "DNAT", "--to-destination", to))
     return {bucket: tuple(rules) for bucket, rules in buckets.items()}
 
 
 def publish_addresses(net: NetworkRecord, host_ip: str, facts: Mapping[str, ParentFacts]) -> tuple[str, ...]:
-    """Where a port is published: the given HostIP, else the parent's addresses (IPv4, and IPv6 for a
-    network that has it), else everywhere ("")."""
-    if host_ip:
+    """The addresses a port lands on: the given HostIP; else, of the network's families (only IPv4 for
+    ``0.0.0.0``, only IPv6 for ``::``, as Docker does), the parent's addresses as they are now, or each
+    family's "any" address for a network without a parent."""
+    families = net.families
+    if host_ip in ANY_ADDRESS:
+        families = tuple(f for f in families if ANY_ADDRESS[f == 6] == host_ip)
+    elif host_ip:
         return (host_ip,)
-    if net.parent:
-        parent = facts.get(net.parent)
-        if parent is None:
-            return ()
-        return (*(str(a.ip) for a in parent.addresses if net.subnet),
-                *(str(a.ip) for a in parent.addresses6 if net.subnet6))
-    return ("",)
+    if not net.parent:
+        return tuple(ANY_ADDRESS[f == 6] for f in families)
+    parent = facts.get(net.parent)
+    if parent is None:
+        return ()
+    return (*(str(a.ip) for a in parent.addresses if 4 in families),
+            *(str(a.ip) for a in parent.addresses6 if 6 in families))
 
 
 def snat_rules(state: State, facts: Mapping[str, ParentFacts], family: int) -> tuple[Rule, ...]:

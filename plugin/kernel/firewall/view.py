@@ -66,10 +66,10 @@ def parse(text: str) -> View:
     return view
 
 
-def read(flavour: str, table: str | None = None) -> View:
-    """``iptables-<flavour>-save`` (of one table, or of all in use); an empty, unavailable view if the
-    tool is missing or fails."""
-    tool = shutil.which(f"iptables-{flavour}-save")
+def read(flavour: str, table: str | None = None, family: int = 4) -> View:
+    """``iptables-<flavour>-save`` (``ip6tables-…`` for family 6; of one table, or of all in use); an
+    empty, unavailable view if the tool is missing or fails."""
+    tool = shutil.which(f"{'ip6tables' if family == 6 else 'iptables'}-{flavour}-save")
     if not tool:
         return View()
     proc = subprocess.run([tool, *(("-t", table) if table else ())], capture_output=True, text=True)
@@ -111,5 +111,6 @@ def published(view: View) -> list[Any]:
             if "-p" not in opts or "--dport" not in opts or ":" not in target:
                 continue
             ip, _, port = target.rpartition(":")
-            out.append(Published(opts["-p"], opts.get("-d", "").split("/")[0], int(opts["--dport"]), ip, int(port)))
+            out.append(Published(opts["-p"], opts.get("-d", "").split("/")[0], int(opts["--dport"]), ip.strip("[]"),
+                                 int(port)))
     return out

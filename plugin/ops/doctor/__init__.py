@@ -1,13 +1,13 @@
-"""``multinic doctor``: what is wrong with this host for multinic, and the exact fix. :mod:`.gather` reads the
-host once into :class:`.facts.Facts`; the checks (:mod:`.host`, :mod:`.plugin`) are pure; exit 0 when all
-pass, 1 with warnings, 2 with errors."""
+"""``multinic doctor``: what is wrong with this host for multinic, and the exact fix. :mod:`.gather` reads
+the host once into :class:`.facts.Facts`; the checks (:mod:`.host`, :mod:`.ipv6`, :mod:`.plugin`) are pure;
+exit 0 when all pass, 1 with warnings, 2 with errors."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable
 
-from . import host, plugin
+from . import host, ipv6, plugin
 from .facts import ERROR, OK, SEVERITY, SKIP, WARN, Facts, ParentInfo, Proc, Result, RuleInfo, exit_code
 from .host import (
     NETWORKD_DROPIN,
@@ -49,6 +49,10 @@ CHECKS: tuple[Callable[[Facts], list[Result]], ...] = (
     host.check_network_manager,
     host.check_parents,
     host.check_foreign_rules,
+    ipv6.check_ipv6_forwarding,
+    ipv6.check_accept_ra,
+    ipv6.check_parents_ipv6,
+    ipv6.check_ip6tables_flavour,
     plugin.check_docker,
     plugin.check_socket,
     plugin.check_ghosts,

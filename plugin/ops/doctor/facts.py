@@ -37,6 +37,8 @@ class ParentInfo:
     next_hop: str | None = None  # what multinic routes the parent's table through
     next_hop_source: str = ""  # how it was chosen (plan.network.parent_next_hop)
     next_hop_answers: bool | None = None  # neighbour resolution on the parent (None: not probed)
+    addresses6: list[str] = field(default_factory=list)  # global, stable (CIDR)
+    disable_ipv6: str | None = None
 
 @dataclass
 class RuleInfo:
@@ -75,6 +77,11 @@ class Facts:
     br_netfilter_loaded: bool = False
     bridge_nf_call_iptables: str | None = None
     iptables: dict[str, View] = field(default_factory=dict)
+    ip6tables: dict[str, View] = field(default_factory=dict)
+    forwarding6: str | None = None
+    accept_ra: dict[str, int] = field(default_factory=dict)  # ifname → net.ipv6.conf.<if>.accept_ra
+    ra_default: list[str] = field(default_factory=list)  # NICs whose IPv6 default route came from an RA
+    default_routes6: list[str] = field(default_factory=list)  # NICs with an IPv6 default route not ours
     firewall_forced: str = ""
     rules: list[RuleInfo] = field(default_factory=list)
     foreign_routes_by_table: dict[int, int] = field(default_factory=dict)

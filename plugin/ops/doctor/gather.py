@@ -181,8 +181,10 @@ def gather_kernel(f: Facts, extra_parents: Iterable[str] = ()) -> None:
         gateways = routes.default_gateways(ipr)
         for name in sorted(set(hops) | set(extra_parents)):
             facts = links.parent_facts(ipr, name)
-            info = ParentInfo(name, facts.exists, facts.up, [str(a) for a in facts.addresses])
+            info = ParentInfo(name, facts.exists, facts.up, [str(a) for a in facts.addresses],
+                              addresses6=[str(a) for a in facts.addresses6])
             if facts.exists:
+                info.disable_ipv6 = _read(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6")
                 gw = gateways.get(name)
                 info.default_gateway = str(gw) if gw else None
                 info.rp_filter = _read(f"/proc/sys/net/ipv4/conf/{name}/rp_filter")
@@ -204,6 +206,13 @@ def gather_kernel(f: Facts, extra_parents: Iterable[str] = ()) -> None:
             if m["proto"] != RT_PROTO and table not in (253, 254, 255):
                 f.foreign_routes_by_table[table] = f.foreign_routes_by_table.get(table, 0) + 1
         f.link_names = links.link_names(ipr)
+        f.ra_default = sorted(routes.ra_defaults(ipr))
+        f.default_routes6 = sorted(str(dev) for dev in routes.default_gateways(ipr, socket.AF_INET6))
+    f.forwarding6 = _read("/proc/sys/net/ipv6/conf/all/forwarding")
+    for name in f.link_names.values():
+        value = _read(f"/proc/sys/net/ipv6/conf/{name}/accept_ra")
+        if value is not None and value.lstrip("-").isdigit():
+            f.accept_ra[name] = int(value)
 
 
 def gather_docker(f: Facts, settings: Settings, timeout: int = 5) -> None:
@@ -309,6 +318,7 @@ def gather(settings: Settings, *, state_given: bool = False, socket_given: bool 
         f.firewall_forced = enabled.get("firewall", "").strip()
     for flavour in FLAVOURS:
         f.iptables[flavour] = read_iptables(flavour)
+        f.ip6tables[flavour] = read_iptables(flavour, family=6)
     f.networkd_settings, f.networkd_files = networkd_config(paths)
     procs = scan_processes(paths.proc)
     f.networkd_running = any(p.comm == "systemd-network" for p in procs)

@@ -1,0 +1,63 @@
+"""doctor's IPv6 checks over hand-built facts: forwarding, accept_ra where router advertisements matter,
+disable_ipv6 on a parent, the ip6tables flavour."""
+
+from __future__ import annotations
+
+from plugin.kernel.firewall.view import parse
+from plugin.ops.doctor import ERROR, OK, SKIP, WARN, Facts, ParentInfo
+from plugin.ops.doctor.ipv6 import check_accept_ra, check_ip6tables_flavour, check_ipv6_forwarding, check_parents_ipv6
+from plugin.plan.state import NetworkRecord, State
+
+NID = "a" * 64
+
+
+def dual_stack() -> State:
+    net = NetworkRecord(id=NID, bridge="mn-a", subnet="10.10.0.0/24", gateway="10.10.0.1/24", parent="eth1",
+                        parent_gateway="192.168.101.1", table=20000, mark_slot=1, subnet6="fd00:10::/64",
+                        gateway6="fd00:10::1/64", parent_gateway6="fe80::1")
+    return State(networks={NID: net})
+
+
+def statuses(results):
+    return [(r.status, r.message.split(":")[0]) for r in results]
+
+
+def test_forwarding_must_be_on_while_ipv6_networks_exist():
+    assert check_ipv6_forwarding(Facts(forwarding6="0"))[0].status == OK
+    bad = check_ipv6_forwarding(Facts(state=dual_stack(), forwarding6="0"))[0]
+    assert bad.status == ERROR and bad.fix == "multinic reconcile"
+
+
+def test_accept_ra_one_with_forwarding_on_names_the_nic_and_the_fix():
+    f = Facts(state=dual_stack(), forwarding6="1", accept_ra={"eth0": 1, "eth1": 2}, ra_default=["eth0", "eth1"],
+              default_routes6=["eth1"])
+    results = check_accept_ra(f)
+    assert statuses(results) == [(ERROR, "eth0"), (OK, "eth1")]
+    assert results[0].fix == "sysctl -w net.ipv6.conf.eth0.accept_ra=2"
+
+
+def test_accept_ra_before_any_ipv6_network_says_what_multinic_will_do():
+    f = Facts(forwarding6="0", accept_ra={"eth0": 1}, ra_default=["eth0"], default_routes6=["eth0"])
+    assert "multinic sets 2 before it turns IPv6 forwarding on" in check_accept_ra(f)[0].message
+
+
+def test_a_lost_default_route_is_pointed_at():
+    f = Facts(forwarding6="1", accept_ra={"lo": 1, "eth0": 1}, ra_default=[], default_routes6=[])
+    result = check_accept_ra(f)[0]
+    assert result.status == WARN and "eth0" in result.message and "accept_ra=2" in result.fix
+
+
+def test_parent_with_ipv6_disabled_is_an_error():
+    f = Facts(state=dual_stack(), parents={"eth1": ParentInfo("eth1", True, True, disable_ipv6="1")})
+    result = check_parents_ipv6(f)[0]
+    assert result.status == ERROR and result.fix == "sysctl -w net.ipv6.conf.eth1.disable_ipv6=0"
+    assert check_parents_ipv6(Facts())[0].status == SKIP
+
+
+def test_ip6tables_flavour_follows_dockers():
+    docker = parse("*filter\n:FORWARD DROP [0:0]\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\nCOMMIT\n")
+    ours = parse("*filter\n:MULTINIC-FORWARD - [0:0]\nCOMMIT\n")
+    f = Facts(state=dual_stack(), ip6tables={"nft": docker, "legacy": ours})
+    result = check_ip6tables_flavour(f)[0]
+    assert result.status == ERROR and "MULTINIC_FIREWALL=nft" in result.fix
+    assert check_ip6tables_flavour(Facts(state=dual_stack(), ip6tables={"nft": ours}))[0].status == OK
