@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .dockerd import lab_tool, tail
-from .topology import LabError
+from .dockerd import tail
+from .topology import LabError, lab_tool
 
 
 class Registry:
