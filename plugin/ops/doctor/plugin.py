@@ -91,6 +91,7 @@ def check_ghosts(f: Facts, grace: float = 120.0) -> list[Result]:
     return out or [Result(name, OK, f"state matches Docker: {len(f.state.networks)} network(s), "
                           f"{len(f.state.endpoints)} endpoint(s)")]
 
+
 def check_swarm(f: Facts) -> list[Result]:
     """Swarm refuses legacy network plugins; a swarm-scoped network without ``--config-from`` lost its
     options (every task on it is refused at the node's CreateNetwork)."""
