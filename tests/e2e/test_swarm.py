@@ -22,7 +22,7 @@ import pytest
 
 from tests.e2e.conftest import engines, missing_prerequisite, skip_or_fail
 from tests.e2e.helpers import inside_managed_plugin, wait_for
-from tests.lab import C0_ADDR, C1_ADDR, HOST_ETH0, HOST_ETH1, start_echo_server
+from tests.lab import C0_ADDR, C1_ADDR, C1_ADDR6, HOST6_ETH1, HOST_ETH0, HOST_ETH1, start_echo_server
 from tests.lab.plugin import stop_group
 from tests.lab.swarm import Node, Swarm
 
@@ -30,6 +30,7 @@ NAME = "multinic:latest"  # the managed plugin's driver name
 FRONT, BACK, EAST = "front", "back", "east"
 FRONT_SUBNET, BACK_SUBNET = "10.10.0.0/24", "10.11.0.0/24"
 ECHO_PORT = 7080  # an echo server on every node's c1, answering with the address it saw
+ECHO6_PORT = 7081  # the same over IPv6, for the dual-stack test
 PROBE = "198.18.0.1"  # nothing answers there: only the route lookup matters
 
 
@@ -296,6 +297,44 @@ def test_multinic_beside_an_overlay_network(cluster: Swarm) -> None:
     finally:
         swarm.remove_services("api")
         swarm.manager.docker("network", "rm", EAST, check=False)
+    for node in swarm.nodes:
+        assert_clean(swarm, node)
+
+
+def test_dual_stack_swarm_network(cluster: Swarm) -> None:
+    """IPv6 beside IPv4 on a swarm network: each node's config-only network carries ``--ipv6`` and an IPv6
+    subnet, which the node copies into the swarm network with its parent. A task on every node answers a
+    client behind that node's parent on the parent's IPv6 and IPv4 addresses, by the parent, and its IPv6
+    egress leaves by the parent with the parent's IPv6 address; nothing is left afterwards (forwarding and
+    accept_ra put back)."""
+    swarm = cluster
+    m = swarm.manager
+    servers = []
+    try:
+        for node in swarm.nodes:
+            node.docker("network", "create", "--config-only", "--ipv6", "-o", f"parent={node.parent}", "--subnet",
+                        "10.15.0.0/24", "--subnet", "fd00:15::/64", "mncfg6")
+            servers.append(node.serve_peer_echo(node.c1_ns, ECHO6_PORT, "::"))
+        m.docker("network", "create", "-d", NAME, "--scope", "swarm", "--config-from", "mncfg6", "--attachable",
+                 "front6")
+        swarm.create_service("web6", "--mode", "global", "--endpoint-mode", "dnsrr", "--network", "front6",
+                             "--publish", "mode=host,target=80,published=8083", cmd=web("web6"))
+        placed = swarm.wait_tasks("web6", 3)
+        for node in swarm.nodes:
+            ctr = placed[node.name][0]
+            want = f"web6-{hostname(node, ctr)}\n"
+            got = wait_for(lambda n=node: n.http_get(n.c1_ns, f"http://[{HOST6_ETH1}]:8083/", timeout=3), timeout=30)
+            assert got == want, (node.name, got, node.docker("inspect", ctr).stdout[-3000:])
+            assert node.http_get(node.c1_ns, f"http://{HOST_ETH1}:8083/", timeout=3) == want, node.name
+            out = node.docker("exec", ctr, "sh", "-c", f"nc -w 3 {C1_ADDR6} {ECHO6_PORT} </dev/null", check=False)
+            assert out.stdout.strip() == HOST6_ETH1, (node.name, out.stdout, out.stderr)
+    finally:
+        swarm.remove_services("web6")
+        m.docker("network", "rm", "front6", check=False)
+        for node in swarm.nodes:
+            node.docker("network", "rm", "mncfg6", check=False)
+        for server in servers:
+            stop_group(server, 5)
     for node in swarm.nodes:
         assert_clean(swarm, node)
 
