@@ -487,6 +487,8 @@ def test_routing_mesh_replies_leave_by_the_parent_with_ingress_replies(cluster: 
             try:
                 r0, r1 = by_r0(), by_r1()
                 got = node.tcp_read(node.c1_ns, HOST_ETH1, MESH_PORT, timeout=3)
+                print(f"mesh via the parent, {' '.join(option) or 'no option'}: answered {got is not None}, "
+                      f"replies (SYN-ACK and after) at r0 (eth0) {by_r0() - r0}, at r1 (parent) {by_r1() - r1}")
                 assert (got == f"{C1_ADDR}\n") is answered, (option, got)
                 if answered:
                     assert by_r1() > r1 and by_r0() == r0

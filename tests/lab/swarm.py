@@ -49,12 +49,18 @@ class Node(Lab):
         super().start_dockerd(["--insecure-registry", REGISTRY_ADDR, *extra_args], timeout)
 
     def rename_parent(self) -> None:
-        """eth1 becomes ``self.parent`` (its address, rp_filter and the connected route stay)."""
+        """eth1 becomes ``self.parent`` (its addresses, rp_filter and the connected routes stay: a static
+        IPv6 address would go with the link down without ``keep_addr_on_down``); returns once the host has
+        learned its IPv6 default route through the renamed NIC again (router advertisements)."""
         if self.parent == "eth1":
             return
+        self.sysctl(self.host_ns, "net.ipv6.conf.eth1.keep_addr_on_down", "1")
         self.host("ip", "link", "set", "eth1", "down")
         self.host("ip", "link", "set", "eth1", "name", self.parent)
         self.host("ip", "link", "set", self.parent, "up")
+        learned = f"dev {self.parent} proto ra"
+        if not wait_for(lambda: learned in self.host("ip", "-6", "route", "show", "default").stdout, 30, 0.2):
+            raise LabError(f"{self.name}: no IPv6 default route learned on {self.parent} after its rename")
 
     def __repr__(self) -> str:
         return f"Node({self.name!r}, engine={self.engine!r}, parent={self.parent!r})"
