@@ -31,6 +31,10 @@ Operations:
   business); each minus the same window idle;
 - ``startup``: from ``multinic serve`` to the socket answering ``GetCapabilities`` (``startup_s``),
   with dockerd running and the plugin's networks in place;
+- ``swarm_scale``: on a swarm of three nodes (tests/lab/swarm.py, the managed plugin installed from its
+  registry), a dnsrr service scaled from 0 to 12 tasks, on a multinic swarm network and on an overlay
+  network, interleaved: the time until every task answers HTTP from its node (a global probe service on
+  the same network, one task per node), ratio multinic / overlay.
 - ``ipv6``: the same through dual-stack networks (``--ipv6``; both drivers): ``run_rm6``,
   ``requests6_per_s`` and ``throughput6_MBps`` on the host's IPv6 address (from c0), and
   ``dual_stack_run_rm`` in the JSON: each driver's dual-stack ``run --rm`` over its IPv4-only one, timed
@@ -42,7 +46,8 @@ Usage (root)::
     .venv/bin/python scripts/bench.py --engine 20.10 [--rounds 7] [--quick] [--lab b13 --driver mn13b]
 
 The lab name and driver default to ``$MULTINIC_BENCH_LAB`` / ``$MULTINIC_BENCH_DRIVER`` (else
-``mnbnch`` / ``mnbench``), so parallel labs never collide. Results go to ``--out``
+``mnbnch`` / ``mnbench``), the swarm's prefix to ``$MULTINIC_BENCH_SWARM`` (else ``bsw``, nodes
+``bsw201``...), so parallel labs never collide. Results go to ``--out``
 (``bench-results/``): ``bench-<engine>.csv`` (every sample), ``bench-<engine>.json`` (medians and
 ratios) and ``bench-<engine>.png`` (cost against the number of containers and of networks,
 both drivers; needs the ``bench`` extra: ``pip install -e '.[bench]'``).
@@ -63,13 +68,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.e2e.helpers import web_cmd  # noqa: E402
-from tests.lab import HOST6_ETH0, HOST_ETH0, IMAGE, Lab, LabError, lab_tool, tool_env  # noqa: E402
+from tests.lab import HOST6_ETH0, HOST_ETH0, IMAGE, REPO_ROOT, Lab, LabError, lab_tool, tool_env  # noqa: E402
+from tests.lab.swarm import Swarm  # noqa: E402
 from tests.lab.topology import clean_env as _clean_env  # noqa: E402
 
 REQUESTS = (
@@ -89,6 +96,10 @@ SENDER = (
     "print(n/(time.monotonic()-t)/1e6)\n"
 )
 DRIVERS = ("bridge", "multinic")
+SWARM_DRIVERS = ("overlay", "multinic")  # the swarm's own multi-host network is the reference there
+LAB_OPS = ("run_rm", "run_p", "net_create_rm", "connect_disconnect", "parallel", "requests", "throughput", "ipv6",
+           "api", "spawns", "footprint", "cpu", "startup", "scale_networks", "scale_containers")
+SWARM_TASKS = 12
 
 
 class Bench:
@@ -126,15 +137,16 @@ class Bench:
     def network(self, driver: str, name: str, subnet: str) -> None:
         self.docker("network", "create", *self.opts[driver], "--subnet", subnet, name)
 
-    def rounds(self, op: str, body: Callable[[str, int], float | None], rounds: int | None = None) -> None:
+    def rounds(self, op: str, body: Callable[[str, int], float | None], rounds: int | None = None,
+               drivers: tuple[str, ...] = DRIVERS) -> None:
         n = rounds or self.args.rounds
         for i in range(n):
-            for driver in DRIVERS:
+            for driver in drivers:
                 value = body(driver, i)
                 if value is not None:
                     self.record(driver, op, i, value)
             last = {d: [s["value"] for s in self.samples if s["operation"] == op and s["driver"] == d][-1:]
-                    for d in DRIVERS}
+                    for d in drivers}
             self.say(f"{op} round {i + 1}/{n}: " + "  ".join(f"{d} {v[0]:.3f}" for d, v in last.items() if v))
 
     # -- operations -----------------------------------------------------------------------
@@ -523,6 +535,64 @@ class Bench:
                 self.docker("rm", "-f", *made[i:i + 50], check=False)
 
 
+class SwarmBench(Bench):
+    """``swarm_scale`` on its own swarm: the plugin installed on every node from the swarm's registry, a
+    multinic swarm network (each node's config-only network) and an overlay network, a probe on each."""
+
+    PROBE = ("sh", "-c", "for ip in $0 $@; do timeout 2 wget -qO /dev/null http://$ip/ && echo $ip; done")
+
+    def __init__(self, swarm: Swarm, args: argparse.Namespace, t0: float) -> None:
+        super().__init__(swarm.manager, args)
+        self.swarm = swarm
+        self.t0 = t0
+
+    def op_swarm_scale(self, plugin_dir: Path) -> None:
+        swarm, m = self.swarm, self.swarm.manager
+        swarm.install_plugin(swarm.start_registry(plugin_dir)[0])
+        for node in swarm.nodes:
+            node.docker("network", "create", "--config-only", "-o", f"parent={node.parent}", "--subnet",
+                        "10.10.0.0/24", "mncfg")
+        m.docker("network", "create", "-d", "multinic:latest", "--scope", "swarm", "--config-from", "mncfg",
+                 "--attachable", "bsw-multinic")
+        m.docker("network", "create", "-d", "overlay", "--attachable", "bsw-overlay")
+        for driver in SWARM_DRIVERS:
+            swarm.create_service(f"probe-{driver}", "--mode", "global", "--network", f"bsw-{driver}")
+            swarm.create_service(f"web-{driver}", "--replicas", "0", "--endpoint-mode", "dnsrr", "--network",
+                                 f"bsw-{driver}", cmd=tuple(web_cmd("w")))
+            swarm.wait_tasks(f"probe-{driver}", len(swarm.nodes))
+        self.say(f"swarm {swarm.prefix}: {len(swarm.nodes)} nodes, plugin installed, networks and probes up")
+
+        def body(driver: str, i: int) -> float:
+            t0 = time.monotonic()
+            m.docker("service", "scale", "-d", f"web-{driver}={SWARM_TASKS}")
+            answered: set[str] = set()
+            while len(answered) < SWARM_TASKS:
+                if time.monotonic() - t0 > 300:
+                    raise RuntimeError(f"web-{driver}: {len(answered)}/{SWARM_TASKS} tasks answered in 300 s")
+                with ThreadPoolExecutor(len(swarm.nodes)) as pool:
+                    for found in pool.map(lambda node: self._answering(node, driver), swarm.nodes):
+                        answered |= found
+            elapsed = time.monotonic() - t0
+            m.docker("service", "scale", "-d", f"web-{driver}=0")
+            swarm.wait_tasks(f"web-{driver}", 0, timeout=180)
+            return elapsed
+
+        self.rounds("swarm_scale_0_to_12", body, drivers=SWARM_DRIVERS)
+
+    def _answering(self, node: Any, driver: str) -> set[str]:
+        """The node's running tasks of ``web-<driver>`` that answered its probe, as ``node/ip``."""
+        network = f"bsw-{driver}"
+        tasks, probe = Swarm.running(node, f"web-{driver}"), Swarm.running(node, f"probe-{driver}")
+        if not tasks or not probe:
+            return set()
+        fmt = '{{(index .NetworkSettings.Networks "' + network + '").IPAddress}}'
+        ips = [ip for ip in node.docker("inspect", "-f", fmt, *tasks, check=False).stdout.split() if ip]
+        if not ips:
+            return set()
+        out = node.docker("exec", probe[0], *self.PROBE, *ips, check=False, timeout=60).stdout.split()
+        return {f"{node.name}/{ip}" for ip in out}
+
+
 class _UnixHTTP(http.client.HTTPConnection):
     def __init__(self, path: str) -> None:
         super().__init__("localhost", timeout=30)
@@ -604,7 +674,7 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for op in sorted({op for op, _ in by}):
         row: dict[str, Any] = {}
-        for driver in DRIVERS:
+        for driver in (*DRIVERS, *SWARM_DRIVERS[:1]):
             values = by.get((op, driver))
             if not values:
                 continue
@@ -616,11 +686,12 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
                 row[driver] = {"p50_ms": _pct(values, 50), "p99_ms": _pct(values, 99), "n": len(values)}
             else:
                 row[driver] = {"median": statistics.median(values), "n": len(values)}
-        if "bridge" in row and "multinic" in row:
+        reference = next((d for d in ("bridge", "overlay") if d in row), None)
+        if reference and "multinic" in row:
             if op.startswith("scale_"):
-                row["ratio_last10"] = row["multinic"]["last10"] / row["bridge"]["last10"]
+                row["ratio_last10"] = row["multinic"]["last10"] / row[reference]["last10"]
             else:
-                row["ratio"] = row["multinic"]["median"] / row["bridge"]["median"]
+                row["ratio"] = row["multinic"]["median"] / row[reference]["median"]
         out[op] = row
     # dual stack over IPv4-only, per driver, from the interleaved rounds (else the earlier run_rm op)
     rm4 = out.get("run_rm4_beside6") or out.get("run_rm", {})
@@ -674,10 +745,10 @@ def main() -> int:
     parser.add_argument("--plugin-root", default=None, help="run the plugin from this checkout (before/after)")
     parser.add_argument("--out", default="bench-results")
     parser.add_argument("--tag", default="", help="suffix of the output files")
+    parser.add_argument("--swarm", default=os.environ.get("MULTINIC_BENCH_SWARM", "bsw"),
+                        help="prefix of the swarm's nodes (<= 3 characters: + engine tag + node digit)")
     parser.add_argument("--only", nargs="*", default=None,
-                        help="run only these operations (run_rm run_p net_create_rm connect_disconnect parallel "
-                             "requests throughput ipv6 api spawns footprint cpu startup scale_networks "
-                             "scale_containers)")
+                        help=f"run only these operations ({' '.join(LAB_OPS)} swarm_scale)")
     args = parser.parse_args()
     if args.quick:
         args.rounds = min(args.rounds, 3)
@@ -686,34 +757,49 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(exist_ok=True)
     stem = out / f"bench-{args.engine}{args.tag}"
-    with Lab(args.lab, engine=args.engine, driver=args.driver) as lab:
-        if args.plugin_root:
-            lab.plugin_root = Path(args.plugin_root).resolve()
-        lab.start_plugin()
-        bench = Bench(lab, args)
-        bench.say(f"lab {args.lab}, driver {args.driver}, engine {args.engine} ({lab.server_version}), "
-                  f"{args.rounds} rounds, scale {args.containers} containers / {args.networks} networks")
-        try:
-            bench.run_all()
-        finally:
-            samples = bench.samples
-            with open(f"{stem}.csv", "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=["engine", "driver", "operation", "x", "value", "unit"])
-                writer.writeheader()
-                writer.writerows(samples)
+    samples: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    try:
+        if not args.only or set(args.only) & set(LAB_OPS):
+            with Lab(args.lab, engine=args.engine, driver=args.driver) as lab:
+                if args.plugin_root:
+                    lab.plugin_root = Path(args.plugin_root).resolve()
+                lab.start_plugin()
+                bench = Bench(lab, args)
+                bench.samples = samples
+                bench.say(f"lab {args.lab}, driver {args.driver}, engine {args.engine} ({lab.server_version}), "
+                          f"{args.rounds} rounds, scale {args.containers} containers / {args.networks} networks")
+                bench.run_all()
+        if not args.only or "swarm_scale" in args.only:
+            with tempfile.TemporaryDirectory() as tmp, \
+                    Swarm(f"{args.swarm[:3]}{args.engine.split('.')[0]}", args.engine) as swarm:
+                built = subprocess.run(["bash", str(REPO_ROOT / "scripts/build-managed-plugin.sh"), f"{tmp}/plugin"],
+                                       capture_output=True, text=True, timeout=1200, cwd=REPO_ROOT)
+                if built.returncode != 0:
+                    raise RuntimeError(f"build-managed-plugin.sh failed: {built.stderr[-2000:]}")
+                swarm_bench = SwarmBench(swarm, args, t0)
+                swarm_bench.samples = samples
+                swarm_bench.op_swarm_scale(Path(tmp, "plugin"))
+    finally:
+        with open(f"{stem}.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["engine", "driver", "operation", "x", "value", "unit"])
+            writer.writeheader()
+            writer.writerows(samples)
     summary = summarize(samples)
     conditions = {"engine": args.engine, "rounds": args.rounds, "quick": args.quick, "cpus": os.cpu_count(),
                   "load_avg": os.getloadavg(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "containers": args.containers, "networks": args.networks}
     Path(f"{stem}.json").write_text(json.dumps({"conditions": conditions, "summary": summary}, indent=2))
     plotted = plot(samples, Path(f"{stem}.png"), f"multinic vs bridge, Engine {args.engine}")
-    print(f"engine {args.engine}: medians of {args.rounds} rounds (ratio = multinic / bridge)")
+    print(f"engine {args.engine}: medians of {args.rounds} rounds (ratio = multinic / bridge, or / overlay on "
+          "the swarm)")
     for op, row in summary.items():
         if op == "dual_stack_run_rm":
             print(f"  {op:22} dual-stack / IPv4-only: multinic {row['ratio']:5.2f}  bridge "
                   f"{row['bridge_ratio'] or float('nan'):5.2f}")
         elif "ratio" in row:
-            print(f"  {op:22} bridge {row['bridge']['median']:9.3f}  multinic {row['multinic']['median']:9.3f}"
+            ref = next(d for d in ("bridge", "overlay") if d in row)
+            print(f"  {op:22} {ref} {row[ref]['median']:9.3f}  multinic {row['multinic']['median']:9.3f}"
                   f"  ratio {row['ratio']:5.2f}")
         elif "ratio_last10" in row:
             print(f"  {op:22} growth last10/first10: bridge {row['bridge']['growth']:5.2f}  multinic "

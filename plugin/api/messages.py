@@ -1,7 +1,8 @@
 """Typed remote-driver requests: dockerd's JSON becomes frozen dataclasses here, once. Every field a verb
 uses is checked for presence, JSON type, range and size before any state is read or kernel object touched,
 and a refusal names the field (``com.docker.network.portmap[2].HostPort``). Shapes follow what dockerd
-20.10-29 sends (docs/ARCHITECTURE.md; the protocol reference): ids are 64 lowercase hex characters.
+20.10-29 sends (docs/ARCHITECTURE.md; the protocol reference): ids are 64 lowercase hex characters, but for
+a network that swarm creates on the node with its first task, whose id is swarmkit's (25 base-36 characters).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ PORTMAP = "com.docker.network.portmap"
 PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
 
 ID_RE = re.compile(r"[0-9a-f]{64}")
+SWARM_ID_RE = re.compile(r"[0-9a-z]{25}")  # swarmkit's identity.NewID(): a swarm-scoped network
 MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 MAX_PATH = 4096
 MAX_LIST = 1024  # port map entries, IPv4Data/IPv6Data entries: far beyond any real request
@@ -139,14 +141,20 @@ def _str(body: Mapping[str, Any], key: str, required: bool = True, what: str | N
     return value
 
 
-def _id(body: Mapping[str, Any], key: str) -> str:
+def _id(body: Mapping[str, Any], key: str, swarm: bool = False) -> str:
+    """An id as dockerd sends it; ``swarm``: a network id may also be swarmkit's (:func:`swarm_scoped`)."""
     value = _str(body, key)
-    if not ID_RE.fullmatch(value):
-        raise Refusal(
-            f"request field {key}={shown(value)} is not a docker id (64 lowercase hex characters, as "
-            f"dockerd sends); {MISMATCH}"
-        )
+    if not (ID_RE.fullmatch(value) or (swarm and swarm_scoped(value))):
+        forms = "64 lowercase hex characters" + (", or 25 lowercase base-36 ones for a swarm-scoped network"
+                                                 if swarm else "")
+        raise Refusal(f"request field {key}={shown(value)} is not a docker id ({forms}, as dockerd sends); {MISMATCH}")
     return value
+
+
+def swarm_scoped(network_id: str) -> bool:
+    """A network swarm created on this node for its tasks (``--scope swarm``): dockerd neither persists it nor
+    knows it in advance; it comes with the node's first task on it and goes with its last."""
+    return bool(SWARM_ID_RE.fullmatch(network_id))
 
 
 def _int(value: Any, what: str, low: int, high: int, default: int = 0) -> int:
@@ -283,7 +291,7 @@ def _pool(entry: Any, where: str, version: int) -> Pool:
 
 
 def parse_create_network(body: Mapping[str, Any]) -> CreateNetworkRequest:
-    network_id = _id(body, "NetworkID")
+    network_id = _id(body, "NetworkID", swarm=True)
     options = _mapping(body.get("Options"), "Options")
     generic = _mapping(options.get(GENERIC), f"Options.{GENERIC}")
     pools = tuple(_pool(e, f"IPv4Data[{i}]", 4) for i, e in enumerate(_list(body.get("IPv4Data"), "IPv4Data")))
@@ -301,11 +309,11 @@ def parse_create_network(body: Mapping[str, Any]) -> CreateNetworkRequest:
 
 
 def parse_network_ref(body: Mapping[str, Any]) -> NetworkRef:
-    return NetworkRef(network_id=_id(body, "NetworkID"))
+    return NetworkRef(network_id=_id(body, "NetworkID", swarm=True))
 
 
 def parse_endpoint_ref(body: Mapping[str, Any]) -> EndpointRef:
-    return EndpointRef(network_id=_id(body, "NetworkID"), endpoint_id=_id(body, "EndpointID"))
+    return EndpointRef(network_id=_id(body, "NetworkID", swarm=True), endpoint_id=_id(body, "EndpointID"))
 
 
 def parse_create_endpoint(body: Mapping[str, Any]) -> CreateEndpointRequest:

@@ -28,6 +28,8 @@ NETWORK_OPTIONS = {
     "mtu": "MTU of the bridge and veths (68-65535)",
     "masquerade": "true: SNAT to the parent's address; false: routed",
     "gw_priority": "gateway priority of the network's endpoints (int32, highest wins)",
+    "ingress_replies": "true: replies to connections that came in on the parent and went into docker_gwbridge "
+                       "(swarm's routing mesh) leave by the parent",
 }
 ENDPOINT_OPTIONS = {
     "gw_priority": "gateway priority of this endpoint (int32, highest wins)",
@@ -48,6 +50,7 @@ class NetworkOptions:
     mtu: int | None = None
     masquerade: bool = True
     gw_priority: int = 0
+    ingress_replies: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,11 @@ def parse_network_options(raw: Mapping[str, Any] | None) -> NetworkOptions:
         kwargs["masquerade"] = parse_bool("masquerade", raw["masquerade"])
     if "gw_priority" in raw:
         kwargs["gw_priority"] = parse_gw_priority("gw_priority", raw["gw_priority"])
+    if "ingress_replies" in raw:
+        kwargs["ingress_replies"] = parse_bool("ingress_replies", raw["ingress_replies"])
+        if "parent" not in raw:
+            raise Refusal("option ingress_replies needs parent: add --opt parent=<NIC> (the NIC whose routing-mesh "
+                          "replies should leave by it)")
     return NetworkOptions(**kwargs)
 
 

@@ -14,6 +14,7 @@ from ..settings import Settings
 def collect(settings: Settings) -> dict[str, Any]:
     from pyroute2 import IPRoute
 
+    from ..api.messages import swarm_scoped
     from ..kernel import facts, links, routes
     from ..kernel.firewall import select
     from ..kernel.firewall.rules import publish_addresses
@@ -57,7 +58,8 @@ def collect(settings: Settings) -> dict[str, Any]:
         "version": __version__,
         "engine": dataclasses.asdict(info) if info else None,
         "firewall": backend.name,
-        "networks": [{**dataclasses.asdict(net), "bridge_present": net.bridge in tagged}
+        "networks": [{**dataclasses.asdict(net), "bridge_present": net.bridge in tagged,
+                      "scope": "swarm" if swarm_scoped(net.id) else "local"}
                      for net in sorted(state.networks.values(), key=lambda n: n.bridge)],
         "endpoints": [dataclasses.asdict(ep) for ep in state.endpoints.values()],
         "ports": ports,
@@ -99,7 +101,7 @@ def render(status: dict[str, Any]) -> str:
         out.append(f"  {key:8} {'alive' if loop['alive'] else 'DEAD'} pid={loop['pid']} last_run={loop['age']}s ago "
                    f"rounds={loop['rounds']} repairs={loop['repairs']} failures={loop['failures']} "
                    f"restarts={loop['restarts']} last_error={loop['last_error'] or '-'}")
-    out.append("\nNETWORK       BRIDGE           SUBNET             PARENT   TABLE  MARK  GW_PRIO  MODE        "
+    out.append("\nNETWORK       SCOPE  BRIDGE           SUBNET             PARENT   TABLE  MARK  GW_PRIO  MODE        "
                "NEXT HOP")
     for net in status["networks"]:
         mode = "internal" if net["internal"] else ("masquerade" if net["masquerade"] else "routed")
@@ -109,11 +111,13 @@ def render(status: dict[str, Any]) -> str:
         for i, (subnet, hop, source) in enumerate(rows):  # a second line for a dual-stack network's IPv6
             via = f"{hop} ({source or '-'})" if hop else "-"
             if i:
-                out.append(f"{'':13} {'':16} {subnet:18} {'':8} {'':6} {'':5} {'':8} {'':11} {via}")
+                out.append(f"{'':13} {'':6} {'':16} {subnet:18} {'':8} {'':6} {'':5} {'':8} {'':11} {via}")
                 continue
-            out.append(f"{net['id'][:12]:13} {net['bridge']:16} {subnet:18} {net['parent'] or '-':8} "
-                       f"{net['table'] or '-'!s:6} {net['mark_slot'] or '-'!s:5} {net['gw_priority']:<8} {mode:11} "
-                       f"{via}")
+            out.append(f"{net['id'][:12]:13} {net.get('scope', 'local'):6} {net['bridge']:16} {subnet:18} "
+                       f"{net['parent'] or '-':8} {net['table'] or '-'!s:6} {net['mark_slot'] or '-'!s:5} "
+                       f"{net['gw_priority']:<8} {mode:11} {via}")
+    if any(net.get("scope") == "swarm" for net in status["networks"]):
+        out.append("(scope swarm: made on this node by swarm with its first task on it, removed with its last)")
     out.append("\nPUBLISHED PORTS (docker ps cannot show them for remote drivers)")
     out.append("CONTAINER            NETWORK          HOST                   -> CONTAINER")
     out += [f"{p['container']:20} {p['network']:16} {p['host']:22} -> {p['container_port']}" for p in status["ports"]]

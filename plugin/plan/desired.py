@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from ..kernel.firewall.model import Edit, Ruleset, diff
-from ..kernel.firewall.rules import ruleset_for
+from ..kernel.firewall.rules import carries_ingress_restore, ruleset_for
 from ..kernel.tags import MAIN_MARK_SLOT, MARK_MASK, RULE_PREF_FWMARK, RULE_PREF_LOCAL, RULE_PREF_SOURCE, mark_for_slot
 from .facts import ParentFacts
 from .state import NetworkRecord, PublishedPort, State
@@ -206,6 +206,7 @@ def scope(before: State, after: State) -> tuple[State, State]:
         keep |= _first(n for n in unchanged if _routed(n))  # ... one for the "main" mark rule
         keep |= _first(n for n in unchanged if n.subnet6)  # ... one for the IPv6 tables and their "main" rule
         keep |= _first(n for n in unchanged if _routed(n) and n.subnet6)
+        keep |= _first(n for n in unchanged if carries_ingress_restore(n))  # ... one for the mesh's restore rule
 
         def part(state: State) -> State:
             return State(

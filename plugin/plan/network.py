@@ -7,7 +7,7 @@ import ipaddress
 import time
 from typing import Callable
 
-from ..api.messages import CreateNetworkRequest, Pool
+from ..api.messages import CreateNetworkRequest, Pool, swarm_scoped
 from ..api.options import NetworkOptions
 from ..errors import Refusal
 from ..kernel.firewall.rules import publish_addresses
@@ -19,6 +19,9 @@ from .state import ANY_ADDRESS, NetworkRecord, ParentRecord, State
 GATEWAY_GIVEN = "given (parent_gateway)"
 GATEWAY_ROUTE = "the parent's default route"
 GATEWAY_GUESSED = "guessed: the first host of the parent's subnet"
+SWARM_CONFIG_HINT = ("on every node, managers included: docker network create --config-only -o parent=<NIC> --subnet "
+                     "<CIDR> <config>; then on a manager: docker network create -d multinic:latest --scope swarm "
+                     "--config-from <config> <name>")
 
 
 def bridge_name_for(network_id: str) -> str:
@@ -81,6 +84,7 @@ def plan_network(
 ) -> tuple[NetworkRecord, ParentRecord | None]:
     """Every check of a new network; the records to persist. ``rp_filter``: the parent's current value,
     remembered to put back when its last network goes."""
+    _check_swarm_options(req)
     pool4, pool6 = _pools(req)
     for other in state.networks.values():
         for pool, theirs in ((pool4, other.subnet), (pool6, other.subnet6)):
@@ -118,8 +122,20 @@ def plan_network(
         parent_gateway6=str(hop6) if hop6 else None, gateway6_source=source6,
         table=table, mark_slot=slot, mtu=mtu or 1500, masquerade=opts.masquerade, gw_priority=opts.gw_priority,
         options={k: str(v) for k, v in req.generic.items()}, created=time.time(),
+        ingress_replies=opts.ingress_replies and not req.internal,
     )
     return record, parent_record
+
+
+def _check_swarm_options(req: CreateNetworkRequest) -> None:
+    """A swarm-scoped network reaches a node with the options of the node's config-only network. Without
+    ``--config-from`` swarm drops ``-o`` and ``--subnet`` (moby #34203): no options means a bridge with no
+    parent on a pool Docker picked, which nobody asked for. (A config-only network meant to have no parent
+    says so with any option, e.g. ``-o masquerade=true``.)"""
+    if swarm_scoped(req.network_id) and not req.generic:
+        raise Refusal(f"swarm-scoped network {req.network_id[:12]} reached this node without options: it was created "
+                      "without --config-from, and swarm then drops -o and --subnet, so it would be a bridge with no "
+                      f"parent; remove it and create it from a config-only network ({SWARM_CONFIG_HINT})")
 
 
 def _checked_parent(name: str, facts: HostFacts, pool4: Pool | None, pool6: Pool | None) -> ParentFacts:

@@ -132,7 +132,7 @@ def _network(raw: Mapping[str, Any], state: State, kernel: KernelRemains, facts:
         internal=internal, parent=parent, parent_gateway=hop, gateway_source=source,
         parent_gateway6=hop6, gateway6_source=source6, table=table, mark_slot=slot,
         mtu=opts.mtu or (facts.parent(parent).mtu if parent else 1500), masquerade=opts.masquerade,
-        gw_priority=opts.gw_priority, options=given, created=now,
+        gw_priority=opts.gw_priority, options=given, created=now, ingress_replies=opts.ingress_replies and not internal,
     )
 
 

@@ -74,6 +74,7 @@ class NetworkRecord:
     gateway6: str = ""  # CIDR form, e.g. fd00:10::1/64
     parent_gateway6: str | None = None
     gateway6_source: str = ""
+    ingress_replies: bool = False  # replies from docker_gwbridge take the parent's mark back (swarm's mesh)
 
     @property
     def families(self) -> tuple[int, ...]:

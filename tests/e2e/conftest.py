@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -28,6 +29,7 @@ import pytest
 from tests.lab import BUSYBOX, DOCKERD, ENGINES, Lab
 
 E2E_DIR = Path(__file__).resolve().parent
+REPO = E2E_DIR.parents[1]
 
 
 def engines() -> list[str]:
@@ -129,3 +131,13 @@ def mn(lab: Lab) -> Iterator[Lab]:
         log = lab.plugin_log_tail()
         lab.stop_plugin()
         pytest.fail(f"the plugin exited with {code} during the test:\n{log}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def plugin_dir(tmp_path_factory) -> Path:
+    """The managed plugin (config.json + rootfs) built from this checkout by scripts/build-managed-plugin.sh."""
+    out = tmp_path_factory.mktemp("managed") / "plugin"
+    proc = subprocess.run(["bash", str(REPO / "scripts/build-managed-plugin.sh"), str(out)], capture_output=True,
+                          text=True, timeout=1200, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out

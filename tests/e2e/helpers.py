@@ -6,8 +6,9 @@ import contextlib
 import json
 import os
 import subprocess
-import time
 from typing import Iterator
+
+from tests.lab import wait_for  # noqa: F401 - the tests import it from here
 
 IMAGE = "mn-busybox:latest"
 
@@ -73,6 +74,25 @@ def _across(lab, tag: str, ports: tuple[int, int]) -> tuple[str, str]:
     return addresses
 
 
+def inside_managed_plugin(lab, *args: str) -> str:
+    """``multinic ARGS`` run inside the lab's managed plugin, as the README says (nsenter into its mount and
+    network namespaces); its output."""
+    from tests.lab import NETNS_DIR
+
+    host_ns = os.stat(f"{NETNS_DIR}/{lab.host_ns}").st_ino
+    pids = subprocess.run(["pgrep", "-f", "/usr/local/bin/multinic serve"], capture_output=True, text=True).stdout
+    for pid in pids.split():
+        with contextlib.suppress(OSError):
+            if os.stat(f"/proc/{pid}/ns/net").st_ino == host_ns:
+                proc = subprocess.run(["nsenter", "-t", pid, "-m", "-n", "--", "env",
+                                       "DOCKER_HOST=unix:///host/run/docker.sock", "multinic",
+                                       "--state-dir", "/host/var/lib/multinic", *args],
+                                      capture_output=True, text=True, timeout=60)
+                assert proc.returncode == 0, proc.stderr
+                return proc.stdout
+    raise AssertionError(f"no managed multinic process in {lab.host_ns}: {pids!r}")
+
+
 def multinic(lab, *args: str) -> subprocess.CompletedProcess:
     """`multinic ...` in the lab's host, against the lab's state and dockerd."""
     return lab.multinic(*args)
@@ -82,15 +102,6 @@ def status(lab) -> dict:
     out = multinic(lab, "status", "--json", "--socket", lab.plugin_socket)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def inspect_ip(lab, container: str, net: str) -> str:

@@ -44,3 +44,18 @@ def test_bench_runs_both_drivers_and_writes_its_report(engine, tmp_path):
     except ImportError:
         return
     assert (out / f"bench-{engine}.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("engine", engines())
+def test_bench_swarm_scale_measures_both_networks(engine, tmp_path):
+    """``swarm_scale`` on its own three-node swarm: one round each of multinic and overlay, ratio reported."""
+    out = tmp_path / "bench"
+    prefix = os.environ.get("MULTINIC_LAB_PREFIX", "mne")[:2] + "b"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--engine", engine, "--rounds", "1", "--swarm", prefix,
+         "--out", str(out), "--only", "swarm_scale"],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    row = json.loads((out / f"bench-{engine}.json").read_text())["summary"]["swarm_scale_0_to_12"]
+    assert row["overlay"]["n"] == row["multinic"]["n"] == 1 and row["ratio"] > 0

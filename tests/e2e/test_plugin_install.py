@@ -16,9 +16,7 @@ tag with that container still running → disable, rm: the host is byte-identica
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -27,10 +25,10 @@ from typing import Iterator
 
 import pytest
 
-from tests.e2e.helpers import containers, network, run, wait_for, web_cmd
-from tests.lab import C1_ADDR, HOST6_ETH1, HOST_ETH1, NETNS_DIR, Lab, lab_tool
+from tests.e2e.helpers import containers, inside_managed_plugin, network, run, wait_for, web_cmd
+from tests.lab import C1_ADDR, HOST6_ETH1, HOST_ETH1, Lab
+from tests.lab.registry import Registry, publish_plugin, remove_all_plugins
 
-REPO = Path(__file__).resolve().parents[2]
 REGISTRY = "localhost:5000"
 REF1 = f"{REGISTRY}/multinic:1"
 REF2 = f"{REGISTRY}/multinic:2"
@@ -42,21 +40,12 @@ PROBE = "198.18.0.1"  # nothing answers there: only the route lookup matters
 
 
 # -- fixtures ----------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def plugin_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("managed") / "plugin"
-    proc = subprocess.run(["bash", str(REPO / "scripts/build-managed-plugin.sh"), str(out)], capture_output=True,
-                          text=True, timeout=1200, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
-
-
 @pytest.fixture
 def pristine(lab: Lab, registry: str) -> Iterator[Lab]:
     """The lab host as a new machine: no legacy plugin, no multinic state, no xtables lock, strict
     rp_filter on eth1. Afterwards: plugins removed, state directory removed, rp_filter back."""
     lab.stop_plugin()  # one multinic per host
-    _remove_all_plugins(lab)
+    remove_all_plugins(lab)
     shutil.rmtree(lab.host_path(STATE), ignore_errors=True)
     lab.host_path(XTABLES_LOCK).unlink(missing_ok=True)
     lab.sysctl(lab.host_ns, "net.ipv4.conf.eth1.rp_filter", "1")
@@ -70,59 +59,26 @@ def pristine(lab: Lab, registry: str) -> Iterator[Lab]:
             lab.docker("rm", "-f", ctr, check=False)
         for net in lab.docker("network", "ls", "-q", "--filter", "type=custom", check=False).stdout.split():
             lab.docker("network", "rm", net, check=False)
-        _remove_all_plugins(lab)
+        remove_all_plugins(lab)
         shutil.rmtree(lab.host_path(STATE), ignore_errors=True)
         lab.sysctl(lab.host_ns, "net.ipv4.conf.eth1.rp_filter", str(lab.rp_filter))
 
 
 @pytest.fixture(scope="module")
 def registry(lab: Lab, plugin_dir: Path, tmp_path_factory) -> Iterator[str]:
-    """Debian's docker-registry on 127.0.0.1:5000 in the lab's host namespace, holding REF1 and REF2.
-    Its files live outside the lab's directory: the lab kills whatever names that directory when it
-    stops dockerd, and the registry must outlive the dockerd restart."""
-    root = tmp_path_factory.mktemp("registry")
-    (root / "data").mkdir(parents=True, exist_ok=True)
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log: {level: warn}\n"
-        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}\n"
-        "http: {addr: '127.0.0.1:5000'}\n"
-    )
-    log = open(root / "registry.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen([*lab.nsenter(lab.host_ns), lab_tool("docker-registry"), "serve", str(config)],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    log.close()
+    """Debian's docker-registry on 127.0.0.1:5000 in the lab's host namespace, holding REF1 and REF2."""
+    server = Registry(lab.nsenter(lab.host_ns), tmp_path_factory.mktemp("registry"))
+    server.start(lambda url: lab.http_get(lab.host_ns, url) is not None)
     try:
-        assert wait_for(lambda: lab.http_get(lab.host_ns, "http://127.0.0.1:5000/v2/") is not None, timeout=20), \
-            (root / "registry.log").read_text()[-2000:]
         lab.stop_plugin()  # one multinic per host: the legacy plugin of other tests would fight this one
-        _remove_all_plugins(lab)
-        for ref in (REF1, REF2):
-            release = ref.rsplit(":", 1)[1]  # two releases must differ, or the upgrade changes nothing
-            config = json.loads((plugin_dir / "config.json").read_text())
-            config["description"] = f"{config['description'].split(' [')[0]} [release {release}]"
-            (plugin_dir / "config.json").write_text(json.dumps(config, indent=2))
-            lab.docker("plugin", "create", ref, str(plugin_dir), timeout=600)
-            lab.docker("plugin", "push", ref, timeout=600)
-            lab.docker("plugin", "rm", ref)
+        remove_all_plugins(lab)
+        publish_plugin(lab, plugin_dir, [REF1, REF2])
         yield REGISTRY
     finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-def _remove_all_plugins(lab: Lab) -> None:
-    for ref in lab.docker("plugin", "ls", "-q", check=False).stdout.split():
-        lab.docker("plugin", "disable", "-f", ref, check=False)
-        lab.docker("plugin", "rm", "-f", ref, check=False)
-
-
 def _install(lab: Lab, ref: str = REF1, *settings: str) -> None:
     """As the README says: no setting needed (the lab's dockerd listens on the usual /run/docker.sock)."""
     lab.docker("plugin", "install", "--grant-all-permissions", "--alias", ALIAS, ref, *settings, timeout=300)
@@ -149,23 +105,6 @@ def _seed_case(lab: Lab, port: int, text: str, ctr: str) -> None:
     assert got == f"{text}\n", f"port {port} via eth1's IPv6 address answered {got!r}"
     out = lab.docker("exec", ctr, "sh", "-c", f"nc {C1_ADDR} 7080 </dev/null").stdout
     assert out.strip() == HOST_ETH1
-
-
-def _status_inside(lab: Lab) -> str:
-    """``multinic status`` run inside the managed plugin, as the README says (nsenter into its mount and
-    network namespaces)."""
-    host_ns = os.stat(f"{NETNS_DIR}/{lab.host_ns}").st_ino
-    pids = subprocess.run(["pgrep", "-f", "/usr/local/bin/multinic serve"], capture_output=True, text=True).stdout
-    for pid in pids.split():
-        with contextlib.suppress(OSError):
-            if os.stat(f"/proc/{pid}/ns/net").st_ino == host_ns:
-                proc = subprocess.run(["nsenter", "-t", pid, "-m", "-n", "--", "env",
-                                       "DOCKER_HOST=unix:///host/run/docker.sock", "multinic",
-                                       "--state-dir", "/host/var/lib/multinic", "status"],
-                                      capture_output=True, text=True, timeout=60)
-                assert proc.returncode == 0, proc.stderr
-                return proc.stdout
-    raise AssertionError(f"no managed multinic process in {lab.host_ns}: {pids!r}")
 
 
 def _doctor_finds_the_managed_plugin(lab: Lab) -> None:
@@ -229,7 +168,7 @@ def test_install_from_registry_on_a_pristine_host(lab: Lab, pristine: Lab) -> No
             assert "front" in lab.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
             _seed_case(lab, 4070, "hello-v1", "web")
             assert (lab.host_path(STATE) / "state.json").exists()
-            status = _status_inside(lab)  # the README's recipe
+            status = inside_managed_plugin(lab, "status")  # the README's recipe
             assert "4070" in status and "10.70.0.0/24" in status, status
             _doctor_finds_the_managed_plugin(lab)
             lab.docker("rm", "-f", "web")  # before its network goes

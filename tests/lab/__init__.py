@@ -36,6 +36,7 @@ from .topology import (
     Topology,
     lab_tool,
     tool_env,
+    wait_for,
 )
 
 __all__ = [
@@ -43,7 +44,7 @@ __all__ = [
     "HOST6_ETH0", "HOST6_ETH1", "ROUTER_LL", "DOCKER_CLI", "DOCKERD", "ENGINES", "ETH0_NET",
     "ETH1_NET", "HOST_ETH0", "HOST_ETH1", "IMAGE", "LAB_TOOLS", "LOCK_DIR", "NETNS_DIR", "PLUGIN_DIR",
     "R0_CLIENT_SIDE", "R0_HOST_SIDE", "R1_CLIENT_SIDE", "R1_HOST_SIDE", "REPO_ROOT", "Lab", "LabError", "Topology",
-    "connectable", "lab_tool", "start_echo_server", "tcp_read", "tool_env",
+    "connectable", "lab_tool", "start_echo_server", "tcp_read", "tool_env", "wait_for",
 ]
 
 

@@ -188,6 +188,23 @@ class Probes:
         return published_ports_of(lambda *cmd: self.host(*cmd, check=False).stdout,  # type: ignore[attr-defined]
                                   self.iptables_save)  # type: ignore[attr-defined]
 
+    def multinic_objects(self) -> list[str]:
+        """Every kernel object of the host that multinic tagged (links with a ``multinic:`` alias, routes and
+        rules of protocol 211 of both families, ``MULTINIC-*`` chains and the jumps into them, in iptables and
+        ip6tables, the native backend's nftables tables): empty when none is left, even
+        where Docker's own objects changed (a dockerd restart renames its veths and rewrites its rules)."""
+        host = self.host  # type: ignore[attr-defined]
+        links = [ln.strip() for ln in host("ip", "-o", "-d", "link").stdout.splitlines() if "alias multinic:" in ln]
+        rules = [ln for family in ("-4", "-6") for ln in host("ip", family, "rule").stdout.splitlines()
+                 if "proto 211" in ln]
+        routes = [ln for family in ("-4", "-6")
+                  for ln in host("ip", family, "route", "show", "table", "all", "proto", "211").stdout.splitlines()]
+        save = self.iptables_save  # type: ignore[attr-defined]
+        chains = [ln for tool in (save, save.replace("iptables", "ip6tables")) for ln in host(tool).stdout.splitlines()
+                  if "MULTINIC" in ln or "multinic" in ln]
+        tables = [ln for ln in host("nft", "list", "tables", check=False).stdout.splitlines() if "multinic" in ln]
+        return [*links, *rules, *routes, *chains, *tables]
+
     def dump_host_state(self, tables: tuple[str, ...] = ("filter", "nat", "mangle")) -> str:
         """The host's routing and firewall, both families, normalised, for byte-identical before/after
         comparisons.

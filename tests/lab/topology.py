@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 NETNS_DIR = "/var/run/netns"
 LOCK_DIR = "/tmp/multinic-lab-locks"
@@ -103,6 +103,16 @@ def wait_pid_gone(pid: int, timeout: float) -> bool:
             return True
         time.sleep(0.1)
     return not pid_alive(pid)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.2) -> Any:
+    """``predicate()`` until it is truthy or ``timeout`` passed; its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
 
 
 def pids_mentioning(text: str) -> list[int]:

@@ -242,7 +242,7 @@ def _mutate(state: State, ops: list[tuple[int, int, int, int]]) -> State:
             parent = "eth2" if c % 2 else "eth1"
             make = net6 if (b // 5) % 3 == 1 else net
             n = make(a % 13, parent=parent, table=20000 + c % 2, mark_slot=1 + c % 2,
-                     masquerade=bool(b % 3), internal=b % 5 == 0)
+                     masquerade=bool(b % 3), internal=b % 5 == 0, ingress_replies=c % 4 >= 2)
             after.networks[n.id] = n
         elif kind == 3 and len(nets) > 1:
             nid = nets[a % len(nets)]
@@ -273,6 +273,7 @@ OPS = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 50), st.integers(0, 5
 @example([[(4, 0, 0, 0)]], [(3, 1, 0, 0)])  # a parent record goes while a network is removed
 @example([[(2, 0, 0, 1), (2, 2, 1, 1), (2, 3, 1, 1)]], [(2, 2, 0, 0)])  # the first sibling left is internal
 @example([[(2, 1, 1, 0), (0, 0, 3, 3), (0, 2, 5, 3)]], [(0, 0, 3, 0)])  # a container's first endpoint leaves
+@example([[(2, 2, 1, 3), (2, 4, 1, 2)]], [(3, 2, 0, 0)])  # the mesh's restore rule stays with the other parent's
 @example([[(2, 1, 6, 0)]], [(2, 1, 1, 0)])  # the only dual-stack network becomes IPv4-only
 @example([[(2, 1, 6, 0), (2, 2, 6, 0)]], [(0, 1, 1, 1)])  # a port on every address of a dual-stack network
 def test_the_change_over_a_verbs_scope_is_the_change_over_the_whole_host(history, verb):

@@ -165,6 +165,12 @@ EXAMPLES = {
         render_native(host_state(MANY, FACTS).firewall)]),
     "native-per-verb-commits.md": native_verbs,
     "native-dual-stack.md": native_dual_stack,
+    "swarm-ingress.md": lambda: "\n".join([
+        "What `--opt ingress_replies=true` adds to [one-network.md](one-network.md): replies coming back from",
+        "docker_gwbridge (swarm's routing mesh: a published port is DNATed to ingress_sbox behind it) take the",
+        "mark of the parent their connection came in on, so they leave by that parent's table.\n",
+        render_edit(change(host_state(ONE, FACTS), host_state(dataclasses.replace(ONE, networks={
+            N1: dataclasses.replace(ONE.networks[N1], ingress_replies=True)}), FACTS)).firewall)]),
     "dual-stack.md": lambda: "\n".join([
         "The network of [one-network.md](one-network.md) with IPv6 too (`--ipv6 --subnet 10.10.0.0/24 --subnet",
         "fd00:10::/64`): the IPv4 tables are unchanged, and the IPv6 tables (ip6tables, in the host's",

@@ -30,6 +30,7 @@ from .model import (
 )
 
 DOCKER_BRIDGES = ("docker0", "br-+")
+DOCKER_GWBRIDGE = "docker_gwbridge"  # swarm's routing mesh (ingress_sbox) and overlay tasks' host ports
 CTSTATE = ("-m", "conntrack", "--ctstate")
 
 
@@ -44,6 +45,14 @@ def _nets(state: State, family: int, *, parent_bound: bool = False) -> list[Netw
             and (not parent_bound or (n.parent and n.mark_slot and not n.internal))]
 
 
+def carries_ingress_restore(net: NetworkRecord) -> bool:
+    """A network asking (``ingress_replies``) that replies coming back from docker_gwbridge take the
+    mark of the parent their connection came in on: swarm's routing mesh DNATs a published port to
+    ingress_sbox behind docker_gwbridge, and its replies would follow main's default route. One rule for
+    the host, IPv4 only (the mesh's)."""
+    return bool(net.ingress_replies and net.subnet and net.parent and net.mark_slot and not net.internal)
+
+
 def mangle_rules(state: State, family: int) -> tuple[Rule, ...]:
     marked = _nets(state, family, parent_bound=True)
     parents = {net.parent: net.mark_slot for net in marked}
@@ -51,6 +60,9 @@ def mangle_rules(state: State, family: int) -> tuple[Rule, ...]:
                           f"{hex(mark_for_slot(slot))}/{_mask()}") for parent, slot in sorted(parents.items())]
     rules += [("-i", net.bridge, "-j", "CONNMARK", "--restore-mark", "--nfmask", _mask(), "--ctmask", _mask())
               for net in marked]
+    if family == 4 and any(carries_ingress_restore(net) for net in marked):
+        rules.append(("-i", DOCKER_GWBRIDGE, "-j", "CONNMARK", "--restore-mark", "--nfmask", _mask(), "--ctmask",
+                      _mask()))
     return tuple(rules)
 
 

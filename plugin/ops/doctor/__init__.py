@@ -35,6 +35,7 @@ from .plugin import (
     check_managed_mounts,
     check_socket,
     check_state,
+    check_swarm,
     health_loops,
 )
 
@@ -60,6 +61,7 @@ CHECKS: tuple[Callable[[Facts], list[Result]], ...] = (
     plugin.check_socket,
     plugin.check_ghosts,
     plugin.check_instances,
+    plugin.check_swarm,
     plugin.check_health,
 )
 
@@ -97,5 +99,6 @@ __all__ = [
     "check_forward_drop", "check_ghosts", "check_health",
     "check_instances", "check_ip_forward", "check_iptables_flavour", "check_managed_mounts",
     "check_network_manager", "check_networkd", "check_parents", "check_rp_filter", "check_socket", "check_state",
+    "check_swarm",
     "exit_code", "health_loops", "host", "plugin", "render", "run_checks"
 ]

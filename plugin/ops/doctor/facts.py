@@ -106,7 +106,8 @@ class Facts:
     docker_error: str | None = None
     docker_version: str | None = None
     docker_api: str | None = None
-    docker_networks: dict[str, dict[str, Any]] | None = None  # id → {name, driver, endpoints}
+    docker_networks: dict[str, dict[str, Any]] | None = None  # id → {name, driver, scope, config_from, endpoints}
+    swarm_node: str = ""  # "manager" or "worker" when this dockerd is an active swarm node, else ""
     plugins: list[dict[str, Any]] = field(default_factory=list)  # managed multinic plugins
     socket_path: str = DEFAULT_SOCKET
     socket_from: str = "default"

@@ -249,13 +249,20 @@ def gather_docker(f: Facts, settings: Settings, timeout: int = 5) -> None:
         api = engine.client(settings, timeout).api
         ver = api.version()
         f.docker_version, f.docker_api = str(ver.get("Version")), str(ver.get("ApiVersion"))
-        f.docker_firewall_backend = (api.info().get("FirewallBackend") or {}).get("Driver") or None
+        info = api.info()
+        f.docker_firewall_backend = (info.get("FirewallBackend") or {}).get("Driver") or None
+        swarm = info.get("Swarm") or {}
+        if swarm.get("LocalNodeState") == "active":
+            f.swarm_node = "manager" if swarm.get("ControlAvailable") else "worker"
         nets = {}
         for net in api.networks():
             detail = api.inspect_network(net["Id"])
             nets[net["Id"]] = {
                 "name": net.get("Name", ""),
                 "driver": net.get("Driver", ""),
+                "scope": net.get("Scope", ""),
+                "here": engine.on_this_node(detail),
+                "config_from": (detail.get("ConfigFrom") or {}).get("Network") or "",
                 "endpoints": sorted(
                     info.get("EndpointID", "") for info in (detail.get("Containers") or {}).values()
                 ),

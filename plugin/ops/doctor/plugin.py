@@ -1,5 +1,6 @@
 """Pure checks of multinic itself: the state file, the Docker engine, the plugin's socket, its health and
-loops, a second instance, ghosts between its state and Docker's networks, a managed plugin's mounts."""
+loops, a second instance, ghosts between its state and Docker's networks, a managed plugin's mounts, and
+what a swarm node needs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from ...plan.network import SWARM_CONFIG_HINT
 from ..engine import MIN_API, MIN_ENGINE
 from .facts import ERROR, OK, SKIP, WARN, Facts, Result
 
@@ -62,8 +64,10 @@ def check_ghosts(f: Facts, grace: float = 120.0) -> list[Result]:
         return [Result(name, SKIP, "Docker not reachable: state not compared with Docker's networks")]
     out = []
     drivers = _driver_names(f)
-    docker_ours = {nid: n for nid, n in f.docker_networks.items() if n.get("driver") in drivers}
-    state_only = [n for nid, n in f.state.networks.items() if nid not in f.docker_networks]
+    # A swarm manager lists every swarm-scoped network; one swarm has not made on this node is not here.
+    present = {nid: n for nid, n in f.docker_networks.items() if n.get("here", True)}
+    docker_ours = {nid: n for nid, n in present.items() if n.get("driver") in drivers}
+    state_only = [n for nid, n in f.state.networks.items() if nid not in present]
     if state_only:
         out.append(Result(name, WARN, "networks in multinic's state that Docker no longer has (their bridges, rules "
                           "and ports stay): " + ", ".join(f"{n.id[:12]} ({n.bridge})" for n in state_only),
@@ -76,9 +80,9 @@ def check_ghosts(f: Facts, grace: float = 120.0) -> list[Result]:
                           "; ".join(f"docker network rm {n['name']}" for n in docker_only)
                           + "; then create them again (or point multinic at the state directory that has them: "
                           f"--state-dir; this one is {f.state_dir})"))
-    known_eps = {ep for n in f.docker_networks.values() for ep in n.get("endpoints", ())}
+    known_eps = {ep for n in present.values() for ep in n.get("endpoints", ())}
     ghost_eps = [ep for ep in f.state.endpoints.values()
-                 if ep.id not in known_eps and ep.network_id in f.docker_networks and f.now - ep.created > grace]
+                 if ep.id not in known_eps and ep.network_id in present and f.now - ep.created > grace]
     if ghost_eps:
         out.append(Result(name, WARN, "endpoints in state with no container in Docker (their veths and ports stay): "
                           + ", ".join(ep.id[:12] for ep in ghost_eps),
@@ -90,6 +94,34 @@ def check_ghosts(f: Facts, grace: float = 120.0) -> list[Result]:
                           + ", ".join(ep[:12] for _, ep in missing_eps), "docker restart those containers"))
     return out or [Result(name, OK, f"state matches Docker: {len(f.state.networks)} network(s), "
                           f"{len(f.state.endpoints)} endpoint(s)")]
+
+
+def check_swarm(f: Facts) -> list[Result]:
+    """Swarm refuses legacy network plugins; a swarm-scoped network without ``--config-from`` lost its
+    options (every task on it is refused at the node's CreateNetwork)."""
+    name = "swarm"
+    if not f.swarm_node:
+        return [Result(name, SKIP, "not a swarm node")]
+    managed = next((p for p in f.plugins if p.get("enabled")), None)
+    if managed is None:
+        return [Result(name, WARN, f"this dockerd is a swarm {f.swarm_node}, and multinic is not a managed plugin "
+                       "here: swarm refuses legacy network plugins (\"legacy plugin ... is not supported in swarm "
+                       "mode\"), so services cannot use multinic networks (standalone containers still can)",
+                       "install the managed plugin with the same name:tag on every node, managers included: docker "
+                       "plugin install --grant-all-permissions --alias multinic REGISTRY/multinic:TAG (README, Swarm)")]
+    drivers = _driver_names(f)
+    ours = {nid: n for nid, n in (f.docker_networks or {}).items()
+            if n.get("driver") in drivers and n.get("scope") == "swarm"}
+    lost = sorted(n["name"] for n in ours.values() if not n.get("config_from"))
+    if lost:
+        return [Result(name, ERROR, f"swarm-scoped multinic network(s) {', '.join(lost)} were created without "
+                       "--config-from: swarm dropped their -o and --subnet, and multinic refuses every task on them",
+                       f"docker service rm the services on them; docker network rm {' '.join(lost)}; then "
+                       f"{SWARM_CONFIG_HINT}")]
+    here = sum(1 for n in ours.values() if n.get("here", True))
+    return [Result(name, OK, f"swarm {f.swarm_node}; managed plugin {managed['name']}: {len(ours)} swarm-scoped "
+                   f"multinic network(s) listed by dockerd, {here} made on this node now")]
+
 
 def check_instances(f: Facts) -> list[Result]:
     name = "instances"
