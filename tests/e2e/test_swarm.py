@@ -287,11 +287,11 @@ def test_multinic_beside_an_overlay_network(cluster: Swarm) -> None:
             ctr = placed[node.name][0]
             assert_serves(node, ctr, 8081, "api")
             assert "via 10.10.0.1" in node.docker("exec", ctr, "ip", "route", "get", PROBE).stdout
-            peers = node.docker("exec", ctr, "sh", "-c", "nslookup tasks.api 127.0.0.11").stdout
-            overlay = sorted({line.split()[-1] for line in peers.splitlines()
-                              if line.startswith("Address") and not line.split()[-1].startswith("127.")})
-            assert len(overlay) == 3 and not any(ip.startswith("10.10.") for ip in overlay), peers
-            seen = {node.docker("exec", ctr, "sh", "-c", f"timeout 5 wget -qO- http://{ip}/").stdout.strip()
+            # Swarm's DNS learns the other nodes' tasks by gossip: all three within a few seconds
+            overlay = wait_for(lambda n=node, c=ctr: _overlay_peers(n, c, "api"), timeout=30)
+            assert len(overlay) == 3 and not any(ip.startswith("10.10.") for ip in overlay), overlay
+            seen = {wait_for(lambda n=node, c=ctr, ip=ip: n.docker(
+                        "exec", c, "sh", "-c", f"timeout 5 wget -qO- http://{ip}/", check=False).stdout.strip())
                     for ip in overlay}
             assert seen == {f"api-{n}" for n in names}, (node.name, seen)
     finally:
@@ -299,6 +299,14 @@ def test_multinic_beside_an_overlay_network(cluster: Swarm) -> None:
         swarm.manager.docker("network", "rm", EAST, check=False)
     for node in swarm.nodes:
         assert_clean(swarm, node)
+
+
+def _overlay_peers(node: Node, ctr: str, service: str) -> list[str]:
+    """The addresses swarm's DNS gives for ``tasks.SERVICE`` in a container: all three tasks', else []."""
+    peers = node.docker("exec", ctr, "sh", "-c", f"nslookup tasks.{service} 127.0.0.11", check=False).stdout
+    found = sorted({line.split()[-1] for line in peers.splitlines()
+                    if line.startswith("Address") and not line.split()[-1].startswith("127.")})
+    return found if len(found) == 3 else []
 
 
 def test_dual_stack_swarm_network(cluster: Swarm) -> None:

@@ -5,9 +5,11 @@ converges, and the time from the change to the converged kernel is measured and 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -30,11 +32,19 @@ def watched(topo, tmp_path):
                              "HostPortEnd": PORT}])
     topo.serve_peer(topo.k, 80)
     assert topo.connect(topo.c1, "192.168.101.2", PORT) == "198.51.100.10"
+    with healer_on_events_only(topo, tmp_path):
+        yield topo
+
+
+@contextlib.contextmanager
+def healer_on_events_only(topo, tmp_path: Path) -> Iterator[None]:
+    """The healer running with its periods an hour, so that only the parent's events drive it; its log
+    printed afterwards."""
     log = tmp_path / "healer.log"
     try:
         with running_healer(topo, log, check_interval=3600, firewall_check_interval=3600, full_interval=3600,
                             gc_interval=3600):
-            yield topo
+            yield
     finally:
         print(log.read_text()[-2000:] if log.exists() else "")
 

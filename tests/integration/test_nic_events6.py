@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from tests.integration.conftest import published, running_healer
+from tests.integration.conftest import published
 from tests.integration.test_datapath6 import attach, create_dual_stack
-from tests.integration.test_nic_events import BOUND, converge
+from tests.integration.test_nic_events import BOUND, converge, healer_on_events_only
 from tests.lab import C1_ADDR6, HOST6_ETH1, ROUTER_LL
 from tests.nsutil import sh
 
@@ -27,13 +27,8 @@ def watched6(topo, tmp_path):
     topo.serve_peer(topo.k, 80, "::")
     topo.serve_peer(topo.c1, 7000, "::")
     assert topo.connect(topo.c1, HOST6_ETH1, PORT) == C1_ADDR6
-    log = tmp_path / "healer.log"
-    try:
-        with running_healer(topo, log, check_interval=3600, firewall_check_interval=3600, full_interval=3600,
-                            gc_interval=3600):
-            yield topo
-    finally:
-        print(log.read_text()[-2000:] if log.exists() else "")
+    with healer_on_events_only(topo, tmp_path):
+        yield topo
 
 
 def published_on(t) -> set[str]:
