@@ -89,6 +89,12 @@ def messages(data: bytes) -> Iterable[tuple[int, int, int, bytes]]:
         offset += (length + 3) & ~3
 
 
+def open_socket(protocol: int = NETLINK_ROUTE, kind: int = socket.SOCK_RAW) -> socket.socket:
+    """A netlink socket of ``protocol`` in the calling thread's network namespace (a socket stays in the
+    netns it was made in); ``kind`` SOCK_DGRAM for pyroute2, which drives it as a datagram transport."""
+    return socket.socket(socket.AF_NETLINK, kind, protocol)
+
+
 def request(kind: int, flags: int, body: bytes, *, protocol: int = NETLINK_ROUTE,
             strict: bool = False) -> list[Message]:
     """One request: the kernel's answers up to its DONE (a dump) or its acknowledgement. Raises
@@ -96,7 +102,7 @@ def request(kind: int, flags: int, body: bytes, *, protocol: int = NETLINK_ROUTE
     request's filters (kernels before 4.20 ignore it: callers filter again)."""
     seq = int.from_bytes(os.urandom(4), "little")
     replies: list[Message] = []
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol) as sock:
+    with open_socket(protocol) as sock:
         if strict:
             try:
                 sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
@@ -147,7 +153,7 @@ class Subscription:
         self.socks: dict[socket.socket, int] = {}
         for protocol, wanted in groups.items():
             try:
-                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
+                sock = open_socket(protocol)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
                 sock.bind((0, group_mask(wanted)))
                 sock.setblocking(False)

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from ..plan.desired import MAIN_TABLE, difference
 from ..plan.gateway import Routing
+from . import netlink
 from .links import all_addresses, attr
 from .routes import add_rule, delete_route, delete_rule, owned_routes, owned_rules, replace_route, table_of
 from .tags import RT_PROTO
@@ -42,7 +43,7 @@ def _rtnl_socket_in(fd: int) -> socket.socket:
             if libc.setns(fd, CLONE_NEWNET) != 0:
                 code = ctypes.get_errno()
                 raise OSError(code, f"setns: {os.strerror(code)}")
-            made["socket"] = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)
+            made["socket"] = netlink.open_socket(kind=socket.SOCK_DGRAM)
         except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
             made["error"] = exc
 
