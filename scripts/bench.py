@@ -24,11 +24,11 @@ Operations:
 - ``footprint``: the plugin's weight beside dockerd's, read from ``/proc/PID/smaps_rollup``: total PSS
   of every process of the plugin (``footprint_pss_MiB``, with the process count) and dockerd's own PSS
   and RSS, at rest and again with the scale test's containers running (``_at_scale``);
-- ``cpu``: the plugin's CPU per ``run --rm`` (``/proc/PID/stat``, every thread), beyond the verbs: its
-  processes other than gunicorn's workers (the arbiter, the loops) over the 1.5 s after a start on a
-  multinic network (``cpu_background_ms``: the gateway watcher's follow-ups are in that window), and
-  every process of the plugin after a start on Docker's bridge (``cpu_unrelated_ms``: none of its
-  business); each minus the same window idle;
+- ``cpu``: the plugin's CPU per ``run --rm`` (``/proc/PID/task/*/schedstat``), beyond the verbs: the
+  arbiter and the loops' threads in the worker hosting them (named ``mn-*``, with the processes they
+  ran) over the 1.5 s after a start on a multinic network (``cpu_background_ms``: the gateway
+  watcher's follow-ups are in that window), and every process of the plugin after a start on Docker's
+  bridge (``cpu_unrelated_ms``: none of its business); each minus the same window idle;
 - ``startup``: from ``multinic serve`` to the socket answering ``GetCapabilities`` (``startup_s``),
   with dockerd running and the plugin's networks in place;
 - ``swarm_scale``: on a swarm of three nodes (tests/lab/swarm.py, the managed plugin installed from its
@@ -357,14 +357,15 @@ class Bench:
         if not shutil.which("strace") or self.lab._plugin is None:
             self.say("spawns: no strace (or plugin not started by the lab); skipped")
             return
+        time.sleep(3)  # the healer's firewall check woken by the set-up's networks (at most every 2 s) is over
         pgid = self.lab._plugin.pid
         pids = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pgid]
         conn = _UnixHTTP(str(self.lab.plugin_socket_host))
         conn.request("POST", "/Plugin.Health", "{}")
         loops = json.loads(conn.getresponse().read() or b"{}").get("loops", {})
         conn.close()
-        background = {int(tid) for info in loops.values() if info.get("pid")  # a loop may be a thread
-                      for tid in _tasks(int(info["pid"]))}
+        background = {tid for info in loops.values() if info.get("pid")  # the loops: threads of a worker
+                      for tid in _loop_threads(int(info["pid"]))}
         for op, cmd in (("spawns_run_rm", ["run", "--rm", "--network", "bn-multinic", IMAGE, "true"]),
                         ("spawns_run_p", ["run", "--rm", "--network", "bn-multinic", "-p", "5500:80", IMAGE,
                                           "true"])):
@@ -426,14 +427,13 @@ class Bench:
 
     # -- footprint, CPU, start-up -------------------------------------------------------------------
     def plugin_pids(self) -> dict[str, list[int]]:
-        """The plugin's processes: ``workers`` (gunicorn's) and ``background`` (the arbiter, the loops),
-        from the lab's process group and the supervisor's record."""
+        """The plugin's processes: ``workers`` (gunicorn's; one of them hosts the loops as threads) and
+        ``background`` (the arbiter), from the lab's process group and the supervisor's record."""
         pgid = self.lab._plugin.pid if self.lab._plugin is not None else None
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and pgid and _pgid(int(p)) == pgid]
         record = _read_json(self.lab.state_dir / "health" / "supervisor.json")
-        background = {record.get("pid")} | {(info or {}).get("pid") for info in (record.get("loops") or {}).values()}
-        return {"workers": [p for p in pids if p not in background and _comm(p) != "nsenter"],
-                "background": [p for p in pids if p in background]}
+        return {"workers": [p for p in pids if p != record.get("pid") and _comm(p) != "nsenter"],
+                "background": [p for p in pids if p == record.get("pid")]}
 
     def op_footprint(self, suffix: str = "") -> None:
         time.sleep(5)  # at rest: the last verb's and the watcher's follow-ups are over
@@ -447,27 +447,35 @@ class Bench:
         self.record("multinic", f"dockerd_rss_MiB{suffix}", 0, rollup.get("Rss", 0) / 1024, "MiB")
         self.say(f"footprint{suffix}: plugin {len(pids)} processes, PSS {pss:.1f} MiB; dockerd PSS "
                  f"{rollup.get('Pss', 0) / 1024:.1f} MiB, RSS {rollup.get('Rss', 0) / 1024:.1f} MiB")
+        for pid in pids:  # where each process's PSS lies: the heap, the interpreter, each library
+            by_mapping = _pss_by_mapping(pid)
+            top = sorted(by_mapping.items(), key=lambda kv: -kv[1])[:6]
+            self.say(f"  pid {pid} ({_cmdline(pid)}): PSS {sum(by_mapping.values()) / 1024:.1f} MiB: "
+                     + ", ".join(f"{name} {kb / 1024:.1f}" for name, kb in top))
 
     def op_cpu(self) -> None:
         window = 1.5
 
-        def ticks(pids: list[int]) -> float:
-            return sum(_cpu_seconds(p) for p in pids) * 1000
+        def ticks(pids: dict[str, list[int]], which: str) -> float:
+            """CPU so far of the arbiter and the loops' threads (and what they ran), or of everything."""
+            if which == "all":
+                return sum(_cpu_seconds(p) for group in pids.values() for p in group) * 1000
+            return (sum(_cpu_seconds(p) for p in pids["background"])
+                    + sum(_cpu_seconds(p, _loop_threads(p)) for p in pids["workers"] if _loop_threads(p))) * 1000
         starts = 5  # per window: the kernel counts reaped children's CPU in 10 ms ticks
 
         def measure(driver: str, which: str) -> tuple[float, float]:
             pids = self.plugin_pids()
-            chosen = pids["background"] if which == "background" else pids["background"] + pids["workers"]
-            before = ticks(chosen)
+            before = ticks(pids, which)
             time.sleep(window)
-            idle = ticks(chosen) - before
-            before = ticks(chosen)
+            idle = ticks(pids, which) - before
+            before = ticks(pids, which)
             start = time.monotonic()
             for _ in range(starts):
                 self.docker("run", "--rm", "--network", f"bn-{driver}", IMAGE, "true")
             time.sleep(window)  # the watcher's follow-ups of the last start (0.3 s, 1 s)
             took = time.monotonic() - start
-            return (ticks(chosen) - before - idle * took / window) / starts, idle
+            return (ticks(pids, which) - before - idle * took / window) / starts, idle
         for i in range(self.args.rounds):
             net, idle = measure("multinic", "background")
             self.record("multinic", "cpu_background_ms", i, net, "ms")
@@ -626,6 +634,29 @@ def _comm(pid: int) -> str:
         return ""
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:60].strip()
+    except OSError:
+        return ""
+
+
+def _pss_by_mapping(pid: int) -> dict[str, int]:
+    """PSS in kB of ``pid`` per mapped file (its basename) or anonymous kind (``[heap]``, ``[anon]``)."""
+    out: dict[str, int] = {}
+    name = "[anon]"
+    try:
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            fields = line.split()
+            if fields and "-" in fields[0] and not fields[0].endswith(":"):
+                name = os.path.basename(fields[5]) if len(fields) > 5 else "[anon]"
+            elif fields and fields[0] == "Pss:":
+                out[name] = out.get(name, 0) + int(fields[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
 def _smaps(pid: int) -> dict[str, int]:
     """``/proc/PID/smaps_rollup`` in kB."""
     out = {}
@@ -645,11 +676,23 @@ def _tasks(pid: int) -> list[int]:
         return [pid]
 
 
-def _cpu_seconds(pid: int) -> float:
-    """CPU of every live thread of ``pid`` (``schedstat``, in ns) and of its reaped children
-    (``stat``'s cutime + cstime, in ticks)."""
-    total = 0.0
+def _loop_threads(pid: int) -> list[int]:
+    """The threads of ``pid`` that run the loops (named ``mn-*``: plugin/loops/supervisor.py)."""
+    out = []
     for tid in _tasks(pid):
+        try:
+            if Path(f"/proc/{pid}/task/{tid}/comm").read_text().startswith("mn-"):
+                out.append(tid)
+        except OSError:
+            pass
+    return out
+
+
+def _cpu_seconds(pid: int, threads: list[int] | None = None) -> float:
+    """CPU of every live thread of ``pid`` (or of ``threads``; ``schedstat``, in ns) and of its reaped
+    children (``stat``'s cutime + cstime, in ticks: with the native firewall only the loops start any)."""
+    total = 0.0
+    for tid in _tasks(pid) if threads is None else threads:
         try:
             total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0]) / 1e9
         except (OSError, ValueError, IndexError):

@@ -1,11 +1,12 @@
 """The kernel's announcements the plugin reacts to, from one subscription: links, addresses, routes
 and rules of both families (rtnetlink), and nf_tables deletions and new chains (nfnetlink). Parsed just
 enough to tell two things (both pure): whether something of ours may have been removed (:func:`drift`),
-and whether a parent NIC changed (:func:`touches_parent`). Legacy iptables sends no events: there the period is
-all there is."""
+and whether a parent NIC changed (:func:`touches_parent`); the plugin's own nf_tables transactions are left
+out (:func:`others`). Legacy iptables sends no events: there the period is all there is."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -16,7 +17,8 @@ RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_RULE = 1, 5,
 RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV6_ROUTE, RTNLGRP_IPV6_RULE = 9, 11, 19
 NFNLGRP_NFTABLES = 7
 NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_DELCHAIN, NFT_MSG_DELRULE = 2, 3, 5, 8
+NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_DELCHAIN, NFT_MSG_DELRULE, NFT_MSG_NEWGEN = 2, 3, 5, 8, 15
+NFTA_GEN_PROC_PID = 2
 IFLA_IFNAME, IFLA_MTU, IFLA_IFALIAS = 3, 4, 20
 IFA_LABEL = 3
 RTA_OIF = 4
@@ -24,6 +26,7 @@ FRA_PROTOCOL = 21
 IFF_UP, IFF_RUNNING, IFF_LOWER_UP = 0x1, 0x40, 0x10000
 LINK_FLAGS = IFF_UP | IFF_RUNNING | IFF_LOWER_UP
 FIREWALL = -1  # Event.kind of an nf_tables deletion
+GENERATION = -2  # Event.kind of the end of an nf_tables transaction; Event.index: the committing process
 BRIDGE_ALIAS = f"{ALIAS_PREFIX}{LINK_BRIDGE}:"
 KIND_NAMES = {nl.RTM_NEWLINK: "link", nl.RTM_DELLINK: "link deleted", nl.RTM_NEWADDR: "address added",
               nl.RTM_DELADDR: "address removed", nl.RTM_NEWROUTE: "default route added",
@@ -56,8 +59,12 @@ def parse(protocol: int, kind: int, body: bytes) -> Event | None:
     if protocol == nl.NETLINK_NETFILTER:
         # Deletions may be of ours; a new chain may be Docker's iptables arriving after us (its FORWARD DROP,
         # which the native backend then opens). Element changes (a published port) are never looked at.
-        watched = kind >> 8 == NFNL_SUBSYS_NFTABLES and kind & 0xFF in (NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN,
-                                                                        NFT_MSG_DELCHAIN, NFT_MSG_DELRULE)
+        if kind >> 8 != NFNL_SUBSYS_NFTABLES:
+            return None
+        if kind & 0xFF == NFT_MSG_NEWGEN and len(body) >= nl.NFGENMSG.size:
+            pid = nl.attrs(body, nl.NFGENMSG.size).get(NFTA_GEN_PROC_PID)
+            return Event(GENERATION, index=int.from_bytes(pid[:4], "big") if pid else 0)
+        watched = kind & 0xFF in (NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_DELCHAIN, NFT_MSG_DELRULE)
         return Event(FIREWALL) if watched else None
     if kind in (nl.RTM_NEWLINK, nl.RTM_DELLINK) and len(body) >= nl.IFINFOMSG.size:
         _family, _type, index, flags, _change = nl.IFINFOMSG.unpack_from(body)
@@ -74,6 +81,24 @@ def parse(protocol: int, kind: int, body: bytes) -> Event | None:
         proto = nl.attrs(body, nl.FIB_RULE_HDR).get(FRA_PROTOCOL, b"\0")[0]
         return Event(kind, proto=proto)
     return None
+
+
+def others(events: Iterable[Event], me: int) -> list[Event]:
+    """Pure: the events without the nf_tables changes that process ``me`` committed itself (each
+    transaction's messages are followed by its generation, which names the committing process), and
+    without the generations."""
+    out: list[Event] = []
+    pending: list[Event] = []
+    for e in events:
+        if e.kind == FIREWALL:
+            pending.append(e)
+        elif e.kind == GENERATION:
+            if e.index != me:
+                out += pending
+            pending = []
+        else:
+            out.append(e)
+    return out + pending  # a transaction whose generation has not arrived: counted
 
 
 def drift(events: Iterable[Event]) -> set[str]:
@@ -119,10 +144,18 @@ class Listener:
         })
 
     def read(self, timeout: float) -> list[Event] | None:
+        """What arrived within ``timeout``, but for this process's own nf_tables transactions (the worker
+        hosting the loops has just written them itself)."""
         raw = self.subscription.read(timeout)
         if raw is None:
             return None
-        return [e for protocol, kind, body in raw if (e := parse(protocol, kind, body)) is not None]
+        found = [e for protocol, kind, body in raw if (e := parse(protocol, kind, body)) is not None]
+        if found and found[-1].kind == FIREWALL:  # its transaction's generation follows at once
+            more = self.subscription.read(0.05)
+            if more is None:
+                return None
+            found += [e for protocol, kind, body in more if (e := parse(protocol, kind, body)) is not None]
+        return others(found, os.getpid())
 
     def close(self) -> None:
         self.subscription.close()

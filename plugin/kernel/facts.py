@@ -5,42 +5,41 @@ from __future__ import annotations
 import socket
 from typing import Iterable
 
-from pyroute2 import IPRoute
-
 from ..plan.facts import HostFacts, ParentFacts
 from .devconf import read_sysctl
 from .links import attr, link_index, link_names, parent_facts
+from .netlink import Rtnl
 from .routes import default_gateways, ra_defaults, tables_in_use
 
 
 def read(
-    ipr: IPRoute, parents: Iterable[str], *, names: Iterable[str] = (), routing: bool = False, addresses: bool = False,
+    rt: Rtnl, parents: Iterable[str], *, names: Iterable[str] = (), routing: bool = False, addresses: bool = False,
     ipv6: bool = False,
 ) -> HostFacts:
     """The given parents (a lookup each); which of ``names`` exist as links (a lookup each); with
     ``routing`` the tables in use and the default gateways of others (route and rule dumps: the first
     network on a parent only); with ``addresses`` every local address (one dump); with ``ipv6`` the
     host's IPv6 settings (an IPv6 network being planned)."""
-    local = frozenset(str(attr(m, "IFA_ADDRESS")) for m in ipr.get_addr()) if addresses else frozenset()
+    local = frozenset(str(attr(m, "IFA_ADDRESS")) for m in rt.get_addr()) if addresses else frozenset()
     accept_ra: dict[str, int] = {}
     if ipv6:
-        for name in link_names(ipr).values():
+        for name in link_names(rt).values():
             value = read_sysctl(f"net/ipv6/conf/{name}/accept_ra")
             if value is not None and value.lstrip("-").isdigit():
                 accept_ra[name] = int(value)
     return HostFacts(
-        parents={name: parent_facts(ipr, name) for name in sorted(set(parents))},
-        links=frozenset(name for name in set(names) if link_index(ipr, name) is not None),
-        tables_in_use=frozenset(tables_in_use(ipr)) if routing else frozenset(),
-        default_gateways=default_gateways(ipr) if routing else {},
-        default_gateways6=default_gateways(ipr, socket.AF_INET6) if routing else {},
+        parents={name: parent_facts(rt, name) for name in sorted(set(parents))},
+        links=frozenset(name for name in set(names) if link_index(rt, name) is not None),
+        tables_in_use=frozenset(tables_in_use(rt)) if routing else frozenset(),
+        default_gateways=default_gateways(rt) if routing else {},
+        default_gateways6=default_gateways(rt, socket.AF_INET6) if routing else {},
         local_addresses=local,
         accept_ra=accept_ra,
-        ra_default=frozenset(ra_defaults(ipr)) if ipv6 else frozenset(),
+        ra_default=frozenset(ra_defaults(rt)) if ipv6 else frozenset(),
         forwarding6=read_sysctl("net/ipv6/conf/all/forwarding") if ipv6 else None,
     )
 
 
-def parents(ipr: IPRoute, names: Iterable[str]) -> dict[str, ParentFacts]:
+def parents(rt: Rtnl, names: Iterable[str]) -> dict[str, ParentFacts]:
     """The parents' facts (addresses, MTU, up) a desired state depends on."""
-    return {name: parent_facts(ipr, name) for name in sorted(set(names))}
+    return {name: parent_facts(rt, name) for name in sorted(set(names))}

@@ -10,12 +10,12 @@ import ipaddress
 import socket
 from typing import Any
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..plan.desired import BridgeSpec, VethSpec
 from ..plan.facts import ParentFacts
 from . import netlink as nl
+from .netlink import Rtnl
 from .tags import LINK_BRIDGE, LINK_GONE, LINK_VETH, link_alias, parse_link_alias
 
 IFF_UP = 0x1
@@ -23,31 +23,35 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS = 
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 VETH_INFO_PEER = 1
 IFLA_BRPORT_MODE = 4  # hairpin
-IFA_ADDRESS, IFA_FLAGS = 1, 8
+IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 IFA_F_TEMPORARY, IFA_F_NODAD, IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TENTATIVE, IFA_F_PERMANENT = (
     0x01, 0x02, 0x08, 0x20, 0x40, 0x80)
 SCOPE_UNIVERSE = 0
 
 
 def attr(msg: Any, name: str, default: Any = None) -> Any:
-    """An attribute of a pyroute2 message, ``default`` when absent."""
+    """An attribute of a message (:class:`.netlink.Record`), ``default`` when absent."""
     value = msg.get_attr(name)
     return default if value is None else value
 
 
-def link_index(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
+def link_index(rt: Rtnl, name: str) -> int | None:
+    try:
+        return rt.get_link_named(name)["index"]
+    except NetlinkError as exc:
+        if exc.code not in (errno.ENODEV, errno.EINVAL):  # EINVAL: not a name a link can have
+            raise
+        return None
 
 
-def link_names(ipr: IPRoute) -> dict[int, str]:
-    return {link["index"]: attr(link, "IFLA_IFNAME") for link in ipr.get_links()}
+def link_names(rt: Rtnl) -> dict[int, str]:
+    return {link["index"]: attr(link, "IFLA_IFNAME") for link in rt.get_links()}
 
 
-def tagged_links(ipr: IPRoute) -> dict[str, tuple[str, str, int]]:
+def tagged_links(rt: Rtnl) -> dict[str, tuple[str, str, int]]:
     """ifname → (kind, object id, index) for every link carrying our alias."""
     out = {}
-    for link in ipr.get_links():
+    for link in rt.get_links():
         parsed = parse_link_alias(attr(link, "IFLA_IFALIAS"))
         if parsed:
             out[attr(link, "IFLA_IFNAME")] = (*parsed, link["index"])
@@ -95,18 +99,18 @@ def addresses6(index: int) -> tuple[tuple[ipaddress.IPv6Interface, ...], tuple[i
     return tuple(a for _auto, _ip, a in sorted(stable)), tuple(sorted(prefixes))
 
 
-def all_addresses(ipr: IPRoute) -> list[tuple[str, ipaddress.IPv4Interface | ipaddress.IPv6Interface]]:
-    """(ifname, address) of every address, both families, in ``ipr``'s namespace."""
-    names = link_names(ipr)
+def all_addresses(rt: Rtnl) -> list[tuple[str, ipaddress.IPv4Interface | ipaddress.IPv6Interface]]:
+    """(ifname, address) of every address, both families, in ``rt``'s namespace."""
+    names = link_names(rt)
     return [(names.get(msg["index"], "?"), ipaddress.ip_interface(f"{attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}"))
-            for msg in ipr.get_addr()]
+            for msg in rt.get_addr()]
 
 
-def parent_facts(ipr: IPRoute, ifname: str) -> ParentFacts:
-    index = link_index(ipr, ifname)
+def parent_facts(rt: Rtnl, ifname: str) -> ParentFacts:
+    index = link_index(rt, ifname)
     if index is None:
         return ParentFacts(ifname=ifname, exists=False)
-    link = ipr.get_links(index)[0]
+    link = rt.get_links(index)[0]
     stable6, prefixes6 = addresses6(index)
     return ParentFacts(ifname=ifname, exists=True, addresses=addresses(index), mtu=attr(link, "IFLA_MTU", 1500),
                        up=bool(link["flags"] & IFF_UP), addresses6=stable6, prefixes6=prefixes6)
@@ -116,20 +120,20 @@ NUD_CONFIRMED = 0x02 | 0x80  # REACHABLE, PERMANENT
 ETH_P_ARP = 0x0806
 
 
-def neighbour_answers(ipr: IPRoute, ifname: str, address: str, tries: int = 3, wait: float = 0.5) -> bool:
+def neighbour_answers(rt: Rtnl, ifname: str, address: str, tries: int = 3, wait: float = 0.5) -> bool:
     """Does ``address`` answer on ``ifname``? Yes if the kernel confirmed it lately (REACHABLE, PERMANENT);
     else ask it, as ``arping`` does: an ARP request from the NIC's address, up to ``tries`` times. Reads
     and sends only: the kernel's neighbour table is left as it is."""
     import select
     import time
 
-    index = link_index(ipr, ifname)
+    index = link_index(rt, ifname)
     if index is None:
         return False
-    for entry in ipr.get_neighbours(family=socket.AF_INET, ifindex=index):
+    for entry in rt.get_neighbours(socket.AF_INET, index):
         if attr(entry, "NDA_DST") == address and entry["state"] & NUD_CONFIRMED:
             return True
-    link = ipr.get_links(index)[0]
+    link = rt.get_links(index)[0]
     mac = bytes.fromhex(attr(link, "IFLA_ADDRESS", "00:00:00:00:00:00").replace(":", ""))
     own = addresses(index)
     target = ipaddress.IPv4Address(address)
@@ -150,79 +154,89 @@ def neighbour_answers(ipr: IPRoute, ifname: str, address: str, tries: int = 3, w
     return False
 
 
-def ensure_bridge(ipr: IPRoute, spec: BridgeSpec) -> None:
-    index = link_index(ipr, spec.name)
+def _change_link(rt: Rtnl, index: int, attributes: bytes = b"", up: bool = False) -> None:
+    rt.ack(nl.RTM_NEWLINK, 0, nl.ifinfo(index, IFF_UP if up else 0, IFF_UP if up else 0) + attributes)
+
+
+def _alias(kind: str, object_id: str) -> bytes:
+    return nl.nla(IFLA_IFALIAS, link_alias(kind, object_id).encode())
+
+
+def _add_address(rt: Rtnl, index: int, address: Any, flags: int = 0) -> None:
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    body = nl.IFADDRMSG.pack(family, address.network.prefixlen, flags & 0xFF, SCOPE_UNIVERSE, index)
+    if family == socket.AF_INET:
+        body += nl.nla(IFA_LOCAL, address.ip.packed)
+    body += nl.nla(IFA_ADDRESS, address.ip.packed) + (nl.nla_u32(IFA_FLAGS, flags) if flags else b"")
+    rt.ack(nl.RTM_NEWADDR, nl.NLM_F_CREATE | nl.NLM_F_EXCL, body)
+
+
+def ensure_bridge(rt: Rtnl, spec: BridgeSpec) -> None:
+    index = link_index(rt, spec.name)
     if index is None:
-        ipr.link("add", ifname=spec.name, kind="bridge")
-        index = link_index(ipr, spec.name)
-    ipr.link("set", index=index, ifalias=link_alias(LINK_BRIDGE, spec.network_id), mtu=spec.mtu)
+        rt.ack(nl.RTM_NEWLINK, nl.NLM_F_CREATE | nl.NLM_F_EXCL, nl.ifinfo() + nl.nla_str(IFLA_IFNAME, spec.name)
+               + nl.nla(IFLA_LINKINFO, nl.nla(IFLA_INFO_KIND, b"bridge\0"), nested=True))
+        index = link_index(rt, spec.name)
+        assert index is not None
+    _change_link(rt, index, _alias(LINK_BRIDGE, spec.network_id) + nl.nla_u32(IFLA_MTU, spec.mtu))
     if spec.address is not None and spec.address not in addresses(index):
-        ipr.addr("add", index=index, address=str(spec.address.ip), prefixlen=spec.address.network.prefixlen)
+        _add_address(rt, index, spec.address)
     if spec.address6 is not None and spec.address6 not in (a for a, _f, _s in _address_dump(index, socket.AF_INET6)):
-        # nodad: the gateway is ours alone on this bridge, and usable at once
-        ipr.addr("add", index=index, family=socket.AF_INET6, address=str(spec.address6.ip),
-                 prefixlen=spec.address6.network.prefixlen, flags=IFA_F_NODAD)
-    ipr.link("set", index=index, state="up")
+        _add_address(rt, index, spec.address6, IFA_F_NODAD)  # the gateway is ours alone on this bridge: usable at once
+    _change_link(rt, index, up=True)
 
 
-def ensure_veth(ipr: IPRoute, spec: VethSpec) -> None:
+def ensure_veth(rt: Rtnl, spec: VethSpec) -> None:
     """Host side on the bridge, up, tagged, hairpin on; the peer waits for dockerd to take it at Join.
-    A new endpoint's veth is three requests (:func:`_create_veth`); an existing one (a retry, the
-    whole-host writer) goes through pyroute2."""
-    if not spec.joined and _create_veth(spec):
-        return
-    bridge = link_index(ipr, spec.bridge)
-    index = None
+    A new endpoint's veth is two requests after the bridge's lookup (:func:`_create_veth`); an existing
+    one (a retry, the whole-host writer) is set as it should be."""
+    bridge = link_index(rt, spec.bridge)
+    if bridge is None:
+        raise NetlinkError(errno.ENODEV, f"bridge {spec.bridge} not found")
     if not spec.joined:
-        peer = {"ifname": spec.peer, "mtu": spec.mtu, **({"address": spec.mac} if spec.mac else {})}
         try:
-            ipr.link("add", ifname=spec.host, kind="veth", mtu=spec.mtu, master=bridge, state="up", peer=peer)
+            _create_veth(rt, spec, bridge)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise
-            index = _reuse_veth(ipr, spec)
+            index = _reuse_veth(rt, spec)
         else:
-            index = link_index(ipr, spec.host)
+            rt.ack(nl.RTM_NEWLINK, 0, nl.ifinfo() + nl.nla_str(IFLA_IFNAME, spec.host)
+                   + _alias(LINK_VETH, spec.endpoint_id) + _HAIRPIN)
+            return
     else:
-        index = link_index(ipr, spec.host)
+        index = link_index(rt, spec.host)
     if index is None:
         return  # joined and gone: the container owns the peer; nothing sensible to re-create
-    ipr.link("set", index=index, ifalias=link_alias(LINK_VETH, spec.endpoint_id), master=bridge, state="up")
-    ipr.brport("set", index=index, mode=1)  # hairpin: a container reaching its own published port
+    _change_link(rt, index, _alias(LINK_VETH, spec.endpoint_id) + nl.nla_u32(IFLA_MASTER, bridge), up=True)
+    _change_link(rt, index, _HAIRPIN)
 
 
-def _create_veth(spec: VethSpec) -> bool:
-    """A new veth pair: the bridge's index; one create that also sets the MTUs and the peer's MAC and
-    enslaves and raises the host side; one change that tags it and turns hairpin on (bridge port data,
-    as ``ip link set X type bridge_slave hairpin on``). False when the host side exists already."""
-    found = nl.ack(nl.RTM_GETLINK, 0, nl.ifinfo() + nl.nla_str(IFLA_IFNAME, spec.bridge))
-    bridge = nl.IFINFOMSG.unpack_from(found)[2]
+# hairpin (a container reaching its own published port): bridge port data, as ``ip link set X type
+# bridge_slave hairpin on``, on a link already enslaved
+_HAIRPIN = nl.nla(IFLA_LINKINFO, nl.nla(IFLA_INFO_SLAVE_KIND, b"bridge\0") + nl.nla(
+    IFLA_INFO_SLAVE_DATA, nl.nla(IFLA_BRPORT_MODE, b"\1"), nested=True), nested=True)
+
+
+def _create_veth(rt: Rtnl, spec: VethSpec, bridge: int | None) -> None:
+    """A new veth pair in one request that also sets the MTUs and the peer's MAC and, given ``bridge``,
+    enslaves the host side and raises it. NetlinkError EEXIST when the host side exists already."""
     peer = nl.ifinfo() + nl.nla_str(IFLA_IFNAME, spec.peer) + nl.nla_u32(IFLA_MTU, spec.mtu)
     if spec.mac:
         peer += nl.nla(IFLA_ADDRESS, bytes(int(b, 16) for b in spec.mac.split(":")))
     info = nl.nla(IFLA_INFO_KIND, b"veth\0") + nl.nla(IFLA_INFO_DATA, nl.nla(VETH_INFO_PEER, peer), nested=True)
-    create = (nl.ifinfo(flags=IFF_UP, change=IFF_UP) + nl.nla_str(IFLA_IFNAME, spec.host)
-              + nl.nla_u32(IFLA_MTU, spec.mtu) + nl.nla_u32(IFLA_MASTER, bridge)
-              + nl.nla(IFLA_LINKINFO, info, nested=True))
-    try:
-        nl.ack(nl.RTM_NEWLINK, nl.NLM_F_CREATE | nl.NLM_F_EXCL, create)
-    except NetlinkError as exc:
-        if exc.code == errno.EEXIST:
-            return False
-        raise
-    port = nl.nla(IFLA_INFO_SLAVE_KIND, b"bridge\0") + nl.nla(
-        IFLA_INFO_SLAVE_DATA, nl.nla(IFLA_BRPORT_MODE, b"\1"), nested=True)
-    nl.ack(nl.RTM_NEWLINK, 0, nl.ifinfo() + nl.nla_str(IFLA_IFNAME, spec.host)
-           + nl.nla(IFLA_IFALIAS, link_alias(LINK_VETH, spec.endpoint_id).encode())
-           + nl.nla(IFLA_LINKINFO, port, nested=True))
-    return True
+    up = IFF_UP if bridge is not None else 0
+    master = nl.nla_u32(IFLA_MASTER, bridge) if bridge is not None else b""
+    create = (nl.ifinfo(flags=up, change=up) + nl.nla_str(IFLA_IFNAME, spec.host) + nl.nla_u32(IFLA_MTU, spec.mtu)
+              + master + nl.nla(IFLA_LINKINFO, info, nested=True))
+    rt.ack(nl.RTM_NEWLINK, nl.NLM_F_CREATE | nl.NLM_F_EXCL, create)
 
 
-def _reuse_veth(ipr: IPRoute, spec: VethSpec) -> int | None:
+def _reuse_veth(rt: Rtnl, spec: VethSpec) -> int | None:
     """The host side exists already (a retry, a whole-host run). A retired one (its endpoint went and
     came back before its deferred deletion) is deleted now and made anew."""
     try:
-        found = ipr.link("get", ifname=spec.host)[0]
+        found = rt.get_link_named(spec.host)
     except NetlinkError as exc:
         if exc.code != errno.ENODEV:
             raise
@@ -230,37 +244,36 @@ def _reuse_veth(ipr: IPRoute, spec: VethSpec) -> int | None:
     if found is not None:
         if parse_link_alias(attr(found, "IFLA_IFALIAS")) != (LINK_GONE, spec.endpoint_id):
             return found["index"]
-        delete_link_index(ipr, found["index"])
-    peer = {"ifname": spec.peer, "mtu": spec.mtu, **({"address": spec.mac} if spec.mac else {})}
-    ipr.link("add", ifname=spec.host, kind="veth", mtu=spec.mtu, peer=peer)
-    return link_index(ipr, spec.host)
+        delete_link_index(rt, found["index"])
+    _create_veth(rt, spec, None)
+    return link_index(rt, spec.host)
 
 
-def delete_link(ipr: IPRoute, name: str) -> None:
-    index = link_index(ipr, name)
+def delete_link(rt: Rtnl, name: str) -> None:
+    index = link_index(rt, name)
     if index is not None:
-        delete_link_index(ipr, index)
+        delete_link_index(rt, index)
 
 
-def delete_link_index(ipr: IPRoute, index: int) -> None:
+def delete_link_index(rt: Rtnl, index: int) -> None:
     try:
-        ipr.link("del", index=index)
+        rt.ack(nl.RTM_DELLINK, 0, nl.ifinfo(index))
     except NetlinkError as exc:
         if exc.code != errno.ENODEV:
             raise
 
 
-def retire_link(ipr: IPRoute, name: str) -> int | None:
+def retire_link(rt: Rtnl, name: str) -> int | None:
     """Re-tag a veth whose endpoint is gone (``multinic:gone:<id>``) and return its index, for a
     deletion after the response; None if it is not there. Its peer is down (dockerd took it out of
     the container), so no frame crosses it meanwhile."""
     try:
-        found = ipr.link("get", ifname=name)[0]
+        found = rt.get_link_named(name)
     except NetlinkError as exc:
         if exc.code == errno.ENODEV:
             return None
         raise
     alias = parse_link_alias(attr(found, "IFLA_IFALIAS"))
-    ipr.link("set", index=found["index"], ifalias=link_alias(LINK_GONE, alias[1] if alias else name))
+    _change_link(rt, found["index"], _alias(LINK_GONE, alias[1] if alias else name))
     return found["index"]
 

@@ -43,7 +43,7 @@ def _rtnl_socket_in(fd: int) -> socket.socket:
             if libc.setns(fd, CLONE_NEWNET) != 0:
                 code = ctypes.get_errno()
                 raise OSError(code, f"setns: {os.strerror(code)}")
-            made["socket"] = netlink.open_socket(kind=socket.SOCK_DGRAM)
+            made["socket"] = netlink.open_socket()
         except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
             made["error"] = exc
 
@@ -56,15 +56,13 @@ def _rtnl_socket_in(fd: int) -> socket.socket:
 
 
 @contextmanager
-def open_netns(netns_path: str, expect: str | None = None) -> Iterator[Any]:
-    """An IPRoute bound to the netns at ``netns_path`` (``/proc/<pid>/ns/net``).
+def open_netns(netns_path: str, expect: str | None = None) -> Iterator[netlink.Rtnl]:
+    """rtnetlink (:class:`.netlink.Rtnl`) in the netns at ``netns_path`` (``/proc/<pid>/ns/net``).
 
     Refuses this process's own netns (the host's, for a plugin running there): whatever goes wrong,
     the host's rules and routes are never touched here. If ``expect`` (dockerd's SandboxKey) is
     readable it must be the same namespace, which catches a pid recycled since ``inspect``. Never
-    creates a namespace (pyroute2's default would for a missing path)."""
-    from pyroute2 import IPRoute
-
+    creates a namespace."""
     fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         target = _ns_id(os.fstat(fd))
@@ -77,48 +75,42 @@ def open_netns(netns_path: str, expect: str | None = None) -> Iterator[Any]:
                 expected = None  # not visible from here (managed plugin without the mount)
             if expected is not None and expected != target:
                 raise NotThatNetns(f"{netns_path} is not the namespace {expect}")
-        raw = _rtnl_socket_in(fd).detach()
-        try:
-            ipr = IPRoute(fileno=raw)
-        except BaseException:
-            os.close(raw)
-            raise
-        with ipr:
-            yield ipr
+        with netlink.Rtnl(_rtnl_socket_in(fd)) as rt:
+            yield rt
     finally:
         os.close(fd)
 
 
-def read(ipr: Any) -> tuple[dict[int, Any], dict[Any, str]]:
+def read(rt: netlink.Rtnl) -> tuple[dict[int, Any], dict[Any, str]]:
     """({4: dockerd's IPv4 default gateway in the main table, 6: its IPv6 one}, {address: ifname}) of
-    the netns ``ipr`` is in."""
+    the netns ``rt`` is in."""
     gateways: dict[int, Any] = {4: None, 6: None}
     for version, family in ((4, socket.AF_INET), (6, socket.AF_INET6)):
-        for msg in ipr.route("dump", family=family):
+        for msg in rt.get_routes(family):
             ours = msg["proto"] == RT_PROTO
             if table_of(msg) == MAIN_TABLE and msg["dst_len"] == 0 and not ours and attr(msg, "RTA_GATEWAY"):
                 gateways[version] = ipaddress.ip_address(attr(msg, "RTA_GATEWAY"))
                 break
-    return gateways, {iface.ip: name for name, iface in all_addresses(ipr)}
+    return gateways, {iface.ip: name for name, iface in all_addresses(rt)}
 
 
-def apply(ipr: Any, routing: Routing) -> bool:
-    """Make our rules and routes in ``ipr``'s netns equal ``routing``; True if anything changed. Routes go
+def apply(rt: netlink.Rtnl, routing: Routing) -> bool:
+    """Make our rules and routes in ``rt``'s netns equal ``routing``; True if anything changed. Routes go
     in before the rules that use them and out after them."""
-    missing_routes, extra_routes = difference(routing.routes, owned_routes(ipr))
-    missing_rules, extra_rules = difference(routing.rules, owned_rules(ipr))
+    missing_routes, extra_routes = difference(routing.routes, owned_routes(rt))
+    missing_rules, extra_rules = difference(routing.rules, owned_rules(rt))
     for route in missing_routes:
-        replace_route(ipr, route)
+        replace_route(rt, route)
     for rule in missing_rules:
-        add_rule(ipr, rule)
+        add_rule(rt, rule)
     for rule in extra_rules:
-        delete_rule(ipr, rule)
+        delete_rule(rt, rule)
     for route in extra_routes:
-        delete_route(ipr, route)
+        delete_route(rt, route)
     return bool(missing_routes or extra_routes or missing_rules or extra_rules)
 
 
 def remove(netns_path: str, expect: str | None = None) -> bool:
     """Every rule and route of ours out of the netns at ``netns_path``; True if there were any."""
-    with open_netns(netns_path, expect) as ipr:
-        return apply(ipr, Routing())
+    with open_netns(netns_path, expect) as rt:
+        return apply(rt, Routing())

@@ -1,5 +1,6 @@
 """pyroute2 without its package ``__init__``, which imports every netlink family pyroute2 has (NDB, IPDB,
-WireGuard, nl80211, IPVS, plan9...): 5 MiB of heap in every process of the plugin, for three names.
+WireGuard, nl80211, IPVS, plan9...): 5 MiB of heap in every process of the plugin, for the one name it
+uses (``NetlinkError``; its rtnetlink is :mod:`.netlink`).
 
 :func:`defer_init` registers the package with its ``__init__`` not yet run: ``from pyroute2 import
 IPRoute`` (``NetNS``, ``NetlinkError``) resolves from the module defining it, a submodule imports as

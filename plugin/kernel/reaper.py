@@ -7,9 +7,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from pyroute2 import IPRoute
-
 from .links import delete_link_index
+from .netlink import Rtnl
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +56,9 @@ class Reaper:
 
 def _delete(indexes: list[int]) -> None:
     try:
-        with IPRoute() as ipr:
+        with Rtnl() as rt:
             for index in indexes:
-                delete_link_index(ipr, index)
+                delete_link_index(rt, index)
     except Exception:  # noqa: BLE001 - retired links are the whole-host writer's to remove
         log.exception("deferred deletion of links %s failed; the healer removes them", indexes)
 

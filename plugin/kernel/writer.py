@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 from typing import Callable, Iterable, Mapping
 
-from pyroute2 import IPRoute
-
 from ..plan.desired import (
     Change,
     HostState,
@@ -30,6 +28,7 @@ from ..plan.rebuild import KernelRemains
 from ..plan.state import State
 from . import conntrack, devconf, facts, links, reaper, routes
 from .firewall import Firewall, FirewallBackend, Ruleset
+from .netlink import Rtnl
 from .tags import LINK_BRIDGE, LINK_GONE, LINK_VETH
 
 log = logging.getLogger(__name__)
@@ -50,17 +49,17 @@ def reconcile(
         _whole_host(after, backend)
         return None
     mine, theirs = scope(before, after)
-    with IPRoute() as ipr:
+    with Rtnl() as rt:
         if not needs_parent_facts(mine, theirs):
             parents = {}
         elif parents is None or not parents_of(mine, theirs) <= parents.keys():
-            parents = facts.parents(ipr, parents_of(mine, theirs))
+            parents = facts.parents(rt, parents_of(mine, theirs))
         old, new = host_state(mine, parents), host_state(theirs, parents)
         todo = change(old, new)
         if todo.is_empty():
             return todo
         try:
-            _apply(ipr, todo, new, backend, lambda: host_state(after, facts.parents(ipr, parents_of(after))),
+            _apply(rt, todo, new, backend, lambda: host_state(after, facts.parents(rt, parents_of(after))),
                    defer_deletes)
         except Exception as exc:  # noqa: BLE001 - the whole host decides; its error is the one raised
             log.warning("kernel did not hold what the state says (%s); reconciling the whole host", exc)
@@ -75,27 +74,27 @@ def parents_of(*states: State) -> set[str]:
 def remains(backend: Firewall | None = None) -> KernelRemains:
     """What of ours the kernel holds: bridges by network, our rules and routes, and (given the firewall
     backend) our published ports."""
-    with IPRoute() as ipr:
-        bridges = {oid: name for name, (kind, oid, _i) in links.tagged_links(ipr).items() if kind == LINK_BRIDGE}
-        return KernelRemains(bridges=bridges, rules=frozenset(routes.owned_rules(ipr)),
-                             routes=frozenset(routes.owned_routes(ipr)),
+    with Rtnl() as rt:
+        bridges = {oid: name for name, (kind, oid, _i) in links.tagged_links(rt).items() if kind == LINK_BRIDGE}
+        return KernelRemains(bridges=bridges, rules=frozenset(routes.owned_rules(rt)),
+                             routes=frozenset(routes.owned_routes(rt)),
                              published=tuple(p for _family, fw in (backend.by_family() if backend else ())
                                              for p in fw.published()))
 
 
 def desired(state: State) -> HostState:
     """The whole host's desired kernel state, over the parents as they are now."""
-    with IPRoute() as ipr:
-        return host_state(state, facts.parents(ipr, parents_of(state)))
+    with Rtnl() as rt:
+        return host_state(state, facts.parents(rt, parents_of(state)))
 
 
-def _apply(ipr: IPRoute, todo: Change, new: HostState, backend: Firewall,
+def _apply(rt: Rtnl, todo: Change, new: HostState, backend: Firewall,
            whole: Callable[[], HostState], defer_deletes: bool) -> None:
     for bridge in todo.bridges:
-        links.ensure_bridge(ipr, bridge)
+        links.ensure_bridge(rt, bridge)
     for veth in todo.veths:
-        links.ensure_veth(ipr, veth)
-    _routes_and_rules(ipr, todo.routes_add, todo.routes_del, todo.rules_add, todo.rules_del)
+        links.ensure_veth(rt, veth)
+    _routes_and_rules(rt, todo.routes_add, todo.routes_del, todo.rules_add, todo.rules_del)
     for path, value in todo.sysctls.items():
         devconf.write_sysctl(path, value)
     for edits, ruleset, fw in ((todo.firewall, new.firewall, backend.v4), (todo.firewall6, new.firewall6, backend.v6)):
@@ -104,26 +103,26 @@ def _apply(ipr: IPRoute, todo: Change, new: HostState, backend: Firewall,
     # The rest, both families at once (the native backend: one transaction for both tables).
     backend.edit(todo.firewall or (), lambda: whole().firewall, todo.firewall6 or (), lambda: whole().firewall6)
     if defer_deletes and todo.veths_gone:
-        reaper.delete_later([i for name in todo.veths_gone if (i := links.retire_link(ipr, name)) is not None])
+        reaper.delete_later([i for name in todo.veths_gone if (i := links.retire_link(rt, name)) is not None])
     else:
         for name in todo.veths_gone:
-            links.delete_link(ipr, name)
+            links.delete_link(rt, name)
     for name in todo.bridges_gone:
-        links.delete_link(ipr, name)
+        links.delete_link(rt, name)
     conntrack.forget(todo.flows_gone)
 
 
-def _routes_and_rules(ipr: IPRoute, routes_add: Iterable[RouteSpec], routes_del: Iterable[RouteSpec],
+def _routes_and_rules(rt: Rtnl, routes_add: Iterable[RouteSpec], routes_del: Iterable[RouteSpec],
                       rules_add: Iterable[RuleSpec], rules_del: Iterable[RuleSpec]) -> None:
     """Stale routes out, missing ones in; then the same for rules (in this netns or a container's)."""
     for route in routes_del:
-        routes.delete_route(ipr, route)
+        routes.delete_route(rt, route)
     for route in routes_add:
-        routes.replace_route(ipr, route)
+        routes.replace_route(rt, route)
     for rule in rules_del:
-        routes.delete_rule(ipr, rule)
+        routes.delete_rule(rt, rule)
     for rule in rules_add:
-        routes.add_rule(ipr, rule)
+        routes.add_rule(rt, rule)
 
 
 def _firewall_whole(ruleset: Ruleset, backend: FirewallBackend) -> None:
@@ -134,21 +133,21 @@ def _firewall_whole(ruleset: Ruleset, backend: FirewallBackend) -> None:
 
 
 def _whole_host(state: State, backend: Firewall) -> None:
-    with IPRoute() as ipr:
-        want = host_state(state, facts.parents(ipr, parents_of(state)))
+    with Rtnl() as rt:
+        want = host_state(state, facts.parents(rt, parents_of(state)))
         for bridge in want.bridges:
-            links.ensure_bridge(ipr, bridge)
+            links.ensure_bridge(rt, bridge)
         for veth in want.veths:
-            links.ensure_veth(ipr, veth)
-        _routes_and_rules(ipr, *difference(want.routes, routes.owned_routes(ipr)),
-                          *difference(want.rules, routes.owned_rules(ipr)))
+            links.ensure_veth(rt, veth)
+        _routes_and_rules(rt, *difference(want.routes, routes.owned_routes(rt)),
+                          *difference(want.rules, routes.owned_rules(rt)))
         for path, value in want.sysctls.items():
             devconf.write_sysctl(path, value)
         _firewall_whole(want.firewall, backend.v4)
         _firewall_whole(want.firewall6, backend.v6)
-        for name, (kind, object_id, _index) in links.tagged_links(ipr).items():
+        for name, (kind, object_id, _index) in links.tagged_links(rt).items():
             stale = (kind == LINK_BRIDGE and object_id not in state.networks) or (
                 kind == LINK_VETH and object_id not in state.endpoints) or kind == LINK_GONE
             if stale:
                 log.info("removing %s %s (%s %s no longer in the state)", kind, name, kind, object_id[:12])
-                links.delete_link(ipr, name)
+                links.delete_link(rt, name)

@@ -174,25 +174,27 @@ class Watcher:
         return False
 
     # one container -----------------------------------------------------------------------
-    def reconcile_container(self, api: Any, cid: str) -> None:
+    def reconcile_container(self, api: Any, cid: str) -> bool:
+        """Look at one container and make its routing match; False when it is gone (removed: its
+        follow-ups are moot)."""
         from pyroute2.netlink.exceptions import NetlinkError
 
         try:
             info = api.inspect_container(cid)
         except engine.NotFound:
             self._forget(cid)
-            return
+            return False
         except engine.DockerError as exc:  # this container only; connection errors end the session
             if not exc.status:
                 raise
             log.warning("cannot inspect container %s: %s", cid[:12], exc)
-            return
+            return True
         cid = info["Id"]
         st = info.get("State") or {}
         pid = st.get("Pid") or 0
         if not st.get("Running") or not pid:
             self._forget(cid)  # its netns is gone with it
-            return
+            return True
         settings = info.get("NetworkSettings") or {}
         networks = settings.get("Networks") or {}
         if log.isEnabledFor(logging.DEBUG):
@@ -210,15 +212,15 @@ class Watcher:
                     if self.unroute(path, expect=settings.get("SandboxKey") or None):
                         log.info("%s has no %s network any more: policy routing removed", name, self.driver_name)
                     self._forget(cid)
-                return
+                return True
             attachments = build_attachments(networks, lambda nid: self._netinfo(api, nid), state, self.driver_name)
             decision, facts = self.route(path, attachments, expect=settings.get("SandboxKey") or None)
         except (FileNotFoundError, ProcessLookupError, netns.NotThatNetns) as exc:
             log.debug("%s vanished or changed while reconciling: %s", name, exc)
-            return
+            return True
         except NetlinkError as exc:
             log.warning("%s: netlink error while reconciling its routes: %s", name, exc)
-            return
+            return True
         if facts["changed"]:
             event = self.last_event.get(cid)
             if event is not None:
@@ -228,6 +230,7 @@ class Watcher:
             else:
                 log.info("%s: %s", name, decision.reason)
         self._record(cid, name, pid, settings.get("SandboxKey") or "", attachments, decision, facts)
+        return True
 
     @staticmethod
     def route(path: str, attachments: list[Attachment], expect: str | None) -> tuple[Any, dict[str, Any]]:
@@ -396,7 +399,9 @@ class Watcher:
                 while due and due[0][0] <= now:
                     batch.add(heapq.heappop(due)[1])
                 for cid in sorted(batch):
-                    self.reconcile_container(api, cid)
+                    if not self.reconcile_container(api, cid) and any(c == cid for _t, c in due):
+                        due[:] = [d for d in due if d[1] != cid]  # removed: its follow-ups would find it so
+                        heapq.heapify(due)
                 if now >= next_resync:
                     self.resync(api)
                     health.note(True)

@@ -14,9 +14,8 @@ import logging
 import time
 from typing import Any, Callable
 
-from pyroute2 import IPRoute
-
 from ..kernel import events, links, routes, writer
+from ..kernel.netlink import Rtnl
 from ..ops import engine, health, metrics
 from ..plan.desired import difference
 from ..plan.driver import Driver
@@ -25,6 +24,7 @@ from .supervisor import STOP_POLL
 
 log = logging.getLogger(__name__)
 
+QUIET = 0.05  # events this close together are one burst, looked at once
 FIREWALL_GAP = 2.0  # nf_tables deletions wake the firewall check at most this often
 SETTLE = 1.0  # a verb in flight finishes well within this
 DEBOUNCE = 0.15  # a parent's events come in bursts (address, routes, link): follow once it is over
@@ -38,15 +38,15 @@ def drift(state: State, counts: dict[str, int] | None = None) -> list[str]:
     counts = {} if counts is None else counts
     want = writer.desired(state)
     reasons = []
-    with IPRoute() as ipr:
-        for kind, wanted, present in (("route", want.routes, routes.owned_routes(ipr)),
-                                      ("rule", want.rules, routes.owned_rules(ipr))):
+    with Rtnl() as rt:
+        for kind, wanted, present in (("route", want.routes, routes.owned_routes(rt)),
+                                      ("rule", want.rules, routes.owned_rules(rt))):
             missing, extra = difference(wanted, present)
             counts[kind] = len(missing)
             reasons += [f"{len(missing)} {kind}(s) missing"] * bool(missing)
             reasons += [f"{len(extra)} stale {kind}(s)"] * bool(extra)
         # A lookup per bridge, not a dump of every link (veths are the full pass's business).
-        missing_bridges = [b.name for b in want.bridges if links.link_index(ipr, b.name) is None]
+        missing_bridges = [b.name for b in want.bridges if links.link_index(rt, b.name) is None]
     counts["bridge"] = len(missing_bridges)
     if missing_bridges:
         reasons.append(f"bridge(s) missing: {', '.join(missing_bridges)}")
@@ -79,12 +79,12 @@ class Healer:
             return False
         self.state_seen, self.parents_read = stamp, time.monotonic()
         state = self.store.load()
-        with IPRoute() as ipr:
-            self.parents = {n.parent: links.link_index(ipr, n.parent)
+        with Rtnl() as rt:
+            self.parents = {n.parent: links.link_index(rt, n.parent)
                             for n in state.networks.values() if n.parent and not n.internal}
             now = {}
             for index in filter(None, self.parents.values()):
-                for msg in ipr.get_links(index):
+                for msg in rt.get_links(index):
                     now[index] = (links.attr(msg, "IFLA_IFNAME"), links.attr(msg, "IFLA_MTU", 0),
                                   msg["flags"] & events.LINK_FLAGS)
         changed = any(i in self.links and now[i] != self.links[i] for i in now)
@@ -110,6 +110,13 @@ class Healer:
             while not stop.is_set():
                 seen = [] if first else listener.read(STOP_POLL)
                 first = False
+                quiet_by = time.monotonic() + STOP_POLL
+                while seen and time.monotonic() < quiet_by:  # a burst (a container's veth) is one round
+                    more = listener.read(QUIET)
+                    if not more:
+                        seen = None if more is None else seen
+                        break
+                    seen += more
                 try:
                     if not self.store.exists():
                         self._missing_state()

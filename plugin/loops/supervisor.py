@@ -1,12 +1,14 @@
-"""The background loops: threads of one process forked beside gunicorn (:func:`run_loops`), tied to
-``multinic serve``'s life, restarted by the :class:`Supervisor` when a loop dies or hangs (a plain fork,
-not multiprocessing: nothing shared a forked grandchild or a gunicorn worker could set)."""
+"""The background loops: threads hosted by one gunicorn worker at a time (:func:`host_loops`, a lock
+decides which), watched from the arbiter by the :class:`Supervisor`, which has the hosting worker
+replaced when a loop dies or hangs, with backoff, and records how each loop's last run ended."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -35,115 +37,14 @@ class StopFlag:
         return self._set
 
 
-class BackgroundProcess:
-    """Handle on a forked helper; :meth:`stop` only acts in the process that forked it."""
-
-    def __init__(self, pid: int, name: str) -> None:
-        self.pid = pid
-        self.name = name
-        self.owner = os.getpid()
-
-    def alive(self) -> bool:
-        try:
-            done, _ = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:  # already reaped (gunicorn's master reaps every child it sees exit)
-            return False
-        return done == 0
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if os.getpid() != self.owner:
-            return
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                if not self.alive():
-                    return
-                time.sleep(0.05)
-
-
-def _die_with_parent() -> None:
-    """PR_SET_PDEATHSIG: get SIGTERM when ``multinic serve`` exits, however it exits."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
-    except Exception:  # noqa: BLE001 - best effort
-        pass
-
-
-# Signals gunicorn's arbiter handles in the master; a helper forked from it must not inherit them.
-_ARBITER_SIGNALS = ("SIGCHLD", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGTTIN", "SIGTTOU", "SIGWINCH")
-
-
-def _child(name: str, target: Callable[[StopFlag], None]) -> None:
-    """SIGTERM/SIGINT stop the helper; processes it forks get the default handlers back."""
-    me = os.getpid()
-    stop: Any = StopFlag()
-    for signame in _ARBITER_SIGNALS:
-        signal.signal(getattr(signal, signame), signal.SIG_DFL)
-
-    def on_signal(signum: int, frame: object) -> None:
-        if os.getpid() == me:
-            stop.set()
-        else:
-            os._exit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    try:
-        target(stop)
-    except LoopDied:
-        raise  # the process exits with status 1
-    except Exception:  # noqa: BLE001
-        logging.getLogger(__name__).exception("%s crashed", name)
-
-
-def spawn(name: str, target: Callable[[StopFlag], None]) -> BackgroundProcess:
-    """Fork ``target(stop_flag)`` into its own process, tied to this one's life."""
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            _die_with_parent()
-            if os.getppid() == parent:  # else the parent died before prctl took effect
-                _child(name, target)
-        except BaseException:  # noqa: BLE001
-            code = 1
-        finally:
-            logging.shutdown()
-            os._exit(code)
-    logging.getLogger(__name__).info("%s started (pid %s)", name, pid)
-    return BackgroundProcess(pid, name)
-
-
-def describe_exit(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"killed by signal {os.WTERMSIG(status)}"
-    if os.WIFEXITED(status):
-        return f"exited with status {os.WEXITSTATUS(status)}"
-    return f"wait status {status}"
-
-
 class LoopDied(Exception):
     """A loop's thread ended while its process was not stopping."""
 
 
 def run_loops(loops: dict[str, Callable[[Any], None]], state_dir: str, stop: StopFlag,
               faults: Any = None) -> None:
-    """The loops process: each loop in a thread of its own with its own heartbeat (``<loop>.json``), one
-    thread flushing the heartbeats. A loop whose thread ends (an uncaught error) ends the process, which
-    the :class:`Supervisor` restarts, so a loop is restarted, reported and backed off the same way whether
-    its thread died, it hung, or the process was killed."""
-    import threading
-
+    """Each loop in a thread of its own with its own heartbeat (``<loop>.json``), one thread flushing the
+    heartbeats, until ``stop``; LoopDied when a loop's thread ends (an uncaught error)."""
     flags = {key: health.start_beat(state_dir, key, threading.Event(), faults) for key in loops}
     threads = {}
     for key, target in loops.items():
@@ -164,79 +65,139 @@ def run_loops(loops: dict[str, Callable[[Any], None]], state_dir: str, stop: Sto
         health.stop_beats()
 
 
+def name_thread(name: str) -> None:
+    """The calling thread's name in the kernel (``top -H``, ``/proc/PID/task/TID/comm``); threads it starts
+    inherit it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except Exception:  # noqa: BLE001 - a name only
+        pass
+
+
 def _run_loop(key: str, target: Callable[[Any], None], stop: Any) -> None:
+    name_thread(f"mn-{key}")
     health.bind(stop)
     try:
         target(stop)
-    except BaseException as exc:  # noqa: BLE001 - reported; the process ends and is restarted
+    except BaseException as exc:  # noqa: BLE001 - reported; its worker is replaced and the loop restarted
         logging.getLogger(__name__).exception("%s crashed", key)
         health.crashed(key, exc)
 
 
+# -- in a gunicorn worker: hosting the loops -------------------------------------------------------
+HOST_RECORD = "loops-host.json"  # {"pid", "started"}: the worker hosting the loops, written by it
+_hosting = StopFlag()
+
+
+def host_loops(loops: dict[str, Callable[[Any], None]], state_dir: str, faults: Any = None) -> None:
+    """In a gunicorn worker, once it is set up: a thread that waits for the loops' lock (a worker that
+    hosts them holds it until it dies, when the kernel frees it) and then runs them here, after the
+    backoff the supervisor asked for. A loop that dies stops this worker gracefully (the request in flight
+    is answered first), and gunicorn starts another."""
+    threading.Thread(target=_host, args=(loops, state_dir, faults), name="multinic-loops", daemon=True).start()
+
+
+def _host(loops: dict[str, Callable[[Any], None]], state_dir: str, faults: Any) -> None:
+    log = logging.getLogger(__name__)
+    name_thread("mn-loops")  # and every thread the loops start: what runs beside the verbs
+    hdir = health.health_dir(state_dir)
+    hdir.mkdir(parents=True, exist_ok=True)
+    lock = os.open(hdir / "loops.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # held for this worker's life; never closed
+    while not _may_start(hdir):
+        if _hosting.wait(0.05):
+            return
+    if _hosting.is_set():
+        return
+    health.write(hdir / HOST_RECORD, {"pid": os.getpid(), "started": time.time()})
+    log.info("loops (%s) running in worker %s", ", ".join(loops), os.getpid())
+    try:
+        run_loops(loops, state_dir, _hosting, faults)
+    except LoopDied as exc:
+        log.error("%s: stopping this worker, gunicorn starts another", exc)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _may_start(hdir: Any) -> bool:
+    """Once the supervisor has recorded how the last hosting worker ended, and its backoff is over."""
+    last = health.read(hdir / HOST_RECORD).get("pid")
+    if last in (None, os.getpid()):
+        return True  # the first host of this ``multinic serve``
+    record = health.read(hdir / "supervisor.json")
+    not_before = record.get("not_before")
+    return record.get("ended") == last and (not isinstance(not_before, (int, float)) or time.time() >= not_before)
+
+
+def stop_hosting(timeout: float = 5.0) -> None:
+    """At a worker's exit: the loops it hosts stopped (their threads joined)."""
+    _hosting.set()
+    for thread in threading.enumerate():
+        if thread.name == "multinic-loops":
+            thread.join(timeout)
+
+
+# -- in gunicorn's arbiter: watching them -----------------------------------------------------------
 class Supervisor:
-    """Keeps the loops process running, like systemd's ``Restart=always`` + ``WatchdogSec``: when it
-    died (killed, or one of its loop threads ended) it is restarted; when one of its loops' heartbeats is
-    older than twice the health staleness it is killed and restarted (a hung thread cannot be killed
-    alone, and may hold the state lock). Restarts back off (1 s doubling to 30 s) while it keeps dying
-    within a minute of its start. Runs as a thread in ``multinic serve``'s process (gunicorn's arbiter,
-    which reaps any child it sees exit: the loops, which run iptables and conntrack tools, have a process
-    of their own); each loop's record goes to ``health/supervisor.json``.
+    """Keeps the loops running, like systemd's ``Restart=always`` + ``WatchdogSec``, from a thread of
+    ``multinic serve``'s process (gunicorn's arbiter). The loops are threads of the gunicorn worker that
+    hosts them (:func:`host_loops`): when it ended (a loop died and it stopped itself, or it was killed)
+    gunicorn starts another worker, which takes the loops up after the backoff written here
+    (``not_before``: 1 s doubling to 30 s while they keep dying within a minute of their start); when one
+    of its loops' heartbeats is older than twice the health staleness, the worker is killed (a hung thread
+    cannot be killed alone, and may hold the state lock). Each loop's record (pid, restarts, how its last
+    run ended) goes to ``health/supervisor.json``.
     """
 
     CHECK = STOP_POLL
     BACKOFF_MAX = 30.0
 
     def __init__(self, state_dir: str, loops: dict[str, Callable[[Any], None]],
-                 stale: float = health.STALE_AFTER, faults: Any = None) -> None:
+                 stale: float = health.STALE_AFTER) -> None:
         self.health = health
         self.stale = stale
-        self.path = health.health_dir(state_dir) / "supervisor.json"
-        self.state_dir = state_dir
+        self.hdir = health.health_dir(state_dir)
+        self.path = self.hdir / "supervisor.json"
         self.loops = loops
-        self.faults = faults
-        self.proc = BackgroundProcess(0, "loops")
-        self.record: dict[str, dict[str, Any]] = {}
+        self.host = 0  # the worker hosting the loops, once seen
+        self.ended = 0  # the last host whose end is recorded
+        self.record: dict[str, dict[str, Any]] = {
+            key: {"pid": None, "restarts": 0, "last_exit": None, "last_restart": None} for key in loops}
         self.started = 0.0
-        self.next_start = 0.0
+        self.not_before = 0.0
         self.backoff = 0.0
         self._stop = StopFlag()
         self._thread: Any = None
 
     def _write(self) -> None:
         try:
-            self.health.write(self.path, {"pid": os.getpid(), "loops": self.record})
+            self.health.write(self.path, {"pid": os.getpid(), "host": self.host, "ended": self.ended,
+                                          "not_before": self.not_before, "loops": self.record})
         except OSError as exc:
             logging.getLogger(__name__).warning("cannot write %s: %s", self.path, exc)
 
-    def _start(self) -> None:
-        self.proc = spawn("loops (" + ", ".join(self.loops) + ")",
-                          lambda stop: run_loops(self.loops, self.state_dir, stop, self.faults))
-        self.started = time.time()
-        for key in self.loops:
-            rec = self.record.setdefault(key, {"restarts": 0, "last_exit": None, "last_restart": None})
-            rec.update(pid=self.proc.pid, started=self.started)
-
     def start(self) -> None:
-        import threading
-
-        self._start()
+        self.hdir.mkdir(parents=True, exist_ok=True)
+        (self.hdir / HOST_RECORD).unlink(missing_ok=True)  # a host of an earlier serve is not ours
         self._write()
         self._thread = threading.Thread(target=self._run, name="multinic-supervisor", daemon=True)
         self._thread.start()
 
-    def _exit_status(self) -> str | None:
-        """None while running; how it ended once it has (``dead`` if someone else reaped it)."""
+    def _our_worker(self, pid: Any) -> bool:
+        if not health.pid_alive(pid):
+            return False
         try:
-            done, status = os.waitpid(self.proc.pid, os.WNOHANG)
-        except ChildProcessError:  # gunicorn's arbiter reaps every child it sees exit
-            return "exited (reaped by gunicorn, status unknown)"
-        return describe_exit(status) if done else None
+            with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+                return int(fh.read().rsplit(")", 1)[1].split()[1]) == os.getpid()
+        except (OSError, ValueError, IndexError):
+            return False
 
     def _hung(self, now: float) -> tuple[str, float] | None:
         """The first loop whose heartbeat is older than twice the staleness, and how old."""
         for key in self.loops:
-            beat = self.health.read(self.health.health_dir(self.state_dir) / f"{key}.json")
-            last = beat.get("last_run") if beat.get("pid") == self.proc.pid else None
+            beat = self.health.read(self.hdir / f"{key}.json")
+            last = beat.get("last_run") if beat.get("pid") == self.host else None
             since = now - (last if isinstance(last, (int, float)) else self.started)
             if since > 2 * self.stale:
                 return key, since
@@ -245,37 +206,38 @@ class Supervisor:
     def check_once(self) -> None:
         log = logging.getLogger(__name__)
         now = time.time()
-        if self.proc.pid == 0:  # waiting out a backoff
-            if time.monotonic() >= self.next_start:
-                self._start()
-                self._write()
-            return
-        ended = self._exit_status()
+        if not self.host:  # a worker took the loops up since the last look (and may have ended already)
+            host = self.health.read(self.hdir / HOST_RECORD)
+            pid = host.get("pid")
+            if not isinstance(pid, int) or pid == self.ended:
+                return
+            self.host, self.started = pid, float(host.get("started") or now)
+            for rec in self.record.values():
+                rec.update(pid=pid, started=self.started)
+            self._write()
         culprit = None
-        if ended is None:
+        if self._our_worker(self.host):
             hung = self._hung(now)
             if hung is None:
                 return
             culprit, since = hung
-            log.error("%s (pid %s) showed no sign of life for %.0f s; killing its process", culprit, self.proc.pid,
+            log.error("%s (worker %s) showed no sign of life for %.0f s; killing that worker", culprit, self.host,
                       since)
             try:
-                os.kill(self.proc.pid, signal.SIGKILL)
+                os.kill(self.host, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            ended = f"hung for {since:.0f} s, killed"
-            try:
-                os.waitpid(self.proc.pid, 0)
-            except ChildProcessError:
-                pass
+            ended = f"hung for {since:.0f} s, its worker killed"
+        else:
+            ended = "its worker ended (gunicorn starts another)"
         if now - self.started > 60:
             self.backoff = 0.0  # it ran for a while: restart at once
         delay = self.backoff
         self.backoff = min(max(1.0, delay * 2), self.BACKOFF_MAX)
         crashed = {key: beat["crashed"] for key in self.loops
-                   if isinstance((beat := self.health.read(self.health.health_dir(self.state_dir) / f"{key}.json"
-                                                           )).get("crashed"), str) and beat.get("pid") == self.proc.pid}
-        log.error("loops process (pid %s) %s%s; restarting it%s", self.proc.pid, ended,
+                   if isinstance((beat := self.health.read(self.hdir / f"{key}.json")).get("crashed"), str)
+                   and beat.get("pid") == self.host}
+        log.error("loops (worker %s): %s%s; restarting them%s", self.host, ended,
                   "".join(f"; {k}: {v}" for k, v in crashed.items()), f" in {delay:.0f} s" if delay else "")
         for key in self.loops:
             rec = self.record[key]
@@ -283,8 +245,9 @@ class Supervisor:
                          else ended if culprit in (None, key) and not crashed
                          else f"restarted with {culprit or ', '.join(crashed)} ({ended})")
             rec.update(restarts=rec["restarts"] + 1, last_exit=exit_text, last_restart=now, pid=None)
-        self.proc = BackgroundProcess(0, "loops")
-        self.next_start = time.monotonic() + delay
+        self.ended = self.host  # the next host waits for this record (and the backoff)
+        self.host = 0
+        self.not_before = now + delay
         self._write()
 
     def _run(self) -> None:
@@ -295,12 +258,8 @@ class Supervisor:
                 logging.getLogger(__name__).exception("supervisor round failed")
 
     def stop(self) -> None:
-        """In the serving process: stop supervising, then stop the loops (a no-op in gunicorn workers)."""
-        import threading
-
+        """Stop supervising (gunicorn stops the workers, and the loops with them)."""
         self._stop.set()
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             thread.join(timeout=5)
-        if self.proc.pid:  # 0: a placeholder waiting out a backoff (os.kill(0) would hit the group)
-            self.proc.stop()

@@ -16,10 +16,13 @@ from ..settings import DEFAULT_SOCKET, DEFAULT_STATE_DIR, Settings
 log = logging.getLogger("multinic")
 
 
-def _flush_deletes(_server: Any, _worker: Any) -> None:
-    """A worker leaving (restart, shutdown) deletes the veths it retired but had not yet deleted."""
+def _worker_exit(_server: Any, _worker: Any) -> None:
+    """A worker leaving (restart, shutdown): the loops it hosts stopped, and the veths it retired but had
+    not yet deleted deleted."""
     from ..kernel import reaper
+    from ..loops import supervisor
 
+    supervisor.stop_hosting()
     try:
         reaper.wait()
     except Exception:  # noqa: BLE001 - the whole-host writer removes what is left
@@ -66,12 +69,13 @@ def start(driver: Any, settings: Settings) -> None:
 
 
 def cmd_serve(settings: Settings) -> int:
-    """gunicorn's arbiter (this process, with the supervisor thread), its worker(s), and one process for
-    the loops (threads): everything is imported and the garbage collector's objects frozen before either
-    forks, so the three share their pages (docs/ARCHITECTURE.md, *Processes*)."""
+    """gunicorn's arbiter (this process, with the supervisor thread) and its worker(s), one of which hosts
+    the loops as threads: everything is imported and the garbage collector's objects frozen before it
+    forks, so they share their pages (docs/ARCHITECTURE.md, *Processes*)."""
     import gc
     import time
 
+    _one_malloc_arena()
     from gunicorn.app.base import BaseApplication
 
     from ..api.http import create_app
@@ -99,7 +103,7 @@ def cmd_serve(settings: Settings) -> int:
         "timeout": 120, "graceful_timeout": 10, "accesslog": "-" if settings.log_level == "debug" else None,
         "loglevel": settings.log_level, "proc_name": "multinic",
         # gunicorn >= 23 opens a control socket in $HOME; two plugins (or two labs) would share it.
-        "control_socket_disable": True, "worker_exit": _flush_deletes,
+        "control_socket_disable": True, "worker_exit": _worker_exit,
     }
     app = create_app(driver, pause)
 
@@ -113,20 +117,33 @@ def cmd_serve(settings: Settings) -> int:
             return app
 
     log.info("multinic %s serving on %s (driver name %r)", __version__, sock, settings.driver_name)
-    loops = {"watcher": gateways.loop(store, settings), "healer": healer.loop(driver, serving_since)}
+    # The loops' own driver and store: nothing of the request path's (its fault pause, its caches) is
+    # shared with threads that run beside it.
+    loops_store = Store(settings.state_dir)
+    try:
+        chosen = driver.firewall
+    except Exception:  # noqa: BLE001 - the loops' driver chooses again, and the healer reports why it fails
+        chosen = None
+    loops = {"watcher": gateways.loop(loops_store, settings),
+             "healer": healer.loop(Driver(loops_store, settings, defer_deletes=True, firewall=chosen),
+                                   serving_since)}
     if metrics_at:
         loops["metrics"] = metrics.loop(*metrics_at, str(store.directory), settings.firewall)
         log.info("prometheus metrics on http://%s:%s/metrics", *metrics_at)
-    watchdog = supervisor.Supervisor(str(store.directory), loops, settings.health_stale, pause)
+    watchdog = supervisor.Supervisor(str(store.directory), loops, settings.health_stale)
 
     def ready(arbiter: Any) -> None:
-        """gunicorn's arbiter is set up and about to fork its worker: the loops are forked now too, so
-        both inherit the same heap, and nothing the arbiter writes while setting up is copied into one."""
+        """gunicorn's arbiter is set up and about to fork its worker(s): nothing it wrote while setting up
+        is copied into one."""
         _settle()
         gc.freeze()  # what is allocated so far stays shared with the forks: the collector never writes to it
         watchdog.start()
 
+    def worker_ready(worker: Any) -> None:
+        supervisor.host_loops(loops, str(store.directory), pause)
+
     options["when_ready"] = ready
+    options["post_worker_init"] = worker_ready
     try:
         Server().run()
     finally:
@@ -134,6 +151,18 @@ def cmd_serve(settings: Settings) -> int:
         if metrics_at:
             metrics.teardown()
     return 0
+
+
+def _one_malloc_arena() -> None:
+    """glibc's malloc gives each thread that allocates an arena of its own, and the loops' threads (idle,
+    mostly) would keep 3-4 MiB of them: one arena for the process and the workers it forks (mallopt
+    M_ARENA_MAX, as MALLOC_ARENA_MAX=1 does), before any thread starts."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _settle() -> None:

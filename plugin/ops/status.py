@@ -12,12 +12,11 @@ from ..settings import Settings
 
 
 def collect(settings: Settings) -> dict[str, Any]:
-    from pyroute2 import IPRoute
-
     from ..api.messages import swarm_scoped
     from ..kernel import facts, links, routes
     from ..kernel.firewall import select
     from ..kernel.firewall.rules import publish_addresses
+    from ..kernel.netlink import Rtnl
     from ..loops import decisions
     from ..plan.state import Store
     from . import engine, health
@@ -26,11 +25,11 @@ def collect(settings: Settings) -> dict[str, Any]:
     state = store.load()
     owners = engine.endpoint_owners(settings, timeout=3)
     info = engine.engine_info(settings, timeout=3)
-    with IPRoute() as ipr:
-        tagged = links.tagged_links(ipr)
-        our_routes = sorted(routes.owned_routes(ipr), key=repr)
-        our_rules = sorted(routes.owned_rules(ipr), key=repr)
-        parents = facts.parents(ipr, state.parent_names())
+    with Rtnl() as rt:
+        tagged = links.tagged_links(rt)
+        our_routes = sorted(routes.owned_routes(rt), key=repr)
+        our_rules = sorted(routes.owned_rules(rt), key=repr)
+        parents = facts.parents(rt, state.parent_names())
     ports = []
     for ep in sorted(state.endpoints.values(), key=lambda e: e.id):
         owner = owners.get(ep.id, {})

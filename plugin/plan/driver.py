@@ -12,8 +12,6 @@ import logging
 import time
 from typing import Any, Callable, Iterable, Mapping
 
-from pyroute2 import IPRoute
-
 from ..api.messages import (
     CreateEndpointRequest,
     CreateNetworkRequest,
@@ -28,6 +26,7 @@ from ..errors import Refusal
 from ..kernel import devconf, facts, writer
 from ..kernel.firewall import Firewall, select
 from ..kernel.firewall.rules import publish_addresses
+from ..kernel.netlink import Rtnl
 from ..settings import Settings
 from . import ports
 from .facts import HostFacts
@@ -54,17 +53,19 @@ KernelHook = Callable[[State, "State | None"], None]
 
 class Driver:
     def __init__(self, store: Store, settings: Settings, *, defer_deletes: bool = False,
-                 kernel: KernelHook | None = None, on_saved: Callable[[], None] | None = None) -> None:
+                 kernel: KernelHook | None = None, on_saved: Callable[[], None] | None = None,
+                 firewall: Firewall | None = None) -> None:
         """``defer_deletes``: veths of removed endpoints are deleted after the response (``multinic
         serve``, whose workers live on). ``kernel``: replaces the kernel writer (unit tests of the
         verbs' logic), called with (after, before). ``on_saved``: called between "state saved" and
-        "kernel changed" (the fault tests pause there)."""
+        "kernel changed" (the fault tests pause there). ``firewall``: the backend another driver of this
+        process chose (backends keep no state)."""
         self.store = store
         self.settings = settings
         self.defer_deletes = defer_deletes
         self.kernel = kernel
         self.on_saved = on_saved
-        self._firewall: Firewall | None = None
+        self._firewall: Firewall | None = firewall
 
     @property
     def firewall(self) -> Firewall:
@@ -161,9 +162,9 @@ class Driver:
         (inspect of each running one on them) and from the kernel, persisted, then the host reconciled."""
         networks, containers = list(networks), list(containers)
         remains = writer.remains(self.firewall)
-        with self.store.locked() as current, IPRoute() as ipr:
+        with self.store.locked() as current, Rtnl() as rt:
             parents = {p for n in networks if (p := str((n.get("Options") or {}).get("parent") or ""))}
-            host = facts.read(ipr, parents, routing=True)
+            host = facts.read(rt, parents, routing=True)
             state, notes = rebuild(networks, containers, remains, host, time.time())
             for nid, net in current.networks.items():  # made since (a verb that ran meanwhile)
                 state.networks.setdefault(nid, net)
@@ -193,8 +194,8 @@ class Driver:
             siblings = state.networks_on(opts.parent) if opts.parent and not req.internal else []
             first = bool(opts.parent) and not req.internal and (not siblings or (
                 req.ipv6 and not any(n.subnet6 for n in siblings)))
-            with IPRoute() as ipr:
-                host = facts.read(ipr, [opts.parent] if opts.parent else [], names=[bridge], routing=first,
+            with Rtnl() as rt:
+                host = facts.read(rt, [opts.parent] if opts.parent else [], names=[bridge], routing=first,
                                   ipv6=req.ipv6)
             rp = devconf.read_sysctl(f"net/ipv4/conf/{opts.parent}/rp_filter") if first and not siblings else None
             record, parent_record = plan_network(state, req, opts, host, rp)
@@ -293,8 +294,8 @@ class Driver:
         others = [o for o in state.endpoints.values() if o.id != ep.id and not (sandbox and o.sandbox_key == sandbox)
                   and o.network_id in state.networks and o.ports]
         parents = {p for p in (net.parent, *(state.networks[o.network_id].parent for o in others)) if p}
-        with IPRoute() as ipr:
-            host = facts.read(ipr, parents, addresses=True)
+        with Rtnl() as rt:
+            host = facts.read(rt, parents, addresses=True)
         taken = [dataclasses.replace(p, host_ip=ip) for o in others for p in o.ports
                  for ip in publish_addresses(state.networks[o.network_id], p.host_ip, host.parents)]
         return ports.allocate(bindings, publish_resolver(net, host), taken), host
@@ -358,8 +359,8 @@ class Driver:
         with self.store.locked() as state:
             self._check_not_lost()
             names = {n.parent for n in state.networks.values() if n.parent and not n.internal}
-            with IPRoute() as ipr:
-                host = facts.read(ipr, names, routing=True)
+            with Rtnl() as rt:
+                host = facts.read(rt, names, routing=True)
             for nid, net in sorted(state.networks.items()):
                 parent = host.parents.get(net.parent or "")
                 if net.internal or parent is None or not parent.exists or not (parent.addresses or parent.addresses6):

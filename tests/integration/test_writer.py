@@ -249,14 +249,13 @@ def test_a_removed_endpoints_veth_is_deleted_after_the_response(topo):
 
 
 def _retire_then_reconcile(state_dir: str) -> tuple[str | None, str | None]:
-    from pyroute2 import IPRoute
-
     from plugin.kernel import links, writer
     from plugin.kernel.firewall import select
+    from plugin.kernel.netlink import Rtnl
 
     host_veth = "mnh" + EID[:12]
-    with IPRoute() as ipr:
-        links.retire_link(ipr, host_veth)  # as DeleteEndpoint does, then the plugin dies
+    with Rtnl() as rt:
+        links.retire_link(rt, host_veth)  # as DeleteEndpoint does, then the plugin dies
     retired = sh_alias(host_veth)
     writer.reconcile(Store(state_dir).load(), None, select(settings()))
     return retired, sh_alias(host_veth)
@@ -319,3 +318,30 @@ def test_a_new_endpoints_veth_is_enslaved_up_tagged_and_hairpinned(topo):
     assert call_in(topo, "DeleteEndpoint", {"NetworkID": NID, "EndpointID": EID})["status"] == 200
     assert call_in(topo, "DeleteNetwork", {"NetworkID": NID})["status"] == 200
     assert topo.dump() == before
+
+
+def _firewall_events_of_us_and_of_others() -> tuple[list[int], list[int]]:
+    """In the host namespace: the healer's subscription, a transaction of this process through
+    libnftables, then one of the ``nft`` command."""
+    from plugin.kernel import events
+    from plugin.kernel.firewall import nft
+
+    listener = events.Listener()
+    try:
+        nft.run("add table ip mnevt\nadd chain ip mnevt c\nadd rule ip mnevt c accept\ndelete table ip mnevt")
+        ours = listener.read(0.5)
+        subprocess.run(["nft", "add table ip mnevt; add chain ip mnevt c; delete table ip mnevt"], check=True)
+        theirs = listener.read(0.5)
+    finally:
+        listener.close()
+    return [e.kind for e in ours or ()], [e.kind for e in theirs or ()]
+
+
+def test_the_healer_is_not_woken_by_the_firewall_changes_its_own_process_made(topo):
+    """The loops run in the worker that writes the native firewall: its own transactions (a Leave's
+    port removal, a network's chains) are not drift to check; another process's deletions still are."""
+    from plugin.kernel import events
+
+    ours, theirs = topo.in_host(_firewall_events_of_us_and_of_others)
+    assert events.FIREWALL not in ours
+    assert events.FIREWALL in theirs

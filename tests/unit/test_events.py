@@ -44,3 +44,18 @@ def test_messages_of_one_datagram():
     (kind, _flags, _seq, payload), = list(nl.messages(datagram))
     event = events.parse(nl.NETLINK_ROUTE, kind, payload)
     assert (event.name, event.index, event.mtu, event.link_key) == ("eth1", 3, 9000, ("eth1", 9000, 0x10041))
+
+
+def test_own_transactions_are_left_out():
+    """nf_tables changes are followed by their transaction's generation, naming the process that
+    committed it: this process's own are not drift; another's, or one whose generation is still to come,
+    are."""
+    fw, link = events.Event(events.FIREWALL), events.Event(nl.RTM_DELLINK, index=4)
+    gen = lambda pid: events.Event(events.GENERATION, index=pid)  # noqa: E731
+    assert events.others([fw, fw, gen(42), link], 42) == [link]
+    assert events.others([fw, gen(7), fw, gen(42)], 42) == [fw]
+    assert events.others([gen(42), fw], 42) == [fw]
+    body = struct.pack("=BBH", 0, 0, 0) + attr(1, struct.pack(">I", 9)) + attr(events.NFTA_GEN_PROC_PID,
+                                                                                 struct.pack(">I", 4242))
+    event = events.parse(nl.NETLINK_NETFILTER, (events.NFNL_SUBSYS_NFTABLES << 8) | events.NFT_MSG_NEWGEN, body)
+    assert event == events.Event(events.GENERATION, index=4242)

@@ -1,11 +1,13 @@
 """What ``multinic serve`` imports stays small (docs/ARCHITECTURE.md, *Processes*): no web framework, no
-docker SDK, and pyroute2 without its package ``__init__``, while pyroute2's other names still work."""
+docker SDK, no asyncio (pyroute2's ``IPRoute`` runs on it: the plugin's rtnetlink is its own), and
+pyroute2 without its package ``__init__``, while pyroute2's other names still work."""
 
 import subprocess
 import sys
 
 HEAVY = ("flask", "werkzeug", "jinja2", "docker", "requests", "urllib3", "iptc", "prometheus_client",
-         "pyroute2.ndb", "pyroute2.ipdb", "pyroute2.netlink.generic.wireguard")
+         "pyroute2.ndb", "pyroute2.ipdb", "pyroute2.netlink.generic.wireguard", "pyroute2.iproute", "asyncio",
+         "unittest")
 SERVE = "import plugin.ops.cli, plugin.api.http, plugin.loops.gateways, plugin.loops.healer, plugin.ops.status"
 
 

@@ -168,19 +168,18 @@ def _read(path: str) -> str | None:
 def gather_kernel(f: Facts, extra_parents: Iterable[str] = ()) -> None:
     """ip_forward, rp_filter, br_netfilter, parents and whether their next hop answers, ip rules, foreign
     routes in any table (this netns)."""
-    from pyroute2 import IPRoute
-
     from ...kernel import links, routes
+    from ...kernel.netlink import Rtnl
 
     f.ip_forward = _read("/proc/sys/net/ipv4/ip_forward")
     f.rp_filter_all = _read("/proc/sys/net/ipv4/conf/all/rp_filter")
     f.br_netfilter_loaded = Path("/proc/sys/net/bridge").is_dir()
     f.bridge_nf_call_iptables = _read("/proc/sys/net/bridge/bridge-nf-call-iptables")
     hops = {n.parent: (n.parent_gateway, n.gateway_source) for n in f.state.networks.values() if n.parent}
-    with IPRoute() as ipr:
-        gateways = routes.default_gateways(ipr)
+    with Rtnl() as rt:
+        gateways = routes.default_gateways(rt)
         for name in sorted(set(hops) | set(extra_parents)):
-            facts = links.parent_facts(ipr, name)
+            facts = links.parent_facts(rt, name)
             info = ParentInfo(name, facts.exists, facts.up, [str(a) for a in facts.addresses],
                               addresses6=[str(a) for a in facts.addresses6])
             if facts.exists:
@@ -190,9 +189,9 @@ def gather_kernel(f: Facts, extra_parents: Iterable[str] = ()) -> None:
                 info.rp_filter = _read(f"/proc/sys/net/ipv4/conf/{name}/rp_filter")
                 info.next_hop, info.next_hop_source = hops.get(name) or (info.default_gateway, "")
                 if info.next_hop and facts.up:
-                    info.next_hop_answers = links.neighbour_answers(ipr, name, info.next_hop)
+                    info.next_hop_answers = links.neighbour_answers(rt, name, info.next_hop)
             f.parents[name] = info
-        for m in ipr.get_rules(family=socket.AF_INET):
+        for m in rt.get_rules(socket.AF_INET):
             src = m.get_attr("FRA_SRC")
             mark = m.get_attr("FRA_FWMARK")
             f.rules.append(RuleInfo(
@@ -201,13 +200,13 @@ def gather_kernel(f: Facts, extra_parents: Iterable[str] = ()) -> None:
                 fwmask=m.get_attr("FRA_FWMASK") if mark is not None else None,
                 src=f"{src}/{m['src_len']}" if src else None,
             ))
-        for m in routes.all_routes(ipr):
+        for m in routes.all_routes(rt):
             table = routes.table_of(m)
             if m["proto"] != RT_PROTO and table not in (253, 254, 255):
                 f.foreign_routes_by_table[table] = f.foreign_routes_by_table.get(table, 0) + 1
-        f.link_names = links.link_names(ipr)
-        f.ra_default = sorted(routes.ra_defaults(ipr))
-        f.default_routes6 = sorted(str(dev) for dev in routes.default_gateways(ipr, socket.AF_INET6))
+        f.link_names = links.link_names(rt)
+        f.ra_default = sorted(routes.ra_defaults(rt))
+        f.default_routes6 = sorted(str(dev) for dev in routes.default_gateways(rt, socket.AF_INET6))
     f.forwarding6 = _read("/proc/sys/net/ipv6/conf/all/forwarding")
     for name in f.link_names.values():
         value = _read(f"/proc/sys/net/ipv6/conf/{name}/accept_ra")
