@@ -476,7 +476,7 @@ def run(store: Store, stop_event: Any, settings: Settings, client_factory: Calla
 
 
 def loop(store: Store, settings: Settings) -> Callable[[Any], None]:
-    """The gateway watcher, as the supervisor runs it in the loops process."""
+    """The gateway watcher, as a thread of the worker hosting the loops."""
     return lambda stop: run(store, stop, settings)
 
 

@@ -219,5 +219,5 @@ class Healer:
 
 
 def loop(driver: Driver, serving_since: float | None = None) -> Callable[[Any], None]:
-    """The healer, as the supervisor runs it in the loops process."""
+    """The healer, as a thread of the worker hosting the loops."""
     return lambda stop: Healer(driver, serving_since).run(stop)

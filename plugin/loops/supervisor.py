@@ -89,6 +89,7 @@ def _run_loop(key: str, target: Callable[[Any], None], stop: Any) -> None:
 # -- in a gunicorn worker: hosting the loops -------------------------------------------------------
 HOST_RECORD = "loops-host.json"  # {"pid", "started"}: the worker hosting the loops, written by it
 _hosting = StopFlag()
+_hosted: list[int] = []  # this worker's pid once it runs the loops
 
 
 def host_loops(loops: dict[str, Callable[[Any], None]], state_dir: str, faults: Any = None) -> None:
@@ -111,6 +112,7 @@ def _host(loops: dict[str, Callable[[Any], None]], state_dir: str, faults: Any) 
             return
     if _hosting.is_set():
         return
+    _hosted.append(os.getpid())
     health.write(hdir / HOST_RECORD, {"pid": os.getpid(), "started": time.time()})
     log.info("loops (%s) running in worker %s", ", ".join(loops), os.getpid())
     try:
@@ -131,10 +133,11 @@ def _may_start(hdir: Any) -> bool:
 
 
 def stop_hosting(timeout: float = 5.0) -> None:
-    """At a worker's exit: the loops it hosts stopped (their threads joined)."""
+    """At a worker's exit: the loops it hosts stopped (their threads joined); a worker still waiting for
+    the lock just stops waiting."""
     _hosting.set()
     for thread in threading.enumerate():
-        if thread.name == "multinic-loops":
+        if thread.name == "multinic-loops" and _hosted:
             thread.join(timeout)
 
 

@@ -133,7 +133,7 @@ class WatchedFlag:
 
 
 def start_beat(state_dir: str | os.PathLike[str], name: str, stop: Any, faults: Any = None) -> WatchedFlag:
-    """In the loops process: start writing ``<loop>.json`` for the loop that will run in the thread that
+    """In the worker hosting the loops: start writing ``<loop>.json`` for the loop that will run in the thread that
     first looks at the returned stop flag (or in this thread); one thread flushes every loop's record."""
     beat = Beat(health_dir(state_dir) / f"{LOOP_KEYS.get(name, name)}.json")
     beat.flush()

@@ -199,7 +199,7 @@ def registry(state_dir: str, forced_firewall: str = "") -> Any:
 
 
 def serve(host: str, port: int, state_dir: str, forced_firewall: str, stop: Any) -> None:
-    """The exporter's loop (a thread of the loops process, :func:`loop`)."""
+    """The exporter's loop (a thread of the worker hosting the loops, :func:`loop`)."""
     from prometheus_client import start_http_server
 
     server, _thread = start_http_server(port, addr=host, registry=registry(state_dir, forced_firewall))
