@@ -290,8 +290,9 @@ def host_state(state: State, facts: Mapping[str, ParentFacts]) -> HostState:
         if not state.networks_on(parent) and record.rp_filter_before is not None:
             sysctls[f"net/ipv4/conf/{parent}/rp_filter"] = str(record.rp_filter_before)
     sysctls.update(ipv6_sysctls(state))
-    flows = frozenset(
+    flows = frozenset(  # UDP only, as Docker's bridge: a TCP flow to a container that is gone ends by itself
         p for ep in state.endpoints.values() if ep.joined and ep.network_id in state.networks for p in ep.ports
+        if p.proto == "udp"
     )
     return HostState(bridges=tuple(bridges), veths=tuple(veths), routes=frozenset(routes), rules=frozenset(rules),
                      sysctls=sysctls, firewall=ruleset_for(state, facts, 4), flows=flows,

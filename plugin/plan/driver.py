@@ -290,13 +290,16 @@ class Driver:
         net = state.networks[ep.network_id]
         if net.internal or not bindings:
             return (), None
-        # Ports kept without an address (no HostIP) are on their parent's addresses of now.
-        others = [o for o in state.endpoints.values() if o.id != ep.id and not (sandbox and o.sandbox_key == sandbox)
-                  and o.network_id in state.networks and o.ports]
-        parents = {p for p in (net.parent, *(state.networks[o.network_id].parent for o in others)) if p}
+        # Only the ports that share a number with the bindings can clash; those kept without an address (no
+        # HostIP) are on their parent's addresses of now.
+        clash = ports.may_clash(bindings)
+        others = [(o, near) for o in state.endpoints.values() if o.id != ep.id
+                  and not (sandbox and o.sandbox_key == sandbox) and o.network_id in state.networks
+                  and (near := [p for p in o.ports if clash(p)])]
+        parents = {p for p in (net.parent, *(state.networks[o.network_id].parent for o, _near in others)) if p}
         with Rtnl() as rt:
             host = facts.read(rt, parents, addresses=True)
-        taken = [dataclasses.replace(p, host_ip=ip) for o in others for p in o.ports
+        taken = [dataclasses.replace(p, host_ip=ip) for o, near in others for p in near
                  for ip in publish_addresses(state.networks[o.network_id], p.host_ip, host.parents)]
         return ports.allocate(bindings, publish_resolver(net, host), taken), host
 

@@ -28,6 +28,18 @@ def overlaps(a: PublishedPort, b: PublishedPort) -> bool:
     return a.proto == b.proto and a.host_port == b.host_port and a.lands_on(b.host_ip)
 
 
+def may_clash(bindings: Iterable[PortBinding], ephemeral: tuple[int, int] | None = None
+              ) -> Callable[[PublishedPort], bool]:
+    """Pure but for the kernel's local port range: could a port already published clash with one of
+    ``bindings`` (same protocol, a host port the binding may take)? What :func:`allocate` needs of the
+    host's ports is only these: a Join looks at the few that share its numbers, whatever the host holds."""
+    low, high = ephemeral or ephemeral_range()
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for b in bindings:
+        spans.setdefault(b.proto_name, []).append((low, high) if b.host_port == 0 else (b.host_port, b.host_port_end))
+    return lambda p: any(first <= p.host_port <= last for first, last in spans.get(p.proto, ()))
+
+
 def port_is_bindable(proto: str, host_ip: str, port: int) -> bool:
     """False if a socket on this host already holds the port (e.g. Docker's docker-proxy)."""
     kind = SOCK_TYPES.get(proto)

@@ -149,3 +149,20 @@ def test_ipv6_overlap_and_published_address_refusals(topo):
     for verb in ("DeleteEndpoint", "DeleteNetwork"):
         assert topo.in_host(call, topo.state_dir, verb, {"NetworkID": NID, "EndpointID": EID})["status"] == 200
     assert topo.dump() == before
+
+
+def test_leave_forgets_the_udp_flows_of_its_ports_in_both_families(topo):
+    """One ctnetlink walk for both families: a UDP client's flows to the port, over IPv4 and IPv6, are
+    gone once the container leaves."""
+    import sys
+
+    assert create_dual_stack(topo, {"parent": "eth1"})["status"] == 200
+    attach(topo, [{"Proto": 17, "IP": "", "Port": 90, "HostIP": "", "HostPort": 4091, "HostPortEnd": 4091}])
+    for family, address in (("AF_INET", "192.168.101.2"), ("AF_INET6", HOST6_ETH1)):
+        send = (f"import socket;s=socket.socket(socket.{family},socket.SOCK_DGRAM);"
+                f"s.sendto(b'x',('{address}',4091))")
+        sh(topo.c1, f"{sys.executable} -c \"{send}\"")
+    flows = "conntrack -L -f {} -p udp --orig-port-dst 4091 2>/dev/null | wc -l"
+    assert (sh(topo.host, flows.format("ipv4")).strip(), sh(topo.host, flows.format("ipv6")).strip()) == ("1", "1")
+    detach_and_remove(topo)
+    assert (sh(topo.host, flows.format("ipv4")).strip(), sh(topo.host, flows.format("ipv6")).strip()) == ("0", "0")

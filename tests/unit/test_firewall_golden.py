@@ -90,7 +90,8 @@ def native_verbs() -> str:
         "## Join of a container without published ports\n", render_native_edit(edits["quiet"]),
         "## Join of a container publishing 8081/tcp\n", render_native_edit(edits["join"]),
         "## Leave of that container\n",
-        "The element deleted (by its key); its conntrack flows on 8081/tcp are then forgotten (ctnetlink).\n",
+        "The element deleted (by its key). Its conntrack flows are left to end (a TCP flow to a container",
+        "that is gone ends; only a published UDP port's flows are forgotten, over ctnetlink, as Docker does).\n",
         render_native_edit(edits["leave"]),
         "## Create of a second (routed, masquerade=false) network on eth2\n", render_native_edit(edits["create"]),
         "## Removal of that network\n", render_native_edit(edits["remove"]),
@@ -137,7 +138,7 @@ def join_with_port() -> str:
         "## Join of a container without published ports\n", render_edit(quiet),
         "## Join of a container publishing 8081/tcp\n", render_edit(edits),
         "## Leave of that container\n",
-        "Same rules, deleted; its conntrack flows on 8081/tcp are then forgotten (`conntrack -D`).\n",
+        "Same rules, deleted (a published UDP port's conntrack flows would then be forgotten, over ctnetlink).\n",
         render_edit(leave),
         "## Create of a second (routed, masquerade=false) network on eth2\n", render_edit(net_edits),
     ])

@@ -1,8 +1,10 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from plugin.api.messages import PortBinding
 from plugin.errors import Refusal
-from plugin.plan.ports import allocate
+from plugin.plan.ports import allocate, may_clash
 from plugin.plan.state import PublishedPort
 
 
@@ -52,3 +54,29 @@ def test_port_without_host_ip_is_kept_without_one():
     got = allocate([PortBinding(6, 80, "", 4000, 4000), PortBinding(6, 81, "0.0.0.0", 4001, 4001),
                     PortBinding(6, 82, "192.168.101.2", 4002, 4002)], ips, [], free)
     assert [(p.host_ip, p.host_port) for p in got] == [("", 4000), ("0.0.0.0", 4001), ("192.168.101.2", 4002)]
+
+
+_ports = st.integers(40000, 40012)
+
+
+@st.composite
+def _binding(draw):
+    first = draw(st.sampled_from([0, *range(40000, 40013)]))
+    last = first if first == 0 else draw(st.integers(first, 40012))
+    return PortBinding(draw(st.sampled_from([6, 17])), 80, draw(st.sampled_from(["", "10.0.0.1"])), first, last)
+
+
+@given(st.lists(_binding(), min_size=1, max_size=3),
+       st.lists(st.builds(PublishedPort, st.sampled_from(["tcp", "udp"]), st.sampled_from(["", "10.0.0.1", "10.0.0.2"]),
+                          _ports, st.just(80)), max_size=30))
+def test_only_ports_that_may_clash_change_an_allocation(bindings, taken):
+    """A Join looks only at the host's ports that share a number with its bindings: the allocation (or
+    the refusal) is the one the whole host gives."""
+    def outcome(ports):
+        try:
+            return allocate(bindings, lambda ip: (ip,), ports, free, (40005, 40012))
+        except Refusal as exc:
+            return str(exc)
+
+    clash = may_clash(bindings, (40005, 40012))
+    assert outcome([p for p in taken if clash(p)]) == outcome(taken)
