@@ -42,7 +42,7 @@ class LoopDied(Exception):
 
 
 def run_loops(loops: dict[str, Callable[[Any], None]], state_dir: str, stop: StopFlag,
-              faults: Any = None) -> None:
+              faults: Any = None, started: Callable[[], None] = lambda: None) -> None:
     """Each loop in a thread of its own with its own heartbeat (``<loop>.json``), one thread flushing the
     heartbeats, until ``stop``; LoopDied when a loop's thread ends (an uncaught error)."""
     flags = {key: health.start_beat(state_dir, key, threading.Event(), faults) for key in loops}
@@ -51,6 +51,7 @@ def run_loops(loops: dict[str, Callable[[Any], None]], state_dir: str, stop: Sto
         threads[key] = threading.Thread(target=_run_loop, args=(key, target, flags[key]), name=f"multinic-{key}",
                                         daemon=True)
         threads[key].start()
+    started()
     try:
         while not stop.wait(STOP_POLL):
             dead = [key for key, thread in threads.items() if not thread.is_alive()]
@@ -90,6 +91,7 @@ def _run_loop(key: str, target: Callable[[Any], None], stop: Any) -> None:
 HOST_RECORD = "loops-host.json"  # {"pid", "started"}: the worker hosting the loops, written by it
 _hosting = StopFlag()
 _hosted: list[int] = []  # this worker's pid once it runs the loops
+_settled = threading.Event()  # the loops beat here, or this worker waits for another to end
 
 
 def host_loops(loops: dict[str, Callable[[Any], None]], state_dir: str, faults: Any = None) -> None:
@@ -98,6 +100,7 @@ def host_loops(loops: dict[str, Callable[[Any], None]], state_dir: str, faults: 
     backoff the supervisor asked for. A loop that dies stops this worker gracefully (the request in flight
     is answered first), and gunicorn starts another."""
     threading.Thread(target=_host, args=(loops, state_dir, faults), name="multinic-loops", daemon=True).start()
+    _settled.wait(5.0)  # the first worker serves once the loops beat (one that waits for the lock does not wait)
 
 
 def _host(loops: dict[str, Callable[[Any], None]], state_dir: str, faults: Any) -> None:
@@ -106,8 +109,13 @@ def _host(loops: dict[str, Callable[[Any], None]], state_dir: str, faults: Any) 
     hdir = health.health_dir(state_dir)
     hdir.mkdir(parents=True, exist_ok=True)
     lock = os.open(hdir / "loops.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    fcntl.flock(lock, fcntl.LOCK_EX)  # held for this worker's life; never closed
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held for this worker's life; never closed
+    except BlockingIOError:
+        _settled.set()
+        fcntl.flock(lock, fcntl.LOCK_EX)
     while not _may_start(hdir):
+        _settled.set()
         if _hosting.wait(0.05):
             return
     if _hosting.is_set():
@@ -116,7 +124,7 @@ def _host(loops: dict[str, Callable[[Any], None]], state_dir: str, faults: Any) 
     health.write(hdir / HOST_RECORD, {"pid": os.getpid(), "started": time.time()})
     log.info("loops (%s) running in worker %s", ", ".join(loops), os.getpid())
     try:
-        run_loops(loops, state_dir, _hosting, faults)
+        run_loops(loops, state_dir, _hosting, faults, started=_settled.set)
     except LoopDied as exc:
         log.error("%s: stopping this worker, gunicorn starts another", exc)
         os.kill(os.getpid(), signal.SIGTERM)
