@@ -7,6 +7,7 @@ out (:func:`others`). Legacy iptables sends no events: there the period is all t
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -19,10 +20,6 @@ NFNLGRP_NFTABLES = 7
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_DELCHAIN, NFT_MSG_DELRULE, NFT_MSG_NEWGEN = 2, 3, 5, 8, 15
 NFTA_GEN_PROC_PID = 2
-IFLA_IFNAME, IFLA_MTU, IFLA_IFALIAS = 3, 4, 20
-IFA_LABEL = 3
-RTA_OIF = 4
-FRA_PROTOCOL = 21
 IFF_UP, IFF_RUNNING, IFF_LOWER_UP = 0x1, 0x40, 0x10000
 LINK_FLAGS = IFF_UP | IFF_RUNNING | IFF_LOWER_UP
 FIREWALL = -1  # Event.kind of an nf_tables deletion
@@ -66,39 +63,35 @@ def parse(protocol: int, kind: int, body: bytes) -> Event | None:
             return Event(GENERATION, index=int.from_bytes(pid[:4], "big") if pid else 0)
         watched = kind & 0xFF in (NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_DELCHAIN, NFT_MSG_DELRULE)
         return Event(FIREWALL) if watched else None
-    if kind in (nl.RTM_NEWLINK, nl.RTM_DELLINK) and len(body) >= nl.IFINFOMSG.size:
-        _family, _type, index, flags, _change = nl.IFINFOMSG.unpack_from(body)
-        found = nl.attrs(body, nl.IFINFOMSG.size)
-        return Event(kind, index=index, name=nl.text(found.get(IFLA_IFNAME)), flags=flags,
-                     mtu=nl.u32(found.get(IFLA_MTU)), alias=nl.text(found.get(IFLA_IFALIAS)))
-    if kind in (nl.RTM_NEWADDR, nl.RTM_DELADDR) and len(body) >= nl.IFADDRMSG.size:
-        index = nl.IFADDRMSG.unpack_from(body)[4]
-        return Event(kind, index=index, name=nl.text(nl.attrs(body, nl.IFADDRMSG.size).get(IFA_LABEL)))
-    if kind in (nl.RTM_NEWROUTE, nl.RTM_DELROUTE) and len(body) >= nl.RTMSG.size:
-        _family, dst_len, _src_len, _tos, _table, proto, _scope, _type, _flags = nl.RTMSG.unpack_from(body)
-        return Event(kind, index=nl.u32(nl.attrs(body, nl.RTMSG.size).get(RTA_OIF)), dst_len=dst_len, proto=proto)
-    if kind == nl.RTM_DELRULE and len(body) >= nl.FIB_RULE_HDR:
-        proto = nl.attrs(body, nl.FIB_RULE_HDR).get(FRA_PROTOCOL, b"\0")[0]
-        return Event(kind, proto=proto)
-    return None
+    if kind not in (nl.RTM_NEWLINK, nl.RTM_DELLINK, nl.RTM_NEWADDR, nl.RTM_DELADDR, nl.RTM_NEWROUTE, nl.RTM_DELROUTE,
+                    nl.RTM_DELRULE) or not nl.decodable(kind, body):
+        return None
+    msg = nl.Record(kind, body)
+    if kind in (nl.RTM_NEWLINK, nl.RTM_DELLINK):
+        return Event(kind, index=msg["index"], name=msg.get_attr("IFLA_IFNAME") or "", flags=msg["flags"],
+                     mtu=msg.get_attr("IFLA_MTU") or 0, alias=msg.get_attr("IFLA_IFALIAS") or "")
+    if kind in (nl.RTM_NEWADDR, nl.RTM_DELADDR):
+        return Event(kind, index=msg["index"], name=msg.get_attr("IFA_LABEL") or "")
+    if kind in (nl.RTM_NEWROUTE, nl.RTM_DELROUTE):
+        return Event(kind, index=msg.get_attr("RTA_OIF") or 0, dst_len=msg["dst_len"], proto=msg["proto"])
+    return Event(kind, proto=msg.get_attr("FRA_PROTOCOL") or 0)
 
 
-def others(events: Iterable[Event], me: int) -> list[Event]:
-    """Pure: the events without the nf_tables changes that process ``me`` committed itself (each
-    transaction's messages are followed by its generation, which names the committing process), and
-    without the generations."""
+def others(events: Iterable[Event], me: int, pending: list[Event]) -> list[Event]:
+    """Pure but for ``pending``: the events without the nf_tables changes that process ``me`` committed
+    itself, and without the generations. Each transaction's messages are followed by its generation, which
+    names the committing process; changes whose generation has not arrived yet stay in ``pending``."""
     out: list[Event] = []
-    pending: list[Event] = []
     for e in events:
         if e.kind == FIREWALL:
             pending.append(e)
         elif e.kind == GENERATION:
             if e.index != me:
                 out += pending
-            pending = []
+            pending.clear()
         else:
             out.append(e)
-    return out + pending  # a transaction whose generation has not arrived: counted
+    return out
 
 
 def drift(events: Iterable[Event]) -> set[str]:
@@ -142,20 +135,31 @@ class Listener:
                                RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV6_ROUTE, RTNLGRP_IPV6_RULE),
             nl.NETLINK_NETFILTER: (NFNLGRP_NFTABLES,),
         })
+        self.pending: list[Event] = []  # nf_tables changes whose transaction's generation is still to come
 
     def read(self, timeout: float) -> list[Event] | None:
         """What arrived within ``timeout``, but for this process's own nf_tables transactions (the worker
-        hosting the loops has just written them itself)."""
+        hosting the loops has just written them itself); None when the kernel dropped some."""
         raw = self.subscription.read(timeout)
         if raw is None:
+            self.pending.clear()
             return None
-        found = [e for protocol, kind, body in raw if (e := parse(protocol, kind, body)) is not None]
-        if found and found[-1].kind == FIREWALL:  # its transaction's generation follows at once
-            more = self.subscription.read(0.05)
+        return others([e for protocol, kind, body in raw if (e := parse(protocol, kind, body)) is not None],
+                      os.getpid(), self.pending)
+
+    def burst(self, timeout: float, quiet: float, longest: float) -> list[Event] | None:
+        """The events of one burst: the first within ``timeout``, then more until none comes for ``quiet``
+        (or ``longest`` has passed since the first); None when the kernel dropped some."""
+        seen = self.read(timeout)
+        until = time.monotonic() + longest
+        while seen and time.monotonic() < until:
+            more = self.read(quiet)
             if more is None:
                 return None
-            found += [e for protocol, kind, body in more if (e := parse(protocol, kind, body)) is not None]
-        return others(found, os.getpid())
+            if not more and not self.pending:
+                break
+            seen += more
+        return seen
 
     def close(self) -> None:
         self.subscription.close()

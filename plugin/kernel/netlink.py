@@ -169,6 +169,12 @@ _LAYOUTS = {
 }
 
 
+def decodable(kind: int, body: bytes) -> bool:
+    """Is this a link, address, route, rule or neighbour message whole enough for :class:`Record`?"""
+    layout = _LAYOUTS.get(kind & ~3)
+    return layout is not None and len(body) >= layout[0].size
+
+
 class Record:
     """A link, address, route, rule or neighbour: header fields by name (``msg["index"]``), attributes
     by pyroute2's names (``msg.get_attr("IFLA_IFNAME")``, None when absent)."""
@@ -176,7 +182,7 @@ class Record:
     __slots__ = ("fields", "attrs")
 
     def __init__(self, kind: int, body: bytes) -> None:
-        layout, names, known = _LAYOUTS[kind]
+        layout, names, known = _LAYOUTS[kind & ~3]  # RTM_NEWx, RTM_DELx, RTM_GETx share the layout
         self.fields = dict(zip(names, layout.unpack_from(body), strict=True))
         self.attrs = {}
         for code, raw in attrs(body, layout.size).items():

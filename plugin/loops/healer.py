@@ -93,8 +93,7 @@ class Healer:
 
     def follow(self, listener: events.Listener, why: str) -> None:
         first = time.monotonic()
-        while time.monotonic() - first < BURST_MAX and listener.read(DEBOUNCE) != []:
-            pass  # until the burst is over (or a flapping link has had its second)
+        listener.burst(DEBOUNCE, DEBOUNCE, BURST_MAX)  # until the burst is over (or a flapping link has had its second)
         changes = self.driver.follow_parents()
         log.info("parent NIC event (%s): reconciled in %.0f ms%s", why, (time.monotonic() - first) * 1000,
                  f" ({len(changes)} change(s))" if changes else "")
@@ -108,15 +107,8 @@ class Healer:
         next_check, fw_due, first = last_full, False, True
         try:
             while not stop.is_set():
-                seen = [] if first else listener.read(STOP_POLL)
+                seen = [] if first else listener.burst(STOP_POLL, QUIET, STOP_POLL)  # a container's veth: one round
                 first = False
-                quiet_by = time.monotonic() + STOP_POLL
-                while seen and time.monotonic() < quiet_by:  # a burst (a container's veth) is one round
-                    more = listener.read(QUIET)
-                    if not more:
-                        seen = None if more is None else seen
-                        break
-                    seen += more
                 try:
                     if not self.store.exists():
                         self._missing_state()

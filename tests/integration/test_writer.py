@@ -329,9 +329,9 @@ def _firewall_events_of_us_and_of_others() -> tuple[list[int], list[int]]:
     listener = events.Listener()
     try:
         nft.run("add table ip mnevt\nadd chain ip mnevt c\nadd rule ip mnevt c accept\ndelete table ip mnevt")
-        ours = listener.read(0.5)
+        ours = listener.burst(0.5, 0.1, 1.0)
         subprocess.run(["nft", "add table ip mnevt; add chain ip mnevt c; delete table ip mnevt"], check=True)
-        theirs = listener.read(0.5)
+        theirs = listener.burst(0.5, 0.1, 1.0)
     finally:
         listener.close()
     return [e.kind for e in ours or ()], [e.kind for e in theirs or ()]

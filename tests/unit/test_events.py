@@ -6,6 +6,8 @@ from plugin.kernel import events
 from plugin.kernel import netlink as nl
 from plugin.kernel.tags import RT_PROTO
 
+IFLA_IFNAME, IFLA_MTU, IFLA_IFALIAS, FRA_PROTOCOL = 3, 4, 20, 21
+
 
 def one(protocol: int, kind: int, body: bytes) -> set[str]:
     event = events.parse(protocol, kind, body)
@@ -21,8 +23,8 @@ def test_kernel_event_classification():
     """Deleted routes and rules of ours, and our bridges, are drift; container veths and other protocols
     are not; nf_tables deletions and new chains are, other additions and published ports are not."""
     route = lambda proto: bytes([2, 24, 0, 0, 254, proto, 0, 1]) + b"\0" * 4  # noqa: E731
-    rule = lambda proto: b"\0" * 12 + attr(events.FRA_PROTOCOL, bytes([proto]))  # noqa: E731
-    link = lambda alias: b"\0" * 16 + attr(events.IFLA_IFALIAS, alias + b"\0")  # noqa: E731
+    rule = lambda proto: b"\0" * 12 + attr(FRA_PROTOCOL, bytes([proto]))  # noqa: E731
+    link = lambda alias: b"\0" * 16 + attr(IFLA_IFALIAS, alias + b"\0")  # noqa: E731
     rtnl, nfnl = nl.NETLINK_ROUTE, nl.NETLINK_NETFILTER
     assert one(rtnl, nl.RTM_DELROUTE, route(RT_PROTO)) == {"netlink"}
     assert one(rtnl, nl.RTM_DELROUTE, route(4)) == set()
@@ -38,8 +40,8 @@ def test_kernel_event_classification():
 
 
 def test_messages_of_one_datagram():
-    body = struct.pack("=BxHiII", 0, 0, 3, 0x10041, 0) + attr(events.IFLA_IFNAME, b"eth1\0") + attr(
-        events.IFLA_MTU, struct.pack("=I", 9000))
+    body = struct.pack("=BxHiII", 0, 0, 3, 0x10041, 0) + attr(IFLA_IFNAME, b"eth1\0") + attr(
+        IFLA_MTU, struct.pack("=I", 9000))
     datagram = struct.pack("=IHHII", 16 + len(body), nl.RTM_NEWLINK, 0, 0, 0) + body
     (kind, _flags, _seq, payload), = list(nl.messages(datagram))
     event = events.parse(nl.NETLINK_ROUTE, kind, payload)
@@ -48,13 +50,15 @@ def test_messages_of_one_datagram():
 
 def test_own_transactions_are_left_out():
     """nf_tables changes are followed by their transaction's generation, naming the process that
-    committed it: this process's own are not drift; another's, or one whose generation is still to come,
-    are."""
+    committed it: this process's own are not drift, another's are; one whose generation is still to come
+    waits for it."""
     fw, link = events.Event(events.FIREWALL), events.Event(nl.RTM_DELLINK, index=4)
     gen = lambda pid: events.Event(events.GENERATION, index=pid)  # noqa: E731
-    assert events.others([fw, fw, gen(42), link], 42) == [link]
-    assert events.others([fw, gen(7), fw, gen(42)], 42) == [fw]
-    assert events.others([gen(42), fw], 42) == [fw]
+    pending: list = []
+    assert events.others([fw, fw, gen(42), link], 42, pending) == [link] and pending == []
+    assert events.others([fw, gen(7), fw, gen(42)], 42, pending) == [fw] and pending == []
+    assert events.others([gen(42), fw], 42, pending) == [] and pending == [fw]  # its generation is still to come
+    assert events.others([gen(7)], 42, pending) == [fw] and pending == []
     body = struct.pack("=BBH", 0, 0, 0) + attr(1, struct.pack(">I", 9)) + attr(events.NFTA_GEN_PROC_PID,
                                                                                  struct.pack(">I", 4242))
     event = events.parse(nl.NETLINK_NETFILTER, (events.NFNL_SUBSYS_NFTABLES << 8) | events.NFT_MSG_NEWGEN, body)
