@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from . import netlink as nl
 from .tags import ALIAS_PREFIX, LINK_BRIDGE, RT_PROTO
@@ -77,16 +77,17 @@ def parse(protocol: int, kind: int, body: bytes) -> Event | None:
     return Event(kind, proto=msg.get_attr("FRA_PROTOCOL") or 0)
 
 
-def others(events: Iterable[Event], me: int, pending: list[Event]) -> list[Event]:
-    """Pure but for ``pending``: the events without the nf_tables changes that process ``me`` committed
-    itself, and without the generations. Each transaction's messages are followed by its generation, which
-    names the committing process; changes whose generation has not arrived yet stay in ``pending``."""
+def others(events: Iterable[Event], mine: Callable[[int], bool], pending: list[Event]) -> list[Event]:
+    """Pure but for ``pending`` (and ``mine``): the events without the nf_tables changes committed by a
+    thread that is ``mine``, and without the generations. Each transaction's messages are followed by its
+    generation, which names the committing thread; changes whose generation has not arrived yet stay in
+    ``pending``."""
     out: list[Event] = []
     for e in events:
         if e.kind == FIREWALL:
             pending.append(e)
         elif e.kind == GENERATION:
-            if e.index != me:
+            if not mine(e.index):
                 out += pending
             pending.clear()
         else:
@@ -125,6 +126,23 @@ def touches_parent(event: Event, parents: dict[str, int | None], links: dict[int
     return True
 
 
+def committed_by_us(tid: int) -> bool:
+    """Was a transaction committed by ``tid`` (the kernel names the committing thread) one of multinic's
+    own: a thread of this process (a verb, the healer's repair) or of another worker of the same
+    ``multinic serve`` (a child of our parent with our command line)?"""
+    if tid == os.getpid() or os.path.exists(f"/proc/self/task/{tid}"):
+        return True
+    try:
+        with open(f"/proc/{tid}/stat", encoding="ascii", errors="replace") as fh:
+            parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+        if parent != os.getppid() or parent <= 1:
+            return False
+        with open(f"/proc/{tid}/cmdline", "rb") as theirs, open("/proc/self/cmdline", "rb") as mine:
+            return theirs.read() == mine.read()
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 class Listener:
     """The one subscription the healer reads: :meth:`read` gives the events within a timeout, or None
     when the kernel dropped some (then assume anything changed)."""
@@ -138,14 +156,14 @@ class Listener:
         self.pending: list[Event] = []  # nf_tables changes whose transaction's generation is still to come
 
     def read(self, timeout: float) -> list[Event] | None:
-        """What arrived within ``timeout``, but for this process's own nf_tables transactions (the worker
-        hosting the loops has just written them itself); None when the kernel dropped some."""
+        """What arrived within ``timeout``, but for multinic's own nf_tables transactions (a verb or a
+        repair has just written them); None when the kernel dropped some."""
         raw = self.subscription.read(timeout)
         if raw is None:
             self.pending.clear()
             return None
         return others([e for protocol, kind, body in raw if (e := parse(protocol, kind, body)) is not None],
-                      os.getpid(), self.pending)
+                      committed_by_us, self.pending)
 
     def burst(self, timeout: float, quiet: float, longest: float) -> list[Event] | None:
         """The events of one burst: the first within ``timeout``, then more until none comes for ``quiet``

@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from typing import Any
+from typing import Any, Iterable
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -117,7 +117,26 @@ def parent_facts(rt: Rtnl, ifname: str) -> ParentFacts:
 
 
 NUD_CONFIRMED = 0x02 | 0x80  # REACHABLE, PERMANENT
+NUD_INCOMPLETE = 0x01  # resolving: the packets sent to it wait in the kernel
 ETH_P_ARP = 0x0806
+
+
+def arp_request(mac: bytes, sender: ipaddress.IPv4Address, target: ipaddress.IPv4Address) -> bytes:
+    """The Ethernet frame of a broadcast ARP request (who has ``target``? tell ``sender`` at ``mac``); with
+    ``target`` = ``sender``, a gratuitous ARP (an announcement, as ``arping -U`` sends)."""
+    return (b"\xff" * 6 + mac + ETH_P_ARP.to_bytes(2, "big") + bytes.fromhex("0001080006040001") + mac
+            + sender.packed + bytes(6) + target.packed)
+
+
+def resolving(rt: Rtnl, ifname: str, addresses: Iterable[Any]) -> set[Any]:
+    """Those of ``addresses`` the kernel is still resolving on ``ifname`` (INCOMPLETE: packets to them wait
+    for an answer, or for its next ARP retry)."""
+    index = link_index(rt, ifname)
+    wanted = {str(a): a for a in addresses}
+    if index is None or not wanted:
+        return set()
+    return {wanted[dst] for entry in rt.get_neighbours(socket.AF_INET, index)
+            if entry["state"] & NUD_INCOMPLETE and (dst := attr(entry, "NDA_DST")) in wanted}
 
 
 def neighbour_answers(rt: Rtnl, ifname: str, address: str, tries: int = 3, wait: float = 0.5) -> bool:
@@ -138,8 +157,7 @@ def neighbour_answers(rt: Rtnl, ifname: str, address: str, tries: int = 3, wait:
     own = addresses(index)
     target = ipaddress.IPv4Address(address)
     source = next((a.ip for a in own if target in a.network), own[0].ip if own else ipaddress.IPv4Address(0))
-    request = (b"\xff" * 6 + mac + ETH_P_ARP.to_bytes(2, "big") + bytes.fromhex("0001080006040001") + mac
-               + source.packed + b"\0" * 6 + target.packed)
+    request = arp_request(mac, source, target)
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as sock:
         sock.bind((ifname, ETH_P_ARP))
         for _ in range(tries):

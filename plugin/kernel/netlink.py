@@ -106,7 +106,10 @@ def _exchange(sock: socket.socket, kind: int, flags: int, body: bytes) -> list[M
         for rkind, _flags, rseq, payload in messages(data):
             if rseq != seq:
                 continue
-            if rkind == NLMSG_DONE:
+            if rkind == NLMSG_DONE:  # a dump the kernel could not finish says why here
+                code = -struct.unpack_from("=i", payload)[0] if len(payload) >= 4 else 0
+                if code > 0:
+                    raise NetlinkError(code, os.strerror(code))
                 return replies
             if rkind == NLMSG_ERROR:
                 code = -struct.unpack_from("=i", payload)[0]
@@ -250,6 +253,10 @@ class Rtnl:
         return [n for n in self._dump(RTM_GETNEIGH, NDMSG.pack(family, 0, 0, 0, 0)) if n["ifindex"] == ifindex]
 
 
+SO_RCVBUFFORCE = 33
+RCVBUF = 8 << 20  # a limit, not an allocation: what a burst of events may queue before the kernel drops some
+
+
 def group_mask(groups: Iterable[int]) -> int:
     mask = 0
     for group in groups:
@@ -267,7 +274,10 @@ class Subscription:
         for protocol, wanted in groups.items():
             try:
                 sock = open_socket(protocol)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+                try:  # past net.core.rmem_max (416 KiB by default: a full pass over 50 endpoints' veths)
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+                except PermissionError:  # without CAP_NET_ADMIN: what rmem_max allows
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
                 sock.bind((0, group_mask(wanted)))
                 sock.setblocking(False)
             except OSError:

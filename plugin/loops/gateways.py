@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..kernel import netns
+from ..kernel import links, netns
+from ..kernel.netlink import Rtnl
 from ..ops import engine, health
 from ..plan import gateway
 from ..plan.gateway import Attachment
@@ -134,6 +135,8 @@ class Watcher:
         self.last_event: dict[str, tuple[int, str]] = {}  # container id → (timeNano, "network connect")
         self.running: set[str] = set()  # containers seen running (resync) or started (events) since
         self.ours: set[str] = set()  # containers with a network of ours (resync, network events)
+        self.announce = False  # the engine does not announce containers' addresses: we do, once each
+        self.announced: dict[str, tuple[int, frozenset[Any]]] = {}  # container id → (pid, addresses)
         self.info: dict[str, Any] = {"pid": os.getpid(), "driver": self.driver_name, "since": None, "docker": None}
 
     # docker ------------------------------------------------------------------------------
@@ -215,6 +218,8 @@ class Watcher:
                 return True
             attachments = build_attachments(networks, lambda nid: self._netinfo(api, nid), state, self.driver_name)
             decision, facts = self.route(path, attachments, expect=settings.get("SandboxKey") or None)
+            if self.announce:
+                self._announce(cid, pid, path, settings.get("SandboxKey") or None, attachments, state, facts)
         except (FileNotFoundError, ProcessLookupError, netns.NotThatNetns) as exc:
             log.debug("%s vanished or changed while reconciling: %s", name, exc)
             return True
@@ -245,6 +250,30 @@ class Watcher:
         return decision, {"docker_gateway": str(docker_gw[4]) if docker_gw[4] else None, "changed": changed,
                           "ifnames": {str(ip): ifname for ip, ifname in ifname_by_ip.items()},
                           "ipv6": decision6, "docker_gateway6": str(docker_gw[6]) if docker_gw[6] else None}
+
+    def _announce(self, cid: str, pid: int, path: str, expect: str | None, attachments: list[Attachment],
+                  state: State, facts: dict[str, Any]) -> None:
+        """Once per address of ours and container process: if the host is still resolving it (a client
+        reached a published port before the interface was up, and its packets wait for the host's ARP
+        retry, a second later), an unsolicited ARP from inside the container resolves it now."""
+        ifnames = facts["ifnames"]
+        ours = {a.address.ip: state.networks[a.network_id].bridge for a in attachments
+                if a.network_id in state.networks and a.address and str(a.address.ip) in ifnames}
+        done_pid, done = self.announced.get(cid, (0, frozenset()))
+        fresh = {ip: bridge for ip, bridge in ours.items() if done_pid != pid or ip not in done}
+        self.announced[cid] = (pid, frozenset(ours))
+        if not fresh:
+            return
+        try:
+            with Rtnl() as rt:
+                waiting = {ip for bridge in set(fresh.values())
+                           for ip in links.resolving(rt, bridge, [i for i, b in fresh.items() if b == bridge])}
+            if waiting:
+                netns.announce(path, expect, {ip: ifnames[str(ip)] for ip in waiting})
+        except (FileNotFoundError, ProcessLookupError, netns.NotThatNetns):
+            pass  # gone meanwhile
+        except OSError as exc:  # the host's own ARP retry still finds it
+            log.warning("container %s: cannot announce %s: %s", cid[:12], sorted(map(str, fresh)), exc)
 
     @staticmethod
     def unroute(path: str, expect: str | None) -> bool:
@@ -295,6 +324,7 @@ class Watcher:
 
     def _forget(self, cid: str) -> None:
         self.decisions.pop(cid, None)
+        self.announced.pop(cid, None)
         self.last_event.pop(cid, None)
 
     def _note_event(self, item: tuple[str, int, str, str, str]) -> bool:
@@ -358,6 +388,7 @@ class Watcher:
                 log.error("docker engine %s crashes when it revokes a remote plugin's connectivity (moby #51554, "
                           "fixed in 29.0.3): upgrade Docker", engine_info.version)
         self.info["engine"] = engine_info.version
+        self.announce = not engine_info.announces_addresses
         if not engine_info.supported:
             raise engine.TooOld(f"docker engine {engine_info.version} is too old: multinic needs Engine 20.10 or newer")
         stream_client = self.client_factory()

@@ -106,7 +106,27 @@ def host_loops(loops: dict[str, Callable[[Any], None]], state_dir: str, faults: 
 def _host(loops: dict[str, Callable[[Any], None]], state_dir: str, faults: Any) -> None:
     log = logging.getLogger(__name__)
     name_thread("mn-loops")  # and every thread the loops start: what runs beside the verbs
-    hdir = health.health_dir(state_dir)
+    try:
+        if not _take_up(health.health_dir(state_dir)):
+            return
+    except Exception:  # noqa: BLE001 - the health directory cannot be written: another worker tries later
+        log.exception("worker %s cannot take the loops up; it stops in 5 s and gunicorn starts another",
+                      os.getpid())
+        _settled.set()
+        if not _hosting.wait(5.0):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return
+    log.info("loops (%s) running in worker %s", ", ".join(loops), os.getpid())
+    try:
+        run_loops(loops, state_dir, _hosting, faults, started=_settled.set)
+    except LoopDied as exc:
+        log.error("%s: stopping this worker, gunicorn starts another", exc)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _take_up(hdir: Any) -> bool:
+    """Wait for the loops' lock and the supervisor's word, then record this worker as their host; False
+    when this worker stops first."""
     hdir.mkdir(parents=True, exist_ok=True)
     lock = os.open(hdir / "loops.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -117,17 +137,12 @@ def _host(loops: dict[str, Callable[[Any], None]], state_dir: str, faults: Any) 
     while not _may_start(hdir):
         _settled.set()
         if _hosting.wait(0.05):
-            return
+            return False
     if _hosting.is_set():
-        return
+        return False
     _hosted.append(os.getpid())
     health.write(hdir / HOST_RECORD, {"pid": os.getpid(), "started": time.time()})
-    log.info("loops (%s) running in worker %s", ", ".join(loops), os.getpid())
-    try:
-        run_loops(loops, state_dir, _hosting, faults, started=_settled.set)
-    except LoopDied as exc:
-        log.error("%s: stopping this worker, gunicorn starts another", exc)
-        os.kill(os.getpid(), signal.SIGTERM)
+    return True
 
 
 def _may_start(hdir: Any) -> bool:

@@ -45,6 +45,12 @@ class EngineInfo:
         return self.major_minor >= MIN_ENGINE
 
     @property
+    def announces_addresses(self) -> bool:
+        """Engine 28 sends an unsolicited ARP and NA when it configures a container's interface (libnetwork
+        ``osl`` ``advertiseAddrs``); older engines leave neighbours to their own ARP retry."""
+        return self.major_minor >= (28, 0)
+
+    @property
     def crashes_on_revoke(self) -> bool:
         """Engine 29.0.0-29.0.2 crash in RevokeExternalConnectivity for any remote plugin (moby #51554)."""
         parts = self.version.split("+")[0].split("-")[0].split(".")

@@ -235,3 +235,40 @@ def test_remove_all_for_uninstall(box, tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_an_announcement_resolves_a_neighbour_still_waiting_for_the_container(box):
+    """Engine 20.10 leaves a neighbour that reached for the container before its interface was up to that
+    neighbour's own ARP retry (a second later; here 30 s). The watcher's announcement from inside the
+    container resolves it at once, and the connection the neighbour held goes through."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sh(box.g0, "sysctl -qw net.ipv4.neigh.k0.retrans_time_ms=30000")
+    sh(box.k, "ip link set eth0 arp off")  # not answering yet, as an interface dockerd has not configured
+    box.serve(box.k, 8080)
+    with ThreadPoolExecutor(1) as pool:
+        reply = pool.submit(box.connect, box.g0, "10.1.0.2", 8080, 20.0)
+        deadline = time.monotonic() + 10
+        while "INCOMPLETE" not in sh(box.g0, "ip neigh show 10.1.0.2 dev k0"):
+            assert time.monotonic() < deadline, sh(box.g0, "ip neigh show dev k0")
+            time.sleep(0.05)
+        sh(box.k, "ip link set eth0 arp on")
+        # what the watcher asks of the host before it announces: is anyone waiting for the address?
+        assert in_netns(box.g0, _resolving, "k0", ["10.1.0.2", "10.1.0.3"]) == {"10.1.0.2"}
+        assert netns.announce(box.path, None, {IPv4Address("10.1.0.2"): "eth0"}) == 1
+        assert reply.result() == "10.1.0.1"
+    mac = sh(box.k, "ip -br link show eth0").split()[2]
+    assert f"lladdr {mac}" in sh(box.g0, "ip neigh show 10.1.0.2 dev k0")
+
+
+def _resolving(ifname, addresses):
+    from plugin.kernel.links import resolving
+    from plugin.kernel.netlink import Rtnl
+
+    with Rtnl() as rt:
+        return {str(a) for a in resolving(rt, ifname, [IPv4Address(a) for a in addresses])}
+
+
+def test_the_announcement_is_refused_in_the_plugins_own_namespace(box):
+    with pytest.raises(netns.NotThatNetns):
+        netns.announce("/proc/self/ns/net", None, {IPv4Address("10.1.0.2"): "eth0"})

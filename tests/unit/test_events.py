@@ -1,6 +1,8 @@
 """Which kernel events mean someone may have removed what we put there, and their parsing (pure)."""
 
+import os
 import struct
+import time
 
 from plugin.kernel import events
 from plugin.kernel import netlink as nl
@@ -55,11 +57,50 @@ def test_own_transactions_are_left_out():
     fw, link = events.Event(events.FIREWALL), events.Event(nl.RTM_DELLINK, index=4)
     gen = lambda pid: events.Event(events.GENERATION, index=pid)  # noqa: E731
     pending: list = []
-    assert events.others([fw, fw, gen(42), link], 42, pending) == [link] and pending == []
-    assert events.others([fw, gen(7), fw, gen(42)], 42, pending) == [fw] and pending == []
-    assert events.others([gen(42), fw], 42, pending) == [] and pending == [fw]  # its generation is still to come
-    assert events.others([gen(7)], 42, pending) == [fw] and pending == []
+    mine = {42}.__contains__
+    assert events.others([fw, fw, gen(42), link], mine, pending) == [link] and pending == []
+    assert events.others([fw, gen(7), fw, gen(42)], mine, pending) == [fw] and pending == []
+    assert events.others([gen(42), fw], mine, pending) == [] and pending == [fw]  # its generation is still to come
+    assert events.others([gen(7)], mine, pending) == [fw] and pending == []
     body = struct.pack("=BBH", 0, 0, 0) + attr(1, struct.pack(">I", 9)) + attr(events.NFTA_GEN_PROC_PID,
                                                                                  struct.pack(">I", 4242))
     event = events.parse(nl.NETLINK_NETFILTER, (events.NFNL_SUBSYS_NFTABLES << 8) | events.NFT_MSG_NEWGEN, body)
     assert event == events.Event(events.GENERATION, index=4242)
+
+
+def test_a_transaction_of_this_process_or_a_sibling_worker_is_ours_and_a_child_is_not():
+    """The kernel names the committing thread: any thread of this process (the healer's repairs) and any
+    other worker forked by the same parent is ours; a child process (an operator's ``nft``) is not."""
+    import signal
+    import subprocess
+    import threading
+
+    done, tid = threading.Event(), []
+    thread = threading.Thread(target=lambda: (tid.append(threading.get_native_id()), done.wait(5)))
+    thread.start()
+    try:
+        while not tid:
+            time.sleep(0.01)
+        assert events.committed_by_us(os.getpid()) and events.committed_by_us(tid[0])
+    finally:
+        done.set()
+        thread.join()
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        assert not events.committed_by_us(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert not events.committed_by_us(1)
+    sibling = os.fork()
+    if sibling == 0:  # a second worker: forked by the same parent, the same command line
+        signal.pause()
+        os._exit(0)
+    try:
+        worker = os.fork()
+        if worker == 0:
+            os._exit(0 if events.committed_by_us(sibling) else 1)
+        assert os.waitpid(worker, 0)[1] == 0
+    finally:
+        os.kill(sibling, signal.SIGKILL)
+        os.waitpid(sibling, 0)
