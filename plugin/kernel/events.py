@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from . import netlink as nl
+from . import proc
 from .tags import ALIAS_PREFIX, LINK_BRIDGE, RT_PROTO
 
 RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_RULE = 1, 5, 7, 8
@@ -132,14 +133,13 @@ def committed_by_us(tid: int) -> bool:
     ``multinic serve`` (a child of our parent with our command line)?"""
     if tid == os.getpid() or os.path.exists(f"/proc/self/task/{tid}"):
         return True
+    found = proc.status(tid)
+    if found is None or found[1] != os.getppid() or found[1] <= 1:
+        return False
     try:
-        with open(f"/proc/{tid}/stat", encoding="ascii", errors="replace") as fh:
-            parent = int(fh.read().rsplit(")", 1)[1].split()[1])
-        if parent != os.getppid() or parent <= 1:
-            return False
         with open(f"/proc/{tid}/cmdline", "rb") as theirs, open("/proc/self/cmdline", "rb") as mine:
             return theirs.read() == mine.read()
-    except (OSError, ValueError, IndexError):
+    except OSError:
         return False
 
 

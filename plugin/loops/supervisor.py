@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from ..kernel import proc
 from ..ops import health
 
 STOP_POLL = 0.5  # the longest a loop goes without looking at its stop flag
@@ -211,13 +212,8 @@ class Supervisor:
         self._thread.start()
 
     def _our_worker(self, pid: Any) -> bool:
-        if not health.pid_alive(pid):
-            return False
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-                return int(fh.read().rsplit(")", 1)[1].split()[1]) == os.getpid()
-        except (OSError, ValueError, IndexError):
-            return False
+        found = proc.status(pid)
+        return found is not None and found[0] not in ("Z", "X") and found[1] == os.getpid()
 
     def _hung(self, now: float) -> tuple[str, float] | None:
         """The first loop whose heartbeat is older than twice the staleness, and how old."""

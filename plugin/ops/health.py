@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..kernel import proc
+
 log = logging.getLogger(__name__)
 
 HEALTH_DIR = "health"
@@ -221,22 +223,12 @@ def note_state(state_dir: str | os.PathLike[str], ok: bool, error: str | None, r
 
 
 # -- reader side ----------------------------------------------------------------------------------
-def pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
 def report(state_dir: str | os.PathLike[str], stale: float = STALE_AFTER, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     hdir = health_dir(state_dir)
     supervisor = read(hdir / "supervisor.json")
     supervised = supervisor.get("loops") if isinstance(supervisor.get("loops"), dict) else {}
-    serving = bool(supervisor) and pid_alive(supervisor.get("pid"))
+    serving = bool(supervisor) and proc.alive(supervisor.get("pid"))
     problems: list[str] = []
     loops: dict[str, Any] = {}
     for key in sorted(set(LOOP_KEYS.values()) | set(supervised)):
@@ -247,7 +239,7 @@ def report(state_dir: str | os.PathLike[str], stale: float = STALE_AFTER, now: f
         last_run = info.get("last_run") if isinstance(info.get("last_run"), (int, float)) else None
         age = round(now - last_run, 3) if last_run else None
         pid = sup.get("pid") or info.get("pid")
-        alive = pid_alive(pid) and info.get("pid") == pid and age is not None and age <= stale
+        alive = proc.alive(pid) and info.get("pid") == pid and age is not None and age <= stale
         loops[key] = {
             **{k: info.get(k) for k in ("pid", "started", "last_run", "last_ok", "last_error", "last_error_at",
                                         "waiting")},
@@ -260,7 +252,7 @@ def report(state_dir: str | os.PathLike[str], stale: float = STALE_AFTER, now: f
         }
         if not serving:
             continue  # nothing supervises loops (tests, `multinic status` with the plugin stopped)
-        if not pid_alive(pid):
+        if not proc.alive(pid):
             problems.append(f"{key}: process {pid} is dead (the supervisor restarts it)")
         elif age is None or age > stale or info.get("pid") != pid:
             problems.append(f"{key}: no sign of life for {age if age is not None else '?'} s (hung or stopped)")

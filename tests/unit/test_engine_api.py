@@ -114,14 +114,3 @@ def test_only_unix_and_tcp():
 def test_engine_28_announces_container_addresses_itself(version, announces):
     assert engine.EngineInfo(version, "1.41").announces_addresses is announces
 
-
-def test_the_arp_announcement_is_a_gratuitous_request_from_the_container():
-    from ipaddress import IPv4Address
-
-    from plugin.kernel.links import arp_request
-
-    mac, address = bytes.fromhex("02420a970002"), IPv4Address("10.151.0.2")
-    frame = arp_request(mac, address, address)
-    assert frame.hex() == ("ffffffffffff" "02420a970002" "0806"  # broadcast, from the container, ARP
-                           "0001" "0800" "06" "04" "0001"  # Ethernet/IPv4, a request
-                           "02420a970002" "0a970002" "000000000000" "0a970002")  # sender = target address

@@ -53,3 +53,15 @@ def test_a_route_and_a_link_decode_with_pyroute2_names():
     assert (link["index"], link["flags"]) == (5, 0x1)
     assert (link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_MTU"), link.get_attr("IFLA_ADDRESS"),
             link.get_attr("IFLA_IFALIAS")) == ("eth1", 9000, "02:00:00:00:00:01", "multinic:net:abc")
+
+
+def test_the_arp_announcement_is_a_gratuitous_request_from_the_container():
+    from ipaddress import IPv4Address
+
+    from plugin.kernel.links import arp_request
+
+    mac, address = bytes.fromhex("02420a970002"), IPv4Address("10.151.0.2")
+    frame = arp_request(mac, address, address)
+    assert frame.hex() == ("ffffffffffff" "02420a970002" "0806"  # broadcast, from the container, ARP
+                           "0001" "0800" "06" "04" "0001"  # Ethernet/IPv4, a request
+                           "02420a970002" "0a970002" "000000000000" "0a970002")  # sender = target address
