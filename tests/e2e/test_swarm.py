@@ -290,8 +290,10 @@ def test_multinic_beside_an_overlay_network(cluster: Swarm) -> None:
             # Swarm's DNS learns the other nodes' tasks by gossip: all three within a few seconds
             overlay = wait_for(lambda n=node, c=ctr: _overlay_peers(n, c, "api"), timeout=30)
             assert len(overlay) == 3 and not any(ip.startswith("10.10.") for ip in overlay), overlay
+            # ... and the VXLAN forwarding entries by the same gossip, which on 20.10 can lag the DNS record
             seen = {wait_for(lambda n=node, c=ctr, ip=ip: n.docker(
-                        "exec", c, "sh", "-c", f"timeout 5 wget -qO- http://{ip}/", check=False).stdout.strip())
+                        "exec", c, "sh", "-c", f"timeout 5 wget -qO- http://{ip}/", check=False).stdout.strip(),
+                             timeout=30)
                     for ip in overlay}
             assert seen == {f"api-{n}" for n in names}, (node.name, seen)
     finally:
