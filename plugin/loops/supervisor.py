@@ -172,13 +172,15 @@ class Supervisor:
     hosts them (:func:`host_loops`): when it ended (a loop died and it stopped itself, or it was killed)
     gunicorn starts another worker, which takes the loops up after the backoff written here
     (``not_before``: 1 s doubling to 30 s while they keep dying within a minute of their start); when one
-    of its loops' heartbeats is older than twice the health staleness, the worker is killed (a hung thread
-    cannot be killed alone, and may hold the state lock). Each loop's record (pid, restarts, how its last
+    of its loops' heartbeats is older than twice the health staleness, the worker is stopped (a hung thread
+    cannot be stopped alone, and may hold the state lock): SIGTERM, so the requests in flight are answered,
+    and SIGKILL if it is still there after ``GRACE``. Each loop's record (pid, restarts, how its last
     run ended) goes to ``health/supervisor.json``.
     """
 
     CHECK = STOP_POLL
     BACKOFF_MAX = 30.0
+    GRACE = 15.0  # a worker stopped for a hung loop answers what is in flight (gunicorn's graceful_timeout 10 s)
 
     def __init__(self, state_dir: str, loops: dict[str, Callable[[Any], None]],
                  stale: float = health.STALE_AFTER) -> None:
@@ -194,6 +196,7 @@ class Supervisor:
         self.started = 0.0
         self.not_before = 0.0
         self.backoff = 0.0
+        self.stopping: dict[int, float] = {}  # workers sent SIGTERM for a hung loop: the time to kill them
         self._stop = StopFlag()
         self._thread: Any = None
 
@@ -225,9 +228,28 @@ class Supervisor:
                 return key, since
         return None
 
+    @staticmethod
+    def _signal(pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _kill_stragglers(self, now: float) -> None:
+        """A worker stopped for a hung loop that is still there after its grace is killed."""
+        for pid, deadline in list(self.stopping.items()):
+            if not self._our_worker(pid):
+                del self.stopping[pid]
+            elif now >= deadline:
+                logging.getLogger(__name__).error("worker %s did not stop within %.0f s; killing it", pid,
+                                                  self.GRACE)
+                self._signal(pid, signal.SIGKILL)
+                del self.stopping[pid]
+
     def check_once(self) -> None:
         log = logging.getLogger(__name__)
         now = time.time()
+        self._kill_stragglers(now)
         if not self.host:  # a worker took the loops up since the last look (and may have ended already)
             host = self.health.read(self.hdir / HOST_RECORD)
             pid = host.get("pid")
@@ -243,13 +265,11 @@ class Supervisor:
             if hung is None:
                 return
             culprit, since = hung
-            log.error("%s (worker %s) showed no sign of life for %.0f s; killing that worker", culprit, self.host,
-                      since)
-            try:
-                os.kill(self.host, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            ended = f"hung for {since:.0f} s, its worker killed"
+            log.error("%s (worker %s) showed no sign of life for %.0f s; stopping that worker (killed if it is "
+                      "still there in %.0f s)", culprit, self.host, since, self.GRACE)
+            self._signal(self.host, signal.SIGTERM)
+            self.stopping[self.host] = now + self.GRACE
+            ended = f"hung for {since:.0f} s, its worker stopped"
         else:
             ended = "its worker ended (gunicorn starts another)"
         if now - self.started > 60:

@@ -158,6 +158,9 @@ def test_hung_loop_is_unhealthy_then_killed_and_restarted(tmp_path):
         again = wait_for(lambda: (h := health(sock)["loops"]["healer"])["alive"] and h["pid"] != first["pid"] and h,
                          what="healer replaced")
         assert again["restarts"] == 1 and "hung" in again["last_exit"]
+        log = (tmp_path / "serve.log").read_text()
+        # stopped like any worker (what is in flight is answered), not killed: its hung thread was a daemon
+        assert "stopping that worker" in log and "did not stop" not in log and "SIGKILL" not in log, log[-2000:]
         watcher = health(sock)["loops"]["watcher"]  # restarted with it: one worker hosts both
         assert watcher["restarts"] == 1 and watcher["last_exit"].startswith("restarted with healer")
 
