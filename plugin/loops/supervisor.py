@@ -153,7 +153,7 @@ def _may_start(hdir: Any) -> bool:
         return True  # the first host of this ``multinic serve``
     record = health.read(hdir / "supervisor.json")
     not_before = record.get("not_before")
-    return record.get("ended") == last and (not isinstance(not_before, (int, float)) or time.time() >= not_before)
+    return record.get("ended") == last and (not isinstance(not_before, (int, float)) or time.monotonic() >= not_before)
 
 
 def stop_hosting(timeout: float = 5.0) -> None:
@@ -175,7 +175,8 @@ class Supervisor:
     of its loops' heartbeats is older than twice the health staleness, the worker is stopped (a hung thread
     cannot be stopped alone, and may hold the state lock): SIGTERM, so the requests in flight are answered,
     and SIGKILL if it is still there after ``GRACE``. Each loop's record (pid, restarts, how its last
-    run ended) goes to ``health/supervisor.json``.
+    run ended) goes to ``health/supervisor.json``. Ages and backoffs are CLOCK_MONOTONIC's, one clock for
+    every process of this boot that a step of the wall clock does not move.
     """
 
     CHECK = STOP_POLL
@@ -193,7 +194,8 @@ class Supervisor:
         self.ended = 0  # the last host whose end is recorded
         self.record: dict[str, dict[str, Any]] = {
             key: {"pid": None, "restarts": 0, "last_exit": None, "last_restart": None} for key in loops}
-        self.started = 0.0
+        self.started = 0.0  # the host's start, by the wall clock (shown)
+        self.seen = 0.0  # when the host was first seen, by CLOCK_MONOTONIC (its age)
         self.not_before = 0.0
         self.backoff = 0.0
         self.stopping: dict[int, float] = {}  # workers sent SIGTERM for a hung loop: the time to kill them
@@ -218,12 +220,13 @@ class Supervisor:
         found = proc.status(pid)
         return found is not None and found[0] not in ("Z", "X") and found[1] == os.getpid()
 
-    def _hung(self, now: float) -> tuple[str, float] | None:
-        """The first loop whose heartbeat is older than twice the staleness, and how old."""
+    def _hung(self) -> tuple[str, float] | None:
+        """The first loop whose heartbeat is older than twice the staleness, and how old (a loop without a
+        beat yet counts from when this host was first seen)."""
         for key in self.loops:
             beat = self.health.read(self.hdir / f"{key}.json")
-            last = beat.get("last_run") if beat.get("pid") == self.host else None
-            since = now - (last if isinstance(last, (int, float)) else self.started)
+            since = self.health.age(beat) if beat.get("pid") == self.host else None
+            since = time.monotonic() - self.seen if since is None else since
             if since > 2 * self.stale:
                 return key, since
         return None
@@ -255,13 +258,13 @@ class Supervisor:
             pid = host.get("pid")
             if not isinstance(pid, int) or pid == self.ended:
                 return
-            self.host, self.started = pid, float(host.get("started") or now)
+            self.host, self.started, self.seen = pid, float(host.get("started") or now), time.monotonic()
             for rec in self.record.values():
                 rec.update(pid=pid, started=self.started)
             self._write()
         culprit = None
         if self._our_worker(self.host):
-            hung = self._hung(now)
+            hung = self._hung()
             if hung is None:
                 return
             culprit, since = hung
@@ -272,7 +275,7 @@ class Supervisor:
             ended = f"hung for {since:.0f} s, its worker stopped"
         else:
             ended = "its worker ended (gunicorn starts another)"
-        if now - self.started > 60:
+        if time.monotonic() - self.seen > 60:
             self.backoff = 0.0  # it ran for a while: restart at once
         delay = self.backoff
         self.backoff = min(max(1.0, delay * 2), self.BACKOFF_MAX)
@@ -289,7 +292,7 @@ class Supervisor:
             rec.update(restarts=rec["restarts"] + 1, last_exit=exit_text, last_restart=now, pid=None)
         self.ended = self.host  # the next host waits for this record (and the backoff)
         self.host = 0
-        self.not_before = now + delay
+        self.not_before = time.monotonic() + delay
         self._write()
 
     def _run(self) -> None:

@@ -58,16 +58,17 @@ class Beat:
         self.data: dict[str, Any] = {k: int(previous.get(k) or 0) for k in COUNTERS}
         for key in ("last_error", "last_error_at"):
             self.data[key] = previous.get(key)
-        self.data.update(pid=os.getpid(), started=time.time(), last_run=time.time(), last_ok=None, ok=True)
+        self.data.update(pid=os.getpid(), started=time.time(), last_run=time.time(), beat=time.monotonic(),
+                         last_ok=None, ok=True)
 
     def touch(self) -> None:
-        self.data["last_run"] = time.time()
+        self.data["last_run"], self.data["beat"] = time.time(), time.monotonic()
 
     def note(self, ok: bool, error: BaseException | str | None = None, repaired: bool = False) -> None:
         with self.lock:
             now = time.time()
             self.data["rounds"] += 1
-            self.data["last_run"] = now
+            self.data["last_run"], self.data["beat"] = now, time.monotonic()
             self.data["ok"] = ok
             self.data["waiting"] = None
             if repaired:
@@ -92,7 +93,7 @@ class Beat:
     def waiting(self, reason: str) -> None:
         """Not a failure of the plugin: the loop waits for something outside it (dockerd)."""
         with self.lock:
-            self.data["last_run"] = time.time()
+            self.data["last_run"], self.data["beat"] = time.time(), time.monotonic()
             self.data["waiting"] = reason[:500]
         self.flush()
 
@@ -223,8 +224,17 @@ def note_state(state_dir: str | os.PathLike[str], ok: bool, error: str | None, r
 
 
 # -- reader side ----------------------------------------------------------------------------------
+def age(beat: dict[str, Any], now: float | None = None) -> float | None:
+    """Seconds since a loop's last sign of life (``beat``: CLOCK_MONOTONIC, one clock for every process of
+    this boot, which a step of the wall clock does not move: NTP on a box without an RTC jumps years);
+    None without a beat of this boot."""
+    mono = beat.get("beat")
+    since = (time.monotonic() if now is None else now) - mono if isinstance(mono, (int, float)) else -1.0
+    return round(since, 3) if since >= 0 else None
+
+
 def report(state_dir: str | os.PathLike[str], stale: float = STALE_AFTER, now: float | None = None) -> dict[str, Any]:
-    now = time.time() if now is None else now
+    """``now``: CLOCK_MONOTONIC's (the ages of the beats)."""
     hdir = health_dir(state_dir)
     supervisor = read(hdir / "supervisor.json")
     supervised = supervisor.get("loops") if isinstance(supervisor.get("loops"), dict) else {}
@@ -236,16 +246,15 @@ def report(state_dir: str | os.PathLike[str], stale: float = STALE_AFTER, now: f
         sup = supervised.get(key) if isinstance(supervised.get(key), dict) else {}
         if not info and not sup:
             continue
-        last_run = info.get("last_run") if isinstance(info.get("last_run"), (int, float)) else None
-        age = round(now - last_run, 3) if last_run else None
+        since = age(info, now)
         pid = sup.get("pid") or info.get("pid")
-        alive = proc.alive(pid) and info.get("pid") == pid and age is not None and age <= stale
+        alive = proc.alive(pid) and info.get("pid") == pid and since is not None and since <= stale
         loops[key] = {
             **{k: info.get(k) for k in ("pid", "started", "last_run", "last_ok", "last_error", "last_error_at",
                                         "waiting")},
             **{k: int(info.get(k) or 0) for k in COUNTERS},
             "alive": alive,
-            "age": age,
+            "age": since,
             "restarts": int(sup.get("restarts") or 0),
             "last_exit": sup.get("last_exit"),
             "last_restart": sup.get("last_restart"),
@@ -254,8 +263,8 @@ def report(state_dir: str | os.PathLike[str], stale: float = STALE_AFTER, now: f
             continue  # nothing supervises loops (tests, `multinic status` with the plugin stopped)
         if not proc.alive(pid):
             problems.append(f"{key}: process {pid} is dead (the supervisor restarts it)")
-        elif age is None or age > stale or info.get("pid") != pid:
-            problems.append(f"{key}: no sign of life for {age if age is not None else '?'} s (hung or stopped)")
+        elif since is None or since > stale or info.get("pid") != pid:
+            problems.append(f"{key}: no sign of life for {since if since is not None else '?'} s (hung or stopped)")
         elif info.get("ok") is False:
             problems.append(f"{key}: last round failed: {info.get('last_error')}")
     if supervisor and not serving:

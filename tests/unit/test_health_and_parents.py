@@ -56,15 +56,15 @@ def test_events_that_touch_a_parent():
 def test_health_report_dead_hung_failed_and_state(tmp_path):
     hdir = health.health_dir(tmp_path)
     hdir.mkdir()
-    now = time.time()
+    now = time.monotonic()
     me = os.getpid()
     (hdir / "supervisor.json").write_text(json.dumps({"pid": me, "loops": {
         "healer": {"pid": me, "restarts": 2, "last_exit": "killed by signal 9"},
         "watcher": {"pid": 999999999, "restarts": 0},
         "metrics": {"pid": me, "restarts": 0}}}))
-    (hdir / "healer.json").write_text(json.dumps({"pid": me, "last_run": now, "ok": False, "last_error": "boom",
+    (hdir / "healer.json").write_text(json.dumps({"pid": me, "beat": now, "ok": False, "last_error": "boom",
                                                   "rounds": 3, "failures": 1}))
-    (hdir / "metrics.json").write_text(json.dumps({"pid": me, "last_run": now - 3600, "ok": True}))
+    (hdir / "metrics.json").write_text(json.dumps({"pid": me, "beat": now - 3600, "ok": True}))
     report = health.report(tmp_path, now=now)
     assert not report["healthy"] and report["serving"]
     text = " | ".join(report["problems"])
@@ -86,9 +86,9 @@ def test_startup_failure_is_a_problem_until_the_healer_succeeds(tmp_path):
     me = os.getpid()
     hdir = health.health_dir(tmp_path)
     (hdir / "supervisor.json").write_text(json.dumps({"pid": me, "loops": {"healer": {"pid": me}}}))
-    (hdir / "healer.json").write_text(json.dumps({"pid": me, "last_run": time.time(), "last_ok": None}))
+    (hdir / "healer.json").write_text(json.dumps({"pid": me, "beat": time.monotonic(), "last_ok": None}))
     assert "reconcile at start failed: firewall update failed" in health.report(tmp_path)["problems"]
-    (hdir / "healer.json").write_text(json.dumps({"pid": me, "last_run": time.time(), "last_ok": time.time() + 1}))
+    (hdir / "healer.json").write_text(json.dumps({"pid": me, "beat": time.monotonic(), "last_ok": time.time() + 1}))
     assert health.report(tmp_path)["healthy"]
 
 
@@ -100,3 +100,19 @@ def test_a_failed_verb_is_a_problem_until_a_verb_succeeds(tmp_path):
     health.note_verb_ok(tmp_path, "CreateNetwork")
     report = health.report(tmp_path)
     assert report["healthy"] and report["last_verb_error"]["verb"] == "NetworkDriver.CreateNetwork"  # kept
+
+
+def test_a_beat_ages_by_the_monotonic_clock_not_the_wall_clock(tmp_path):
+    """NTP stepping the wall clock (years, on a box without an RTC) neither hangs nor revives a loop; a beat
+    of an earlier boot (CLOCK_MONOTONIC restarted below it) is no sign of life."""
+    hdir = health.health_dir(tmp_path)
+    hdir.mkdir()
+    me, now = os.getpid(), time.monotonic()
+    (hdir / "supervisor.json").write_text(json.dumps({"pid": me, "loops": {"healer": {"pid": me},
+                                                                           "watcher": {"pid": me}}}))
+    (hdir / "healer.json").write_text(json.dumps({"pid": me, "beat": now - 1, "last_run": time.time() - 3e8}))
+    (hdir / "watcher.json").write_text(json.dumps({"pid": me, "beat": now + 3600, "last_run": time.time()}))
+    report = health.report(tmp_path, now=now)
+    assert report["loops"]["healer"]["alive"] and report["loops"]["healer"]["age"] == 1.0
+    assert not report["loops"]["watcher"]["alive"] and report["problems"] == [
+        "watcher: no sign of life for ? s (hung or stopped)"]
