@@ -10,7 +10,7 @@ import os
 import select
 import socket
 import struct
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -97,9 +97,8 @@ def open_socket(protocol: int = NETLINK_ROUTE) -> socket.socket:
     return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
 
 
-def _exchange(sock: socket.socket, kind: int, flags: int, body: bytes) -> list[Message]:
+def _exchange(sock: socket.socket, kind: int, flags: int, body: bytes) -> Iterator[Message]:
     seq = int.from_bytes(os.urandom(4), "little")
-    replies: list[Message] = []
     sock.send(HEADER.pack(HEADER.size + len(body), kind, NLM_F_REQUEST | flags, seq, 0) + body)
     while True:
         data = sock.recv(1 << 16)
@@ -110,22 +109,23 @@ def _exchange(sock: socket.socket, kind: int, flags: int, body: bytes) -> list[M
                 code = -struct.unpack_from("=i", payload)[0] if len(payload) >= 4 else 0
                 if code > 0:
                     raise NetlinkError(code, os.strerror(code))
-                return replies
+                return
             if rkind == NLMSG_ERROR:
                 code = -struct.unpack_from("=i", payload)[0]
                 if code:
                     raise NetlinkError(code, os.strerror(code))
-                return replies
-            replies.append((rkind, payload))
+                return
+            yield rkind, payload
             if not flags & (NLM_F_ACK | NLM_F_DUMP):
-                return replies
+                return
 
 
-def request(kind: int, flags: int, body: bytes, *, protocol: int = NETLINK_ROUTE,
-            strict: bool = False) -> list[Message]:
-    """One request on a socket of its own: the kernel's answers up to its DONE (a dump) or its
-    acknowledgement. Raises NetlinkError with the kernel's errno. ``strict``: NETLINK_GET_STRICT_CHK, so
-    a dump honours the request's filters (kernels before 4.20 ignore it: callers filter again)."""
+def stream(kind: int, flags: int, body: bytes, *, protocol: int = NETLINK_ROUTE,
+           strict: bool = False) -> Iterator[Message]:
+    """One request on a socket of its own: the kernel's answers, as they come, up to its DONE (a dump)
+    or its acknowledgement; a dump of any size in 64 KiB of memory. Raises NetlinkError with the kernel's
+    errno. ``strict``: NETLINK_GET_STRICT_CHK, so a dump honours the request's filters (kernels before
+    4.20 ignore it: callers filter again)."""
     with open_socket(protocol) as sock:
         if strict:
             try:
@@ -133,7 +133,13 @@ def request(kind: int, flags: int, body: bytes, *, protocol: int = NETLINK_ROUTE
             except OSError:
                 pass
         sock.bind((0, 0))
-        return _exchange(sock, kind, flags, body)
+        yield from _exchange(sock, kind, flags, body)
+
+
+def request(kind: int, flags: int, body: bytes, *, protocol: int = NETLINK_ROUTE,
+            strict: bool = False) -> list[Message]:
+    """:func:`stream`'s answers, all of them."""
+    return list(stream(kind, flags, body, protocol=protocol, strict=strict))
 
 
 def ack(kind: int, flags: int, body: bytes, protocol: int = NETLINK_ROUTE) -> bytes:
@@ -222,7 +228,7 @@ class Rtnl:
 
     def ack(self, kind: int, flags: int, body: bytes) -> bytes:
         """An acknowledged change (or a GET): the body of the last answer, else b""."""
-        replies = _exchange(self.sock, kind, NLM_F_ACK | flags, body)
+        replies = list(_exchange(self.sock, kind, NLM_F_ACK | flags, body))
         return replies[-1][1] if replies else b""
 
     def _dump(self, kind: int, body: bytes, flags: int = NLM_F_DUMP) -> list[Record]:
