@@ -6,6 +6,7 @@ docs/TROUBLESHOOTING.md lists them."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -198,11 +199,30 @@ def registry(state_dir: str, forced_firewall: str = "") -> Any:
     return reg
 
 
+LISTEN_RETRY_MAX = 30.0
+
+
 def serve(host: str, port: int, state_dir: str, forced_firewall: str, stop: Any) -> None:
-    """The exporter's loop (a thread of the worker hosting the loops, :func:`loop`)."""
+    """The exporter's loop (a thread of the worker hosting the loops, :func:`loop`). An address another
+    process took since ``setup`` (while the loops moved to another worker) is a failed round, retried
+    from 1 s doubling to 30 s: the exporter's health says so, and the other loops are not restarted."""
     from prometheus_client import start_http_server
 
-    server, _thread = start_http_server(port, addr=host, registry=registry(state_dir, forced_firewall))
+    from . import health
+
+    reg, delay = registry(state_dir, forced_firewall), 1.0
+    while True:
+        try:
+            server, _thread = start_http_server(port, addr=host, registry=reg)
+            break
+        except OSError as exc:
+            error = f"cannot listen on {host}:{port} ({exc.strerror}); retrying in {delay:.0f} s"
+            logging.getLogger(__name__).error("metrics: %s", error)
+            health.note(False, error)
+            if stop.wait(delay):
+                return
+            delay = min(delay * 2, LISTEN_RETRY_MAX)
+    health.note(True)
     try:
         while not stop.wait(1.0):
             pass
