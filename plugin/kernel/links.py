@@ -118,7 +118,8 @@ def parent_facts(rt: Rtnl, ifname: str) -> ParentFacts:
 
 NUD_CONFIRMED = 0x02 | 0x80  # REACHABLE, PERMANENT
 NUD_INCOMPLETE = 0x01  # resolving: the packets sent to it wait in the kernel
-ETH_P_ARP = 0x0806
+ETH_P_ARP, ETH_P_IPV6 = 0x0806, 0x86DD
+ALL_NODES = ipaddress.IPv6Address("ff02::1")
 
 
 def arp_request(mac: bytes, sender: ipaddress.IPv4Address, target: ipaddress.IPv4Address) -> bytes:
@@ -128,14 +129,42 @@ def arp_request(mac: bytes, sender: ipaddress.IPv4Address, target: ipaddress.IPv
             + sender.packed + bytes(6) + target.packed)
 
 
+def neighbour_advertisement(mac: bytes, address: ipaddress.IPv6Address) -> bytes:
+    """The Ethernet frame of an unsolicited neighbour advertisement (RFC 4861 7.2.6): ``address`` is at
+    ``mac``, override set, to all nodes, from ``address`` itself, hop limit 255; IPv6's gratuitous ARP."""
+    icmp = bytes([136, 0, 0, 0, 0x20, 0, 0, 0]) + address.packed + bytes([2, 1]) + mac  # O flag; target lladdr
+    pseudo = address.packed + ALL_NODES.packed + len(icmp).to_bytes(4, "big") + bytes([0, 0, 0, 58])
+    total = sum(int.from_bytes(pair, "big") for pair in _pairs(pseudo + icmp))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    icmp = icmp[:2] + (~total & 0xFFFF).to_bytes(2, "big") + icmp[4:]
+    ip6 = (bytes([0x60, 0, 0, 0]) + len(icmp).to_bytes(2, "big") + bytes([58, 255]) + address.packed
+           + ALL_NODES.packed)
+    return bytes.fromhex("333300000001") + mac + ETH_P_IPV6.to_bytes(2, "big") + ip6 + icmp
+
+
+def _pairs(data: bytes) -> Iterable[bytes]:
+    data += b"\0" * (len(data) % 2)
+    return (data[i:i + 2] for i in range(0, len(data), 2))
+
+
+def announcement(mac: bytes, address: Any) -> tuple[bytes, int]:
+    """(the frame that tells the link ``address`` is at ``mac``, its ethertype): a gratuitous ARP for
+    IPv4, an unsolicited neighbour advertisement for IPv6."""
+    if address.version == 4:
+        return arp_request(mac, address, address), ETH_P_ARP
+    return neighbour_advertisement(mac, address), ETH_P_IPV6
+
+
 def resolving(rt: Rtnl, ifname: str, addresses: Iterable[Any]) -> set[Any]:
-    """Those of ``addresses`` the kernel is still resolving on ``ifname`` (INCOMPLETE: packets to them wait
-    for an answer, or for its next ARP retry)."""
+    """Those of ``addresses`` (either family) the kernel is still resolving on ``ifname`` (INCOMPLETE:
+    packets to them wait for an answer, or for its next ARP or neighbour solicitation)."""
     index = link_index(rt, ifname)
     wanted = {str(a): a for a in addresses}
     if index is None or not wanted:
         return set()
-    return {wanted[dst] for entry in rt.get_neighbours(socket.AF_INET, index)
+    families = {socket.AF_INET6 if a.version == 6 else socket.AF_INET for a in wanted.values()}
+    return {wanted[dst] for family in sorted(families) for entry in rt.get_neighbours(family, index)
             if entry["state"] & NUD_INCOMPLETE and (dst := attr(entry, "NDA_DST")) in wanted}
 
 

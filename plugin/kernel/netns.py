@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 from ..plan.desired import MAIN_TABLE, difference
 from ..plan.gateway import Routing
 from . import netlink
-from .links import ETH_P_ARP, all_addresses, arp_request, attr
+from .links import all_addresses, announcement, attr
 from .routes import add_rule, delete_route, delete_rule, owned_routes, owned_rules, replace_route, table_of
 from .tags import RT_PROTO
 
@@ -95,17 +95,19 @@ def open_netns(netns_path: str, expect: str | None = None) -> Iterator[netlink.R
 SIOCGIFHWADDR = 0x8927
 
 
-def announce(netns_path: str, expect: str | None, addresses: dict[ipaddress.IPv4Address, str]) -> int:
-    """From inside the container's netns, an unsolicited ARP for each address on its interface (address →
-    interface name), so that a neighbour still resolving it (a connection that came before the interface
-    was up) gets its MAC now rather than at its next ARP retry, a second later. Engine 28 does this
-    itself; Engine 20.10 does not. The number of frames sent."""
+def announce(netns_path: str, expect: str | None,
+             addresses: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str]) -> int:
+    """From inside the container's netns, for each address on its interface (address → interface name),
+    a gratuitous ARP (IPv4) or an unsolicited neighbour advertisement (IPv6), so that a neighbour still
+    resolving it (a connection that came before the interface was up) gets its MAC now rather than at its
+    next retry, a second later. Engine 28 does this itself; Engine 20.10 does not. The frames sent."""
     def send() -> int:
         sent = 0
         with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as sock:  # sends only
-            for address, ifname in sorted(addresses.items()):
+            for address, ifname in sorted(addresses.items(), key=lambda item: (item[0].version, item[0])):
                 raw = fcntl.ioctl(sock.fileno(), SIOCGIFHWADDR, struct.pack("256s", ifname.encode()[:15]))
-                sock.sendto(arp_request(raw[18:24], address, address), (ifname, ETH_P_ARP))
+                frame, ethertype = announcement(raw[18:24], address)
+                sock.sendto(frame, (ifname, ethertype))
                 sent += 1
         return sent
 

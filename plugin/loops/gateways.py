@@ -253,12 +253,13 @@ class Watcher:
 
     def _announce(self, cid: str, pid: int, path: str, expect: str | None, attachments: list[Attachment],
                   state: State, facts: dict[str, Any]) -> None:
-        """Once per address of ours and container process: if the host is still resolving it (a client
-        reached a published port before the interface was up, and its packets wait for the host's ARP
-        retry, a second later), an unsolicited ARP from inside the container resolves it now."""
+        """Once per address of ours (IPv4 and IPv6) and container process: if the host is still resolving
+        it (a client reached a published port before the interface was up, and its packets wait for the
+        host's next ARP or neighbour solicitation, a second later), an announcement from inside the
+        container resolves it now."""
         ifnames = facts["ifnames"]
-        ours = {a.address.ip: state.networks[a.network_id].bridge for a in attachments
-                if a.network_id in state.networks and a.address and str(a.address.ip) in ifnames}
+        ours = {iface.ip: state.networks[a.network_id].bridge for a in attachments if a.network_id in state.networks
+                for iface in (a.address, a.address6) if iface and str(iface.ip) in ifnames}
         done_pid, done = self.announced.get(cid, (0, frozenset()))
         fresh = {ip: bridge for ip, bridge in ours.items() if done_pid != pid or ip not in done}
         self.announced[cid] = (pid, frozenset(ours))

@@ -14,7 +14,7 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, ip_address
 
 import pytest
 
@@ -261,12 +261,39 @@ def test_an_announcement_resolves_a_neighbour_still_waiting_for_the_container(bo
     assert f"lladdr {mac}" in sh(box.g0, "ip neigh show 10.1.0.2 dev k0")
 
 
+def test_an_ipv6_announcement_resolves_a_neighbour_still_soliciting_the_container(box):
+    """The same for IPv6: the host's neighbour solicitations go unanswered until the container's interface
+    is ready (here: dropped by an nftables rule inside it); the watcher's unsolicited neighbour
+    advertisement resolves the host's INCOMPLETE entry, and the connection it held goes through."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.lab.probes import start_echo_server
+
+    sh(box.k, "ip -6 addr add fd00:1::2/64 dev eth0 nodad")
+    sh(box.g0, "ip -6 addr add fd00:1::1/64 dev k0 nodad; sysctl -qw net.ipv6.neigh.k0.retrans_time_ms=30000")
+    sh(box.k, "nft 'add table ip6 notyet; add chain ip6 notyet in { type filter hook input priority 0; }; "
+              "add rule ip6 notyet in icmpv6 type nd-neighbor-solicit drop'")
+    box.servers.append(start_echo_server(["nsenter", f"--net={box.path}"], 8081, "::"))
+    with ThreadPoolExecutor(1) as pool:
+        reply = pool.submit(box.connect, box.g0, "fd00:1::2", 8081, 20.0)
+        deadline = time.monotonic() + 10
+        while "INCOMPLETE" not in sh(box.g0, "ip -6 neigh show fd00:1::2 dev k0"):
+            assert time.monotonic() < deadline, sh(box.g0, "ip -6 neigh show dev k0")
+            time.sleep(0.05)
+        sh(box.k, "nft delete table ip6 notyet")
+        assert in_netns(box.g0, _resolving, "k0", ["fd00:1::2", "fd00:1::3", "10.1.0.2"]) == {"fd00:1::2"}
+        assert netns.announce(box.path, None, {IPv6Address("fd00:1::2"): "eth0"}) == 1
+        assert reply.result() == "fd00:1::1"
+    mac = sh(box.k, "ip -br link show eth0").split()[2]
+    assert f"lladdr {mac}" in sh(box.g0, "ip -6 neigh show fd00:1::2 dev k0")
+
+
 def _resolving(ifname, addresses):
     from plugin.kernel.links import resolving
     from plugin.kernel.netlink import Rtnl
 
     with Rtnl() as rt:
-        return {str(a) for a in resolving(rt, ifname, [IPv4Address(a) for a in addresses])}
+        return {str(a) for a in resolving(rt, ifname, [ip_address(a) for a in addresses])}
 
 
 def test_the_announcement_is_refused_in_the_plugins_own_namespace(box):

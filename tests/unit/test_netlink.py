@@ -65,3 +65,28 @@ def test_the_arp_announcement_is_a_gratuitous_request_from_the_container():
     assert frame.hex() == ("ffffffffffff" "02420a970002" "0806"  # broadcast, from the container, ARP
                            "0001" "0800" "06" "04" "0001"  # Ethernet/IPv4, a request
                            "02420a970002" "0a970002" "000000000000" "0a970002")  # sender = target address
+
+
+def test_the_ipv6_announcement_is_an_unsolicited_neighbour_advertisement():
+    """RFC 4861 7.2.6: to all nodes, hop limit 255, override set and solicited not, with the target's
+    link-layer address; its ICMPv6 checksum sums, with the pseudo-header, to 0xffff."""
+    from ipaddress import IPv4Address, IPv6Address
+
+    from plugin.kernel.links import announcement
+
+    mac, address = bytes.fromhex("02420a970002"), IPv6Address("fd00:151::2")
+    frame, ethertype = announcement(mac, address)
+    assert ethertype == 0x86DD
+    assert frame[:14].hex() == "333300000001" "02420a970002" "86dd"  # all nodes' MAC, from the container
+    ip6, icmp = frame[14:54], frame[54:]
+    assert ip6.hex() == ("60000000" "0020" "3a" "ff"  # 32 bytes of ICMPv6, hop limit 255
+                         + address.packed.hex() + "ff020000000000000000000000000001")
+    assert icmp[0] == 136 and icmp[1] == 0 and icmp[4:8].hex() == "20000000"  # override, not solicited
+    assert icmp[8:24] == address.packed and icmp[24:].hex() == "0201" "02420a970002"  # target lladdr
+    pseudo = ip6[8:40] + len(icmp).to_bytes(4, "big") + bytes([0, 0, 0, 58])
+    data = pseudo + icmp
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    assert total == 0xFFFF
+    assert announcement(mac, IPv4Address("10.151.0.2"))[1] == 0x0806
