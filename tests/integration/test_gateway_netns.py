@@ -248,10 +248,7 @@ def test_an_announcement_resolves_a_neighbour_still_waiting_for_the_container(bo
     box.serve(box.k, 8080)
     with ThreadPoolExecutor(1) as pool:
         reply = pool.submit(box.connect, box.g0, "10.1.0.2", 8080, 20.0)
-        deadline = time.monotonic() + 10
-        while "INCOMPLETE" not in sh(box.g0, "ip neigh show 10.1.0.2 dev k0"):
-            assert time.monotonic() < deadline, sh(box.g0, "ip neigh show dev k0")
-            time.sleep(0.05)
+        _until_incomplete(box.g0, "10.1.0.2")
         sh(box.k, "ip link set eth0 arp on")
         # what the watcher asks of the host before it announces: is anyone waiting for the address?
         assert in_netns(box.g0, _resolving, "k0", ["10.1.0.2", "10.1.0.3"]) == {"10.1.0.2"}
@@ -276,16 +273,21 @@ def test_an_ipv6_announcement_resolves_a_neighbour_still_soliciting_the_containe
     box.servers.append(start_echo_server(["nsenter", f"--net={box.path}"], 8081, "::"))
     with ThreadPoolExecutor(1) as pool:
         reply = pool.submit(box.connect, box.g0, "fd00:1::2", 8081, 20.0)
-        deadline = time.monotonic() + 10
-        while "INCOMPLETE" not in sh(box.g0, "ip -6 neigh show fd00:1::2 dev k0"):
-            assert time.monotonic() < deadline, sh(box.g0, "ip -6 neigh show dev k0")
-            time.sleep(0.05)
+        _until_incomplete(box.g0, "fd00:1::2")
         sh(box.k, "nft delete table ip6 notyet")
         assert in_netns(box.g0, _resolving, "k0", ["fd00:1::2", "fd00:1::3", "10.1.0.2"]) == {"fd00:1::2"}
         assert netns.announce(box.path, None, {IPv6Address("fd00:1::2"): "eth0"}) == 1
         assert reply.result() == "fd00:1::1"
     mac = sh(box.k, "ip -br link show eth0").split()[2]
     assert f"lladdr {mac}" in sh(box.g0, "ip -6 neigh show fd00:1::2 dev k0")
+
+
+def _until_incomplete(ns: str, address: str) -> None:
+    """Until ``ns`` holds packets for ``address`` on k0 while it resolves it."""
+    deadline = time.monotonic() + 10
+    while "INCOMPLETE" not in sh(ns, f"ip neigh show {address} dev k0"):
+        assert time.monotonic() < deadline, sh(ns, "ip neigh show dev k0; ip -6 neigh show dev k0")
+        time.sleep(0.05)
 
 
 def _resolving(ifname, addresses):
