@@ -53,9 +53,10 @@ def in_netns(ns: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> An
         data = fh.read()
     os.waitpid(pid, 0)
     status, value = pickle.loads(data)
-    if status == "err":
+    if status == "err":  # the child's own exception, so callers catch what they would catch in-process
         exc, tb = value
-        raise AssertionError(f"in netns {ns}:\n{tb}") from exc
+        exc.add_note(f"in netns {ns}:\n{tb}")
+        raise exc
     return value
 
 
