@@ -34,10 +34,18 @@ def may_clash(bindings: Iterable[PortBinding], ephemeral: tuple[int, int] | None
     ``bindings`` (same protocol, a host port the binding may take)? What :func:`allocate` needs of the
     host's ports is only these: a Join looks at the few that share its numbers, whatever the host holds."""
     low, high = ephemeral or ephemeral_range()
-    spans: dict[str, list[tuple[int, int]]] = {}
+    exact: set[tuple[str, int]] = set()  # (protocol, port) of the bindings' short ranges: one look each
+    spans: dict[str, list[tuple[int, int]]] = {}  # and the wide ones (port 0: the ephemeral range)
     for b in bindings:
-        spans.setdefault(b.proto_name, []).append((low, high) if b.host_port == 0 else (b.host_port, b.host_port_end))
-    return lambda p: any(first <= p.host_port <= last for first, last in spans.get(p.proto, ()))
+        first, last = (low, high) if b.host_port == 0 else (b.host_port, b.host_port_end)
+        if last - first < 64:
+            exact.update((b.proto_name, port) for port in range(first, last + 1))
+        else:
+            spans.setdefault(b.proto_name, []).append((first, last))
+    if not spans:
+        return lambda p: (p.proto, p.host_port) in exact
+    return lambda p: (p.proto, p.host_port) in exact or any(first <= p.host_port <= last
+                                                            for first, last in spans.get(p.proto, ()))
 
 
 def port_is_bindable(proto: str, host_ip: str, port: int) -> bool:

@@ -80,3 +80,14 @@ def test_only_ports_that_may_clash_change_an_allocation(bindings, taken):
 
     clash = may_clash(bindings, (40005, 40012))
     assert outcome([p for p in taken if clash(p)]) == outcome(taken)
+
+
+def test_a_wide_range_and_port_zero_clash_by_span():
+    """Short ranges are looked up port by port; a wide range and port 0 (the whole ephemeral range) by span."""
+    clash = may_clash([PortBinding(6, 80, "", 40000, 40100), PortBinding(17, 53, "", 0, 0),
+                       PortBinding(6, 81, "", 8080, 8081)], (30000, 30999))
+    tcp, udp = (lambda port: PublishedPort("tcp", "", port, 80)), (lambda port: PublishedPort("udp", "", port, 53))
+    assert [clash(tcp(n)) for n in (39999, 40000, 40100, 40101, 8080, 8081, 8082, 30500)] == [
+        False, True, True, False, True, True, False, False]
+    assert [clash(udp(n)) for n in (29999, 30000, 30999, 31000, 8080, 40000)] == [
+        False, True, True, False, False, False]
