@@ -35,8 +35,9 @@ Operations:
   registry), a dnsrr service scaled from 0 to 12 tasks, on a multinic swarm network and on an overlay
   network, interleaved: the time until every task answers HTTP from its node (a global probe service on
   the same network, one task per node), ratio multinic / overlay.
-- ``ipv6``: the same through dual-stack networks (``--ipv6``; both drivers): ``run_rm6``,
-  ``requests6_per_s`` and ``throughput6_MBps`` on the host's IPv6 address (from c0), and
+- ``ipv6``: the same through dual-stack networks (``--ipv6``; both drivers): ``run_rm6``, ``run_p6``
+  (``run -d -p`` until the port answers on the host's IPv6 address), ``requests6_per_s`` and
+  ``throughput6_MBps`` on the host's IPv6 address (from c0), and
   ``dual_stack_run_rm`` in the JSON: each driver's dual-stack ``run --rm`` over its IPv4-only one, timed
   interleaved (``run_rm4_beside6``). Engine
   20.10's bridge publishes IPv6 through docker-proxy (no ip6tables), 28.5's through DNAT.
@@ -211,16 +212,18 @@ class Bench:
         self.rounds("run_rm", lambda d, i: self.timed(
             lambda: self.docker("run", "--rm", "--network", f"bn-{d}", IMAGE, "true")))
 
-    def op_run_p(self) -> None:
+    def op_run_p(self, op: str = "run_p", net: str = "bn", address: str = HOST_ETH0, first_port: int = 5100) -> None:
+        """``docker run -d -p`` until the port answers a client over ``address``."""
         def body(driver: str, i: int) -> float:
-            port = 5100 + 2 * i + DRIVERS.index(driver)
+            port = first_port + 2 * i + DRIVERS.index(driver)
             name = f"brp-{driver}"
 
             took = self.until_answers(port, lambda: self.docker(
-                "run", "-d", "--name", name, "--network", f"bn-{driver}", "-p", f"{port}:80", IMAGE, *web_cmd("x")))
+                "run", "-d", "--name", name, "--network", f"{net}-{driver}", "-p", f"{port}:80", IMAGE,
+                *web_cmd("x")), address=address)
             self.docker("rm", "-f", name)
             return took
-        self.rounds("run_p", body)
+        self.rounds(op, body)
 
     def op_net_create_rm(self) -> None:
         def body(driver: str, i: int) -> float:
@@ -288,6 +291,7 @@ class Bench:
                 return self.timed(lambda: self.docker("run", "--rm", "--network", f"bn6-{d}", IMAGE, "true"))
 
             self.rounds("run_rm6", run_rm_both)
+            self.op_run_p("run_p6", "bn6", HOST6_ETH0, 5300)
             self.op_requests("requests6_per_s", "bn6", HOST6_ETH0)
             iperf3 = self._iperf3()
             if iperf3:
