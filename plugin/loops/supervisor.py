@@ -239,7 +239,8 @@ class Supervisor:
             pass
 
     def _kill_stragglers(self, now: float) -> None:
-        """A worker stopped for a hung loop that is still there after its grace is killed."""
+        """A worker stopped for a hung loop that is still there after its grace is killed (``now``:
+        CLOCK_MONOTONIC's)."""
         for pid, deadline in list(self.stopping.items()):
             if not self._our_worker(pid):
                 del self.stopping[pid]
@@ -252,7 +253,7 @@ class Supervisor:
     def check_once(self) -> None:
         log = logging.getLogger(__name__)
         now = time.time()
-        self._kill_stragglers(now)
+        self._kill_stragglers(time.monotonic())
         if not self.host:  # a worker took the loops up since the last look (and may have ended already)
             host = self.health.read(self.hdir / HOST_RECORD)
             pid = host.get("pid")
@@ -271,7 +272,7 @@ class Supervisor:
             log.error("%s (worker %s) showed no sign of life for %.0f s; stopping that worker (killed if it is "
                       "still there in %.0f s)", culprit, self.host, since, self.GRACE)
             self._signal(self.host, signal.SIGTERM)
-            self.stopping[self.host] = now + self.GRACE
+            self.stopping[self.host] = time.monotonic() + self.GRACE
             ended = f"hung for {since:.0f} s, its worker stopped"
         else:
             ended = "its worker ended (gunicorn starts another)"
