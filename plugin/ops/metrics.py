@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import time
 from typing import Any, Callable, Iterator
@@ -38,17 +37,12 @@ def enabled() -> bool:
 
 
 def setup(address: str) -> tuple[str, int]:
-    """Check the address can be bound, make the multiprocess dir, create the metrics. Call once in
-    ``multinic serve`` before the app is built and before the helpers and workers fork."""
+    """Parse the address (ValueError naming the fix), make the multiprocess dir, create the metrics. Call
+    once in ``multinic serve`` before the app is built and before the helpers and workers fork. An address
+    that cannot be bound yet (its interface not up at boot, the port held) is not refused: the exporter
+    tries it until it can, a failed round each time (:func:`serve`)."""
     global _dir, _owner
     host, port = parse_address(address)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise ValueError(f"--metrics-address {address}: cannot listen there ({exc.strerror})") from None
     _dir, _owner = tempfile.mkdtemp(prefix="multinic-metrics-"), os.getpid()
     settings.export(_ENV_DIR, _dir)
     from prometheus_client import Counter, Histogram, values
@@ -203,9 +197,9 @@ LISTEN_RETRY_MAX = 30.0
 
 
 def serve(host: str, port: int, state_dir: str, forced_firewall: str, stop: Any) -> None:
-    """The exporter's loop (a thread of the worker hosting the loops, :func:`loop`). An address another
-    process took since ``setup`` (while the loops moved to another worker) is a failed round, retried
-    from 1 s doubling to 30 s: the exporter's health says so, and the other loops are not restarted."""
+    """The exporter's loop (a thread of the worker hosting the loops, :func:`loop`). An address it cannot
+    listen on (held by another process, not on the host yet) is a failed round, retried from 1 s doubling
+    to 30 s: the exporter's health says so, and the other loops are not restarted."""
     from prometheus_client import start_http_server
 
     from . import health

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import socket
 import time
 import urllib.request
 
 from plugin.ops.doctor import gather as hostfacts
 from tests.integration.test_doctor import _serve, _stop
-from tests.nsutil import in_netns, scratch_netns, sh
+from tests.nsutil import in_netns, serve_peer, sh
 
 NID = "b2" * 32
 EID = "f2" * 32
@@ -138,43 +137,34 @@ def test_metrics_are_off_by_default_and_a_bad_address_is_refused(topo, tmp_path)
         _stop(serving)
 
 
-def _exporter_while_its_port_is_taken(state_dir: str, port: int) -> dict:
-    """In a scratch namespace: the exporter started while another socket holds its port, then freed."""
-    import threading
+def health(t, sock: str) -> dict:
+    status, raw = in_netns(t.host, hostfacts.http_over_unix, sock, "/Plugin.Health", b"{}")
+    assert status == 200, raw
+    return json.loads(raw)
 
-    from plugin.ops import health, metrics
 
-    metrics.setup(f"127.0.0.1:{port}")
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", port))
-    holder.listen()
-    stop = threading.Event()
-
-    def run() -> None:
-        metrics.serve("127.0.0.1", port, state_dir, "", health.start_beat(state_dir, "metrics", stop))
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    record = health.health_dir(state_dir) / "metrics.json"
+def test_an_exporter_whose_port_is_taken_retries_and_says_so(topo, tmp_path):
+    """The metrics address held by another process when ``multinic serve`` starts (or taken later, while
+    the loops move to another worker; an address whose interface comes up after the plugin): the plugin
+    serves, the exporter's health says it cannot listen and the other loops run; the port free, the
+    exporter takes it and is healthy."""
+    holder = serve_peer(topo.host, PORT)  # listens on 0.0.0.0:PORT
+    sock, state = str(tmp_path / "run" / "mn.sock"), str(tmp_path / "state")
+    proc = _serve(topo, sock, state, "--metrics-address", f"127.0.0.1:{PORT}")
     try:
-        seen = {"taken": wait_for(lambda: (r := health.read(record)).get("ok") is False and r, timeout=10)}
-        holder.close()
-        seen["scrape"] = wait_for(lambda: _listens(port) and _scrape(port), timeout=10)
-        seen["freed"] = health.read(record)
+        assert call(topo, sock, "GetCapabilities", {})[0] == 200
+        taken = wait_for(lambda: (h := health(topo, sock))["loops"].get("metrics", {}).get("failures") and h)
+        assert taken, health(topo, sock)
+        assert not taken["healthy"] and taken["loops"]["healer"]["alive"], taken
+        assert any(p.startswith(f"metrics: last round failed: cannot listen on 127.0.0.1:{PORT} (Address already "
+                                "in use); retrying in") for p in taken["problems"]), taken["problems"]
+        holder.kill()
+        holder.wait()
+        assert wait_for(lambda: _try(scrape, topo)), "the exporter never took its port"
+        assert wait_for(lambda: health(topo, sock)["healthy"]), health(topo, sock)
+        assert health(topo, sock)["loops"]["healer"]["restarts"] == 0  # the exporter waited, nothing restarted
     finally:
-        holder.close()
-        stop.set()
-        thread.join(10)
-        metrics.teardown()
-    return seen
-
-
-def test_an_exporter_whose_port_was_taken_retries_and_says_so(tmp_path):
-    """The address was free when ``multinic serve`` checked it, and another process took it before the
-    exporter (re)started (the loops moving to another worker): a failed round in the exporter's health,
-    retried without restarting the other loops; the port back, it serves and is healthy again."""
-    with scratch_netns(f"mnm{os.getpid() % 100000}") as ns:
-        seen = in_netns(ns, _exporter_while_its_port_is_taken, str(tmp_path / "state"), PORT)
-    assert "cannot listen on 127.0.0.1:19327 (Address already in use); retrying in 1 s" == seen["taken"]["last_error"]
-    assert "multinic_networks" in seen["scrape"]
-    assert seen["freed"]["ok"] is True and seen["freed"]["failures"] >= 1
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        _stop(proc)
