@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import select
 import signal
 import threading
 import time
@@ -20,21 +21,34 @@ STOP_POLL = 0.5  # the longest a loop goes without looking at its stop flag
 
 class StopFlag:
     """A stop event a signal handler may set: no lock (``threading.Event.set`` in a handler can
-    deadlock against the same thread's ``wait``; a multiprocessing Event is shared with forks)."""
+    deadlock against the same thread's ``wait``; a multiprocessing Event is shared with forks). A waiter
+    sleeps on an eventfd that ``set`` makes readable; each process has its own (one made before gunicorn
+    forks is made again in each child), so setting it in a worker wakes nothing elsewhere."""
 
     def __init__(self) -> None:
         self._set = False
+        self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        os.register_at_fork(after_in_child=self._reopen)
+
+    def _reopen(self) -> None:
+        os.close(self._fd)
+        self._fd = os.eventfd(1 if self._set else 0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
 
     def set(self) -> None:
         self._set = True
+        try:
+            os.eventfd_write(self._fd, 1)
+        except OSError:  # the counter is full: it is readable already
+            pass
 
     def is_set(self) -> bool:
         return self._set
 
     def wait(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not self._set and time.monotonic() < deadline:
-            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        if not self._set:
+            poller = select.poll()
+            poller.register(self._fd, select.POLLIN)
+            poller.poll(max(0.0, timeout) * 1000)
         return self._set
 
 
@@ -43,10 +57,12 @@ class LoopDied(Exception):
 
 
 def run_loops(loops: dict[str, Callable[[Any], None]], state_dir: str, stop: StopFlag,
-              faults: Any = None, started: Callable[[], None] = lambda: None) -> None:
+              faults: Any = None, started: Callable[[], None] = lambda: None,
+              stale: float = health.STALE_AFTER) -> None:
     """Each loop in a thread of its own with its own heartbeat (``<loop>.json``), one thread flushing the
     heartbeats, until ``stop``; LoopDied when a loop's thread ends (an uncaught error)."""
-    flags = {key: health.start_beat(state_dir, key, threading.Event(), faults) for key in loops}
+    interval = health.beat_interval(stale)
+    flags = {key: health.start_beat(state_dir, key, threading.Event(), faults, interval) for key in loops}
     threads = {}
     for key, target in loops.items():
         threads[key] = threading.Thread(target=_run_loop, args=(key, target, flags[key]), name=f"multinic-{key}",
@@ -95,16 +111,18 @@ _hosted: list[int] = []  # this worker's pid once it runs the loops
 _settled = threading.Event()  # the loops beat here, or this worker waits for another to end
 
 
-def host_loops(loops: dict[str, Callable[[Any], None]], state_dir: str, faults: Any = None) -> None:
+def host_loops(loops: dict[str, Callable[[Any], None]], state_dir: str, faults: Any = None,
+               stale: float = health.STALE_AFTER) -> None:
     """In a gunicorn worker, once it is set up: a thread that waits for the loops' lock (a worker that
     hosts them holds it until it dies, when the kernel frees it) and then runs them here, after the
     backoff the supervisor asked for. A loop that dies stops this worker gracefully (the request in flight
     is answered first), and gunicorn starts another."""
-    threading.Thread(target=_host, args=(loops, state_dir, faults), name="multinic-loops", daemon=True).start()
+    threading.Thread(target=_host, args=(loops, state_dir, faults, stale), name="multinic-loops",
+                     daemon=True).start()
     _settled.wait(5.0)  # the first worker serves once the loops beat (one that waits for the lock does not wait)
 
 
-def _host(loops: dict[str, Callable[[Any], None]], state_dir: str, faults: Any) -> None:
+def _host(loops: dict[str, Callable[[Any], None]], state_dir: str, faults: Any, stale: float) -> None:
     log = logging.getLogger(__name__)
     name_thread("mn-loops")  # and every thread the loops start: what runs beside the verbs
     try:
@@ -119,7 +137,7 @@ def _host(loops: dict[str, Callable[[Any], None]], state_dir: str, faults: Any) 
         return
     log.info("loops (%s) running in worker %s", ", ".join(loops), os.getpid())
     try:
-        run_loops(loops, state_dir, _hosting, faults, started=_settled.set)
+        run_loops(loops, state_dir, _hosting, faults, started=_settled.set, stale=stale)
     except LoopDied as exc:
         log.error("%s: stopping this worker, gunicorn starts another", exc)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -198,6 +216,7 @@ class Supervisor:
         self.seen = 0.0  # when the host was first seen, by CLOCK_MONOTONIC (its age)
         self.not_before = 0.0
         self.backoff = 0.0
+        self.hung_check_at = 0.0  # the heartbeats are read every half beat interval (the host's life, each look)
         self.stopping: dict[int, float] = {}  # workers sent SIGTERM for a hung loop: the time to kill them
         self._stop = StopFlag()
         self._thread: Any = None
@@ -265,6 +284,9 @@ class Supervisor:
             self._write()
         culprit = None
         if self._our_worker(self.host):
+            if time.monotonic() < self.hung_check_at:
+                return
+            self.hung_check_at = time.monotonic() + health.beat_interval(self.stale) / 2
             hung = self._hung()
             if hung is None:
                 return

@@ -140,7 +140,7 @@ def cmd_serve(settings: Settings) -> int:
         watchdog.start()
 
     def worker_ready(worker: Any) -> None:
-        supervisor.host_loops(loops, str(store.directory), pause)
+        supervisor.host_loops(loops, str(store.directory), pause, settings.health_stale)
 
     options["when_ready"] = ready
     options["post_worker_init"] = worker_ready

@@ -135,16 +135,23 @@ class WatchedFlag:
         return True
 
 
-def start_beat(state_dir: str | os.PathLike[str], name: str, stop: Any, faults: Any = None) -> WatchedFlag:
+def beat_interval(stale: float) -> float:
+    """How often the heartbeats are written: a tenth of the staleness, from 1 s to 5 s."""
+    return min(max(BEAT_INTERVAL, stale / 10), 5.0)
+
+
+def start_beat(state_dir: str | os.PathLike[str], name: str, stop: Any, faults: Any = None,
+               interval: float = BEAT_INTERVAL) -> WatchedFlag:
     """In the worker hosting the loops: start writing ``<loop>.json`` for the loop that will run in the thread that
-    first looks at the returned stop flag (or in this thread); one thread flushes every loop's record."""
+    first looks at the returned stop flag (or in this thread); one thread flushes every loop's record, every
+    ``interval`` s (:func:`beat_interval`)."""
     beat = Beat(health_dir(state_dir) / f"{LOOP_KEYS.get(name, name)}.json")
     beat.flush()
     flag = WatchedFlag(stop, beat, LOOP_KEYS.get(name, name), faults)
     bind(flag)
     if not any(t.name == "health-beat" and t.is_alive() for t in threading.enumerate()):
         _pumping.clear()
-        threading.Thread(target=_pump, name="health-beat", daemon=True).start()
+        threading.Thread(target=_pump, args=(interval,), name="health-beat", daemon=True).start()
     return flag
 
 
@@ -153,8 +160,8 @@ def bind(flag: WatchedFlag) -> None:
     _beats[threading.get_ident()] = flag._beat
 
 
-def _pump() -> None:
-    while not _pumping.wait(BEAT_INTERVAL):
+def _pump(interval: float) -> None:
+    while not _pumping.wait(interval):
         for beat in list(_beats.values()):
             beat.flush()
 

@@ -116,3 +116,28 @@ def test_a_beat_ages_by_the_monotonic_clock_not_the_wall_clock(tmp_path):
     assert report["loops"]["healer"]["alive"] and report["loops"]["healer"]["age"] == 1.0
     assert not report["loops"]["watcher"]["alive"] and report["problems"] == [
         "watcher: no sign of life for ? s (hung or stopped)"]
+
+
+def test_a_stop_flag_wakes_its_waiter_at_once_and_is_its_own_in_each_process():
+    """A waiter sleeps (no polling) until ``set``, which wakes it at once; a flag made before a fork is
+    a flag of each process: the child's ``set`` wakes nothing in the parent, a parent's earlier ``set``
+    is seen by the child."""
+    import threading
+
+    from plugin.loops.supervisor import StopFlag
+
+    flag, woke = StopFlag(), []
+    waiter = threading.Thread(target=lambda: woke.append((flag.wait(30), time.monotonic())))
+    waiter.start()
+    time.sleep(0.2)
+    flag.set()
+    waiter.join(5)
+    assert woke and woke[0][0] and time.monotonic() - woke[0][1] < 1
+    fresh = StopFlag()
+    child = os.fork()
+    if child == 0:
+        fresh.set()
+        os._exit(0 if flag.is_set() and flag.wait(0) else 1)
+    assert os.waitpid(child, 0)[1] == 0
+    started = time.monotonic()
+    assert not fresh.wait(0.3) and time.monotonic() - started >= 0.25  # not woken by the child's set
