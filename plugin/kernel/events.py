@@ -67,6 +67,8 @@ def parse(protocol: int, kind: int, body: bytes) -> Event | None:
     if kind not in (nl.RTM_NEWLINK, nl.RTM_DELLINK, nl.RTM_NEWADDR, nl.RTM_DELADDR, nl.RTM_NEWROUTE, nl.RTM_DELROUTE,
                     nl.RTM_DELRULE) or not nl.decodable(kind, body):
         return None
+    if kind in (nl.RTM_NEWROUTE, nl.RTM_DELROUTE) and body[1] and not (kind == nl.RTM_DELROUTE and body[5] == RT_PROTO):
+        return None  # by the header alone: neither a default route nor one of ours removed (a veth's routes)
     msg = nl.Record(kind, body)
     if kind in (nl.RTM_NEWLINK, nl.RTM_DELLINK):
         return Event(kind, index=msg["index"], name=msg.get_attr("IFLA_IFNAME") or "", flags=msg["flags"],
@@ -167,11 +169,13 @@ class Listener:
 
     def burst(self, timeout: float, quiet: float, longest: float) -> list[Event] | None:
         """The events of one burst: the first within ``timeout``, then more until none comes for ``quiet``
-        (or ``longest`` has passed since the first); None when the kernel dropped some."""
+        (or ``longest`` has passed since the first); None when the kernel dropped some. Within a burst the
+        thread looks once every ``quiet`` rather than at each message (a container's start sends ~20)."""
         seen = self.read(timeout)
         until = time.monotonic() + longest
         while seen and time.monotonic() < until:
-            more = self.read(quiet)
+            time.sleep(quiet)
+            more = self.read(0)
             if more is None:
                 return None
             if not more and not self.pending:

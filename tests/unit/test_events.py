@@ -30,6 +30,11 @@ def test_kernel_event_classification():
     rtnl, nfnl = nl.NETLINK_ROUTE, nl.NETLINK_NETFILTER
     assert one(rtnl, nl.RTM_DELROUTE, route(RT_PROTO)) == {"netlink"}
     assert one(rtnl, nl.RTM_DELROUTE, route(4)) == set()
+    # a veth's routes (not default, not ours) are left at the header; a default route is looked at
+    assert events.parse(rtnl, nl.RTM_NEWROUTE, route(RT_PROTO)) is None
+    assert events.parse(rtnl, nl.RTM_DELROUTE, route(4)) is None
+    default = bytes([2, 0, 0, 0, 254, 4, 0, 1]) + b"\0" * 4
+    assert events.parse(rtnl, nl.RTM_NEWROUTE, default).dst_len == 0
     assert one(rtnl, nl.RTM_DELRULE, rule(RT_PROTO)) == {"netlink"} and one(rtnl, nl.RTM_DELRULE, rule(3)) == set()
     assert one(rtnl, nl.RTM_DELLINK, link(b"multinic:net:" + b"a" * 64)) == {"netlink"}
     assert one(rtnl, nl.RTM_DELLINK, link(b"multinic:ep:" + b"a" * 64)) == set()
