@@ -104,6 +104,32 @@ def test_event_stream_is_read_as_it_comes_and_closed_from_another_thread(dockerd
     assert got == ["c1", "c2"] and not reader.is_alive()
 
 
+def test_an_answer_ends_at_its_length_when_the_server_keeps_the_connection(tmp_path):
+    """dockerd closes after answering an HTTP/1.0 request; a server that keeps the connection open is
+    read to its Content-Length, not to the timeout."""
+    import socket
+
+    path = str(tmp_path / "keep.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    body = json.dumps({"Id": "c1", "pad": "x" * 100_000}).encode()  # more than one read
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        time.sleep(10)  # and keeps it open
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    started = time.monotonic()
+    assert engine.DockerAPI(f"unix://{path}", timeout=5).inspect_container("c1")["Id"] == "c1"
+    assert time.monotonic() - started < 2
+    server.close()
+
+
 def test_only_unix_and_tcp():
     with pytest.raises(engine.DockerError, match="unix:// or tcp://"):
         engine.DockerAPI("ssh://user@host")
