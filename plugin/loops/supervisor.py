@@ -14,9 +14,10 @@ import time
 from typing import Any, Callable
 
 from ..kernel import proc
-from ..ops import health
+from ..ops import health, memory
 
 STOP_POLL = 0.5  # the longest a loop goes without looking at its stop flag
+GIVE_BACK_EVERY = 8  # looks: the hosting worker's freed heap is offered back every 4 s
 
 
 class StopFlag:
@@ -69,11 +70,15 @@ def run_loops(loops: dict[str, Callable[[Any], None]], state_dir: str, stop: Sto
                                         daemon=True)
         threads[key].start()
     started()
+    looks = 0
     try:
         while not stop.wait(STOP_POLL):
             dead = [key for key, thread in threads.items() if not thread.is_alive()]
             if dead:
                 raise LoopDied(f"{', '.join(dead)} ended")
+            looks += 1
+            if looks % GIVE_BACK_EVERY == 0:  # this worker also answers the verbs: their garbage, returned
+                memory.give_back(when_churned=True)
     finally:
         for flag in flags.values():
             flag.set()

@@ -75,7 +75,9 @@ def cmd_serve(settings: Settings) -> int:
     import gc
     import time
 
-    _one_malloc_arena()
+    from . import memory
+
+    memory.one_arena()
     from gunicorn.app.base import BaseApplication
 
     from ..api.http import create_app
@@ -153,29 +155,15 @@ def cmd_serve(settings: Settings) -> int:
     return 0
 
 
-def _one_malloc_arena() -> None:
-    """glibc's malloc gives each thread that allocates an arena of its own, and the loops' threads (idle,
-    mostly) would keep 3-4 MiB of them: one arena for the process and the workers it forks (mallopt
-    M_ARENA_MAX, as MALLOC_ARENA_MAX=1 does), before any thread starts."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def _settle() -> None:
     """Garbage of the imports and of the reconcile at start collected, and the heap's free pages given back,
     before anything forks."""
-    import ctypes
     import gc
 
+    from . import memory
+
     gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    memory.give_back()
 
 
 def cmd_status(settings: Settings, as_json: bool) -> int:
