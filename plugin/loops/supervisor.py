@@ -11,25 +11,26 @@ import select
 import signal
 import threading
 import time
+import weakref
 from typing import Any, Callable
 
 from ..kernel import proc
 from ..ops import health, memory
 
 STOP_POLL = 0.5  # the longest a loop goes without looking at its stop flag
-GIVE_BACK_EVERY = 8  # looks: the hosting worker's freed heap is offered back every 4 s
+GIVE_BACK_EVERY = 4.0  # s: how often the hosting worker's freed heap is offered back
 
 
 class StopFlag:
     """A stop event a signal handler may set: no lock (``threading.Event.set`` in a handler can
     deadlock against the same thread's ``wait``; a multiprocessing Event is shared with forks). A waiter
-    sleeps on an eventfd that ``set`` makes readable; each process has its own (one made before gunicorn
-    forks is made again in each child), so setting it in a worker wakes nothing elsewhere."""
+    sleeps on an eventfd that ``set`` or ``wake`` makes readable; each process has its own (one made before
+    gunicorn forks is made again in each child), so setting it in a worker wakes nothing elsewhere."""
 
     def __init__(self) -> None:
         self._set = False
         self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        os.register_at_fork(after_in_child=self._reopen)
+        _flags.add(self)
 
     def _reopen(self) -> None:
         os.close(self._fd)
@@ -37,6 +38,10 @@ class StopFlag:
 
     def set(self) -> None:
         self._set = True
+        self.wake()
+
+    def wake(self) -> None:
+        """End a wait early without stopping: the waiter looks around and waits again."""
         try:
             os.eventfd_write(self._fd, 1)
         except OSError:  # the counter is full: it is readable already
@@ -49,8 +54,16 @@ class StopFlag:
         if not self._set:
             poller = select.poll()
             poller.register(self._fd, select.POLLIN)
-            poller.poll(max(0.0, timeout) * 1000)
+            if poller.poll(max(0.0, timeout) * 1000) and not self._set:
+                try:
+                    os.eventfd_read(self._fd)  # a wake is taken once
+                except BlockingIOError:
+                    pass
         return self._set
+
+
+_flags: weakref.WeakSet[StopFlag] = weakref.WeakSet()  # each made again in a forked child (one fork hook)
+os.register_at_fork(after_in_child=lambda: [flag._reopen() for flag in list(_flags)])
 
 
 class LoopDied(Exception):
@@ -64,21 +77,22 @@ def run_loops(loops: dict[str, Callable[[Any], None]], state_dir: str, stop: Sto
     heartbeats, until ``stop``; LoopDied when a loop's thread ends (an uncaught error)."""
     interval = health.beat_interval(stale)
     flags = {key: health.start_beat(state_dir, key, threading.Event(), faults, interval) for key in loops}
-    threads = {}
+    threads, ended = {}, []
+
+    def end(key: str) -> None:
+        ended.append(key)
+        stop.wake()
+
     for key, target in loops.items():
-        threads[key] = threading.Thread(target=_run_loop, args=(key, target, flags[key]), name=f"multinic-{key}",
-                                        daemon=True)
+        threads[key] = threading.Thread(target=_run_loop, args=(key, target, flags[key], end),
+                                        name=f"multinic-{key}", daemon=True)
         threads[key].start()
     started()
-    looks = 0
     try:
-        while not stop.wait(STOP_POLL):
-            dead = [key for key, thread in threads.items() if not thread.is_alive()]
-            if dead:
-                raise LoopDied(f"{', '.join(dead)} ended")
-            looks += 1
-            if looks % GIVE_BACK_EVERY == 0:  # this worker also answers the verbs: their garbage, returned
-                memory.give_back(when_churned=True)
+        while not stop.wait(GIVE_BACK_EVERY):  # a loop's thread that ends wakes this wait
+            if ended:
+                raise LoopDied(f"{', '.join(ended)} ended")
+            memory.give_back(when_churned=True)  # this worker also answers the verbs: their garbage, returned
     finally:
         for flag in flags.values():
             flag.set()
@@ -99,7 +113,7 @@ def name_thread(name: str) -> None:
         pass
 
 
-def _run_loop(key: str, target: Callable[[Any], None], stop: Any) -> None:
+def _run_loop(key: str, target: Callable[[Any], None], stop: Any, ended: Callable[[str], None]) -> None:
     name_thread(f"mn-{key}")
     health.bind(stop)
     try:
@@ -107,6 +121,8 @@ def _run_loop(key: str, target: Callable[[Any], None], stop: Any) -> None:
     except BaseException as exc:  # noqa: BLE001 - reported; its worker is replaced and the loop restarted
         logging.getLogger(__name__).exception("%s crashed", key)
         health.crashed(key, exc)
+    finally:
+        ended(key)
 
 
 # -- in a gunicorn worker: hosting the loops -------------------------------------------------------
@@ -197,12 +213,12 @@ class Supervisor:
     (``not_before``: 1 s doubling to 30 s while they keep dying within a minute of their start); when one
     of its loops' heartbeats is older than twice the health staleness, the worker is stopped (a hung thread
     cannot be stopped alone, and may hold the state lock): SIGTERM, so the requests in flight are answered,
-    and SIGKILL if it is still there after ``GRACE``. Each loop's record (pid, restarts, how its last
+    and SIGKILL if it is still there after ``GRACE``. It looks every half heartbeat interval, and at once
+    when gunicorn has reaped a worker (:meth:`wake`). Each loop's record (pid, restarts, how its last
     run ended) goes to ``health/supervisor.json``. Ages and backoffs are CLOCK_MONOTONIC's, one clock for
     every process of this boot that a step of the wall clock does not move.
     """
 
-    CHECK = STOP_POLL
     BACKOFF_MAX = 30.0
     GRACE = 15.0  # a worker stopped for a hung loop answers what is in flight (gunicorn's graceful_timeout 10 s)
 
@@ -221,7 +237,6 @@ class Supervisor:
         self.seen = 0.0  # when the host was first seen, by CLOCK_MONOTONIC (its age)
         self.not_before = 0.0
         self.backoff = 0.0
-        self.hung_check_at = 0.0  # the heartbeats are read every half beat interval (the host's life, each look)
         self.stopping: dict[int, float] = {}  # workers sent SIGTERM for a hung loop: the time to kill them
         self._stop = StopFlag()
         self._thread: Any = None
@@ -289,9 +304,6 @@ class Supervisor:
             self._write()
         culprit = None
         if self._our_worker(self.host):
-            if time.monotonic() < self.hung_check_at:
-                return
-            self.hung_check_at = time.monotonic() + health.beat_interval(self.stale) / 2
             hung = self._hung()
             if hung is None:
                 return
@@ -324,11 +336,15 @@ class Supervisor:
         self._write()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.CHECK):
+        while not self._stop.wait(health.beat_interval(self.stale) / 2):
             try:
                 self.check_once()
             except Exception:  # noqa: BLE001 - the supervisor must not die of one bad round
                 logging.getLogger(__name__).exception("supervisor round failed")
+
+    def wake(self) -> None:
+        """Look now (gunicorn reaped a worker: perhaps the loops' host)."""
+        self._stop.wake()
 
     def stop(self) -> None:
         """Stop supervising (gunicorn stops the workers, and the loops with them)."""

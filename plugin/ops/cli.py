@@ -146,6 +146,7 @@ def cmd_serve(settings: Settings) -> int:
 
     options["when_ready"] = ready
     options["post_worker_init"] = worker_ready
+    options["child_exit"] = lambda _arbiter, _worker: watchdog.wake()
     try:
         Server().run()
     finally:

@@ -1,9 +1,9 @@
 """Health that tells the truth across processes: small JSON files in ``<state dir>/health/``, each with one
-writer, renamed into place. A supervised loop beats every second from a thread of its own and reports
-each round; ``multinic serve`` reports the state file and its reconcile at start; a worker reports a verb
-that failed, until one succeeds. :func:`report` is what ``/Plugin.Health``, ``multinic status`` and
-``doctor`` read: ``healthy`` is false while any ``problems`` entry stands (docs/ARCHITECTURE.md has the
-JSON shape, which other tools parse: keep it stable).
+writer, renamed into place. A supervised loop's record is written every few seconds (:func:`beat_interval`)
+by one thread of its process, and each loop reports its rounds; ``multinic serve`` reports the state file
+and its reconcile at start; a worker reports a verb that failed, until one succeeds. :func:`report` is what
+``/Plugin.Health``, ``multinic status`` and ``doctor`` read: ``healthy`` is false while any ``problems``
+entry stands (docs/ARCHITECTURE.md has the JSON shape, which other tools parse: keep it stable).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def health_dir(state_dir: str | os.PathLike[str]) -> Path:
 
 
 def write(path: Path, data: dict[str, Any]) -> None:
-    """Rename into place without fsync: health files are advisory and rewritten every second."""
+    """Rename into place without fsync: health files are advisory and rewritten every few seconds."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
     tmp.write_text(json.dumps(data, sort_keys=True))
@@ -58,17 +58,18 @@ class Beat:
         self.data: dict[str, Any] = {k: int(previous.get(k) or 0) for k in COUNTERS}
         for key in ("last_error", "last_error_at"):
             self.data[key] = previous.get(key)
-        self.data.update(pid=os.getpid(), started=time.time(), last_run=time.time(), beat=time.monotonic(),
-                         last_ok=None, ok=True)
+        self.data.update(pid=os.getpid(), started=time.time(), last_ok=None, ok=True)
+        self.touch()
 
     def touch(self) -> None:
+        """A sign of life: ``last_run`` by the wall clock (shown), ``beat`` by CLOCK_MONOTONIC (aged)."""
         self.data["last_run"], self.data["beat"] = time.time(), time.monotonic()
 
     def note(self, ok: bool, error: BaseException | str | None = None, repaired: bool = False) -> None:
         with self.lock:
-            now = time.time()
+            self.touch()
+            now = self.data["last_run"]
             self.data["rounds"] += 1
-            self.data["last_run"], self.data["beat"] = now, time.monotonic()
             self.data["ok"] = ok
             self.data["waiting"] = None
             if repaired:
@@ -89,11 +90,10 @@ class Beat:
         except OSError as exc:  # the state dir vanished (cleanup): nothing to report to
             log.debug("health file %s: %s", self.path, exc)
 
-
     def waiting(self, reason: str) -> None:
         """Not a failure of the plugin: the loop waits for something outside it (dockerd)."""
         with self.lock:
-            self.data["last_run"], self.data["beat"] = time.time(), time.monotonic()
+            self.touch()
             self.data["waiting"] = reason[:500]
         self.flush()
 
