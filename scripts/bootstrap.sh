@@ -3,8 +3,9 @@
 # Docker: safe on a host that runs production containers.
 #
 # - Installs only packages that start no service: iptables, nftables (and its Python binding),
-#   busybox-static (the test image), conntrack, iproute2, python3-venv, debootstrap (the managed
-#   plugin's rootfs), and the libraries the lab's dockerd links against. It first asks apt what it
+#   busybox-static (the test image), conntrack, iproute2, python3-venv, gcc and libc6-dev (python-iptables
+#   builds a small C library), debootstrap (the managed plugin's rootfs), the libraries the lab's dockerd
+#   links against, and systemd's tools where systemd-analyze is missing (a container, not a host). It first asks apt what it
 #   would do, and refuses if that would install, upgrade or remove anything of Docker, containerd or
 #   runc, or remove any package at all.
 # - Unpacks the lab's own engines (Docker 20.10 and 28.5) and daemons (containerd, runc,
@@ -21,7 +22,7 @@ refuse() { say "refusing: $*"; exit 3; }
 
 [[ $(id -u) == 0 ]] || refuse "run as root: the lab builds network namespaces and unpacks into /opt/multinic-lab"
 
-pkgs=(iptables nftables python3-nftables busybox-static conntrack iproute2 python3-venv debootstrap
+pkgs=(iptables nftables python3-nftables busybox-static conntrack iproute2 python3-venv gcc libc6-dev debootstrap
       libdevmapper1.02.1 libseccomp2 libsystemd0)
 command -v systemd-analyze >/dev/null || pkgs+=(systemd)  # verifies the host-service unit in the tests
 need=()

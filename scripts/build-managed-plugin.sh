@@ -13,9 +13,10 @@ out=${1:?usage: scripts/build-managed-plugin.sh DIR}
 cache=${MULTINIC_ROOTFS_CACHE:-$PWD/.cache/rootfs-bookworm-v3}  # bump when the package list changes
 export DEBIAN_FRONTEND=noninteractive
 
+[[ $(id -u) == 0 ]] || { echo "build-managed-plugin: run as root (debootstrap and chroot)" >&2; exit 1; }
 if [[ ! -x "$cache/usr/bin/python3" ]]; then
-  command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >/dev/null
-  mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources)
+  command -v debootstrap >/dev/null || { echo "build-managed-plugin: needs debootstrap (apt-get install debootstrap)" >&2; exit 1; }
+  read -r mirror _ < <(bash scripts/debian-mirror.sh)
   rm -rf "$cache.new"
   mkdir -p "$(dirname "$cache")"
   debootstrap --variant=minbase --include=python3,python3-venv,python3-nftables,iptables,nftables,iproute2,conntrack \
@@ -29,7 +30,13 @@ mkdir -p "$out"
 cp -a "$cache" "$out/rootfs"
 wheels=$out/rootfs/tmp/wheels
 mkdir -p "$wheels"
-.venv/bin/pip wheel -q --disable-pip-version-check -w "$wheels" . 2>/dev/null
+builder=.venv  # the checkout's own (scripts/bootstrap.sh), else a scratch one: pip wheel needs a pip
+if [[ ! -x $builder/bin/pip ]]; then
+  builder=$(mktemp -d)
+  trap 'rm -rf "$builder"' EXIT
+  python3 -m venv "$builder"
+fi
+"$builder/bin/pip" wheel -q --disable-pip-version-check -w "$wheels" .
 chroot "$out/rootfs" python3 -m venv /opt/multinic
 chroot "$out/rootfs" /opt/multinic/bin/pip install -q --disable-pip-version-check --no-index \
   --find-links /tmp/wheels multinic

@@ -39,7 +39,7 @@ def wait_route(lab: Lab, container: str, want: str, timeout: float = 5.0) -> str
 
 
 def problem_one(lab: Lab) -> bool:
-    say("Problem 1: asymmetric replies (seeds/docker-over-multiple-interfaces.txt)")
+    say("Problem 1: asymmetric replies")
     print("   host: eth0 192.168.100.2 (main default route, router r0), eth1 192.168.101.2 (router r1);")
     print("   client c1 198.51.100.10 reaches the host only through r1; r0 drops what is not its own.")
     lab.docker("network", "create", "--subnet", "10.90.0.0/24", "plain")
@@ -63,7 +63,7 @@ def problem_one(lab: Lab) -> bool:
 
 
 def problem_two(lab: Lab) -> bool:
-    say("Problem 2: gateway by alphabet (seeds/docker-default-routes.txt)")
+    say("Problem 2: gateway by alphabet")
     lab.docker("network", "create", "--subnet", "10.92.0.0/24", "app_stage_internal")
     lab.docker("network", "create", "--subnet", "10.93.0.0/24", "app_stage")
     lab.docker("run", "-d", "--name", "br-app", "--network", "app_stage_internal", IMAGE, "sleep", "3600")

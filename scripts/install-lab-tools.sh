@@ -16,7 +16,6 @@
 set -eu
 
 PREFIX=${MULTINIC_LAB_TOOLS:-/opt/multinic-lab}
-SOURCES=${MULTINIC_APT_SOURCES:-/etc/apt/sources.list.d/debian.sources}
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
 # Pinned: CI must not drift. bookworm = Debian 12's own packages, sid = Engine 28.5.
@@ -45,10 +44,9 @@ if [ "${MULTINIC_LAB_FORCE:-0}" != 1 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")"
     exit 0
 fi
 
-[ -r "$SOURCES" ] || die "$SOURCES not found (need the configured Debian mirror)"
-mirror=$(awk '/^URIs:/{print $2; exit}' "$SOURCES")
-[ -n "$mirror" ] || die "no URIs: line in $SOURCES"
-security=$(awk '/^URIs:/{n++; if (n == 2) {print $2; exit}}' "$SOURCES")
+mirrors=$(sh "$(dirname "$0")/debian-mirror.sh") || die "need the host's configured Debian mirror"
+mirror=${mirrors%% *}
+security=${mirrors#* }
 [ -r "$KEYRING" ] || die "$KEYRING not found (package debian-archive-keyring)"
 
 APTDIR=$PREFIX/.apt

@@ -34,12 +34,27 @@ done
 
 systemd() { [[ -d /run/systemd/system && $unit_dir == /etc/systemd/system ]] && command -v systemctl >/dev/null; }
 say() { printf 'install-service: %s\n' "$*"; }
+die() { say "error: $*" >&2; exit 1; }
+
+# The venv in $prefix with this checkout installed. What it needs from the host is checked first and
+# named (nothing is installed with apt here): python3-venv, and a C compiler for python-iptables'
+# small C library (gcc, libc6-dev). pip fetches the Python dependencies from its index (PyPI).
+install_venv() {
+  if [[ ! -x $prefix/bin/python ]]; then
+    python3 -c 'import ensurepip, venv' 2>/dev/null || die "python3-venv is missing: apt-get install python3-venv"
+    python3 -m venv "$prefix"
+  fi
+  if ! "$prefix/bin/python" -c 'import iptc' 2>/dev/null; then
+    printf '#include <stdio.h>\nint main(void){return 0;}\n' | gcc -x c -o /dev/null - 2>/dev/null \
+      || die "python-iptables builds a small C library: apt-get install gcc libc6-dev"
+  fi
+  "$prefix/bin/pip" install -q --disable-pip-version-check --upgrade .
+}
 
 if ((!remove)); then
   upgrade=0
   [[ -x $prefix/bin/multinic ]] && upgrade=1
-  [[ -x $prefix/bin/python ]] || python3 -m venv "$prefix"
-  "$prefix/bin/pip" install -q --disable-pip-version-check --upgrade .
+  install_venv
   mkdir -p "$unit_dir" "$bin_dir"
   sed "s|/opt/multinic/bin/multinic|$prefix/bin/multinic|" contrib/systemd/multinic.service > "$unit.tmp"
   chmod 0644 "$unit.tmp"
@@ -62,7 +77,11 @@ fi
 if systemd && [[ -f $unit ]]; then
   systemctl disable --now multinic.service || true
 fi
-if ((purge)) && [[ -x $prefix/bin/multinic ]]; then
+if ((purge)); then
+  if [[ ! -x $prefix/bin/multinic ]]; then  # removed earlier without --purge: the cleanup needs the command
+    say "installing multinic into $prefix again, for its cleanup only (removed after)"
+    install_venv
+  fi
   MULTINIC_STATE_DIR=$state_dir "$prefix/bin/multinic" cleanup
   rm -rf "$state_dir"
   for dropin in /etc/systemd/networkd.conf.d/multinic.conf /etc/NetworkManager/conf.d/multinic.conf; do

@@ -105,7 +105,18 @@ def test_install_verify_start_upgrade_and_remove(lab: Lab, tmp_path: Path) -> No
 
     (dropins / "etc/NetworkManager/conf.d").mkdir(parents=True)
     (dropins / "etc/NetworkManager/conf.d/multinic.conf").write_text("[keyfile]\n")
-    proc = install_service(lab, env, "--remove", "--purge")
-    assert proc.returncode == 0 and "state" in proc.stdout, proc.stderr
+    proc = install_service(lab, env, "--remove")  # the state and the kernel objects stay
+    assert proc.returncode == 0 and "kept" in proc.stdout, proc.stderr
+    assert not installed.exists() and not prefix.exists() and not (bin_dir / "multinic").exists()
+    assert (state / "state.json").exists()
+
+    # --purge after a plain --remove: the command is installed again for the cleanup, then removed. pip
+    # runs in the lab's host here, which reaches no index: it takes this checkout's wheels, built here.
+    wheels = tmp_path / "wheels"
+    subprocess.run([str(REPO / ".venv/bin/pip"), "wheel", "-q", "--disable-pip-version-check", "-w", str(wheels),
+                    str(REPO), "setuptools>=61", "wheel"], check=True, timeout=600)  # and the build's own
+    offline = dict(env, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(wheels))
+    proc = install_service(lab, offline, "--purge")
+    assert proc.returncode == 0 and "state" in proc.stdout and "cleanup only" in proc.stdout, proc.stderr
     assert not installed.exists() and not prefix.exists() and not (bin_dir / "multinic").exists()
     assert not state.exists() and not (dropins / "etc/NetworkManager/conf.d/multinic.conf").exists()
