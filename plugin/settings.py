@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 DEFAULT_SOCKET = "/run/docker/plugins/multinic.sock"
 DEFAULT_STATE_DIR = "/var/lib/multinic"
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"  # DOCKER_HOST, as the docker CLI reads it
 DEFAULT_XTABLES_LOCK = "/run/xtables.lock"  # iptables' own; XTABLES_LOCKFILE overrides it, as for iptables
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # MULTINIC_FIREWALL: native nftables (libnftables), iptables-nft (also "nft"), legacy (python-iptables),
@@ -27,7 +28,7 @@ class Settings:
     log_level: str = "info"
     metrics_address: str = ""  # HOST:PORT; empty: no metrics
     firewall: str = ""  # forced backend (one of FIREWALLS); empty: chosen from the host
-    docker_host: str = ""  # empty: the docker SDK's default socket
+    docker_host: str = ""  # empty: DEFAULT_DOCKER_HOST
     xtables_lock: str = DEFAULT_XTABLES_LOCK
     # The background loops (seconds).
     check_interval: float = 2.0  # healer: routes, rules and bridges compared with the state
@@ -98,6 +99,11 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
         problems.append(f"log level {level!r} unknown (use {', '.join(LOG_LEVELS)}); using info")
         level = "info"
     values["log_level"] = level
+    firewall = str(values.get("firewall", "")).lower()
+    if firewall and firewall not in FIREWALLS:
+        problems.append(f"firewall backend {firewall!r} unknown (use {', '.join(FIREWALLS)}); chosen from the host")
+        firewall = ""
+    values["firewall"] = firewall
     return Settings(**values, problems=tuple(problems))
 
 

@@ -95,8 +95,7 @@ class App:
         try:
             return view(read())
         except Refusal as exc:  # the body could not be read
-            log.info("%s refused: %s", path, exc)
-            return _reply({"Err": str(exc)}, REFUSED)
+            return _refused(path, exc)
         except _TooLarge:
             return _reply({"Err": f"request body is larger than {MAX_BODY} bytes; dockerd never sends that much"}, 413)
         except Exception as exc:  # noqa: BLE001 - not a refusal: the host failed us applying a valid request
@@ -115,6 +114,12 @@ class App:
 
     def test_client(self) -> TestClient:
         return TestClient(self)
+
+
+def _refused(path: str, refusal: Refusal) -> Response:
+    """What the user can fix: logged at info, answered 4xx with what to change."""
+    log.info("%s refused: %s", path, refusal)
+    return _reply({"Err": str(refusal)}, REFUSED)
 
 
 class TestClient:
@@ -160,8 +165,7 @@ def create_app(driver: Driver, pause: faults.Faults | None = None) -> App:
                 answer = handler(parse_body(raw) if reads_body else {})
                 pause.point("applied")
             except Refusal as exc:
-                log.info("%s refused: %s", path, exc)
-                return _reply({"Err": str(exc)}, REFUSED)
+                return _refused(path, exc)
             if verb not in ("Health", "EndpointOperInfo", "GetCapabilities", "Activate"):
                 health.note_verb_ok(state_dir, verb)
             return _reply(answer)

@@ -53,7 +53,6 @@ class Pool:
     gateway: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None
 
 
-IPv4Pool = Pool  # the name before IPv6
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Parse and validate ``--opt`` (network) and ``--driver-opt`` (endpoint) into frozen dataclasses.
 
 Only syntax and ranges are checked here (pure, no kernel access); checks that need the
-kernel or other networks (does the NIC exist, is the table free) live in :mod:`plugin.driver`.
+kernel or other networks (does the NIC exist, is the table free) live in :mod:`plugin.plan.network`.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ into :class:`Record` (pyroute2's attribute names; its ``IPRoute`` and the asynci
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import socket
@@ -13,6 +14,8 @@ import struct
 from typing import Iterable, Iterator
 
 from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger(__name__)
 
 NETLINK_ROUTE = 0
 NETLINK_NETFILTER = 12
@@ -36,7 +39,6 @@ HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, pid
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
-FIB_RULE_HDR = 12
 FIBRULEMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, res1, res2, action, flags
 NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
 NFGENMSG = struct.Struct("=BBH")  # family, version, res_id (big endian)
@@ -278,15 +280,22 @@ class Subscription:
     def __init__(self, groups: dict[int, Iterable[int]]) -> None:
         self.socks: dict[socket.socket, int] = {}
         for protocol, wanted in groups.items():
+            wanted = sorted(wanted)
             try:
                 sock = open_socket(protocol)
+            except OSError as exc:
+                log.warning("no kernel events of netlink protocol %d: %s", protocol, exc)
+                continue
+            try:
                 try:  # past net.core.rmem_max (416 KiB by default: a full pass over 50 endpoints' veths)
                     sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
                 except PermissionError:  # without CAP_NET_ADMIN: what rmem_max allows
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
                 sock.bind((0, group_mask(wanted)))
                 sock.setblocking(False)
-            except OSError:
+            except OSError as exc:
+                sock.close()
+                log.warning("no kernel events of netlink protocol %d (groups %s): %s", protocol, wanted, exc)
                 continue
             self.socks[sock] = protocol
 

@@ -12,7 +12,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ..plan.desired import RouteSpec, RuleSpec
 from . import netlink as nl
-from .links import attr, link_index
+from .links import attr, link_index, link_names
 from .netlink import Rtnl
 from .tags import RT_PROTO
 
@@ -112,7 +112,7 @@ def default_gateways(rt: Rtnl, family: int = socket.AF_INET) -> dict[str, Any]:
     for msg in all_routes(rt, family):
         if msg["dst_len"] == 0 and msg["proto"] != RT_PROTO and attr(msg, "RTA_GATEWAY"):
             if names is None:
-                names = {link["index"]: attr(link, "IFLA_IFNAME") for link in rt.get_links()}
+                names = link_names(rt)
             dev = names.get(attr(msg, "RTA_OIF"))
             if dev and dev not in out:
                 out[dev] = ipaddress.ip_address(attr(msg, "RTA_GATEWAY"))
@@ -121,7 +121,7 @@ def default_gateways(rt: Rtnl, family: int = socket.AF_INET) -> dict[str, Any]:
 
 def ra_defaults(rt: Rtnl) -> set[str]:
     """The NICs whose IPv6 default route came from a router advertisement (protocol ``ra``)."""
-    names = {link["index"]: attr(link, "IFLA_IFNAME") for link in rt.get_links()}
+    names = link_names(rt)
     return {names.get(attr(m, "RTA_OIF"), "") for m in all_routes(rt, socket.AF_INET6)
             if m["dst_len"] == 0 and m["proto"] == RTPROT_RA} - {""}
 

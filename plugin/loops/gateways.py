@@ -380,8 +380,7 @@ class Watcher:
     # the loop ----------------------------------------------------------------------------
     def session(self, stop_event: Any) -> None:
         """One connection to dockerd: subscribe, resync, follow events until the stream ends."""
-        client = self.client_factory()
-        api = client.api
+        api = client = self.client_factory()
         engine_info = engine.EngineInfo.of(api.version())
         if engine_info.version != self.info.get("engine"):
             log.info("docker engine %s, API %s", engine_info.version, engine_info.api_version)
@@ -393,7 +392,7 @@ class Watcher:
         if not engine_info.supported:
             raise engine.TooOld(f"docker engine {engine_info.version} is too old: multinic needs Engine 20.10 or newer")
         stream_client = self.client_factory()
-        stream = stream_client.api.events(decode=True, filters=EVENT_FILTERS)
+        stream = stream_client.events(decode=True, filters=EVENT_FILTERS)
         events: queue.Queue[Any] = queue.Queue()
         pump = threading.Thread(target=_pump, args=(stream, events), name="docker-events", daemon=True)
         pump.start()
@@ -497,9 +496,12 @@ def run(store: Store, stop_event: Any, settings: Settings, client_factory: Calla
         except engine.TooOld as exc:
             log.error("%s", exc)
             health.note(False, exc)
-        except Exception as exc:  # noqa: BLE001 - dockerd away, API errors: retry
+        except engine.DockerError as exc:  # dockerd away, API errors: waited out
             log.info("gateway watcher: docker not usable (%s); retrying in %.1fs", exc, backoff)
             health.waiting(f"docker not usable: {exc}")
+        except Exception as exc:  # noqa: BLE001 - ours or the host's (the state file, the kernel): retried
+            log.exception("gateway watcher failed; retrying in %.1fs", backoff)
+            health.note(False, exc)
         if time.monotonic() - started > 2 * BACKOFF_MAX:
             backoff = BACKOFF_FIRST  # the session worked for a while: retry quickly
         stop_event.wait(backoff)

@@ -105,6 +105,7 @@ class Healer:
         log.info("healer: watching the kernel for drift and the parent NICs for changes")
         last_full = last_gc = last_fw = time.monotonic()
         next_check, fw_due, first = last_full, False, True
+        lost = ""  # the StateLost last logged
         try:
             while not stop.is_set():
                 seen = [] if first else listener.burst(STOP_POLL, QUIET, STOP_POLL)  # a container's veth: one round
@@ -139,6 +140,9 @@ class Healer:
                         last_gc = time.monotonic()
                         self._collect_garbage()
                 except StateLost as exc:
+                    if str(exc) != lost:  # said once, and again when it changes (it names what to do)
+                        lost = str(exc)
+                        log.error("%s", exc)
                     health.note_state(self.store.directory, False, str(exc), None)
                     health.waiting(str(exc))
                 except Exception as exc:  # noqa: BLE001 - keep healing; the next round may succeed

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from ..kernel import proc
 from ..ops import health, memory
+from ..settings import Settings
 
 STOP_POLL = 0.5  # the longest a loop goes without looking at its stop flag
 GIVE_BACK_EVERY = 4.0  # s: how often the hosting worker's freed heap is offered back
@@ -72,7 +73,7 @@ class LoopDied(Exception):
 
 def run_loops(loops: dict[str, Callable[[Any], None]], state_dir: str, stop: StopFlag,
               faults: Any = None, started: Callable[[], None] = lambda: None,
-              stale: float = health.STALE_AFTER) -> None:
+              stale: float = Settings.health_stale) -> None:
     """Each loop in a thread of its own with its own heartbeat (``<loop>.json``), one thread flushing the
     heartbeats, until ``stop``; LoopDied when a loop's thread ends (an uncaught error)."""
     interval = health.beat_interval(stale)
@@ -133,7 +134,7 @@ _settled = threading.Event()  # the loops beat here, or this worker waits for an
 
 
 def host_loops(loops: dict[str, Callable[[Any], None]], state_dir: str, faults: Any = None,
-               stale: float = health.STALE_AFTER) -> None:
+               stale: float = Settings.health_stale) -> None:
     """In a gunicorn worker, once it is set up: a thread that waits for the loops' lock (a worker that
     hosts them holds it until it dies, when the kernel frees it) and then runs them here, after the
     backoff the supervisor asked for. A loop that dies stops this worker gracefully (the request in flight
@@ -223,7 +224,7 @@ class Supervisor:
     GRACE = 15.0  # a worker stopped for a hung loop answers what is in flight (gunicorn's graceful_timeout 10 s)
 
     def __init__(self, state_dir: str, loops: dict[str, Callable[[Any], None]],
-                 stale: float = health.STALE_AFTER) -> None:
+                 stale: float = Settings.health_stale) -> None:
         self.health = health
         self.stale = stale
         self.hdir = health.health_dir(state_dir)

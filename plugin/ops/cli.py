@@ -41,14 +41,22 @@ def start(driver: Any, settings: Settings) -> None:
     from . import health
 
     store = driver.store
-    usable, problem, restored = store.check()
-    if restored:
-        log.error("state file was unreadable; restored the last good copy from %s", restored)
-    if not usable:
-        kept = store.set_aside()
-        log.error("%s; set aside as %s: the state is rebuilt from dockerd", problem, kept)
-    health.note_state(store.directory, True, None, restored)
+
+    def report(note: Any, *args: Any) -> None:  # the state directory itself may be what fails
+        try:
+            note(store.directory, *args)
+        except OSError:
+            log.exception("cannot write health under %s", store.directory)
+
+    restored = None
     try:
+        usable, problem, restored = store.check()
+        if restored:
+            log.error("state file was unreadable; restored the last good copy from %s", restored)
+        if not usable:
+            kept = store.set_aside()
+            log.error("%s; set aside as %s: the state is rebuilt from dockerd", problem, kept)
+        report(health.note_state, True, None, restored)
         from ..kernel.firewall import remove_leftovers
 
         for what in remove_leftovers(driver.firewall):
@@ -56,16 +64,16 @@ def start(driver: Any, settings: Settings) -> None:
         if not store.exists():
             outcome = driver.resolve_missing_state(None)  # StateLost while the kernel holds our networks
             log.warning("no state file: %s", outcome)
-            health.note_state(store.directory, True, None, restored, outcome)
+            report(health.note_state, True, None, restored, outcome)
         else:
             driver.reconcile()
-        health.note_startup(store.directory, True)
+        report(health.note_startup, True)
     except StateLost as exc:
         log.error("%s", exc)
-        health.note_state(store.directory, False, str(exc), restored)
+        report(health.note_state, False, str(exc), restored)
     except Exception as exc:  # noqa: BLE001 - serve anyway; the healer retries
         log.exception("reconcile at start failed; serving anyway (the healer retries)")
-        health.note_startup(store.directory, False, exc)
+        report(health.note_startup, False, exc)
 
 
 def cmd_serve(settings: Settings) -> int:
@@ -205,7 +213,7 @@ def cmd_doctor(settings: Settings, flags: dict[str, Any], as_json: bool, parents
     from . import doctor
     from .doctor import gather as hostfacts
 
-    logging.getLogger().setLevel(logging.WARNING)  # the verdicts are the output, not the SDK's chatter
+    logging.getLogger().setLevel(logging.WARNING)  # the verdicts are the output, not the engine client's chatter
     facts = hostfacts.gather(settings, state_given=flags.get("state_dir") is not None,
                              socket_given=flags.get("socket") is not None, parents=parents)
     results = doctor.run_checks(facts)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 from urllib.parse import quote, urlencode, urlsplit
 
-from ..settings import Settings
+from ..settings import DEFAULT_DOCKER_HOST, Settings
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +34,19 @@ class EngineInfo:
     api_version: str
 
     @property
+    def release(self) -> tuple[int, ...]:
+        """``28.5.2+dfsg4`` → (28, 5, 2); what does not parse ends it (``29.0.0-rc.1`` → (29, 0, 0))."""
+        out = []
+        for part in self.version.split("+")[0].split("-")[0].split("."):
+            if not part.isdigit():
+                break
+            out.append(int(part))
+        return tuple(out)
+
+    @property
     def major_minor(self) -> tuple[int, int]:
-        parts = self.version.split("+")[0].split("-")[0].split(".")
-        try:
-            return int(parts[0]), int(parts[1])
-        except (IndexError, ValueError):
-            return (0, 0)
+        release = self.release
+        return release[:2] if len(release) >= 2 else (0, 0)
 
     @property
     def supported(self) -> bool:
@@ -54,19 +61,12 @@ class EngineInfo:
     @property
     def crashes_on_revoke(self) -> bool:
         """Engine 29.0.0-29.0.2 crash in RevokeExternalConnectivity for any remote plugin (moby #51554)."""
-        parts = self.version.split("+")[0].split("-")[0].split(".")
-        try:
-            return (29, 0, 0) <= (int(parts[0]), int(parts[1]), int(parts[2])) <= (29, 0, 2)
-        except (IndexError, ValueError):
-            return False
+        return len(self.release) >= 3 and (29, 0, 0) <= self.release[:3] <= (29, 0, 2)
 
     @classmethod
     def of(cls, data: dict[str, Any]) -> EngineInfo:
         """From dockerd's ``/version``."""
         return cls(version=str(data.get("Version", "?")), api_version=str(data.get("ApiVersion", "?")))
-
-
-DEFAULT_HOST = "unix:///var/run/docker.sock"
 
 
 class DockerError(Exception):
@@ -159,13 +159,12 @@ class DockerAPI:
     as the SDK without TLS settings); one connection per call, as dockerd serves them."""
 
     def __init__(self, base_url: str = "", timeout: float = 5) -> None:
-        url = urlsplit(base_url or DEFAULT_HOST)
+        url = urlsplit(base_url or DEFAULT_DOCKER_HOST)
         if url.scheme not in ("unix", "tcp", "http"):
             raise DockerError(f"DOCKER_HOST={base_url!r}: multinic reaches dockerd by unix:// or tcp:// only")
         self.unix_path = url.path if url.scheme == "unix" else ""
         self.address = (url.hostname or "localhost", url.port or 2375)
         self.timeout = timeout
-        self.api = self  # DockerClient(...).api, as callers of the SDK wrote it
 
     def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
         if self.unix_path:
@@ -294,7 +293,7 @@ def network_ids(settings: Settings, timeout: int = 5) -> set[str] | None:
     """Ids of every network dockerd has on this node, whatever its driver (a managed plugin's networks
     report ``multinic:latest``, a legacy one's ``multinic``); None if it does not answer."""
     try:
-        api = client(settings, timeout).api
+        api = client(settings, timeout)
         return {n["Id"] for n in api.networks() if n.get("Scope") != "swarm" or _here(api, n)}
     except Exception as exc:  # noqa: BLE001
         log.info("cannot list docker networks: %s", exc)
@@ -304,7 +303,7 @@ def network_ids(settings: Settings, timeout: int = 5) -> set[str] | None:
 def networks_detail(settings: Settings, timeout: int = 5) -> list[dict[str, Any]] | None:
     """``network inspect`` of every network dockerd has on this node; None if it does not answer."""
     try:
-        api = client(settings, timeout).api
+        api = client(settings, timeout)
         return [d for n in api.networks() if (d := _here(api, n))]
     except Exception as exc:  # noqa: BLE001
         log.info("cannot read docker networks: %s", exc)
@@ -351,7 +350,7 @@ def rebuild_view(settings: Settings, bridge_ids: Iterable[str],
     or because the kernel still has its bridge) and ``inspect`` of each running container on them; None
     if dockerd does not answer."""
     try:
-        api = client(settings, timeout).api
+        api = client(settings, timeout)
         names, bridges = our_driver_names(api, settings), set(bridge_ids)
         ours = [d for n in api.networks() if (n.get("Driver") in names or n["Id"] in bridges) and (d := _here(api, n))]
         ids = sorted({cid for d in ours for cid in (d.get("Containers") or {})})

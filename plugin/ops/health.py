@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from ..kernel import proc
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
 HEALTH_DIR = "health"
 BEAT_INTERVAL = 1.0
-STALE_AFTER = 30.0  # default of the setting health_stale
 LOOP_KEYS = {"healer": "healer", "gateway watcher": "watcher"}
 COUNTERS = ("rounds", "repairs", "failures")
 
@@ -47,9 +47,9 @@ def read(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-# -- writer side: inside a helper process ---------------------------------------------------------
+# -- writer side: in the worker hosting the loops ---------------------------------------------------
 class Beat:
-    """This process's loop record; the heartbeat thread writes it."""
+    """One loop's record (``<loop>.json``); the heartbeat thread writes it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -240,7 +240,8 @@ def age(beat: dict[str, Any], now: float | None = None) -> float | None:
     return round(since, 3) if since >= 0 else None
 
 
-def report(state_dir: str | os.PathLike[str], stale: float = STALE_AFTER, now: float | None = None) -> dict[str, Any]:
+def report(state_dir: str | os.PathLike[str], stale: float = Settings.health_stale,
+           now: float | None = None) -> dict[str, Any]:
     """``now``: CLOCK_MONOTONIC's (the ages of the beats)."""
     hdir = health_dir(state_dir)
     supervisor = read(hdir / "supervisor.json")
@@ -269,7 +270,7 @@ def report(state_dir: str | os.PathLike[str], stale: float = STALE_AFTER, now: f
         if not serving:
             continue  # nothing supervises loops (tests, `multinic status` with the plugin stopped)
         if not proc.alive(pid):
-            problems.append(f"{key}: process {pid} is dead (the supervisor restarts it)")
+            problems.append(f"{key}: process {pid} is dead (gunicorn starts another)")
         elif since is None or since > stale or info.get("pid") != pid:
             problems.append(f"{key}: no sign of life for {since if since is not None else '?'} s (hung or stopped)")
         elif info.get("ok") is False:

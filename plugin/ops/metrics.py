@@ -15,7 +15,6 @@ from typing import Any, Callable, Iterator
 
 from .. import settings
 
-ENV_ADDRESS = "MULTINIC_METRICS_ADDRESS"
 _ENV_DIR = "PROMETHEUS_MULTIPROC_DIR"
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -38,7 +37,7 @@ def enabled() -> bool:
 
 def setup(address: str) -> tuple[str, int]:
     """Parse the address (ValueError naming the fix), make the multiprocess dir, create the metrics. Call
-    once in ``multinic serve`` before the app is built and before the helpers and workers fork. An address
+    once in ``multinic serve`` before the app is built and before the workers fork. An address
     that cannot be bound yet (its interface not up at boot, the port held) is not refused: the exporter
     tries it until it can, a failed round each time (:func:`serve`)."""
     global _dir, _owner

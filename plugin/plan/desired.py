@@ -1,7 +1,7 @@
 """Pure: the host kernel objects (links, routes, rules, sysctls, firewall, published flows)
 the persisted state asks for, and the change between two of them.
 
-Nothing here touches the kernel; :mod:`plugin.reconcile` (the one writer) makes the kernel match.
+Nothing here touches the kernel; :mod:`plugin.kernel.writer` (the one writer) makes the kernel match.
 """
 
 from __future__ import annotations
@@ -107,10 +107,6 @@ class Change:
     firewall: tuple[Edit, ...] | None = ()
     flows_gone: tuple[PublishedPort, ...] = ()
     firewall6: tuple[Edit, ...] | None = ()
-
-    @property
-    def links_gone(self) -> tuple[str, ...]:
-        return (*self.veths_gone, *self.bridges_gone)
 
     def is_empty(self) -> bool:
         return not any(

@@ -391,7 +391,8 @@ class Driver:
             log.info("%s", change)
         return changes
 
-    def collect_garbage(self, docker_view: dict[str, set[str]], now: float, grace: float = 120.0) -> list[str]:
+    def collect_garbage(self, docker_view: dict[str, set[str]], now: float,
+                        grace: float = Settings.gc_grace) -> list[str]:
         """Forget what dockerd no longer has: it never says so when the plugin was down or killed during
         ``docker stop``/``network rm``. ``docker_view``: network id → endpoint ids of running containers,
         for every network dockerd has. Records younger than ``grace`` are left alone: dockerd lists a

@@ -26,8 +26,6 @@ TABLE_OVERRIDE = 30099
 TABLE_SOURCE_FIRST = 30100
 MAX_SOURCE_ROUTED = RULE_PREF_OVERRIDE - RULE_PREF_SOURCE_FIRST  # 80 interfaces
 
-DEFAULT_DST = ipaddress.IPv4Network("0.0.0.0/0")
-
 SOURCE_DOCKER = "docker gw-priority"
 SOURCE_ENDPOINT = "endpoint driver-opt"
 SOURCE_NETWORK = "network opt"
@@ -49,11 +47,6 @@ class Attachment:
     internal: bool = False
     gateway6: ipaddress.IPv6Address | None = None
     address6: ipaddress.IPv6Interface | None = None
-
-    @property
-    def candidate(self) -> bool:
-        """Can provide the IPv4 default route: not ``--internal`` and has an IPv4 gateway."""
-        return self.candidate_for(4)
 
     def candidate_for(self, family: int) -> bool:
         return not self.internal and self.gateway_of(family) is not None

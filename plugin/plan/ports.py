@@ -69,10 +69,6 @@ def port_is_bindable(proto: str, host_ip: str, port: int) -> bool:
     return True
 
 
-def describe(port: PublishedPort) -> str:
-    return f"{port.host_ip or '*'}:{port.host_port}/{port.proto}"
-
-
 def allocate(
     bindings: Iterable[PortBinding],
     publish_ips: Callable[[str], tuple[str, ...]],

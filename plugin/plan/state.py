@@ -19,6 +19,7 @@ from typing import Any, Iterator
 from ..errors import Failure
 
 STATE_VERSION = 1
+UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError)  # not multinic state
 
 
 class StateCorrupt(Failure):
@@ -247,7 +248,7 @@ class Store:
             return cached[1].copy()
         except FileNotFoundError:
             return State()
-        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
+        except UNREADABLE as exc:
             raise StateCorrupt(
                 f"multinic state file {self.path} is unreadable ({type(exc).__name__}: {str(exc)[:120]}) and "
                 "multinic will not act on networks it cannot see; restart the plugin to restore the last "
@@ -293,10 +294,18 @@ class Store:
         self._texts = texts
         return text
 
+    def _keep_copy(self) -> Path:
+        """The unreadable file kept as ``state.json.corrupt-<time>`` (a second name: the file itself is
+        still there, whenever this process is killed)."""
+        kept = self.directory / f"state.json.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+        kept.unlink(missing_ok=True)
+        os.link(self.path, kept)
+        return kept
+
     def set_aside(self) -> str:
         """Move an unreadable state file out of the way (``state.json.corrupt-<time>``); its name."""
-        kept = self.directory / f"state.json.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
-        os.replace(self.path, kept)
+        kept = self._keep_copy()
+        self.path.unlink()
         return kept.name
 
     def check(self) -> tuple[bool, str | None, str | None]:
@@ -310,11 +319,10 @@ class Store:
             backup = self._read(self.backup_path)
         except FileNotFoundError:
             return False, error + f"; no backup {self.backup_path} exists", None
-        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
+        except UNREADABLE as exc:
             return False, error + f"; the backup is unreadable too ({type(exc).__name__})", None
-        kept = self.directory / f"state.json.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
-        os.replace(self.path, kept)
-        write_json_atomically(self.path, backup.to_json())
+        kept = self._keep_copy()
+        write_json_atomically(self.path, backup.to_json())  # renamed over it: a kill leaves one or the other
         return True, None, f"{self.backup_path} (the unreadable file was kept as {kept.name})"
 
     @contextmanager

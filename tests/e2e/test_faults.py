@@ -3,7 +3,7 @@ at worst with a message saying to run it again, running it again works, and once
 removed the host is byte-identical to before.
 
 The plugin is stopped inside the verb deterministically with ``MULTINIC_FAULT=<Verb>[@point]``
-(plugin/faults.py): ``saved`` = the new state is on disk, the kernel not yet changed; ``applied``
+(plugin/ops/faults.py): ``saved`` = the new state is on disk, the kernel not yet changed; ``applied``
 = state and kernel changed, the answer not sent.
 """
 

@@ -72,7 +72,7 @@ def r(text: str) -> Rule:
     return tuple(shlex.split(text))
 
 
-# Every rule shape the plugin renders (plugin/firewall/rules.py), written as ``iptables -S``
+# Every rule shape the plugin renders (plugin/kernel/firewall/rules.py), written as ``iptables -S``
 # prints it, so the expected dump is the rules themselves.
 FULL = Ruleset(
     chains={

@@ -225,7 +225,7 @@ def test_lost_state_with_our_objects_in_the_kernel_changes_nothing_and_is_unheal
 def test_firewall_that_cannot_be_applied_is_unhealthy(tmp_path):
     """The reconcile fails when iptables-restore does (a broken backend, a kernel without the module):
     /Plugin.Health says so with the error from the start (until a healer pass succeeds; a failing
-    healer pass is reported as its own problem, see test_health_nicwatch.py)."""
+    healer pass is reported as its own problem, see tests/unit/test_health_and_parents.py)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for flavour in ("nft", "legacy"):
@@ -246,3 +246,17 @@ def test_firewall_that_cannot_be_applied_is_unhealthy(tmp_path):
         waiting = wait_for(lambda: (health(sock)["loops"].get("watcher") or {}).get("waiting"),
                            what="the watcher's first look at dockerd")  # the loops start beside the socket
         assert waiting.startswith("docker not usable")
+
+
+def test_state_file_that_cannot_be_read_still_serves(tmp_path):
+    """The state file cannot even be opened (here a directory stands in its place: as a disk error or a
+    wrong mount would): ``serve`` listens all the same (dockerd waits for its plugins at boot), says what
+    failed in /Plugin.Health, and a verb fails with a 500 naming the file rather than acting blind."""
+    state = tmp_path / "state"
+    (state / "state.json").mkdir(parents=True)
+    with serving(tmp_path) as (sock, _):
+        report = health(sock)
+        assert not report["healthy"] and report["startup"]["ok"] is False
+        assert any("state.json" in p for p in report["problems"]), report["problems"]
+        code, body = post(sock, "/NetworkDriver.DeleteNetwork", {"NetworkID": NID})
+        assert code == 500 and "state.json" in body["Err"], body

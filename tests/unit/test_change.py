@@ -191,7 +191,8 @@ def test_join_and_leave_without_ports_change_nothing_on_the_host():
     steps = dict(run_rm(host(2, 10)))
     assert steps["Join"].is_empty() and steps["Leave"].is_empty()
     assert [v.host for v in steps["CreateEndpoint"].veths] == [endpoint(999, net(0)).host_veth]
-    assert steps["DeleteEndpoint"].links_gone == (endpoint(999, net(0)).host_veth,)
+    gone = steps["DeleteEndpoint"]
+    assert (gone.veths_gone, gone.bridges_gone) == ((endpoint(999, net(0)).host_veth,), ())
 
 
 def test_verbs_without_ports_need_no_parent_facts():

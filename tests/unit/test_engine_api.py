@@ -73,7 +73,7 @@ def dockerd(tmp_path):
 
 
 def test_filters_are_lists_of_strings_and_answers_are_json(dockerd):
-    assert dockerd.api.containers(filters={"status": "running"}) == [{"Id": "c1", "filters": {"status": ["running"]}}]
+    assert dockerd.containers(filters={"status": "running"}) == [{"Id": "c1", "filters": {"status": ["running"]}}]
     assert engine.EngineInfo.of(dockerd.version()).supported
 
 

@@ -1,4 +1,4 @@
-"""docs/firewall/*.md are generated from plugin/firewall/rules.py for a few example states; this
+"""docs/firewall/*.md are generated from plugin/kernel/firewall/rules.py for a few example states; this
 test fails when a golden file differs. Regenerate with:
 
     MULTINIC_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/unit/test_firewall_golden.py

@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from plugin.api.messages import CreateNetworkRequest, IPv4Pool
+from plugin.api.messages import CreateNetworkRequest, Pool
 from plugin.api.options import NetworkOptions
 from plugin.errors import Refusal
 from plugin.kernel.tags import TABLE_ALLOC_FIRST
@@ -21,7 +21,7 @@ def request(nid="a" * 64, subnet="10.10.0.0/24", internal=False):
     net = ipaddress.IPv4Network(subnet)
     gw = ipaddress.IPv4Interface(f"{next(net.hosts())}/{net.prefixlen}")
     return CreateNetworkRequest(network_id=nid, generic={}, internal=internal, ipv6=False,
-                                ipv4=(IPv4Pool(pool=net, gateway=gw),))
+                                ipv4=(Pool(pool=net, gateway=gw),))
 
 
 def plan(state=None, facts=FACTS, rp="1", **opts):

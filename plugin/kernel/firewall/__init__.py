@@ -25,12 +25,13 @@ log = logging.getLogger(__name__)
 DOCKER_NFT_TABLE = "docker-bridges"  # Engine 29's nftables backend: ip and ip6 tables of this name
 
 
-def _has_docker_chains(flavour: str) -> bool:
+def _saved_holds(flavour: str, text: str, table: str = "") -> bool:
+    """Does ``iptables-<flavour>-save`` (of one table, or all) print ``text``? False without the tool."""
     tool = shutil.which(f"iptables-{flavour}-save")
     if not tool:
         return False
-    proc = subprocess.run([tool, "-t", "filter"], capture_output=True, text=True)
-    return proc.returncode == 0 and ":DOCKER" in proc.stdout
+    proc = subprocess.run([tool, *(("-t", table) if table else ())], capture_output=True, text=True)
+    return proc.returncode == 0 and text in proc.stdout
 
 
 def docker_firewall() -> str:
@@ -43,11 +44,11 @@ def docker_firewall() -> str:
         if any(c["table"] == "filter" and c["name"].startswith("DOCKER") for c in nft.chains()
                if c["family"] in ("ip", "ip6")):
             return "nft"
-    elif _has_docker_chains("nft"):
+    elif _saved_holds("nft", ":DOCKER", "filter"):
         return "nft"
     from .native import legacy_loaded  # legacy tables exist only once their module is loaded: no save before
 
-    return "legacy" if (legacy_loaded(4) or legacy_loaded(6)) and _has_docker_chains("legacy") else ""
+    return "legacy" if (legacy_loaded(4) or legacy_loaded(6)) and _saved_holds("legacy", ":DOCKER", "filter") else ""
 
 
 def has_iptables() -> bool:
@@ -105,11 +106,6 @@ class Firewall:
         for fw, todo, whole in ((self.v4, edits, full), (self.v6, edits6, full6)):
             if todo:
                 fw.edit(todo, whole)
-
-
-def backend_for(flavour: str, settings: Settings | None = None) -> FirewallBackend:
-    """The IPv4 backend of a flavour."""
-    return firewall_for(flavour, settings).v4
 
 
 def firewall_for(flavour: str, settings: Settings | None = None) -> Firewall:
@@ -170,10 +166,8 @@ def remove_leftovers(selected: Firewall) -> list[str]:
             found = any(c["name"].startswith("MULTINIC-") and c["table"] in tables for c in nft.chains()
                         if c["family"] in ("ip", "ip6"))
         else:
-            tool = shutil.which(f"iptables-{flavour}-save")
             loaded = flavour == "nft" or legacy_loaded(4) or legacy_loaded(6)
-            found = bool(tool) and loaded and "MULTINIC-" in subprocess.run(
-                [tool], capture_output=True, text=True).stdout
+            found = loaded and _saved_holds(flavour, "MULTINIC-")
         if found:
             for family in (4, 6):
                 RestoreBackend(flavour, family, tables=tables).remove()
@@ -181,5 +175,5 @@ def remove_leftovers(selected: Firewall) -> list[str]:
     return removed
 
 
-__all__ = ["Firewall", "FirewallBackend", "RestoreBackend", "Ruleset", "View", "backend_for", "detect_flavour",
+__all__ = ["Firewall", "FirewallBackend", "RestoreBackend", "Ruleset", "View", "detect_flavour",
            "docker_firewall", "drift", "firewall_for", "remove_leftovers", "select"]

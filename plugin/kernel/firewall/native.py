@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import shutil
-import subprocess
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -439,14 +437,6 @@ def _docker_in_iptables_nft(family: int) -> bool:
     fam = nfamily(family)
     return any(c["family"] == fam and c["table"] == "filter" and (c["name"] == DOCKER_USER or c["name"] == "DOCKER")
                for c in nft.chains())
-
-
-def _docker_in_iptables_legacy(family: int) -> bool:
-    tool = shutil.which(f"{'ip6tables' if family == 6 else 'iptables'}-legacy-save")
-    if not tool or not legacy_loaded(family):
-        return False
-    proc = subprocess.run([tool, "-t", "filter"], capture_output=True, text=True)
-    return proc.returncode == 0 and ":DOCKER" in proc.stdout
 
 
 def legacy_loaded(family: int) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from ...api.options import RESERVED_TABLES
 from ...kernel.firewall.view import read as read_iptables
 from ...kernel.tags import RT_PROTO
 from ...plan.state import Store
@@ -202,7 +203,7 @@ def gather_kernel(f: Facts, extra_parents: Iterable[str] = ()) -> None:
             ))
         for m in routes.all_routes(rt):
             table = routes.table_of(m)
-            if m["proto"] != RT_PROTO and table not in (253, 254, 255):
+            if m["proto"] != RT_PROTO and table not in RESERVED_TABLES:
                 f.foreign_routes_by_table[table] = f.foreign_routes_by_table.get(table, 0) + 1
         f.link_names = links.link_names(rt)
         f.ra_default = sorted(routes.ra_defaults(rt))
@@ -245,7 +246,7 @@ def gather_docker(f: Facts, settings: Settings, timeout: int = 5) -> None:
 
     f.docker_host = settings.docker_host
     try:
-        api = engine.client(settings, timeout).api
+        api = engine.client(settings, timeout)
         ver = api.version()
         f.docker_version, f.docker_api = str(ver.get("Version")), str(ver.get("ApiVersion"))
         info = api.info()

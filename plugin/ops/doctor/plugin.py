@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ...plan.network import SWARM_CONFIG_HINT
+from ...settings import Settings
 from ..engine import MIN_API, MIN_ENGINE
 from .facts import ERROR, OK, SKIP, WARN, Facts, Result
 
@@ -58,7 +59,7 @@ def _driver_names(f: Facts) -> set[str]:
         names.add(p["name"].split(":")[0] + ":latest" if ":" not in p["name"] else p["name"])
     return names
 
-def check_ghosts(f: Facts, grace: float = 120.0) -> list[Result]:
+def check_ghosts(f: Facts, grace: float = Settings.gc_grace) -> list[Result]:
     name = "ghosts"
     if f.docker_networks is None:
         return [Result(name, SKIP, "Docker not reachable: state not compared with Docker's networks")]
