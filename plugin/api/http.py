@@ -4,7 +4,7 @@ verb's path to its handler, JSON in, a typed request, a driver verb, JSON out. A
 traceback in the log, and a mark in health and the error metric.
 
 dockerd sends no Content-Type and, for Activate and GetCapabilities, no body, so bodies are parsed here.
-Plain WSGI, not Flask: sixteen POST routes need no framework, and Flask with Werkzeug, Jinja2 and Click
+Plain WSGI, not Flask: seventeen POST routes need no framework, and Flask with Werkzeug, Jinja2 and Click
 weighed 7 MiB of every process's heap (docs/ARCHITECTURE.md, *Processes*).
 """
 

@@ -211,7 +211,7 @@ class Supervisor:
     ``multinic serve``'s process (gunicorn's arbiter). The loops are threads of the gunicorn worker that
     hosts them (:func:`host_loops`): when it ended (a loop died and it stopped itself, or it was killed)
     gunicorn starts another worker, which takes the loops up after the backoff written here
-    (``not_before``: 1 s doubling to 30 s while they keep dying within a minute of their start); when one
+    (``not_before``: at once, then 1 s doubling to 30 s while they keep dying within a minute of their start); when one
     of its loops' heartbeats is older than twice the health staleness, the worker is stopped (a hung thread
     cannot be stopped alone, and may hold the state lock): SIGTERM, so the requests in flight are answered,
     and SIGKILL if it is still there after ``GRACE``. It looks every half heartbeat interval, and at once

@@ -282,7 +282,7 @@ def report(state_dir: str | os.PathLike[str], stale: float = Settings.health_sta
         healed = (loops.get("healer") or {}).get("last_ok")
         if not (isinstance(healed, (int, float)) and healed > (startup.get("at") or 0)):
             problems.append(f"reconcile at start failed: {startup.get('error')}")
-    state = read(hdir / "state.json") or {"ok": True, "error": None, "restored_from": None}
+    state = read(hdir / "state.json") or {"ok": True, "error": None, "restored_from": None, "rebuilt": None}
     if state.get("ok") is False:
         problems.append(f"state: {state.get('error')}")
     verbs = read(hdir / "verbs.json") or None
