@@ -74,6 +74,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: real dockerd in a namespace lab driving the docker CLI")
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How long the gateway watcher took to move each container's default route (test_gateway_priority):
+    shown, never asserted (scripts/bench.py measures performance)."""
+    import sys
+
+    module = sys.modules.get("tests.e2e.test_gateway_priority")
+    timings = getattr(module, "TIMINGS", [])
+    if timings:
+        terminalreporter.section("gateway priority: from the docker CLI returning to the route moved")
+        for engine, step, elapsed in timings:
+            terminalreporter.write_line(f"[{engine}] {elapsed * 1000:7.1f} ms  {step}")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if E2E_DIR in Path(str(item.path)).resolve().parents:

@@ -35,7 +35,7 @@ from tests.lab import C1_ADDR, HOST_ETH1
 
 pytestmark = pytest.mark.e2e
 
-CONVERGE = 1.0  # seconds from the docker CLI returning to the container routing by the right network
+CONVERGE = 15.0  # a wait, not a speed test: how long each step took is printed at the end of the run
 PROBE = "198.18.0.1"  # benchmark range: nothing answers, only the route lookup matters
 
 PRIO = "app_stage_internal"  # multinic, parent=eth1, gw_priority=10
@@ -59,7 +59,7 @@ LONG_ECHO = (
     "    threading.Thread(target=echo, args=(c,), daemon=True).start()\n"
 )
 
-TIMINGS: list[tuple[str, str, float]] = []
+TIMINGS: list[tuple[str, str, float]] = []  # (engine, step, seconds): printed by conftest's terminal summary
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -207,9 +207,9 @@ def test_priority_network_first_then_front_then_bridge(gw_lab):
         front_if = ifname_of(lab, "gw-a", inspect_ip(lab, "gw-a", FRONT))
         bridge_if = ifname_of(lab, "gw-a", inspect_ip(lab, "gw-a", BRIDGE))
         before, tx_before = echo_lines(lab, "gw-a"), tx_packets(lab, "gw-a")
-        time.sleep(1.5)
-        after, tx_after = echo_lines(lab, "gw-a"), tx_packets(lab, "gw-a")
-        assert after >= before + 8, (before, after)  # nc would have exited had the connection broken
+        assert wait_for(lambda: echo_lines(lab, "gw-a") >= before + 8, timeout=30), \
+            (before, echo_lines(lab, "gw-a"))  # nc would have exited had the connection broken
+        tx_after = tx_packets(lab, "gw-a")
         assert tx_after[front_if] - tx_before[front_if] < 3 and tx_after[bridge_if] - tx_before[bridge_if] < 3
         # ...and new connections take app_stage_internal too.
         out = lab.docker("exec", "gw-a", "sh", "-c", f"echo hi | timeout 2 nc {C1_ADDR} 7300", check=False)
@@ -356,8 +356,3 @@ def test_watcher_reconnects_after_dockerd_restart(gw_lab):
         lab.docker("network", "connect", FRONT, "gw-h")
         expect_route(lab, "gw-h", PRIO, "after dockerd restart")
 
-
-def test_report_convergence_times(gw_lab):
-    """Not a check: prints the convergence times measured above (pytest -s)."""
-    for engine, step, elapsed in TIMINGS:
-        print(f"[{engine}] {elapsed * 1000:7.1f} ms  {step}")

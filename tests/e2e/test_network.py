@@ -62,16 +62,18 @@ def test_network_rm_leaves_host_byte_identical(mn):
 def test_bad_input_refused_with_clear_message_and_nothing_left(mn, opts, words):
     lab = mn
     lab.host("ip", "route", "replace", "10.201.0.0/24", "via", "192.168.101.1", "table", "777")
-    before = lab.dump_host_state()
-    if "--subnet" not in opts:
-        opts = [*opts, "--subnet", "10.14.0.0/24"]
-    proc = lab.docker("network", "create", "-d", lab.driver, *opts, "badnet", check=False)
-    assert proc.returncode != 0
-    for word in words:
-        assert word in proc.stderr, proc.stderr
-    assert "badnet" not in lab.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
-    assert lab.dump_host_state() == before
-    lab.host("ip", "route", "del", "10.201.0.0/24", "table", "777")
+    try:
+        before = lab.dump_host_state()
+        if "--subnet" not in opts:
+            opts = [*opts, "--subnet", "10.14.0.0/24"]
+        proc = lab.docker("network", "create", "-d", lab.driver, *opts, "badnet", check=False)
+        assert proc.returncode != 0
+        for word in words:
+            assert word in proc.stderr, proc.stderr
+        assert "badnet" not in lab.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+        assert lab.dump_host_state() == before
+    finally:
+        lab.host("ip", "route", "del", "10.201.0.0/24", "table", "777", check=False)
 
 
 def test_overlap_with_another_multinic_network_refused(mn):
@@ -99,7 +101,7 @@ def test_ten_containers_started_at_once_all_work(mn):
             assert out == "192.168.101.2", name
 
 
-def test_internal_network_has_no_egress(mn):
+def test_internal_network_has_no_egress(mn, request):
     lab = mn
     lab.serve_peer_echo(lab.c1_ns, 7002)
     with network(lab, "sealed", "--internal", "--opt", "parent=eth1", "--subnet", "10.17.0.0/24"), \
@@ -109,6 +111,7 @@ def test_internal_network_has_no_egress(mn):
         lab.serve_peer_echo(lab.c0_ns, 7003)
         # give r0 a way back to the subnet, so only the plugin's firewall can stop the traffic
         lab.run(lab.r0_ns, "ip", "route", "replace", "10.17.0.0/24", "via", "192.168.100.2")
+        request.addfinalizer(lambda: lab.run(lab.r0_ns, "ip", "route", "del", "10.17.0.0/24", check=False))
         for client in ("198.51.100.10 7002", "203.0.113.10 7003"):  # behind eth1, behind eth0
             out = lab.docker("exec", "sealed1", "sh", "-c", f"timeout 3 nc {client} </dev/null", check=False)
             assert out.stdout.strip() == "", (client, out.stdout)

@@ -175,7 +175,7 @@ def test_parent_down_fails_closed_and_other_networks_keep_working(topo):
     attach_container(topo)
     topo.serve_peer(topo.c1, 7000)
     sh(topo.host, "ip link set eth1 down")
-    # nothing leaks out of eth0 while eth1 is down
+    # the kernel has no way out of eth0 for the network while eth1 is down (its route lookup fails closed)
     got = sh(topo.host, f"ip route get 203.0.113.9 from 10.10.0.2 iif mn-{NID[:12]} 2>&1", check=False)
     assert "No route to host" in got or "unreachable" in got, got
     assert "dev eth0" not in got

@@ -5,7 +5,8 @@
     c1 (198.51.101.10) ── g1 ── eth1 10.2.0.2 ┘
 
 c0 is reachable only through g0 and c1 only through g1, so a reply that leaves by the wrong
-interface is lost: every check below sends real packets.
+interface is lost: the connection checks below send real packets; where the kernel's choice for a
+connection not yet made is the point, ``ip route get`` shows it.
 """
 
 from __future__ import annotations
@@ -224,13 +225,16 @@ def test_remove_all_for_uninstall(box, tmp_path):
     before = box.dump()
     reconcile_container(box.path, [att("a", 1, 0, "default"), att("b", 2, 10)])
     holder = subprocess.Popen(["nsenter", f"--net={box.path}", "sleep", "30"])  # the "container's" process
-    try:
-        time.sleep(0.2)
+    def uninstall() -> int:  # as the plugin would, from a namespace of the lab's (never the machine's own)
         decisions.write(tmp_path, {
             "c1": {"container": "k", "pid": holder.pid, "sandbox": box.path},
             "c2": {"container": "gone", "pid": os.getpid(), "sandbox": "/nonexistent"},  # never our own netns
         })
-        assert cleanup(tmp_path) == 1
+        return cleanup(tmp_path)
+
+    try:
+        time.sleep(0.2)
+        assert in_netns(box.g0, uninstall) == 1
         assert box.dump() == before and decisions.load(tmp_path) == {}
     finally:
         holder.kill()
@@ -299,5 +303,6 @@ def _resolving(ifname, addresses):
 
 
 def test_the_announcement_is_refused_in_the_plugins_own_namespace(box):
+    """Run from a namespace of the lab's: were the refusal broken, the ARP would leave there."""
     with pytest.raises(netns.NotThatNetns):
-        netns.announce("/proc/self/ns/net", None, {IPv4Address("10.1.0.2"): "eth0"})
+        in_netns(box.k, netns.announce, "/proc/self/ns/net", None, {IPv4Address("10.1.0.2"): "eth0"})

@@ -168,7 +168,9 @@ def test_hung_loop_is_unhealthy_then_killed_and_restarted(tmp_path):
 def test_status_shows_health(tmp_path):
     with serving(tmp_path) as (_sock, state):
         wait_for(lambda: health(_sock)["loops"].get("healer", {}).get("alive"), what="healer alive")
-        out = subprocess.run([str(VENV_BIN / "multinic"), "--state-dir", str(state), "status", "--json"],
+        ns = f"mnh{os.getpid() % 100000}"  # serving()'s namespace: status reads its links, not the machine's
+        out = subprocess.run(["nsenter", f"--net=/var/run/netns/{ns}", str(VENV_BIN / "multinic"), "--state-dir",
+                              str(state), "status", "--json"],
                              capture_output=True, text=True, env={**os.environ, "DOCKER_HOST": "unix:///nonexistent"})
         report = json.loads(out.stdout)["health"]
         assert report["serving"] and report["loops"]["healer"]["alive"]
