@@ -48,6 +48,7 @@ def start(driver: Any, settings: Settings) -> None:
         except OSError:
             log.exception("cannot write health under %s", store.directory)
 
+    report(health.note_settings, settings.problems)
     restored = None
     try:
         usable, problem, restored = store.check()

@@ -223,6 +223,11 @@ def note_startup(state_dir: str | os.PathLike[str], ok: bool, error: BaseExcepti
           {"ok": ok, "error": str(error)[:500] if error is not None else None, "at": time.time()})
 
 
+def note_settings(state_dir: str | os.PathLike[str], refused: tuple[str, ...]) -> None:
+    """The settings ``multinic serve`` refused and replaced by their default (a problem while it serves)."""
+    write(health_dir(state_dir) / "settings.json", {"refused": list(refused)})
+
+
 def note_state(state_dir: str | os.PathLike[str], ok: bool, error: str | None, restored_from: str | None,
                rebuilt: str | None = None) -> None:
     """The state file: usable, restored from its backup, rebuilt from dockerd, or not usable (error)."""
@@ -277,6 +282,9 @@ def report(state_dir: str | os.PathLike[str], stale: float = Settings.health_sta
             problems.append(f"{key}: last round failed: {info.get('last_error')}")
     if supervisor and not serving:
         problems.append(f"multinic serve (pid {supervisor.get('pid')}) is not running")
+    refused = read(hdir / "settings.json").get("refused") if serving else None
+    refused = [str(r) for r in refused] if isinstance(refused, list) else []
+    problems.extend(f"setting refused: {r}" for r in refused)
     startup = read(hdir / "startup.json") or None
     if startup and startup.get("ok") is False:
         healed = (loops.get("healer") or {}).get("last_ok")
@@ -296,4 +304,5 @@ def report(state_dir: str | os.PathLike[str], stale: float = Settings.health_sta
         "state": state,
         "startup": startup,
         "last_verb_error": verbs,
+        "settings_refused": refused,
     }

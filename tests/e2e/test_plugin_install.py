@@ -193,8 +193,9 @@ def test_bare_driver_name_cannot_reach_a_managed_plugin(lab: Lab, pristine: Lab)
 
 
 def test_a_plugin_that_cannot_work_never_keeps_dockerd_from_starting(lab: Lab, pristine: Lab) -> None:
-    """A broken setting (an unknown firewall backend) leaves the plugin serving clear errors, not dead: an
-    enabled managed plugin that cannot start made dockerd 20.10 panic at its next start."""
+    """A broken setting (an unknown firewall backend) leaves the plugin serving, not dead (an enabled managed
+    plugin that cannot start made dockerd 20.10 panic at its next start): the setting is replaced by its
+    default, and the plugin says so as unhealthy until it is fixed (`multinic doctor` names it)."""
     _install(lab)
     with network(lab, "keep", "--opt", "parent=eth1", "--subnet", "10.74.0.0/24", driver=NAME):
         lab.docker("plugin", "disable", "-f", NAME)
@@ -203,9 +204,11 @@ def test_a_plugin_that_cannot_work_never_keeps_dockerd_from_starting(lab: Lab, p
         lab.stop_dockerd(remove_containers=False)
         lab.start_dockerd()  # raises if dockerd does not answer
         assert "keep" in lab.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
-        refused = lab.docker("network", "create", "-d", NAME, "--opt", "parent=eth1", "--subnet", "10.75.0.0/24",
-                             "refused", check=False)
-        assert refused.returncode != 0 and "MULTINIC_FIREWALL" in refused.stderr, refused.stderr
+        lab.docker("network", "create", "-d", NAME, "--opt", "parent=eth1", "--subnet", "10.75.0.0/24", "works")
+        lab.docker("network", "rm", "works")
+        report = json.loads(lab.multinic("doctor", "--json", own_state=False, timeout=120).stdout)
+        health = [c for c in report["checks"] if c["check"] == "health"]
+        assert health[0]["status"] == "error" and "firewall backend 'bogus' unknown" in health[0]["message"], health
         lab.docker("plugin", "disable", "-f", NAME)
         lab.docker("plugin", "set", NAME, "MULTINIC_FIREWALL=")
         lab.docker("plugin", "enable", NAME, timeout=120)

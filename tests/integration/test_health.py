@@ -262,3 +262,15 @@ def test_state_file_that_cannot_be_read_still_serves(tmp_path):
         assert any("state.json" in p for p in report["problems"]), report["problems"]
         code, body = post(sock, "/NetworkDriver.DeleteNetwork", {"NetworkID": NID})
         assert code == 500 and "state.json" in body["Err"], body
+
+
+def test_a_refused_setting_is_unhealthy_until_fixed(tmp_path):
+    """A setting that names nothing (a typo in `docker plugin set` or /etc/default/multinic) is replaced by
+    its default, and /Plugin.Health says which one, for as long as this ``multinic serve`` runs."""
+    with serving(tmp_path, extra_env={"MULTINIC_FIREWALL": "iptables-legacy"}) as (sock, _):
+        report = health(sock)
+        assert not report["healthy"] and report["settings_refused"], report
+        refused = "setting refused: firewall backend 'iptables-legacy' unknown"
+        assert any(p.startswith(refused) for p in report["problems"]), report["problems"]
+    with serving(tmp_path) as (sock, _):
+        assert health(sock)["settings_refused"] == []
