@@ -16,7 +16,8 @@ export DEBIAN_FRONTEND=noninteractive
 [[ $(id -u) == 0 ]] || { echo "build-managed-plugin: run as root (debootstrap and chroot)" >&2; exit 1; }
 if [[ ! -x "$cache/usr/bin/python3" ]]; then
   command -v debootstrap >/dev/null || { echo "build-managed-plugin: needs debootstrap (apt-get install debootstrap)" >&2; exit 1; }
-  read -r mirror _ < <(bash scripts/debian-mirror.sh)
+  mirror=$(bash scripts/debian-mirror.sh)  # "MIRROR SECURITY"
+  mirror=${mirror%% *}
   rm -rf "$cache.new"
   mkdir -p "$(dirname "$cache")"
   debootstrap --variant=minbase --include=python3,python3-venv,python3-nftables,iptables,nftables,iproute2,conntrack \
