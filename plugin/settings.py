@@ -70,6 +70,12 @@ _ENV: dict[str, tuple[str, type]] = {
 }
 
 
+_CHOICES: dict[str, tuple[str, tuple[str, ...], str]] = {  # field: (what, the values it takes, what happens else)
+    "log_level": ("log level", LOG_LEVELS, "using info"),
+    "firewall": ("firewall backend", FIREWALLS, "chosen from the host"),
+}
+
+
 def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Flags (non-None values) over the environment over the defaults. A value that cannot be used is
     kept in ``problems`` (logged by the caller) and replaced by its default: a bad setting must never keep the plugin
@@ -94,16 +100,12 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
             problems.append(f"{source}={raw!r} must be positive; using {getattr(defaults, field)!r}")
             continue
         values[field] = value
-    level = str(values.get("log_level", defaults.log_level)).lower()
-    if level not in LOG_LEVELS:
-        problems.append(f"log level {level!r} unknown (use {', '.join(LOG_LEVELS)}); using info")
-        level = "info"
-    values["log_level"] = level
-    firewall = str(values.get("firewall", "")).lower()
-    if firewall and firewall not in FIREWALLS:
-        problems.append(f"firewall backend {firewall!r} unknown (use {', '.join(FIREWALLS)}); chosen from the host")
-        firewall = ""
-    values["firewall"] = firewall
+    for field, (what, choices, instead) in _CHOICES.items():
+        value = str(values.get(field, getattr(defaults, field))).lower()
+        if value and value not in choices:
+            problems.append(f"{what} {value!r} unknown (use {', '.join(choices)}); {instead}")
+            value = getattr(defaults, field)
+        values[field] = value
     return Settings(**values, problems=tuple(problems))
 
 

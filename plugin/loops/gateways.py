@@ -380,7 +380,7 @@ class Watcher:
     # the loop ----------------------------------------------------------------------------
     def session(self, stop_event: Any) -> None:
         """One connection to dockerd: subscribe, resync, follow events until the stream ends."""
-        api = client = self.client_factory()
+        api = self.client_factory()
         engine_info = engine.EngineInfo.of(api.version())
         if engine_info.version != self.info.get("engine"):
             log.info("docker engine %s, API %s", engine_info.version, engine_info.api_version)
@@ -444,7 +444,7 @@ class Watcher:
                 stream.close()
             except Exception:  # noqa: BLE001
                 pass
-            for c in (client, stream_client):
+            for c in (api, stream_client):
                 try:
                     c.close()
                 except Exception:  # noqa: BLE001

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ...errors import Failure
-from ...settings import FIREWALLS, Settings
+from ...settings import Settings
 from . import nft
 from .model import Edit, FirewallBackend, Ruleset
 from .restore import RestoreBackend
@@ -58,11 +58,9 @@ def has_iptables() -> bool:
 def detect_flavour(forced: str = "") -> str:
     """``forced`` (MULTINIC_FIREWALL), else: ``legacy`` where Docker's chains are in the legacy tables;
     ``nftables`` (native) wherever libnftables loads (Docker on nftables, on iptables-nft, not started yet,
-    or no iptables at all); else the iptables flavour Docker or ``iptables -V`` uses."""
+    or no iptables at all); else the iptables flavour Docker or ``iptables -V`` uses. ``forced`` is one of
+    FIREWALLS: :func:`plugin.settings.load` refuses any other."""
     if forced:
-        if forced not in FIREWALLS:
-            raise Failure(f"MULTINIC_FIREWALL={forced!r} is not a firewall backend; use one of {', '.join(FIREWALLS)} "
-                          "or leave it empty to follow Docker's (docker plugin set / /etc/default/multinic)")
         return "nft" if forced == "iptables-nft" else forced
     docker = docker_firewall()
     if docker == "legacy":

@@ -21,6 +21,7 @@ from ...kernel.firewall.view import read as read_iptables
 from ...kernel.tags import RT_PROTO
 from ...plan.state import Store
 from ...settings import DEFAULT_SOCKET, DEFAULT_STATE_DIR, Settings
+from ...settings import load as load_settings
 from .facts import FLAVOURS, Facts, ParentInfo, Proc, RuleInfo
 from .host import _truthy
 
@@ -343,7 +344,8 @@ def gather(settings: Settings, *, state_given: bool = False, socket_given: bool 
     gather_kernel(f, parents)
     f.firewall_forced = settings.firewall
     if not f.firewall_forced and enabled and f.socket_path == enabled["socket"]:
-        f.firewall_forced = enabled.get("firewall", "").strip()
+        plugin_env = {"MULTINIC_FIREWALL": enabled.get("firewall", "")}
+        f.firewall_forced = load_settings({}, plugin_env).firewall  # as the plugin reads it
     for flavour in FLAVOURS:
         f.iptables[flavour] = read_iptables(flavour)
         f.ip6tables[flavour] = read_iptables(flavour, family=6)
