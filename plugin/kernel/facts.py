@@ -7,7 +7,7 @@ from typing import Iterable
 
 from ..plan.facts import HostFacts, ParentFacts
 from .devconf import read_sysctl
-from .links import attr, link_index, link_names, parent_facts
+from .links import attr, foreign_ipv6_bridges, link_index, link_names, parent_facts
 from .netlink import Rtnl
 from .routes import default_gateways, ra_defaults, tables_in_use
 
@@ -37,6 +37,7 @@ def read(
         accept_ra=accept_ra,
         ra_default=frozenset(ra_defaults(rt)) if ipv6 else frozenset(),
         forwarding6=read_sysctl("net/ipv6/conf/all/forwarding") if ipv6 else None,
+        foreign_ipv6_bridges=foreign_ipv6_bridges(rt) if ipv6 else frozenset(),
     )
 
 

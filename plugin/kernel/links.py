@@ -58,6 +58,16 @@ def tagged_links(rt: Rtnl) -> dict[str, tuple[str, str, int]]:
     return out
 
 
+def foreign_ipv6_bridges(rt: Rtnl) -> frozenset[str]:
+    """Bridges that are not ours and hold a global IPv6 address (Docker's own ``--ipv6`` networks, a VM
+    host's): they route IPv6 through this host, so they need its IPv6 forwarding."""
+    bridges = {link["index"]: attr(link, "IFLA_IFNAME") for link in rt.get_links()
+               if attr(link, "IFLA_INFO_KIND") == "bridge" and not parse_link_alias(attr(link, "IFLA_IFALIAS"))}
+    return frozenset(bridges[m["index"]] for m in rt.get_addr(socket.AF_INET6)
+                     if m["index"] in bridges and m["scope"] == SCOPE_UNIVERSE
+                     and not ipaddress.IPv6Address(attr(m, "IFA_ADDRESS")).is_link_local)
+
+
 def _address_dump(index: int, family: int) -> list[tuple[Any, int, int]]:
     """(address, flags, scope) of one link's addresses of a family, asked of the kernel with the link's
     index in a strict dump, so the kernel answers with that link's only (pyroute2 dumps every address

@@ -160,12 +160,13 @@ def _ip(raw: bytes) -> str | None:
 
 
 _DECODE = {"str": text, "u32": lambda raw: u32(raw), "u8": lambda raw: raw[0] if raw else 0, "ip": _ip,
-           "mac": lambda raw: ":".join(f"{b:02x}" for b in raw)}
+           "mac": lambda raw: ":".join(f"{b:02x}" for b in raw),
+           "kind": lambda raw: text(attrs(raw).get(1))}  # IFLA_LINKINFO's IFLA_INFO_KIND: bridge, veth, ...
 # message type → (header layout, header field names, {attribute type: (pyroute2's name, decoding)})
 _LAYOUTS = {
     RTM_NEWLINK: (IFINFOMSG, ("family", "ifi_type", "index", "flags", "change"),
                   {1: ("IFLA_ADDRESS", "mac"), 3: ("IFLA_IFNAME", "str"), 4: ("IFLA_MTU", "u32"),
-                   10: ("IFLA_MASTER", "u32"), 20: ("IFLA_IFALIAS", "str")}),
+                   10: ("IFLA_MASTER", "u32"), 18: ("IFLA_INFO_KIND", "kind"), 20: ("IFLA_IFALIAS", "str")}),
     RTM_NEWADDR: (IFADDRMSG, ("family", "prefixlen", "flags", "scope", "index"),
                   {1: ("IFA_ADDRESS", "ip"), 2: ("IFA_LOCAL", "ip"), 3: ("IFA_LABEL", "str"), 8: ("IFA_FLAGS", "u32")}),
     RTM_NEWROUTE: (RTMSG, ("family", "dst_len", "src_len", "tos", "table", "proto", "scope", "type", "flags"),

@@ -143,7 +143,7 @@ class Healer:
                     if str(exc) != lost:  # said once, and again when it changes (it names what to do)
                         lost = str(exc)
                         log.error("%s", exc)
-                    health.note_state(self.store.directory, False, str(exc), None)
+                    health.note_state(self.store.directory, False, str(exc))
                     health.waiting(str(exc))
                 except Exception as exc:  # noqa: BLE001 - keep healing; the next round may succeed
                     log.exception("healer round failed")
@@ -206,7 +206,7 @@ class Healer:
         outcome = self.driver.resolve_missing_state(engine.rebuild_view(self.settings, bridges))
         if self.store.exists():
             log.warning("state: %s", outcome)
-            health.note_state(self.store.directory, True, None, None, outcome)
+            health.note_state(self.store.directory, True, None, outcome)
             self.driver.reconcile()
             health.note(True, repaired=True)
         else:

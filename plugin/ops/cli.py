@@ -49,15 +49,13 @@ def start(driver: Any, settings: Settings) -> None:
             log.exception("cannot write health under %s", store.directory)
 
     report(health.note_settings, settings.problems)
-    restored = None
     try:
-        usable, problem, restored = store.check()
-        if restored:
-            log.error("state file was unreadable; restored the last good copy from %s", restored)
+        usable, problem = store.check()
         if not usable:
             kept = store.set_aside()
             log.error("%s; set aside as %s: the state is rebuilt from dockerd", problem, kept)
-        report(health.note_state, True, None, restored)
+        report(health.note_state, True, None)
+        report(health.note_settings, settings.problems, driver.firewall.flavour)
         from ..kernel.firewall import remove_leftovers
 
         for what in remove_leftovers(driver.firewall):
@@ -65,13 +63,13 @@ def start(driver: Any, settings: Settings) -> None:
         if not store.exists():
             outcome = driver.resolve_missing_state(None)  # StateLost while the kernel holds our networks
             log.warning("no state file: %s", outcome)
-            report(health.note_state, True, None, restored, outcome)
+            report(health.note_state, True, None, outcome)
         else:
             driver.reconcile()
         report(health.note_startup, True)
     except StateLost as exc:
         log.error("%s", exc)
-        report(health.note_state, False, str(exc), restored)
+        report(health.note_state, False, str(exc))
     except Exception as exc:  # noqa: BLE001 - serve anyway; the healer retries
         log.exception("reconcile at start failed; serving anyway (the healer retries)")
         report(health.note_startup, False, exc)
@@ -139,7 +137,7 @@ def cmd_serve(settings: Settings) -> int:
              "healer": healer.loop(Driver(loops_store, settings, defer_deletes=True, firewall=chosen),
                                    serving_since)}
     if metrics_at:
-        loops["metrics"] = metrics.loop(*metrics_at, str(store.directory), settings.firewall)
+        loops["metrics"] = metrics.loop(*metrics_at, str(store.directory))
         log.info("prometheus metrics on http://%s:%s/metrics", *metrics_at)
     watchdog = supervisor.Supervisor(str(store.directory), loops, settings.health_stale)
 

@@ -223,16 +223,22 @@ def note_startup(state_dir: str | os.PathLike[str], ok: bool, error: BaseExcepti
           {"ok": ok, "error": str(error)[:500] if error is not None else None, "at": time.time()})
 
 
-def note_settings(state_dir: str | os.PathLike[str], refused: tuple[str, ...]) -> None:
-    """The settings ``multinic serve`` refused and replaced by their default (a problem while it serves)."""
-    write(health_dir(state_dir) / "settings.json", {"refused": list(refused)})
+def note_settings(state_dir: str | os.PathLike[str], refused: tuple[str, ...], firewall: str = "") -> None:
+    """The settings ``multinic serve`` refused and replaced by their default (a problem while it serves), and
+    the firewall backend it chose (a flavour of :func:`plugin.kernel.firewall.firewall_for`, "" until chosen):
+    the one its workers use, which ``status``, metrics and ``doctor`` then show instead of detecting again."""
+    write(health_dir(state_dir) / "settings.json", {"refused": list(refused), "firewall": firewall})
 
 
-def note_state(state_dir: str | os.PathLike[str], ok: bool, error: str | None, restored_from: str | None,
-               rebuilt: str | None = None) -> None:
-    """The state file: usable, restored from its backup, rebuilt from dockerd, or not usable (error)."""
-    write(health_dir(state_dir) / "state.json", {"ok": ok, "error": error, "restored_from": restored_from,
-                                                 "rebuilt": rebuilt})
+def firewall_in_use(state_dir: str | os.PathLike[str]) -> str:
+    """The firewall flavour ``multinic serve`` chose in this state directory ("" if none is recorded)."""
+    chosen = read(health_dir(state_dir) / "settings.json").get("firewall")
+    return chosen if isinstance(chosen, str) else ""
+
+
+def note_state(state_dir: str | os.PathLike[str], ok: bool, error: str | None, rebuilt: str | None = None) -> None:
+    """The state file: usable, rebuilt from dockerd, or not usable (error)."""
+    write(health_dir(state_dir) / "state.json", {"ok": ok, "error": error, "rebuilt": rebuilt})
 
 
 # -- reader side ----------------------------------------------------------------------------------
@@ -290,7 +296,7 @@ def report(state_dir: str | os.PathLike[str], stale: float = Settings.health_sta
         healed = (loops.get("healer") or {}).get("last_ok")
         if not (isinstance(healed, (int, float)) and healed > (startup.get("at") or 0)):
             problems.append(f"reconcile at start failed: {startup.get('error')}")
-    state = read(hdir / "state.json") or {"ok": True, "error": None, "restored_from": None, "rebuilt": None}
+    state = read(hdir / "state.json") or {"ok": True, "error": None, "rebuilt": None}
     if state.get("ok") is False:
         problems.append(f"state: {state.get('error')}")
     verbs = read(hdir / "verbs.json") or None
@@ -305,4 +311,5 @@ def report(state_dir: str | os.PathLike[str], stale: float = Settings.health_sta
         "startup": startup,
         "last_verb_error": verbs,
         "settings_refused": refused,
+        "firewall": firewall_in_use(state_dir),
     }

@@ -165,37 +165,22 @@ class StateCollector:
         yield info
 
 
-def _cached_backend(forced: str, ttl: float = 60.0) -> Callable[[], str]:
-    cache: dict[str, Any] = {}
-
-    def get() -> str:
-        if time.monotonic() - cache.get("at", -ttl) >= ttl:
-            from ..kernel.firewall import detect_flavour
-
-            try:
-                cache["name"] = detect_flavour(forced)
-            except Exception:  # noqa: BLE001 - a scrape must not fail on it
-                cache["name"] = "unknown"
-            cache["at"] = time.monotonic()
-        return cache["name"]
-
-    return get
-
-
-def registry(state_dir: str, forced_firewall: str = "") -> Any:
+def registry(state_dir: str) -> Any:
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
     reg = CollectorRegistry()
     MultiProcessCollector(reg, path=_dir)
-    reg.register(StateCollector(state_dir, _cached_backend(forced_firewall)))  # type: ignore[arg-type]
+    from . import health
+
+    reg.register(StateCollector(state_dir, lambda: health.firewall_in_use(state_dir) or "unknown"))  # type: ignore[arg-type]
     return reg
 
 
 LISTEN_RETRY_MAX = 30.0
 
 
-def serve(host: str, port: int, state_dir: str, forced_firewall: str, stop: Any) -> None:
+def serve(host: str, port: int, state_dir: str, stop: Any) -> None:
     """The exporter's loop (a thread of the worker hosting the loops, :func:`loop`). An address it cannot
     listen on (held by another process, not on the host yet) is a failed round, retried from 1 s doubling
     to 30 s: the exporter's health says so, and the other loops are not restarted."""
@@ -203,7 +188,7 @@ def serve(host: str, port: int, state_dir: str, forced_firewall: str, stop: Any)
 
     from . import health
 
-    reg, delay = registry(state_dir, forced_firewall), 1.0
+    reg, delay = registry(state_dir), 1.0
     while True:
         try:
             server, _thread = start_http_server(port, addr=host, registry=reg)
@@ -224,5 +209,5 @@ def serve(host: str, port: int, state_dir: str, forced_firewall: str, stop: Any)
         server.server_close()
 
 
-def loop(host: str, port: int, state_dir: str, forced_firewall: str) -> Callable[[Any], None]:
-    return lambda stop: serve(host, port, state_dir, forced_firewall, stop)
+def loop(host: str, port: int, state_dir: str) -> Callable[[Any], None]:
+    return lambda stop: serve(host, port, state_dir, stop)

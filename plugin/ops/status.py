@@ -14,7 +14,7 @@ from ..settings import Settings
 def collect(settings: Settings) -> dict[str, Any]:
     from ..api.messages import swarm_scoped
     from ..kernel import facts, links, routes
-    from ..kernel.firewall import select
+    from ..kernel.firewall import firewall_for, select
     from ..kernel.firewall.rules import publish_addresses
     from ..kernel.netlink import Rtnl
     from ..loops import decisions
@@ -46,7 +46,8 @@ def collect(settings: Settings) -> dict[str, Any]:
                     f"{inside}:{port.container_port}/{port.proto}",
                     "proto": port.proto,
                 })
-    backend = select(settings)
+    chosen = health.firewall_in_use(store.directory)  # the serving plugin's choice, else what it would choose
+    backend = firewall_for(chosen, settings) if chosen else select(settings)
     directory = str(store.directory)
     return {
         "health": health.report(directory, settings.health_stale),

@@ -33,6 +33,7 @@ from .facts import HostFacts
 from .network import (
     GATEWAY_GUESSED,
     bridge_name_for,
+    kept_at_last6,
     mac_for,
     parent_next_hop,
     parent_next_hop6,
@@ -165,7 +166,7 @@ class Driver:
         with self.store.locked() as current, Rtnl() as rt:
             parents = {p for n in networks if (p := str((n.get("Options") or {}).get("parent") or ""))}
             host = facts.read(rt, parents, routing=True)
-            state, notes = rebuild(networks, containers, remains, host, time.time())
+            state, notes = rebuild(networks, containers, remains, host, time.time(), self.store.backup())
             for nid, net in current.networks.items():  # made since (a verb that ran meanwhile)
                 state.networks.setdefault(nid, net)
             state.endpoints = {**current.endpoints, **state.endpoints}
@@ -231,6 +232,13 @@ class Driver:
             for ep in list(state.endpoints.values()):
                 if ep.network_id == req.network_id:
                     del state.endpoints[ep.id]
+            if before.has_ipv6() and not state.has_ipv6() and state.restore6:
+                with Rtnl() as rt:
+                    kept = kept_at_last6(state, facts.read(rt, [], ipv6=True))
+                if kept:
+                    log.warning("the last IPv6 network is gone, but another bridge routes IPv6 through this host: "
+                                "left %s as they are", ", ".join(f"{p.replace('/', '.')}" for p in kept))
+                    state.restore6.clear()
             self._save_and_reconcile(state, before)
             self._forget_put_back(state)
         log.info("deleted network %s", req.network_id[:12])

@@ -45,6 +45,8 @@ class HostFacts:
     accept_ra: Mapping[str, int] = field(default_factory=dict)
     ra_default: frozenset[str] = frozenset()
     forwarding6: str | None = None
+    # Bridges not ours that route IPv6 (a global IPv6 address): they need IPv6 forwarding too.
+    foreign_ipv6_bridges: frozenset[str] = frozenset()
 
     def parent(self, ifname: str) -> ParentFacts:
         return self.parents.get(ifname) or ParentFacts(ifname=ifname, exists=False)

@@ -213,6 +213,16 @@ def restore6_for(state: State, record: NetworkRecord, facts: HostFacts) -> dict[
     return out
 
 
+def kept_at_last6(state: State, facts: HostFacts) -> tuple[str, ...]:
+    """With the last IPv6 network gone: the IPv6 settings not to put back, because a bridge that is not
+    ours now routes IPv6 (Docker's own ``--ipv6`` network, made while multinic had forwarding on, found it
+    on and left it so). Forwarding stays on, and so ``accept_ra=2`` too (at 1 it would drop the NICs'
+    router-advertised default routes)."""
+    if state.has_ipv6() or state.restore6.get(FORWARDING6, "1") == "1" or not facts.foreign_ipv6_bridges:
+        return ()
+    return tuple(sorted(state.restore6))
+
+
 def _next_hop(opts: NetworkOptions, parent: ParentFacts, facts: HostFacts,
               siblings: list[NetworkRecord]) -> tuple[ipaddress.IPv4Address | None, str]:
     if siblings:

@@ -4,7 +4,8 @@ state file is lost (a wiped /var/lib, a managed plugin re-installed with another
 dockerd gives each network's options and IPAM and each running container's endpoint, address, MAC,
 sandbox and port bindings; the kernel's tagged objects give what was chosen (the parent's table and
 mark, its next hop, the host port a range or ``-P`` picked). What neither has (the rp_filter a parent
-had before multinic) is left unknown and said so."""
+had before multinic, the IPv6 settings to put back) comes from the state's last good copy when there is
+one, else is left unknown and said so."""
 
 from __future__ import annotations
 
@@ -45,20 +46,25 @@ class KernelRemains:
 
 
 def rebuild(networks: Iterable[Mapping[str, Any]], containers: Iterable[Mapping[str, Any]], kernel: KernelRemains,
-            facts: HostFacts, now: float) -> tuple[State, list[str]]:
+            facts: HostFacts, now: float, backup: State | None = None) -> tuple[State, list[str]]:
     """``networks``: dockerd's ``network inspect`` of each multinic network; ``containers``: its
-    ``inspect`` of each running container on them. Returns the state and what could not be recovered."""
+    ``inspect`` of each running container on them; ``backup``: the state's last good copy, for the values
+    to put back only. Returns the state and what could not be recovered."""
     state, notes = State(), []
+    backup = backup or State()
     for raw in sorted(networks, key=lambda n: n.get("Created") or n["Id"]):
         net = _network(raw, state, kernel, facts, now, notes)
         if net is None:
             continue
         state.networks[net.id] = net
         if net.parent and net.parent not in state.parents:
-            state.parents[net.parent] = ParentRecord(rp_filter_before=None)
-            notes.append(f"the rp_filter {net.parent} had before multinic is unknown: it stays at 2 when the "
-                         "last network on it goes")
-    if state.has_ipv6():
+            state.parents[net.parent] = backup.parents.get(net.parent) or ParentRecord(rp_filter_before=None)
+            if state.parents[net.parent].rp_filter_before is None:
+                notes.append(f"the rp_filter {net.parent} had before multinic is unknown: it stays at 2 when the "
+                             "last network on it goes")
+    if state.has_ipv6() and backup.has_ipv6():
+        state.restore6 = dict(backup.restore6)
+    elif state.has_ipv6():
         notes.append("the IPv6 forwarding and accept_ra values the host had before multinic are unknown: they stay "
                      "as they are when the last IPv6 network goes")
     by_id = {c["Id"]: c for c in containers}

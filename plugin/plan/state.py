@@ -308,22 +308,22 @@ class Store:
         self.path.unlink()
         return kept.name
 
-    def check(self) -> tuple[bool, str | None, str | None]:
-        """At start: (usable, error, restored_from). Restores the backup over an unreadable file."""
+    def check(self) -> tuple[bool, str | None]:
+        """At start: (usable, error). An unreadable file is not replaced by its backup, which may lack what
+        the last verb made: the caller sets it aside and the state is rebuilt from dockerd."""
         try:
             self.load()
-            return True, None, None
+            return True, None
         except StateCorrupt as exc:
-            error = str(exc)
+            return False, str(exc)
+
+    def backup(self) -> State | None:
+        """The last good copy (the state before the last save), None if there is none or it is unreadable:
+        what dockerd and the kernel cannot tell when the state is rebuilt (values to put back)."""
         try:
-            backup = self._read(self.backup_path)
-        except FileNotFoundError:
-            return False, error + f"; no backup {self.backup_path} exists", None
-        except UNREADABLE as exc:
-            return False, error + f"; the backup is unreadable too ({type(exc).__name__})", None
-        kept = self._keep_copy()
-        write_json_atomically(self.path, backup.to_json())  # renamed over it: a kill leaves one or the other
-        return True, None, f"{self.backup_path} (the unreadable file was kept as {kept.name})"
+            return self._read(self.backup_path)
+        except (OSError, *UNREADABLE):
+            return None
 
     @contextmanager
     def locked(self) -> Iterator[State]:

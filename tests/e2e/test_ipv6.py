@@ -104,6 +104,36 @@ def test_bridge_driver_before_fails_and_isolation_from_it(c1_echo6):
         lab.advertise("r1")
 
 
+def test_docker_ipv6_bridge_made_meanwhile_keeps_forwarding(c1_echo6):
+    """Docker's own IPv6 bridge, created while multinic had turned IPv6 forwarding on, finds it on and leaves
+    it so: multinic's last IPv6 network going does not turn it off under that bridge's containers, nor put
+    accept_ra back to 1 (with forwarding on, the host would drop eth0's router-advertised route)."""
+    lab = c1_echo6
+
+    def forwarding() -> str:
+        return lab.host("sysctl", "-n", "net.ipv6.conf.all.forwarding").stdout.strip()
+
+    assert forwarding() == "0"
+    try:
+        lab.docker("network", "create", "-d", lab.driver, *DUAL, "--subnet", "10.77.0.0/24",
+                   "--subnet", "fd00:77::/64", "first6")
+        with network(lab, "plain6b", "--ipv6", "--subnet", "10.78.0.0/24", "--subnet", "fd00:78::/64",
+                     driver="bridge"), containers(lab) as names:
+            run(lab, names, "bridge6b", "--network", "plain6b", "-p", "4073:80", cmd=web_cmd("still6"))
+            lab.docker("network", "rm", "first6")
+            assert forwarding() == "1"
+            assert "another bridge routes IPv6 through this host" in lab.plugin_log_tail(50)
+            lab.advertise("r0")
+            assert f"via {ROUTER_LL} dev eth0 proto ra" in ra_defaults(lab)
+            assert wait_for(lambda: lab.http_get(lab.c0_ns, url(HOST6_ETH0, 4073))) == "still6\n"
+    finally:
+        lab.docker("network", "rm", "first6", check=False)
+        lab.host("sysctl", "-qw", "net.ipv6.conf.all.forwarding=0", "net.ipv6.conf.eth0.accept_ra=1",
+                 "net.ipv6.conf.eth1.accept_ra=1")
+        lab.advertise("r0")
+        lab.advertise("r1")
+
+
 def test_host_keeps_its_router_advertised_default_routes(c1_echo6):
     """Turning IPv6 forwarding on drops the default route of every NIC with accept_ra=1: multinic sets 2
     first, and puts everything back with its last IPv6 network."""

@@ -41,3 +41,28 @@ def test_seed_case_on_a_legacy_host(legacy_lab):
         assert "MULTINIC-FORWARD" in legacy and "--dport 4020" in legacy
         assert "MULTINIC" not in lab.host("iptables-nft-save").stdout
     assert lab.dump_host_state() == before
+
+
+def test_plugin_started_before_dockerd_at_boot_opens_its_forward_drop(legacy_lab):
+    """At boot the plugin starts before dockerd writes its chains (the service is ordered before
+    docker.service): it still finds the legacy tables (``iptables -V``), so the FORWARD DROP policy dockerd
+    sets next does not drop multinic's traffic."""
+    lab = legacy_lab
+    lab.serve_peer_echo(lab.c1_ns, 7021)
+    with network(lab, "boot", "--opt", "parent=eth1", "--subnet", "10.41.0.0/24"), containers(lab) as names:
+        lab.stop_dockerd()
+        lab.stop_plugin()
+        lab.reboot_wipe()
+        lab.sh(lab.host_ns, """
+            for t in filter nat mangle; do iptables-legacy -w -t $t -F; iptables-legacy -w -t $t -X; done
+            iptables-legacy -w -P FORWARD ACCEPT
+            sysctl -qw net.ipv4.ip_forward=0
+        """)  # what a reboot leaves: no rule of Docker's, forwarding off
+        lab.start_plugin()
+        lab.start_dockerd()
+        assert "-P FORWARD DROP" in lab.host("iptables-legacy-save", "-t", "filter").stdout
+        run(lab, names, "boot-web", "--network", "boot", "-p", "4021:80", cmd=web_cmd("boot-hello"))
+        assert wait_for(lambda: lab.http_get(lab.c1_ns, "http://192.168.101.2:4021/")) == "boot-hello\n"
+        out = lab.docker("run", "--rm", "--network", "boot", "mn-busybox:latest", "sh", "-c",
+                         "nc 198.51.100.10 7021 </dev/null").stdout.strip()
+        assert out == "192.168.101.2"

@@ -92,6 +92,37 @@ def test_losing_the_whole_state_directory_takes_nothing_down(mn):
     assert wait_for(lambda: lab.dump_host_state() == before_network, timeout=10), lab.dump_host_state()
 
 
+def test_a_damaged_state_file_is_rebuilt_not_replaced_by_its_older_backup(mn):
+    """The state file is damaged (a disk error, a hand edit). Its backup is one save older and lacks the
+    network the last verb made: restoring it would tear that network down. The plugin sets the file aside
+    and rebuilds the state from dockerd, so the newest network still works."""
+    lab = mn
+    before_network = lab.dump_host_state()
+    state_file = lab.state_dir / "state.json"
+    try:
+        with network(lab, "older", "--opt", "parent=eth1", "--subnet", "10.85.0.0/24"), \
+                network(lab, "newest", "--opt", "parent=eth1", "--subnet", "10.86.0.0/24"), \
+                containers(lab) as names:
+            assert "10.86.0.0/24" not in (lab.state_dir / "state.json.bak").read_text()  # one save older
+            lab.stop_plugin()
+            state_file.write_text(state_file.read_text()[:60])  # truncated
+            lab.start_plugin()
+            def rebuilt():
+                report = status(lab)
+                return report if (report["health"]["state"].get("rebuilt") or "").startswith("rebuilt") else None
+
+            report = wait_for(rebuilt, timeout=20)
+            assert report["health"]["healthy"], report["health"]["problems"]
+            assert {n["subnet"] for n in report["networks"]} >= {"10.85.0.0/24", "10.86.0.0/24"}
+            run(lab, names, "newest-web", "--network", "newest", "-p", "4186:80", cmd=web_cmd("newest"))
+            assert answers(lab, 4186, "newest")
+            assert list(lab.state_dir.glob("state.json.corrupt-*"))
+    finally:
+        for kept in lab.state_dir.glob("state.json.corrupt-*"):
+            kept.unlink()
+    assert wait_for(lambda: lab.dump_host_state() == before_network, timeout=10), lab.dump_host_state()
+
+
 def test_a_guessed_next_hop_is_shown_and_checked(mn):
     """eth1 has no default route anywhere (the seed's case): its next hop is guessed as the first host of
     its subnet. ``status`` says so; ``doctor`` checks it answers, and names the fix when it does not."""

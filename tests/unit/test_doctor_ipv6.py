@@ -93,3 +93,14 @@ def test_an_ip6tables_forward_drop_is_opened_or_named_per_family():
     v4_only = State(networks={NID: dataclasses.replace(dual_stack().networks[NID], subnet6="", gateway6="")})
     f = Facts(state=v4_only, forward_drops=[drop6], iptables={"nft": opened}, ip6tables={"nft": docker})
     assert check_forward_drop(f)[0].status == OK
+
+
+def test_a_parent_of_ipv6_only_networks_needs_no_ipv4_address():
+    """An IPv6-only network's parent may have no IPv4 address: doctor's IPv4 checks do not fail it (they
+    still do for a parent that also carries an IPv4 network)."""
+    from plugin.ops.doctor import check_parents
+
+    only6 = dataclasses.replace(dual_stack().networks[NID], subnet="", gateway="", parent_gateway=None)
+    parent = {"eth1": ParentInfo("eth1", True, True)}
+    assert check_parents(Facts(state=State(networks={NID: only6}), parents=parent))[0].status == OK
+    assert check_parents(Facts(state=dual_stack(), parents=parent))[0].status == ERROR

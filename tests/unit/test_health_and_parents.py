@@ -74,7 +74,7 @@ def test_health_report_dead_hung_failed_and_state(tmp_path):
     assert "watcher: process 999999999 is dead" in text
     assert "metrics: no sign of life" in text
     assert report["loops"]["healer"]["restarts"] == 2 and report["loops"]["healer"]["failures"] == 1
-    health.note_state(tmp_path, False, "state file unreadable", None)
+    health.note_state(tmp_path, False, "state file unreadable")
     assert any(p.startswith("state:") for p in health.report(tmp_path, now=now)["problems"])
 
 

@@ -11,7 +11,14 @@ from plugin.errors import Refusal
 from plugin.kernel.firewall.rules import publish_addresses, ruleset_for
 from plugin.plan.desired import FORWARDING6, host_state, ipv6_sysctls
 from plugin.plan.facts import HostFacts, ParentFacts
-from plugin.plan.network import GATEWAY_GIVEN, GATEWAY_ROUTE, plan_network, publish_resolver, restore6_for
+from plugin.plan.network import (
+    GATEWAY_GIVEN,
+    GATEWAY_ROUTE,
+    kept_at_last6,
+    plan_network,
+    publish_resolver,
+    restore6_for,
+)
 from plugin.plan.state import PublishedPort, State
 
 ETH1 = ParentFacts("eth1", True, (ipaddress.IPv4Interface("192.168.101.2/24"),), 1500,
@@ -89,6 +96,20 @@ def test_host_settings_recorded_then_put_back_forwarding_first():
     assert list(ipv6_sysctls(off))[0] == FORWARDING6 and ipv6_sysctls(off)[FORWARDING6] == "0"
     # a second IPv6 network records nothing new
     assert restore6_for(on, plan(on, req=request("fd00:11::/64", "10.11.0.0/24", nid="b" * 64)), FACTS) == {}
+
+
+def test_forwarding_stays_on_when_another_bridge_routes_ipv6_after_the_last_network():
+    """Docker's own IPv6 bridge, made while multinic had forwarding on, found it on and left it so: the last
+    multinic IPv6 network going puts nothing back (accept_ra stays 2, or forwarding would drop the NICs'
+    router-advertised routes)."""
+    record = plan()
+    restore = restore6_for(State(), record, FACTS)
+    gone = State(restore6=dict(restore))  # the last IPv6 network deleted
+    assert kept_at_last6(gone, FACTS) == ()  # no other bridge: all is put back
+    docker6 = HostFacts(foreign_ipv6_bridges=frozenset({"br-0123456789ab"}))
+    assert kept_at_last6(gone, docker6) == tuple(sorted(restore))
+    assert kept_at_last6(State(networks={record.id: record}, restore6=restore), docker6) == ()  # not the last
+    assert kept_at_last6(State(restore6={"net/ipv6/conf/eth0/accept_ra": "1"}), docker6) == ()  # found at 1
 
 
 def test_ipv4_only_state_has_no_ipv6_objects():

@@ -7,7 +7,7 @@ from plugin.kernel.tags import RULE_PREF_FWMARK, RULE_PREF_SOURCE
 from plugin.plan.desired import RouteSpec, RuleSpec
 from plugin.plan.facts import HostFacts, ParentFacts
 from plugin.plan.rebuild import GATEWAY_KEPT, KernelRemains, Published, rebuild
-from plugin.plan.state import PublishedPort
+from plugin.plan.state import ParentRecord, PublishedPort, State
 
 NID, EID, CID = "a" * 64, "e" * 64, "c" * 64
 ETH1 = ParentFacts("eth1", True, (ipaddress.IPv4Interface("192.168.101.2/24"),),
@@ -65,3 +65,17 @@ def test_an_ipv6_only_network_comes_back_without_ipv4():
     net, ep = state.networks[NID], state.endpoints[EID]
     assert (net.subnet, net.families, net.parent_gateway) == ("", (6,), None)
     assert (ep.address, ep.address6) == ("", "fd00:70::2/64")
+
+
+def test_values_to_put_back_come_from_the_last_good_copy():
+    """What neither dockerd nor the kernel knows (the rp_filter a parent had, the IPv6 settings found) is
+    taken from the state's backup when there is one; its networks and endpoints are not."""
+    backup = State(networks={"b" * 64: rebuild([NETWORK], [], KERNEL, HostFacts(parents={"eth1": ETH1}),
+                                                now=1.0)[0].networks[NID]},
+                   parents={"eth1": ParentRecord(rp_filter_before=1)},
+                   restore6={"net/ipv6/conf/all/forwarding": "0"})
+    state, notes = rebuild([NETWORK], [CONTAINER], KERNEL, HostFacts(parents={"eth1": ETH1}), now=1.0,
+                           backup=backup)
+    assert state.parents["eth1"].rp_filter_before == 1
+    assert state.restore6 == {"net/ipv6/conf/all/forwarding": "0"}
+    assert set(state.networks) == {NID} and not any("unknown" in note for note in notes)

@@ -25,9 +25,10 @@ log = logging.getLogger(__name__)
 DOCKER_NFT_TABLE = "docker-bridges"  # Engine 29's nftables backend: ip and ip6 tables of this name
 
 
-def _saved_holds(flavour: str, text: str, table: str = "") -> bool:
-    """Does ``iptables-<flavour>-save`` (of one table, or all) print ``text``? False without the tool."""
-    tool = shutil.which(f"iptables-{flavour}-save")
+def saved_holds(flavour: str, text: str, table: str = "", family: int = 4) -> bool:
+    """Does ``iptables-<flavour>-save`` (ip6tables for ``family`` 6; of one table, or all) print ``text``?
+    False without the tool."""
+    tool = shutil.which(f"{'ip6' if family == 6 else 'ip'}tables-{flavour}-save")
     if not tool:
         return False
     proc = subprocess.run([tool, *(("-t", table) if table else ())], capture_output=True, text=True)
@@ -44,25 +45,41 @@ def docker_firewall() -> str:
         if any(c["table"] == "filter" and c["name"].startswith("DOCKER") for c in nft.chains()
                if c["family"] in ("ip", "ip6")):
             return "nft"
-    elif _saved_holds("nft", ":DOCKER", "filter"):
+    elif saved_holds("nft", ":DOCKER", "filter"):
         return "nft"
     from .native import legacy_loaded  # legacy tables exist only once their module is loaded: no save before
 
-    return "legacy" if (legacy_loaded(4) or legacy_loaded(6)) and _saved_holds("legacy", ":DOCKER", "filter") else ""
+    return "legacy" if (legacy_loaded(4) or legacy_loaded(6)) and saved_holds("legacy", ":DOCKER", "filter") else ""
 
 
 def has_iptables() -> bool:
     return any(shutil.which(tool) for tool in ("iptables", "iptables-nft", "iptables-legacy"))
 
 
+def iptables_flavour() -> str:
+    """What the host's ``iptables`` command writes (``legacy`` or ``nft``, from ``iptables -V``; "" without
+    it): where Docker 20.10 to 28 will put its chains when it has not written them yet."""
+    if not shutil.which("iptables"):
+        return ""
+    proc = subprocess.run(["iptables", "-V"], capture_output=True, text=True)
+    return "legacy" if "legacy" in proc.stdout else "nft"
+
+
+def docker_firewall_or_expected() -> str:
+    """:func:`docker_firewall`, or, before dockerd has written its chains (at boot the plugin starts first),
+    ``legacy`` where the host's ``iptables`` is legacy: the FORWARD DROP policy dockerd sets next is there."""
+    found = docker_firewall()
+    return found or ("legacy" if iptables_flavour() == "legacy" else "")
+
+
 def detect_flavour(forced: str = "") -> str:
-    """``forced`` (MULTINIC_FIREWALL), else: ``legacy`` where Docker's chains are in the legacy tables;
-    ``nftables`` (native) wherever libnftables loads (Docker on nftables, on iptables-nft, not started yet,
-    or no iptables at all); else the iptables flavour Docker or ``iptables -V`` uses. ``forced`` is one of
-    FIREWALLS: :func:`plugin.settings.load` refuses any other."""
+    """``forced`` (MULTINIC_FIREWALL), else: ``legacy`` where Docker's chains are in the legacy tables (or
+    will be: not written yet, and ``iptables -V`` says legacy); ``nftables`` (native) wherever libnftables
+    loads (Docker on nftables, on iptables-nft, not started yet, or no iptables at all); else iptables-nft.
+    ``forced`` is one of FIREWALLS: :func:`plugin.settings.load` refuses any other."""
     if forced:
         return "nft" if forced == "iptables-nft" else forced
-    docker = docker_firewall()
+    docker = docker_firewall_or_expected()
     if docker == "legacy":
         return "legacy"
     why_not = nft.available()
@@ -71,10 +88,7 @@ def detect_flavour(forced: str = "") -> str:
     if docker == "nftables" or not has_iptables():
         raise Failure(f"Docker's firewall is nftables here (or there is no iptables), and {why_not}")
     log.warning("the native nftables backend cannot be used (%s); writing through iptables", why_not)
-    if docker:
-        return docker
-    proc = subprocess.run(["iptables", "-V"], capture_output=True, text=True) if shutil.which("iptables") else None
-    return "legacy" if proc is not None and "legacy" in proc.stdout else "nft"
+    return "nft"
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,7 @@ class Firewall:
 
     v4: FirewallBackend
     v6: FirewallBackend
+    flavour: str = ""  # what :func:`firewall_for` was given
 
     @property
     def name(self) -> str:
@@ -112,20 +127,16 @@ def firewall_for(flavour: str, settings: Settings | None = None) -> Firewall:
     if flavour == "nftables":
         from .native import NativeBackend
 
-        if docker_firewall() != "legacy":  # iptables-nft's opening is found by the backend itself, in-process
-            return Firewall(NativeBackend(4), NativeBackend(6))
-        from .libiptc import LibiptcBackend
-
-        return Firewall(NativeBackend(4, LibiptcBackend(*lock, tables=("filter",))),
-                        NativeBackend(6, RestoreBackend("legacy", 6, tables=("filter",))))
+        legacy = docker_firewall_or_expected() == "legacy"  # else the backend finds Docker's chains itself
+        return Firewall(NativeBackend(4, *lock, legacy=legacy), NativeBackend(6, *lock, legacy=legacy), flavour)
     if flavour in ("nft", "iptables-nft"):
-        return Firewall(RestoreBackend("nft"), RestoreBackend("nft", 6))
+        return Firewall(RestoreBackend("nft"), RestoreBackend("nft", 6), "nft")
     if flavour == "legacy-restore":
-        return Firewall(RestoreBackend("legacy"), RestoreBackend("legacy", 6))
+        return Firewall(RestoreBackend("legacy"), RestoreBackend("legacy", 6), flavour)
     if flavour == "legacy":
         from .libiptc import LibiptcBackend
 
-        return Firewall(LibiptcBackend(*lock), RestoreBackend("legacy", 6))
+        return Firewall(LibiptcBackend(*lock), RestoreBackend("legacy", 6), flavour)
     raise ValueError(flavour)
 
 
@@ -165,7 +176,7 @@ def remove_leftovers(selected: Firewall) -> list[str]:
                         if c["family"] in ("ip", "ip6"))
         else:
             loaded = flavour == "nft" or legacy_loaded(4) or legacy_loaded(6)
-            found = loaded and _saved_holds(flavour, "MULTINIC-")
+            found = loaded and saved_holds(flavour, "MULTINIC-")
         if found:
             for family in (4, 6):
                 RestoreBackend(flavour, family, tables=tables).remove()

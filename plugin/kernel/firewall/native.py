@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from ...errors import Failure
+from ...settings import DEFAULT_XTABLES_LOCK
 from ..tags import COMMENT
 from . import nft
 from .model import (
@@ -448,26 +449,51 @@ def legacy_loaded(family: int) -> bool:
         return False
 
 
+def _docker_in_legacy(family: int) -> bool:
+    """Does Docker keep its chains in the legacy ``filter`` table of this family? (No process where the
+    legacy tables were never loaded.)"""
+    from . import saved_holds
+
+    return legacy_loaded(family) and saved_holds("legacy", ":DOCKER", "filter", family)
+
+
+def legacy_opening_backend(family: int, xtables_lock: str = DEFAULT_XTABLES_LOCK) -> FirewallBackend:
+    """The backend that opens Docker's FORWARD DROP in the legacy ``filter`` table of this family."""
+    if family == 6:
+        from .restore import RestoreBackend
+
+        return RestoreBackend("legacy", 6, tables=("filter",))
+    from .libiptc import LibiptcBackend
+
+    return LibiptcBackend(xtables_lock, tables=("filter",))
+
+
 class NativeBackend:
     """Our table of one family through libnftables; beside Docker's iptables, the opening of its FORWARD
-    DROP through the iptables backend of Docker's flavour (``legacy``: given at selection time)."""
+    DROP through the iptables backend of Docker's flavour (``legacy``: expected there from the start)."""
 
-    def __init__(self, family: int = 4, legacy_opening: FirewallBackend | None = None) -> None:
+    def __init__(self, family: int = 4, xtables_lock: str = DEFAULT_XTABLES_LOCK, legacy: bool = False) -> None:
         self.family = family
         self.name = "nftables" if family == 4 else "nftables (ip6)"
         self.table = f"{nfamily(family)} {TABLE}"
-        self.legacy_opening = legacy_opening
+        self.xtables_lock = xtables_lock
+        self.legacy_opening = legacy_opening_backend(family, xtables_lock) if legacy else None
         nft.run(f"list tables {nfamily(family)}")  # fail at selection time if libnftables cannot be used
 
     # -- the opening of Docker's iptables FORWARD DROP ---------------------------------------------------
     def opening_backend(self) -> FirewallBackend | None:
-        """The iptables backend that opens Docker's FORWARD DROP, while Docker keeps its chains in iptables."""
+        """The iptables backend that opens Docker's FORWARD DROP, while Docker keeps its chains in iptables.
+        Looked for again until found: dockerd writes them after the plugin started (at boot), and the
+        healer's drift check then finds the opening missing."""
         if self.legacy_opening is not None:
             return self.legacy_opening
         if _docker_in_iptables_nft(self.family):
             from .restore import RestoreBackend
 
             return RestoreBackend("nft", self.family, tables=("filter",))
+        if _docker_in_legacy(self.family):
+            self.legacy_opening = legacy_opening_backend(self.family, self.xtables_lock)
+            return self.legacy_opening
         return None
 
     # -- the backend interface -------------------------------------------------------------------------

@@ -366,6 +366,8 @@ def gather(settings: Settings, *, state_given: bool = False, socket_given: bool 
             data = json.loads(raw or b"{}")
             if status == 200 and isinstance(data, dict):
                 f.health = data
+                if isinstance(data.get("firewall"), str) and data["firewall"]:  # what the plugin chose, not a guess
+                    f.firewall_selected, f.firewall_error = data["firewall"], None
             else:
                 f.health_error = f"HTTP {status}: {raw[:200]!r}"
         except Exception as exc:  # noqa: BLE001

@@ -394,6 +394,8 @@ def check_parents(f: Facts) -> list[Result]:
         return [Result(name, SKIP, "no parent NIC in use (give --parent IFNAME to check one)")]
     out = []
     gateways = {n.parent: n.parent_gateway for n in f.state.networks.values() if n.parent}
+    with_ipv4 = {n.parent for n in f.state.networks.values() if n.parent and n.subnet}
+    ipv6_only = {n.parent for n in f.state.networks.values() if n.parent and n.subnet6} - with_ipv4
     for p in _parents(f):
         if not p.exists:
             out.append(Result(name, ERROR, f"{p.name}: no such interface (renamed or removed?)",
@@ -402,6 +404,10 @@ def check_parents(f: Facts) -> list[Result]:
         if not p.up:
             out.append(Result(name, ERROR, f"{p.name} is down: the kernel removed every route through it",
                               f"ip link set {p.name} up"))
+            continue
+        if p.name in ipv6_only:
+            out.append(Result(name, OK, f"{p.name}: its networks are IPv6-only (its IPv6 next hop is checked with "
+                              "the IPv6 checks)"))
             continue
         if not p.addresses:
             out.append(Result(name, ERROR, f"{p.name} has no IPv4 address: nothing to source-route or masquerade "

@@ -201,9 +201,9 @@ def check_state(f: Facts) -> list[Result]:
     name = "state"
     if f.state_error:
         return [Result(name, ERROR, f"{f.state_dir}/state.json cannot be read: {f.state_error}",
-                       "restart the plugin: it restores the last good copy (state.json.bak), or sets the file aside "
-                       "and rebuilds the state from dockerd and the kernel, changing nothing meanwhile; never delete "
-                       "the state by hand while networks exist")]
+                       "restart the plugin: it sets the file aside and rebuilds the state from dockerd and the "
+                       "kernel, changing nothing meanwhile; never delete the state by hand while networks exist, "
+                       "nor copy state.json.bak over it (it is one save older)")]
     if f.state_dir_stat is None:
         return [Result(name, OK, f"{f.state_dir} does not exist yet (no network created)")]
     if f.state_dir_stat["mode"] & 0o022 or f.state_dir_stat["uid"] != 0:
