@@ -60,7 +60,7 @@ def test_plugin_started_before_dockerd_at_boot_opens_its_forward_drop(legacy_lab
         """)  # what a reboot leaves: no rule of Docker's, forwarding off
         lab.start_plugin()
         lab.start_dockerd()
-        assert "-P FORWARD DROP" in lab.host("iptables-legacy-save", "-t", "filter").stdout
+        assert ":FORWARD DROP" in lab.host("iptables-legacy-save", "-t", "filter").stdout  # dockerd set it
         run(lab, names, "boot-web", "--network", "boot", "-p", "4021:80", cmd=web_cmd("boot-hello"))
         assert wait_for(lambda: lab.http_get(lab.c1_ns, "http://192.168.101.2:4021/")) == "boot-hello\n"
         out = lab.docker("run", "--rm", "--network", "boot", "mn-busybox:latest", "sh", "-c",

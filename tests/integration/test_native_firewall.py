@@ -203,3 +203,28 @@ def _apply(flavour: str, ruleset: Ruleset) -> None:
     from plugin.kernel.firewall import firewall_for
 
     firewall_for(flavour).v4.apply(ruleset)
+
+
+def _opening_once_dockers_legacy_chains_appear(ruleset: Ruleset, ns: str) -> dict:
+    """The native backend chosen while Docker had written nothing (boot), its opening looked for again once
+    Docker's chains appear in the legacy tables (a managed plugin, whose own ``iptables`` is nft, on a
+    legacy host): the healer's drift names it, and the repair's apply opens the FORWARD DROP."""
+    from plugin.kernel.firewall.native import NativeBackend
+
+    backend = NativeBackend(4)
+    backend.apply(ruleset)
+    out = {"before": backend.opening_backend()}
+    sh(ns, DOCKERS_IPTABLES.replace("iptables ", "iptables-legacy "))
+    out["drift"] = backend.drift(ruleset)
+    backend.apply(ruleset)
+    out["after"] = backend.drift(ruleset)
+    out["name"] = backend.opening_backend().name
+    backend.remove()
+    return out
+
+
+def test_dockers_legacy_chains_written_after_the_choice_are_opened(ns):
+    out = in_netns(ns, _opening_once_dockers_legacy_chains_appear, host_state(ONE, FACTS).firewall, ns)
+    assert out["before"] is None and any("Docker's FORWARD" in r for r in out["drift"]), out
+    assert out["after"] == [] and "legacy" in out["name"]
+    assert "MULTINIC" not in sh(ns, "iptables-legacy-save") and ":FORWARD DROP" in sh(ns, "iptables-legacy-save")
