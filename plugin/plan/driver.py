@@ -361,9 +361,8 @@ class Driver:
         changes = []
         with self.store.locked() as state:
             self._check_not_lost()
-            names = {n.parent for n in state.networks.values() if n.parent and not n.internal}
             with Rtnl() as rt:
-                host = facts.read(rt, names, routing=True)
+                host = facts.read(rt, state.parent_names(), routing=True)
             for nid, net in sorted(state.networks.items()):
                 parent = host.parents.get(net.parent or "")
                 if net.internal or parent is None or not parent.exists or not (parent.addresses or parent.addresses6):
