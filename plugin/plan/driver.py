@@ -178,8 +178,9 @@ class Driver:
 
     # -- networks -----------------------------------------------------------------------------------------
     @staticmethod
-    def gw_alloc_check(options: dict[str, Any]) -> dict[str, Any]:
-        """Engine >= 28: keep the gateway address reserved in both families: the bridge holds it."""
+    def gw_alloc_check() -> dict[str, Any]:
+        """Engine >= 28: keep the gateway address reserved in both families: the bridge holds it (whatever
+        the network's options)."""
         return {"SkipIPv4": False, "SkipIPv6": False}
 
     def create_network(self, req: CreateNetworkRequest) -> dict[str, Any]:
