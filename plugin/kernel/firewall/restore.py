@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 from ...errors import Failure
 from .model import CHAINS, JUMPS, TABLES, Edit, Ruleset
-from .view import View, drift, line, published, read, save
+from .view import View, drift, line, published, save
+from .view import read as read_or_empty
 
 
 class RestoreBackend:
@@ -110,7 +111,7 @@ class RestoreBackend:
         is left, so a host without a mangle table gets none from us."""
         if self.flavour != "nft" or not shutil.which("nft"):
             return
-        view = read(self.flavour, table, self.family)
+        view = read_or_empty(self.flavour, table, self.family)
         policies = view.policies.get(table, {})
         if policies and set(policies.values()) == {"ACCEPT"} and not any(view.chains(table).values()):
             subprocess.run(["nft", "delete", "table", "ip6" if self.family == 6 else "ip", table],
