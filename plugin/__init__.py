@@ -7,4 +7,4 @@ __version__ = "0.2.0"
 
 from .kernel.pyroute import defer_init
 
-defer_init()  # before any module of the plugin imports pyroute2 (its __init__ weighs 5 MiB; kernel/pyroute.py)
+defer_init()  # before any module of the plugin imports pyroute2 (why: kernel/pyroute.py)

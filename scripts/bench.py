@@ -396,11 +396,11 @@ class Bench:
         the request path (gunicorn) and the background loops (the healer's firewall check, woken
         by nf_tables events that Docker's own rules also cause). strace follows forks, so each
         exec is attributed to the plugin process it descends from."""
-        if not shutil.which("strace") or self.lab._plugin is None:
+        if not shutil.which("strace") or self.lab.plugin_pid is None:
             self.say("spawns: no strace (or plugin not started by the lab); skipped")
             return
         time.sleep(3)  # the healer's firewall check woken by the set-up's networks (at most every 2 s) is over
-        pgid = self.lab._plugin.pid
+        pgid = self.lab.plugin_pid
         pids = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pgid]
         conn = _UnixHTTP(str(self.lab.plugin_socket_host))
         conn.request("POST", "/Plugin.Health", "{}")
@@ -471,7 +471,7 @@ class Bench:
     def plugin_pids(self) -> dict[str, list[int]]:
         """The plugin's processes: ``workers`` (gunicorn's; one of them hosts the loops as threads) and
         ``background`` (the arbiter), from the lab's process group and the supervisor's record."""
-        pgid = self.lab._plugin.pid if self.lab._plugin is not None else None
+        pgid = self.lab.plugin_pid
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and pgid and _pgid(int(p)) == pgid]
         record = _read_json(self.lab.state_dir / "health" / "supervisor.json")
         return {"workers": [p for p in pids if p != record.get("pid") and _comm(p) != "nsenter"],
@@ -483,7 +483,7 @@ class Bench:
         pss = sum(_smaps(p).get("Pss", 0) for p in pids) / 1024
         self.record("multinic", f"footprint_pss_MiB{suffix}", len(pids), pss, "MiB")
         self.record("multinic", f"footprint_processes{suffix}", 0, len(pids), "processes")
-        dockerd = self.lab._dockerd.pid if self.lab._dockerd is not None else None
+        dockerd = self.lab.dockerd_pid
         rollup = _smaps(dockerd) if dockerd else {}
         self.record("multinic", f"dockerd_pss_MiB{suffix}", 0, rollup.get("Pss", 0) / 1024, "MiB")
         self.record("multinic", f"dockerd_rss_MiB{suffix}", 0, rollup.get("Rss", 0) / 1024, "MiB")

@@ -4,8 +4,7 @@ verb's path to its handler, JSON in, a typed request, a driver verb, JSON out. A
 traceback in the log, and a mark in health and the error metric.
 
 dockerd sends no Content-Type and, for Activate and GetCapabilities, no body, so bodies are parsed here.
-Plain WSGI, not Flask: seventeen POST routes need no framework, and Flask with Werkzeug, Jinja2 and Click
-weighed 7 MiB of every process's heap (docs/ARCHITECTURE.md, *Processes*).
+Plain WSGI, not Flask: seventeen POST routes need no framework (docs/ARCHITECTURE.md, *Processes*).
 """
 
 from __future__ import annotations
@@ -116,6 +115,11 @@ class App:
         return TestClient(self)
 
 
+def verb_of(path: str) -> str:
+    """``/NetworkDriver.CreateNetwork`` → ``CreateNetwork``; ``/Plugin.Health`` → ``Health``."""
+    return path.strip("/").rpartition(".")[2] or path
+
+
 def _refused(path: str, refusal: Refusal) -> Response:
     """What the user can fix: logged at info, answered 4xx with what to change."""
     log.info("%s refused: %s", path, refusal)
@@ -157,7 +161,7 @@ def create_app(driver: Driver, pause: faults.Faults | None = None) -> App:
     pause = pause or faults.Faults("", state_dir)
 
     def route(path: str, handler: Callable[[dict[str, Any]], dict[str, Any]], reads_body: bool = True) -> None:
-        verb = path.rsplit(".", 1)[-1]
+        verb = verb_of(path)
 
         def view(raw: bytes) -> Response:
             pause.entering(verb)
@@ -170,12 +174,12 @@ def create_app(driver: Driver, pause: faults.Faults | None = None) -> App:
                 health.note_verb_ok(state_dir, verb)
             return _reply(answer)
 
-        app.views[path] = metrics.instrument(path, view)
+        app.views[path] = metrics.instrument(verb, view)
     nd = "/NetworkDriver."
     # Verbs that ignore their body answer whatever it holds: dockerd sends none for the first two.
     route("/Plugin.Activate", lambda b: {"Implements": ["NetworkDriver"]}, reads_body=False)
     route(nd + "GetCapabilities", lambda b: dict(CAPABILITIES), reads_body=False)
-    route(nd + "GwAllocCheck", lambda b: driver.gw_alloc_check(dict(messages.parse_gw_alloc_check(b).options)))
+    route(nd + "GwAllocCheck", lambda b: driver.gw_alloc_check(), reads_body=False)
     route(nd + "CreateNetwork", lambda b: driver.create_network(messages.parse_create_network(b)))
     route(nd + "DeleteNetwork", lambda b: driver.delete_network(messages.parse_network_ref(b)))
     route(nd + "AllocateNetwork", lambda b: {"Options": {}}, reads_body=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import Refusal
@@ -53,13 +53,6 @@ class Pool:
     gateway: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None
 
 
-
-
-@dataclass(frozen=True)
-class GwAllocCheckRequest:
-    options: Mapping[str, Any]
-
-
 @dataclass(frozen=True)
 class CreateNetworkRequest:
     network_id: str
@@ -67,7 +60,6 @@ class CreateNetworkRequest:
     internal: bool
     ipv6: bool
     ipv4: tuple[Pool, ...]
-    raw_options: Mapping[str, Any] = field(default_factory=dict)
     ipv6_pools: tuple[Pool, ...] = ()
     ipv4_enabled: bool = True  # Engine 28's --ipv4=false: an IPv6-only network
 
@@ -261,10 +253,6 @@ def parse_port_bindings(options: Mapping[str, Any]) -> tuple[PortBinding, ...]:
     return tuple(bindings)
 
 
-def parse_gw_alloc_check(body: Mapping[str, Any]) -> GwAllocCheckRequest:
-    return GwAllocCheckRequest(options=_mapping(body.get("Options"), "Options"))
-
-
 def _pool(entry: Any, where: str, version: int) -> Pool:
     entry = _mapping(entry, where)
     pool_text = _text(entry.get("Pool"), f"{where}.Pool")
@@ -301,7 +289,6 @@ def parse_create_network(body: Mapping[str, Any]) -> CreateNetworkRequest:
         internal=_bool(options, INTERNAL),
         ipv6=_bool(options, ENABLE_IPV6) or bool(pools6),
         ipv4=pools,
-        raw_options=options,
         ipv6_pools=pools6,
         ipv4_enabled=options.get(ENABLE_IPV4) is None or _bool(options, ENABLE_IPV4),
     )

@@ -174,6 +174,15 @@ def parse_gw_priority(option: str, value: Any) -> int:
     return parse_int(option, value, INT32_MIN, INT32_MAX, " (highest priority wins, default 0)")
 
 
+def gw_priority_or_none(value: Any) -> int | None:
+    """A gateway priority read, not asked for (dockerd's ``GwPriority``, an option in dockerd's view):
+    as :func:`parse_gw_priority` reads it, None where that refuses it."""
+    try:
+        return parse_gw_priority("gw_priority", value)
+    except Refusal:
+        return None
+
+
 def parse_endpoint_options(raw: Mapping[str, Any] | None) -> EndpointOptions:
     """Endpoint ``--driver-opt`` keys: Docker's own ``com.docker.*`` keys are not ours and ignored."""
     ours = {k: v for k, v in dict(raw or {}).items() if not k.startswith("com.docker.")}

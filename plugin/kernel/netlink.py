@@ -1,8 +1,8 @@
 """The one netlink codec and socket of the plugin: requests, dumps and event subscriptions on raw
 NETLINK_ROUTE and NETLINK_NETFILTER sockets, with the few message layouts we need packed by hand, and
 :class:`Rtnl`, rtnetlink over one socket with links, addresses, routes, rules and neighbours decoded
-into :class:`Record` (pyroute2's attribute names; its ``IPRoute`` and the asyncio core under it cost
-12 MiB in every process). Errors are pyroute2's ``NetlinkError`` (``.code``: the kernel's errno)."""
+into :class:`Record` (pyroute2's attribute names, not its ``IPRoute``: docs/ARCHITECTURE.md, *Processes*).
+Errors are pyroute2's ``NetlinkError`` (``.code``: the kernel's errno)."""
 
 from __future__ import annotations
 
@@ -288,7 +288,7 @@ class Subscription:
                 log.warning("no kernel events of netlink protocol %d: %s", protocol, exc)
                 continue
             try:
-                try:  # past net.core.rmem_max (416 KiB by default: a full pass over 50 endpoints' veths)
+                try:  # past net.core.rmem_max, which a burst may overflow
                     sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
                 except PermissionError:  # without CAP_NET_ADMIN: what rmem_max allows
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)

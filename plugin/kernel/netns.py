@@ -133,7 +133,8 @@ def read(rt: netlink.Rtnl) -> tuple[dict[int, Any], dict[Any, str]]:
 
 def apply(rt: netlink.Rtnl, routing: Routing) -> bool:
     """Make our rules and routes in ``rt``'s netns equal ``routing``; True if anything changed. Routes go
-    in before the rules that use them and out after them."""
+    in before the rules that use them and out after them: a rule whose table is empty would send the
+    container's traffic on to Docker's default route (the host's writer orders otherwise)."""
     missing_routes, extra_routes = difference(routing.routes, owned_routes(rt))
     missing_rules, extra_rules = difference(routing.rules, owned_rules(rt))
     for route in missing_routes:

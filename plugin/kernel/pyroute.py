@@ -1,6 +1,6 @@
 """pyroute2 without its package ``__init__``, which imports every netlink family pyroute2 has (NDB, IPDB,
-WireGuard, nl80211, IPVS, plan9...): 5 MiB of heap in every process of the plugin, for the one name it
-uses (``NetlinkError``; its rtnetlink is :mod:`.netlink`).
+WireGuard, nl80211, IPVS, plan9...) into every process of the plugin, for the one name it uses
+(``NetlinkError``; its rtnetlink is :mod:`.netlink`).
 
 :func:`defer_init` registers the package with its ``__init__`` not yet run: ``from pyroute2 import
 IPRoute`` (``NetNS``, ``NetlinkError``) resolves from the module defining it, a submodule imports as
@@ -18,7 +18,7 @@ DIRECT = {"IPRoute": "pyroute2.iproute.linux", "NetNS": "pyroute2.iproute.linux"
 
 
 def defer_init() -> None:
-    """Before the first import of pyroute2 (``plugin/kernel/__init__.py``); a no-op if it is imported."""
+    """Before the first import of pyroute2 (``plugin/__init__.py``); a no-op if it is imported."""
     if "pyroute2" in sys.modules:
         return
     spec = importlib.util.find_spec("pyroute2")

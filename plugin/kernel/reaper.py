@@ -1,6 +1,6 @@
 """Veths of removed endpoints, deleted by a thread after the response: the kernel's veth deletion waits
-for an RCU grace period (~20 ms), which no verb should pay. A retired veth carries the tag
-``multinic:gone:<id>``; a crash before its deletion leaves it to the whole-host writer."""
+for an RCU grace period, which no verb should pay. A retired veth carries the tag ``multinic:gone:<id>``;
+a crash before its deletion leaves it to the whole-host writer."""
 
 from __future__ import annotations
 

@@ -30,11 +30,6 @@ LAST_RESORT_METRIC = 0xFFFFFFFF  # below any real route with the same destinatio
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
-def all_routes(rt: Rtnl, family: int = socket.AF_INET) -> list[Any]:
-    """Routes of every table of a family."""
-    return rt.get_routes(family)
-
-
 def table_of(msg: Any) -> int:
     return attr(msg, "RTA_TABLE", msg["table"])
 
@@ -53,7 +48,7 @@ def _route_spec(msg: Any, names: dict[int, str]) -> RouteSpec | None:
 
 
 def owned_routes(rt: Rtnl) -> set[RouteSpec]:
-    owned = [msg for family in FAMILIES for msg in all_routes(rt, family) if msg["proto"] == RT_PROTO]
+    owned = [msg for family in FAMILIES for msg in rt.get_routes(family) if msg["proto"] == RT_PROTO]
     names: dict[int, str] = {}  # the few links our routes use (a lookup each), not a dump of every link
     for index in {attr(m, "RTA_OIF") for m in owned} - {None}:
         try:
@@ -109,7 +104,7 @@ def default_gateways(rt: Rtnl, family: int = socket.AF_INET) -> dict[str, Any]:
     IPv6 that is usually a router's link-local address, learned from its advertisements."""
     out: dict[str, Any] = {}
     names: dict[int, str] | None = None
-    for msg in all_routes(rt, family):
+    for msg in rt.get_routes(family):
         if msg["dst_len"] == 0 and msg["proto"] != RT_PROTO and attr(msg, "RTA_GATEWAY"):
             if names is None:
                 names = link_names(rt)
@@ -122,19 +117,20 @@ def default_gateways(rt: Rtnl, family: int = socket.AF_INET) -> dict[str, Any]:
 def ra_defaults(rt: Rtnl) -> set[str]:
     """The NICs whose IPv6 default route came from a router advertisement (protocol ``ra``)."""
     names = link_names(rt)
-    return {names.get(attr(m, "RTA_OIF"), "") for m in all_routes(rt, socket.AF_INET6)
+    return {names.get(attr(m, "RTA_OIF"), "") for m in rt.get_routes(socket.AF_INET6)
             if m["dst_len"] == 0 and m["proto"] == RTPROT_RA} - {""}
 
 
 def tables_in_use(rt: Rtnl) -> set[int]:
     """Route tables holding any route, or named by an ip rule that is not ours (both families)."""
-    tables = {table_of(msg) for family in FAMILIES for msg in all_routes(rt, family)}
+    tables = {table_of(msg) for family in FAMILIES for msg in rt.get_routes(family)}
     tables |= {attr(m, "FRA_TABLE", m["table"]) for family in FAMILIES for m in rt.get_rules(family)
                if attr(m, "FRA_PROTOCOL") != RT_PROTO}
     return tables
 
 
-def _rule_spec(msg: Any) -> RuleSpec:
+def decode_rule(msg: Any) -> RuleSpec:
+    """A rule as the kernel lists it (:func:`encode_rule`'s inverse)."""
     src = attr(msg, "FRA_SRC")
     family = 6 if msg["family"] == socket.AF_INET6 else 4
     suppress = attr(msg, "FRA_SUPPRESS_PREFIXLEN")
@@ -148,11 +144,12 @@ def _rule_spec(msg: Any) -> RuleSpec:
 
 
 def owned_rules(rt: Rtnl) -> set[RuleSpec]:
-    return {_rule_spec(m) for family in FAMILIES for m in rt.get_rules(family)
+    return {decode_rule(m) for family in FAMILIES for m in rt.get_rules(family)
             if attr(m, "FRA_PROTOCOL") == RT_PROTO}
 
 
-def _rule(spec: RuleSpec) -> bytes:
+def encode_rule(spec: RuleSpec) -> bytes:
+    """The request body adding or deleting one rule of ours (tagged :data:`.tags.RT_PROTO`)."""
     family = socket.AF_INET6 if spec.family == 6 else socket.AF_INET
     body = nl.FIBRULEMSG.pack(family, 0, spec.src.prefixlen if spec.src is not None else 0, 0,
                               spec.table if spec.table < 256 else RT_TABLE_COMPAT, 0, 0, FR_ACT_TO_TBL, 0)
@@ -170,7 +167,7 @@ def _rule(spec: RuleSpec) -> bytes:
 
 def add_rule(rt: Rtnl, spec: RuleSpec) -> None:
     try:
-        rt.ack(nl.RTM_NEWRULE, nl.NLM_F_CREATE | nl.NLM_F_EXCL, _rule(spec))
+        rt.ack(nl.RTM_NEWRULE, nl.NLM_F_CREATE | nl.NLM_F_EXCL, encode_rule(spec))
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
             raise
@@ -178,7 +175,7 @@ def add_rule(rt: Rtnl, spec: RuleSpec) -> None:
 
 def delete_rule(rt: Rtnl, spec: RuleSpec) -> None:
     try:
-        rt.ack(nl.RTM_DELRULE, 0, _rule(spec))
+        rt.ack(nl.RTM_DELRULE, 0, encode_rule(spec))
     except NetlinkError as exc:
         if exc.code not in (errno.ENOENT, errno.ESRCH):
             raise

@@ -114,7 +114,9 @@ def _apply(rt: Rtnl, todo: Change, new: HostState, backend: Firewall,
 
 def _routes_and_rules(rt: Rtnl, routes_add: Iterable[RouteSpec], routes_del: Iterable[RouteSpec],
                       rules_add: Iterable[RuleSpec], rules_del: Iterable[RuleSpec]) -> None:
-    """Stale routes out, missing ones in; then the same for rules (in this netns or a container's)."""
+    """The host's routes and rules: stale routes out, missing ones in; then the same for rules. While a
+    table's routes are swapped, its fail-closed route keeps its traffic from falling through to main; a
+    container's netns has no such route, so :func:`.netns.apply` adds before it removes."""
     for route in routes_del:
         routes.delete_route(rt, route)
     for route in routes_add:

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..api.options import gw_priority_or_none
 from ..kernel import links, netns
 from ..kernel.netlink import Rtnl
 from ..ops import engine, health
@@ -94,12 +95,12 @@ def build_attachments(
             if ep_record is not None:
                 endpoint_priority = ep_record.gw_priority
             elif "gw_priority" in (ep.get("DriverOpts") or {}):
-                endpoint_priority = gateway._int32(ep["DriverOpts"]["gw_priority"])
+                endpoint_priority = gw_priority_or_none(ep["DriverOpts"]["gw_priority"])
             if record is not None:
                 network_priority = record.gw_priority
                 given = "gw_priority" in record.options or record.gw_priority != 0
             elif "gw_priority" in info.options:
-                network_priority = gateway._int32(info.options["gw_priority"])
+                network_priority = gw_priority_or_none(info.options["gw_priority"])
                 given = network_priority is not None
         priority, source = gateway.effective_priority(
             ours, ep.get("GwPriority") or 0, endpoint_priority, network_priority, given
@@ -328,13 +329,13 @@ class Watcher:
         self.announced.pop(cid, None)
         self.last_event.pop(cid, None)
 
-    def _note_event(self, item: tuple[str, int, str, str, str]) -> bool:
+    def note_event(self, item: tuple[str, int, str, str, str]) -> bool:
         """Remember the event; False if it needs no reconcile. Only containers with a network of ours
         are followed (:attr:`ours`): another container's start costs a set lookup.
 
         dockerd sends ``network connect`` for each network of ``docker run`` *before* the container
-        starts, and inspecting a container mid-start waits for dockerd's container lock (0.2–0.4 s
-        measured): such events are skipped, the ``container start`` that follows brings it in.
+        starts, and inspecting a container mid-start waits for dockerd's container lock: such events are
+        skipped, the ``container start`` that follows brings it in.
         """
         cid, when, what, network, driver = item
         if what.startswith("network ") and (driver == self.driver_name or network in self.store.load().networks):
@@ -415,7 +416,7 @@ class Watcher:
                     raise Reconnect("docker event stream ended")
                 now = time.monotonic()
                 if item is not None:
-                    if self._note_event(item):
+                    if self.note_event(item):
                         _schedule(due, item[0], now)
                     while True:  # take every event already queued, then reconcile once per container
                         try:
@@ -424,7 +425,7 @@ class Watcher:
                             break
                         if more is _STREAM_END:
                             raise Reconnect("docker event stream ended")
-                        if self._note_event(more):
+                        if self.note_event(more):
                             _schedule(due, more[0], now)
                 batch = set()
                 while due and due[0][0] <= now:

@@ -80,8 +80,7 @@ class Healer:
         self.state_seen, self.parents_read = stamp, time.monotonic()
         state = self.store.load()
         with Rtnl() as rt:
-            self.parents = {n.parent: links.link_index(rt, n.parent)
-                            for n in state.networks.values() if n.parent and not n.internal}
+            self.parents = {name: links.link_index(rt, name) for name in state.parent_names()}
             now = {}
             for index in filter(None, self.parents.values()):
                 for msg in rt.get_links(index):

@@ -4,8 +4,7 @@ Never called from inside a verb: dockerd may be waiting on us (start-up cleanup,
 so every call here is bounded and answers None (or empty) when dockerd does not.
 
 Docker's API is read with :class:`DockerAPI`, a few read-only GETs over ``http.client`` with the docker
-SDK's method names: the SDK (with requests and urllib3) weighed 12 MiB in every process that imported it
-and a few ms of CPU per call, for eight endpoints (docs/ARCHITECTURE.md, *Processes*).
+SDK's method names, not the SDK itself (why: docs/ARCHITECTURE.md, *Processes*).
 """
 
 from __future__ import annotations
@@ -36,12 +35,7 @@ class EngineInfo:
     @property
     def release(self) -> tuple[int, ...]:
         """``28.5.2+dfsg4`` → (28, 5, 2); what does not parse ends it (``29.0.0-rc.1`` → (29, 0, 0))."""
-        out = []
-        for part in self.version.split("+")[0].split("-")[0].split("."):
-            if not part.isdigit():
-                break
-            out.append(int(part))
-        return tuple(out)
+        return _numbers(self.version)
 
     @property
     def major_minor(self) -> tuple[int, int]:
@@ -50,7 +44,8 @@ class EngineInfo:
 
     @property
     def supported(self) -> bool:
-        return self.major_minor >= MIN_ENGINE
+        """Engine 20.10 (API 1.41) or newer."""
+        return self.major_minor >= MIN_ENGINE and _numbers(self.api_version)[:2] >= MIN_API
 
     @property
     def announces_addresses(self) -> bool:
@@ -60,13 +55,23 @@ class EngineInfo:
 
     @property
     def crashes_on_revoke(self) -> bool:
-        """Engine 29.0.0-29.0.2 crash in RevokeExternalConnectivity for any remote plugin (moby #51554)."""
+        """Engine 29.0.0-29.0.2 crash in RevokeExternalConnectivity for any remote plugin."""
         return len(self.release) >= 3 and (29, 0, 0) <= self.release[:3] <= (29, 0, 2)
 
     @classmethod
     def of(cls, data: dict[str, Any]) -> EngineInfo:
         """From dockerd's ``/version``."""
         return cls(version=str(data.get("Version", "?")), api_version=str(data.get("ApiVersion", "?")))
+
+
+def _numbers(version: str) -> tuple[int, ...]:
+    """``28.5.2+dfsg4`` → (28, 5, 2), ``1.41`` → (1, 41); what does not parse ends it."""
+    out = []
+    for part in version.split("+")[0].split("-")[0].split("."):
+        if not part.isdigit():
+            break
+        out.append(int(part))
+    return tuple(out)
 
 
 class DockerError(Exception):

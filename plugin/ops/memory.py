@@ -30,13 +30,20 @@ def _glibc() -> Any:
 
 
 def one_arena() -> None:
-    """glibc's malloc gives each thread that allocates an arena of its own, and the loops' threads (idle,
-    mostly) would keep 3-4 MiB of them: one arena for the process and the workers it forks (mallopt
-    M_ARENA_MAX, as MALLOC_ARENA_MAX=1 does), before any thread starts."""
+    """glibc's malloc gives each thread that allocates an arena of its own, which the loops' threads (idle,
+    mostly) would keep: one arena for the process and the workers it forks (mallopt M_ARENA_MAX, as
+    MALLOC_ARENA_MAX=1 does), before any thread starts."""
     try:
         _glibc().mallopt(-8, 1)  # M_ARENA_MAX
     except AttributeError:  # not glibc
         pass
+
+
+def measures_churn() -> bool:
+    """glibc 2.33 or newer (``malloc_trim`` and ``mallinfo2``): ``give_back(when_churned=True)`` can see
+    whether the memory in use moved."""
+    libc = _glibc()
+    return bool(libc) and hasattr(libc, "malloc_trim") and hasattr(libc, "mallinfo2")
 
 
 def give_back(when_churned: bool = False) -> bool:
@@ -48,7 +55,7 @@ def give_back(when_churned: bool = False) -> bool:
     if not libc or not hasattr(libc, "malloc_trim"):
         return False
     if when_churned:
-        if not hasattr(libc, "mallinfo2"):
+        if not measures_churn():
             return False
         libc.mallinfo2.restype = _MallInfo2
         info = libc.mallinfo2()

@@ -71,16 +71,10 @@ def teardown() -> None:
     _metrics.clear()
 
 
-def verb_of(path: str) -> str:
-    """``/NetworkDriver.CreateNetwork`` → ``CreateNetwork``; ``/Plugin.Health`` → ``Health``."""
-    return path.strip("/").rpartition(".")[2] or path
-
-
-def instrument(path: str, view: Callable[..., Any]) -> Callable[..., Any]:
-    """The view itself when metrics are off; else the view timed and its errors counted."""
+def instrument(verb: str, view: Callable[..., Any]) -> Callable[..., Any]:
+    """The view itself when metrics are off; else the view timed and its errors counted under ``verb``."""
     if not enabled():
         return view
-    verb = verb_of(path)
     latency = _metrics["latency"].labels(verb)
     errors = _metrics["errors"]
 

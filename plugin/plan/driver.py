@@ -179,8 +179,9 @@ class Driver:
 
     # -- networks -----------------------------------------------------------------------------------------
     @staticmethod
-    def gw_alloc_check(options: dict[str, Any]) -> dict[str, Any]:
-        """Engine >= 28: keep the gateway address reserved in both families: the bridge holds it."""
+    def gw_alloc_check() -> dict[str, Any]:
+        """Engine >= 28: keep the gateway address reserved in both families: the bridge holds it (whatever
+        the network's options)."""
         return {"SkipIPv4": False, "SkipIPv6": False}
 
     def create_network(self, req: CreateNetworkRequest) -> dict[str, Any]:
@@ -369,9 +370,8 @@ class Driver:
         changes = []
         with self.store.locked() as state:
             self._check_not_lost()
-            names = {n.parent for n in state.networks.values() if n.parent and not n.internal}
             with Rtnl() as rt:
-                host = facts.read(rt, names, routing=True)
+                host = facts.read(rt, state.parent_names(), routing=True)
             for nid, net in sorted(state.networks.items()):
                 parent = host.parents.get(net.parent or "")
                 if net.internal or parent is None or not parent.exists or not (parent.addresses or parent.addresses6):

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from ..api.options import INT32_MAX, INT32_MIN
+from ..api.options import gw_priority_or_none
 from .desired import DEFAULT, MAIN_TABLE, RouteSpec, RuleSpec
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,6 @@ class Routing:
     routes: frozenset[RouteSpec] = frozenset()
 
 
-def _int32(value: Any) -> int | None:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        return None
-    return number if INT32_MIN <= number <= INT32_MAX else None
-
-
 def effective_priority(
     ours: bool,
     docker_gw_priority: Any = 0,
@@ -100,7 +92,7 @@ def effective_priority(
     ``network_priority_given`` says whether the network option was written explicitly (so an
     explicit ``gw_priority=0`` reports as "network opt"); by default a non-zero value counts as given.
     """
-    docker = _int32(docker_gw_priority) or 0
+    docker = gw_priority_or_none(docker_gw_priority) or 0
     if not ours:
         return docker, SOURCE_DOCKER if docker else SOURCE_DEFAULT
     if docker:

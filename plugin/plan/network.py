@@ -261,10 +261,17 @@ def _table_and_mark(state: State, opts: NetworkOptions, siblings: list[NetworkRe
                           "pick a free table id or omit table to have one allocated")
         table = opts.table
     else:
-        table = next((t for t in range(TABLE_ALLOC_FIRST, TABLE_ALLOC_LAST + 1) if not in_use(t)), None)
-        if table is None:
-            raise Refusal("no free route table left; give one with --opt table=ID")
+        table = free_table(state, facts)
     return table, free_mark_slot(state)
+
+
+def free_table(state: State, facts: HostFacts) -> int:
+    """The first table of the allocation range that no network of ours and nothing else on the host uses."""
+    used = {n.table for n in state.networks.values() if n.table is not None} | set(facts.tables_in_use)
+    table = next((t for t in range(TABLE_ALLOC_FIRST, TABLE_ALLOC_LAST + 1) if t not in used), None)
+    if table is None:
+        raise Refusal("no free route table left; give one with --opt table=ID")
+    return table
 
 
 def free_mark_slot(state: State) -> int:

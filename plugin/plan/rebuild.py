@@ -15,10 +15,18 @@ from typing import Any, Iterable, Mapping
 
 from ..api.options import NETWORK_OPTIONS, parse_endpoint_options, parse_network_options
 from ..errors import Refusal
-from ..kernel.tags import MARK_SHIFT, RULE_PREF_FWMARK, RULE_PREF_SOURCE, TABLE_ALLOC_FIRST, TABLE_ALLOC_LAST
+from ..kernel.tags import MARK_SHIFT, RULE_PREF_FWMARK, RULE_PREF_SOURCE
 from .desired import RouteSpec, RuleSpec
 from .facts import HostFacts
-from .network import bridge_name_for, free_mark_slot, mac_for, parent_next_hop, parent_next_hop6, veth_names_for
+from .network import (
+    bridge_name_for,
+    free_mark_slot,
+    free_table,
+    mac_for,
+    parent_next_hop,
+    parent_next_hop6,
+    veth_names_for,
+)
 from .state import ANY_ADDRESS, EndpointRecord, NetworkRecord, ParentRecord, PublishedPort, State
 
 GATEWAY_KEPT = "kept from the kernel's table when the state was rebuilt"
@@ -111,8 +119,7 @@ def _network(raw: Mapping[str, Any], state: State, kernel: KernelRemains, facts:
             slot = next((r.fwmark >> MARK_SHIFT for r in kernel.rules if r.priority == RULE_PREF_FWMARK
                          and r.table == table and r.fwmark), None) or free_mark_slot(state)
             if table is None:
-                used = {n.table for n in state.networks.values()} | set(facts.tables_in_use)
-                table = next(t for t in range(TABLE_ALLOC_FIRST, TABLE_ALLOC_LAST + 1) if t not in used)
+                table = free_table(state, facts)
         kept = {r.family: str(r.gateway) for r in kernel.routes if r.table == table and r.gateway
                 and r.dst.prefixlen == 0}
         if 4 in subnets:

@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import signal
 import time
 
 from tests.e2e.helpers import IMAGE, network, wait_for
-
-
-def _kill_plugin_hard(lab) -> None:
-    proc = lab._plugin  # the process group: gunicorn master, workers, watcher, healer
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    lab.stop_plugin()
 
 
 def test_sigkill_during_parallel_starts_then_cleanup_leaves_host_identical(mn):
@@ -28,7 +19,7 @@ def test_sigkill_during_parallel_starts_then_cleanup_leaves_host_identical(mn):
                 runs = [pool.submit(lab.docker, "run", "-d", "--name", n, "--network", "crashnet", IMAGE, "sleep",
                                     "3600", check=False, timeout=180) for n in names]
                 time.sleep(0.4)
-                _kill_plugin_hard(lab)
+                lab.kill_plugin()
                 time.sleep(1)
                 lab.start_plugin()  # dockerd's retries reach the new plugin
                 results = [r.result() for r in runs]

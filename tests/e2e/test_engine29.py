@@ -40,7 +40,7 @@ def e29(lab29):
 
 def _plugin_path(lab: Lab) -> str:
     """The PATH the running plugin really has (nsenter execs it: the process the lab started)."""
-    with open(f"/proc/{lab._plugin.pid}/environ", "rb") as fh:
+    with open(f"/proc/{lab.plugin_pid}/environ", "rb") as fh:
         env = dict(item.split(b"=", 1) for item in fh.read().split(b"\0") if b"=" in item)
     return env[b"PATH"].decode()
 

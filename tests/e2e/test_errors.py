@@ -1,4 +1,4 @@
-"""The two kinds of error, end to end with a real dockerd (issue 20). A refusal (bad input) reaches the
+"""The two kinds of error, end to end with a real dockerd. A refusal (bad input) reaches the
 user's ``docker`` command as a 4xx naming the field and the fix, is logged at info, and leaves the plugin
 healthy. A failure of the host (here a state directory that became read-only) reaches ``docker`` as a
 500 saying what failed, puts a traceback in the log and a mark in ``/Plugin.Health`` and ``multinic

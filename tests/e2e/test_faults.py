@@ -23,13 +23,6 @@ SUBNET = "10.44.0.0/24"
 PORT = 4070
 
 
-def _kill_plugin_hard(lab) -> None:
-    proc = lab._plugin
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    lab.stop_plugin()
-
-
 def _restart_with(lab, env: dict | None = None) -> None:
     lab.stop_plugin()
     lab.start_plugin(env=env)
@@ -44,7 +37,7 @@ def killed_inside(lab, fault: str, *docker_args: str):
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         fut = pool.submit(lab.docker, *docker_args, check=False, timeout=240)
         assert wait_for(marker.exists, timeout=90), f"{fault} never reached:\n{lab.plugin_log_tail()}"
-        _kill_plugin_hard(lab)
+        lab.kill_plugin()
         marker.unlink(missing_ok=True)
         t0 = time.monotonic()
         lab.start_plugin()
@@ -146,9 +139,8 @@ def test_kill9_of_dockerd_during_a_start(mn):
             # kill dockerd as soon as the plugin has the endpoint joined (mid `docker run`)
             assert wait_for(lambda: any(e.get("joined") for e in _state(lab)["endpoints"].values()),
                             timeout=60, interval=0.02)
-            os.kill(lab._dockerd.pid, signal.SIGKILL)
+            lab.kill_dockerd()
             result = fut.result()
-        lab._dockerd.wait()
         _kill_orphaned_containerd(lab)
         lab.start_dockerd()
         print(f"\ndocker run during dockerd kill -> rc={result.returncode} {result.stderr.strip()[-160:]}")

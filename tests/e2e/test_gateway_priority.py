@@ -20,7 +20,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from typing import Iterator
 
@@ -31,7 +30,8 @@ from plugin.loops import gateways as watcher
 from plugin.ops.status import gateway_rows
 from plugin.settings import Settings
 from tests.e2e.helpers import containers, inspect_ip, multinic, network, run, wait_for
-from tests.lab import C1_ADDR, HOST_ETH1
+from tests.lab import C1_ADDR, HOST_ETH1, start_echo_server
+from tests.lab.plugin import stop_group
 
 pytestmark = pytest.mark.e2e
 
@@ -43,21 +43,6 @@ FRONT = "app_stage"  # multinic, no parent, gw_priority 0 (sorts first)
 BRIDGE = "aaa_bridge"  # Docker's bridge driver (sorts before both)
 LATE_BRIDGE = "zzz_bridge"  # Docker's bridge driver, sorts last
 GW = {PRIO: "10.61.0.1", FRONT: "10.62.0.1", BRIDGE: "10.63.0.1", LATE_BRIDGE: "10.64.0.1"}
-
-LONG_ECHO = (
-    "import socket,sys,threading\n"
-    "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-    "s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(8)\n"
-    "def echo(c):\n"
-    "    while True:\n"
-    "        d=c.recv(4096)\n"
-    "        if not d: break\n"
-    "        c.sendall(d)\n"
-    "print('ready', flush=True)\n"
-    "while True:\n"
-    "    c,a=s.accept(); print('conn', a[0], flush=True)\n"
-    "    threading.Thread(target=echo, args=(c,), daemon=True).start()\n"
-)
 
 TIMINGS: list[tuple[str, str, float]] = []  # (engine, step, seconds): printed by conftest's terminal summary
 
@@ -151,14 +136,12 @@ def stage_networks(lab, front_opts: tuple[str, ...] = ()) -> Iterator[None]:
 
 @contextlib.contextmanager
 def long_echo_server(lab, port: int) -> Iterator[subprocess.Popen]:
-    proc = subprocess.Popen([*lab.nsenter(lab.c1), sys.executable, "-u", "-c", LONG_ECHO, str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    """The lab's echo server in c1, keeping each connection (it prints ``conn <peer>`` for each)."""
+    proc = start_echo_server(lab.nsenter(lab.c1), port, stream=True)
     try:
-        assert proc.stdout.readline().strip() == "ready"
         yield proc
     finally:
-        proc.kill()
-        proc.wait()
+        stop_group(proc, 5)
 
 
 def echo_lines(lab, ctr: str) -> int:
@@ -192,7 +175,7 @@ def test_priority_network_first_then_front_then_bridge(gw_lab):
         lab.docker("exec", "-d", "gw-a", "sh", "-c",
                    f"i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done | nc {C1_ADDR} 7300 > /tmp/echo")
         assert wait_for(lambda: echo_lines(lab, "gw-a") >= 3, timeout=5), "echo through app_stage_internal"
-        assert server.stdout.readline().split() == ["conn", HOST_ETH1]  # left by eth1 (masqueraded)
+        assert server.stdout.readline().split() == [b"conn", HOST_ETH1.encode()]  # left by eth1 (masqueraded)
 
         lab.docker("network", "connect", FRONT, "gw-a")
         assert dockers_default(lab, "gw-a") == GW[FRONT]  # Docker moved its own route: name order

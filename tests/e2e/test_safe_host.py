@@ -1,4 +1,4 @@
-"""What an operator with production containers on the host relies on (issue 19), with a real dockerd:
+"""What an operator with production containers on the host relies on, with a real dockerd:
 
 - a DOCKER-USER rule of the user's holds for multinic's published ports as it does for Docker's own,
   whether it was put there after multinic installed its jumps or before (as after every reboot);

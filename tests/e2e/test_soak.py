@@ -88,7 +88,7 @@ def without_dockers_duplicate_user_jump(dump: str) -> str:
 def test_soak_cycles_leave_host_identical_and_plugin_flat(mn):
     lab = mn
     before = without_dockers_duplicate_user_jump(lab.dump_host_state())
-    pgid = lab._plugin.pid
+    pgid = lab.plugin_pid
     per_worker = [CYCLES // PARALLEL + (1 if w < CYCLES % PARALLEL else 0) for w in range(PARALLEL)]
     warm = [max(1, n // 10) for n in per_worker]
     t0 = time.monotonic()

@@ -214,6 +214,19 @@ class Dockerd:
     def dockerd_running(self) -> bool:
         return self._dockerd is not None and self._dockerd.poll() is None
 
+    @property
+    def dockerd_pid(self) -> int | None:
+        """The lab's dockerd's pid (its process group's id); None when the lab started none."""
+        return self._dockerd.pid if self._dockerd is not None else None
+
+    def kill_dockerd(self) -> None:
+        """SIGKILL dockerd alone, as a crash would: its containerd and the containers stay."""
+        if self._dockerd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._dockerd.pid, signal.SIGKILL)
+            self._dockerd.wait()
+            self._dockerd = None
+
     def stop_dockerd(self, timeout: float = 30, remove_containers: bool = True) -> None:
         """``docker rm -f`` every container (unless ``remove_containers`` is false: a restart keeps them),
         then SIGTERM dockerd, wait, SIGKILL its process group; containers of a crashed run go too."""

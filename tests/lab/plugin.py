@@ -90,6 +90,12 @@ class PluginProcess:
     def plugin_running(self) -> bool:
         return self._plugin is not None and self._plugin.poll() is None
 
+    @property
+    def plugin_pid(self) -> int | None:
+        """The running plugin's pid, also its process group's id (the arbiter and the worker hosting the
+        loops); None when the lab started none."""
+        return self._plugin.pid if self._plugin is not None else None
+
     def plugin_exit_code(self) -> int | None:
         """Exit code of a plugin that died on its own (not through stop_plugin), else None."""
         return self._plugin.poll() if self._plugin is not None else None
@@ -135,3 +141,11 @@ class PluginProcess:
         """SIGTERM the plugin's process group, wait, then SIGKILL; its exit code (None if not running)."""
         proc, self._plugin = self._plugin, None
         return None if proc is None else stop_group(proc, timeout)
+
+    def kill_plugin(self) -> None:
+        """SIGKILL the plugin's whole process group at once, as a crash would: nothing of it cleans up."""
+        if self._plugin is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._plugin.pid, signal.SIGKILL)
+            self._plugin.wait()
+        self.stop_plugin()

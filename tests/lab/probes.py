@@ -17,16 +17,27 @@ from .plugin import stop_group
 from .topology import LabError, clean_env
 
 ECHO_SERVER = r"""
-import socket, sys
+import socket, sys, threading
 srv = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_STREAM)
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 if ":" in sys.argv[1]:  # IPv6 only: a server on 0.0.0.0 may share the port
     srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
 srv.bind((sys.argv[1], int(sys.argv[2])))
 srv.listen(64)
+def echo(conn):
+    with conn:
+        try:
+            while data := conn.recv(4096):
+                conn.sendall(data)
+        except OSError:
+            pass
 print("ready", flush=True)
 while True:
     conn, peer = srv.accept()
+    if sys.argv[3] == "stream":
+        print("conn", peer[0], flush=True)
+        threading.Thread(target=echo, args=(conn,), daemon=True).start()
+        continue
     try:
         conn.sendall((peer[0] + "\n").encode())
     except OSError:
@@ -63,10 +74,13 @@ except Exception as exc:
 """
 
 
-def start_echo_server(nsenter: list[str], port: int, bind: str = "0.0.0.0") -> subprocess.Popen[bytes]:
+def start_echo_server(nsenter: list[str], port: int, bind: str = "0.0.0.0",
+                      stream: bool = False) -> subprocess.Popen[bytes]:
     """A TCP server (behind ``nsenter``) answering each connection with the peer's address and a newline;
-    returns once it listens."""
-    proc = subprocess.Popen([*nsenter, sys.executable, "-c", ECHO_SERVER, bind, str(port)], stdout=subprocess.PIPE,
+    returns once it listens. ``stream``: instead, each connection stays open and gets back what it sends
+    (a long-lived connection), and the server prints ``conn <peer address>`` for each on its stdout."""
+    proc = subprocess.Popen([*nsenter, sys.executable, "-c", ECHO_SERVER, bind, str(port),
+                             "stream" if stream else "peer"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=clean_env(), start_new_session=True)
     ready, _, _ = select.select([proc.stdout], [], [], 10)
     line = proc.stdout.readline() if ready else b""  # type: ignore[union-attr]

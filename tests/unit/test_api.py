@@ -154,6 +154,7 @@ def test_engine_version_gate():
     assert EngineInfo("28.5.2", "1.51").supported
     assert not EngineInfo("19.03.15", "1.40").supported
     assert not EngineInfo("garbage", "?").supported
+    assert not EngineInfo("20.10.24", "1.40").supported  # the API counts too (doctor's docker check)
 
 
 def test_garbage_collection_forgets_only_old_records_dockerd_lacks(tmp_path):

@@ -383,11 +383,11 @@ def test_last_network_disconnected_removes_rules_even_if_never_recorded(tmp_path
     w = watcher.Watcher(Store(tmp_path), MN)
     api = FakeAPI(containers, nets)
     ours = ("n1", MN.driver_name)  # the network event's Actor.ID and Attributes.type
-    assert not w._note_event(("c1", 1, "network connect", *ours))  # not known running: no inspect mid-start
-    assert w._note_event(("c1", 1, "container start", "", ""))
+    assert not w.note_event(("c1", 1, "network connect", *ours))  # not known running: no inspect mid-start
+    assert w.note_event(("c1", 1, "container start", "", ""))
     w.reconcile_container(api, "c1")
     assert removed == []  # a foreign container is left alone
-    assert w._note_event(("c1", 2, "network disconnect", *ours))
+    assert w.note_event(("c1", 2, "network disconnect", *ours))
     w.reconcile_container(api, "c1")
     assert removed == [("/proc/77/ns/net", "/nonexistent")]
 
@@ -400,12 +400,12 @@ def test_only_containers_with_a_network_of_ours_are_followed(tmp_path):
                                                    gateway="10.1.0.1/24")}))
     w = watcher.Watcher(store, MN)
     for what in ("network connect", "container start", "container die"):
-        assert not w._note_event(("other", 1, what, "n9" if what.startswith("network") else "", "bridge"))
-    assert not w._note_event(("managed", 1, "network connect", "n1", "org/multinic:latest"))  # by id
-    assert w._note_event(("managed", 2, "container start", "", ""))
-    assert w._note_event(("managed", 3, "network connect", "n9", "bridge"))  # another network: gateway may move
-    assert w._note_event(("managed", 4, "container die", "", ""))
-    assert not w._note_event(("managed", 5, "container start", "", ""))  # its next start connects again
+        assert not w.note_event(("other", 1, what, "n9" if what.startswith("network") else "", "bridge"))
+    assert not w.note_event(("managed", 1, "network connect", "n1", "org/multinic:latest"))  # by id
+    assert w.note_event(("managed", 2, "container start", "", ""))
+    assert w.note_event(("managed", 3, "network connect", "n9", "bridge"))  # another network: gateway may move
+    assert w.note_event(("managed", 4, "container die", "", ""))
+    assert not w.note_event(("managed", 5, "container start", "", ""))  # its next start connects again
 
 
 def test_watcher_thread_stops_when_told(tmp_path):

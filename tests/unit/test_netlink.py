@@ -32,8 +32,8 @@ def rules(draw):
 
 @given(rules())
 def test_a_rule_decodes_to_what_was_asked(spec):
-    record = nl.Record(nl.RTM_NEWRULE, routes._rule(spec))
-    assert routes._rule_spec(record) == spec
+    record = nl.Record(nl.RTM_NEWRULE, routes.encode_rule(spec))
+    assert routes.decode_rule(record) == spec
     assert record.get_attr("FRA_PROTOCOL") == RT_PROTO
 
 

@@ -2,7 +2,7 @@ import ipaddress
 
 import pytest
 
-from plugin.api.options import parse_endpoint_options, parse_network_options
+from plugin.api.options import gw_priority_or_none, parse_endpoint_options, parse_network_options
 from plugin.errors import Refusal
 
 
@@ -53,6 +53,13 @@ def test_refusals_name_the_option(raw, words):
 def test_gw_priority_int32_edges():
     assert parse_network_options({"gw_priority": str(-(2**31))}).gw_priority == -(2**31)
     assert parse_network_options({"gw_priority": str(2**31 - 1)}).gw_priority == 2**31 - 1
+
+
+def test_a_priority_read_from_dockerd_is_a_number_or_none():
+    """dockerd's GwPriority (a JSON number) and an option in dockerd's view (text) read as a --opt parses,
+    None where the option would be refused: never an error in the gateway watcher."""
+    assert [gw_priority_or_none(v) for v in (7, "-5", " 12 ", 0)] == [7, -5, 12, 0]
+    assert [gw_priority_or_none(v) for v in (2**31, "high", None, "", 1.5)] == [None] * 5
 
 
 def test_endpoint_options_ignore_docker_keys():

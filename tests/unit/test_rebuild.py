@@ -3,7 +3,10 @@ mark, next hops, the host ports really published) comes back from the kernel, bo
 
 import ipaddress
 
-from plugin.kernel.tags import RULE_PREF_FWMARK, RULE_PREF_SOURCE
+import pytest
+
+from plugin.errors import Refusal
+from plugin.kernel.tags import RULE_PREF_FWMARK, RULE_PREF_SOURCE, TABLE_ALLOC_FIRST, TABLE_ALLOC_LAST
 from plugin.plan.desired import RouteSpec, RuleSpec
 from plugin.plan.facts import HostFacts, ParentFacts
 from plugin.plan.rebuild import GATEWAY_KEPT, KernelRemains, Published, rebuild
@@ -79,3 +82,15 @@ def test_values_to_put_back_come_from_the_last_good_copy():
     assert state.parents["eth1"].rp_filter_before == 1
     assert state.restore6 == {"net/ipv6/conf/all/forwarding": "0"}
     assert set(state.networks) == {NID} and not any("unknown" in note for note in notes)
+
+
+def test_a_network_whose_table_is_gone_gets_a_free_one_or_a_refusal():
+    """The kernel lost the parent's rules: the rebuilt network takes a free table, as a new network would;
+    with none free, the same refusal as at create, not a crash."""
+    bare = KernelRemains(bridges=KERNEL.bridges)
+    facts = HostFacts(parents={"eth1": ETH1}, tables_in_use=frozenset({TABLE_ALLOC_FIRST}))
+    state, _ = rebuild([NETWORK], [CONTAINER], bare, facts, now=1.0)
+    assert state.networks[NID].table == TABLE_ALLOC_FIRST + 1
+    full = HostFacts(parents={"eth1": ETH1}, tables_in_use=frozenset(range(TABLE_ALLOC_FIRST, TABLE_ALLOC_LAST + 1)))
+    with pytest.raises(Refusal, match="no free route table"):
+        rebuild([NETWORK], [CONTAINER], bare, full, now=1.0)

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from ..tags import CHAIN_PREFIX, COMMENT
+from ..tags import COMMENT
 
 Rule = tuple[str, ...]
 
@@ -198,7 +198,3 @@ class FirewallBackend(Protocol):
 
     def published(self) -> list[Any]:
         """The ports the kernel really publishes for us (:class:`plugin.plan.rebuild.Published`)."""
-
-
-def is_owned_chain(name: str) -> bool:
-    return name.startswith(CHAIN_PREFIX)

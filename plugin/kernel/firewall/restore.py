@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 from ...errors import Failure
 from .model import CHAINS, JUMPS, TABLES, Edit, Ruleset
-from .view import View, drift, line, parse, published
+from .view import View, drift, line, published, save
+from .view import read as read_or_empty
 
 
 class RestoreBackend:
@@ -30,20 +31,13 @@ class RestoreBackend:
         whatever ``-t`` says, so one save per table costs as much as all of them). A table missing from
         it (nf_tables: not created yet; legacy: module not loaded) is read on its own, which lists its
         built-in chains."""
-        view = self._save()
+        view = save(self.flavour, None, self.family)
         for table in self.tables:
             if table not in view.policies:
-                one = self._save(table)
+                one = save(self.flavour, table, self.family)
                 view.policies[table] = one.policies.get(table, {})
                 view.rules[table] = one.rules.get(table, {})
         return view
-
-    def _save(self, table: str | None = None) -> View:
-        args = [f"{self.name}-save", *(("-t", table) if table else ())]
-        proc = subprocess.run(args, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise Failure(f"firewall read failed ({' '.join(args)}): {proc.stderr.strip() or proc.stdout.strip()}")
-        return parse(proc.stdout)
 
     def _restore(self, payload: str) -> None:
         proc = subprocess.run([f"{self.name}-restore", "-w", "--noflush"], input=payload, capture_output=True,
@@ -117,9 +111,9 @@ class RestoreBackend:
         is left, so a host without a mangle table gets none from us."""
         if self.flavour != "nft" or not shutil.which("nft"):
             return
-        proc = subprocess.run([f"{self.name}-save", "-t", table], capture_output=True, text=True)
-        body = [ln for ln in proc.stdout.splitlines() if ln and not ln.startswith(("#", "*", "COMMIT"))]
-        if proc.returncode == 0 and body and all(ln.startswith(":") and " ACCEPT " in ln for ln in body):
+        view = read_or_empty(self.flavour, table, self.family)
+        policies = view.policies.get(table, {})
+        if policies and set(policies.values()) == {"ACCEPT"} and not any(view.chains(table).values()):
             subprocess.run(["nft", "delete", "table", "ip6" if self.family == 6 else "ip", table],
                            capture_output=True)
 

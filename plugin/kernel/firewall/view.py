@@ -3,12 +3,12 @@ check and the doctor), and our rules rendered the same way, so both compare as t
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...errors import Failure
 from .model import CHAINS, JUMPS, NAT_DNAT_BUCKETS, TABLES, Rule, Ruleset
 
 
@@ -66,14 +66,22 @@ def parse(text: str) -> View:
     return view
 
 
+def save(flavour: str, table: str | None = None, family: int = 4) -> View:
+    """``iptables-<flavour>-save`` (``ip6tables-…`` for family 6; of one table, or of all in use). A
+    :class:`Failure` if it fails; OSError if it is not installed."""
+    args = [f"{'ip6tables' if family == 6 else 'iptables'}-{flavour}-save", *(("-t", table) if table else ())]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise Failure(f"firewall read failed ({' '.join(args)}): {proc.stderr.strip() or proc.stdout.strip()}")
+    return parse(proc.stdout)
+
+
 def read(flavour: str, table: str | None = None, family: int = 4) -> View:
-    """``iptables-<flavour>-save`` (``ip6tables-…`` for family 6; of one table, or of all in use); an
-    empty, unavailable view if the tool is missing or fails."""
-    tool = shutil.which(f"{'ip6tables' if family == 6 else 'iptables'}-{flavour}-save")
-    if not tool:
+    """:func:`save`, or an empty, unavailable view if the tool is missing or fails."""
+    try:
+        return save(flavour, table, family)
+    except (Failure, OSError):
         return View()
-    proc = subprocess.run([tool, *(("-t", table) if table else ())], capture_output=True, text=True)
-    return parse(proc.stdout) if proc.returncode == 0 else View()
 
 
 def drift(view: View, ruleset: Ruleset, tables: tuple[str, ...] = TABLES) -> list[str]:

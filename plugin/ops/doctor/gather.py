@@ -202,7 +202,7 @@ def gather_kernel(f: Facts, extra_parents: Iterable[str] = ()) -> None:
                 fwmask=m.get_attr("FRA_FWMASK") if mark is not None else None,
                 src=f"{src}/{m['src_len']}" if src else None,
             ))
-        for m in routes.all_routes(rt):
+        for m in rt.get_routes(socket.AF_INET):
             table = routes.table_of(m)
             if m["proto"] != RT_PROTO and table not in RESERVED_TABLES:
                 f.foreign_routes_by_table[table] = f.foreign_routes_by_table.get(table, 0) + 1

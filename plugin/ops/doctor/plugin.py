@@ -5,14 +5,13 @@ what a swarm node needs."""
 from __future__ import annotations
 
 import json
-import re
 import stat
 from pathlib import Path
 from typing import Any
 
 from ...plan.network import SWARM_CONFIG_HINT
 from ...settings import Settings
-from ..engine import MIN_API, MIN_ENGINE
+from ..engine import EngineInfo
 from .facts import ERROR, OK, SKIP, WARN, Facts, Result
 
 
@@ -21,20 +20,15 @@ def check_docker(f: Facts) -> list[Result]:
     if f.docker_error:
         return [Result(name, ERROR, f"Docker API not reachable at {f.docker_host or 'the default socket'}: "
                        f"{f.docker_error}", "systemctl start docker, or set DOCKER_HOST to dockerd's socket")]
-    ver = _version_tuple(f.docker_version or "")
-    api = _version_tuple(f.docker_api or "")
-    if ver < MIN_ENGINE or api < MIN_API:
+    engine = EngineInfo(f.docker_version or "", f.docker_api or "")
+    if not engine.supported:
         return [Result(name, ERROR, f"Docker {f.docker_version} (API {f.docker_api}) is too old: multinic needs "
                        "Engine 20.10 (API 1.41) or newer", "upgrade docker (docker.io >= 20.10, or docker-ce)")]
-    if (29, 0, 0) <= _version_tuple(f.docker_version or "", 3) <= (29, 0, 2):
+    if engine.crashes_on_revoke:
         return [Result(name, ERROR, f"Docker {f.docker_version} crashes (\"sync: unlock of unlocked mutex\") when "
                        "it revokes a remote plugin's external connectivity: moby #51554, fixed in 29.0.3",
                        "upgrade Docker to 29.0.3 or newer")]
     return [Result(name, OK, f"Docker {f.docker_version}, API {f.docker_api}")]
-
-def _version_tuple(text: str, n: int = 2) -> tuple[int, ...]:
-    parts = re.findall(r"\d+", text)
-    return tuple(int(p) for p in parts[:n]) if len(parts) >= n else (0,) * n
 
 def check_socket(f: Facts) -> list[Result]:
     name = "socket"
@@ -218,9 +212,16 @@ def check_managed_mounts(f: Facts) -> list[Result]:
     out = []
     for p in f.plugins:
         for src in p.get("missing_mounts") or ():
-            fix = "touch /run/xtables.lock" if src.endswith(".lock") else f"mkdir -p -m 700 {src}"
+            if src.endswith(".lock"):
+                # The lock is the one iptables takes, made when first taken (by iptables, or multinic's
+                # O_CREAT); one made by hand goes with /run at the next reboot.
+                fix = (f"install the current plugin, which binds /var/lib and /run (both always exist): "
+                       f"docker plugin disable -f {p['name']} && docker plugin upgrade --grant-all-permissions "
+                       f"--skip-remote-check {p['name']} REGISTRY/multinic:NEWTAG (README, Upgrade); never create "
+                       f"{src} by hand")
+            else:
+                fix = f"mkdir -p -m 700 {src}; or docker plugin set {p['name']} <mount>.source=<existing path>"
             out.append(Result("plugin_mounts", ERROR if not p.get("enabled") else WARN,
                               f"managed plugin {p['name']}: mount source {src} does not exist, so `docker plugin "
-                              "enable` fails (and after a reboot, /run is empty again)",
-                              f"{fix}; or docker plugin set {p['name']} <mount>.source=<existing path>"))
+                              "enable` fails (and after a reboot, /run is empty again)", fix))
     return out
