@@ -167,3 +167,24 @@ def test_freed_heap_is_given_back_after_churn_only():
     assert memory.give_back(when_churned=True)
     assert not memory.give_back(when_churned=True)  # nothing moved since
     assert kept
+
+
+def test_a_loops_failed_round_stands_until_a_round_goes_through(tmp_path):
+    """The healer reports a round that finds nothing to do as nothing (its heartbeat says it lives); after a
+    failed round, the first round that goes through says the failure is over."""
+    import threading
+
+    health.start_beat(tmp_path, "healer", threading.Event())
+    try:
+        record = health.health_dir(tmp_path) / "healer.json"
+        health.passed()
+        assert health.read(record)["rounds"] == 0  # quiet: nothing counted
+        health.note(False, "nftables listing failed")
+        assert health.read(record)["ok"] is False
+        health.passed()
+        after = health.read(record)
+        assert after["ok"] is True and after["rounds"] == 2 and after["last_error"] == "nftables listing failed"
+        health.passed()
+        assert health.read(record)["rounds"] == 2
+    finally:
+        health.stop_beats()
