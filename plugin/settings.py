@@ -8,7 +8,8 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 DEFAULT_SOCKET = "/run/docker/plugins/multinic.sock"
 DEFAULT_STATE_DIR = "/var/lib/multinic"
@@ -76,6 +77,35 @@ _CHOICES: dict[str, tuple[str, tuple[str, ...], str]] = {  # field: (what, the v
 }
 
 
+def docker_endpoint(url: str) -> tuple[str, tuple[str, int]]:
+    """``DOCKER_HOST`` (empty: the default) → (socket path, ("", 0)) for ``unix://PATH``, ("", (host, port))
+    for ``tcp://HOST:PORT``; ValueError naming the fix."""
+    parts = urlsplit(url or DEFAULT_DOCKER_HOST)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme == "unix" and parts.path:
+        return parts.path, ("", 0)
+    if parts.scheme in ("tcp", "http") and port != -1 and not parts.path.strip("/"):
+        return "", (parts.hostname or "localhost", port or 2375)
+    raise ValueError("multinic reaches dockerd by unix:///PATH or tcp://HOST:PORT only")
+
+
+def metrics_endpoint(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` (all addresses) or ``[V6]:PORT`` → (host, port); ValueError naming the fix."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("give HOST:PORT, e.g. 127.0.0.1:9327")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+_SHAPES: dict[str, tuple[Callable[[str], Any], str]] = {  # field: (its parser, what happens else)
+    "docker_host": (docker_endpoint, f"using {DEFAULT_DOCKER_HOST}"),
+    "metrics_address": (metrics_endpoint, "metrics off"),
+}
+
+
 def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Flags (non-None values) over the environment over the defaults. A value that cannot be used is
     kept in ``problems`` (logged by the caller) and replaced by its default: a bad setting must never keep the plugin
@@ -83,6 +113,7 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
     env = os.environ if environ is None else environ
     defaults = Settings()
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     problems: list[str] = []
     for field, (name, kind) in _ENV.items():
         raw = (flags or {}).get(field)
@@ -99,7 +130,13 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
         if kind in (int, float) and value <= 0:
             problems.append(f"{source}={raw!r} must be positive; using {getattr(defaults, field)!r}")
             continue
-        values[field] = value
+        values[field], sources[field] = value, source
+    for field, (parse, instead) in _SHAPES.items():
+        if field in values:
+            try:
+                parse(values[field])
+            except ValueError as exc:
+                problems.append(f"{sources[field]}={values.pop(field)!r}: {exc}; {instead}")
     for field, (what, choices, instead) in _CHOICES.items():
         value = str(values.get(field, getattr(defaults, field))).lower()
         if value and value not in choices:

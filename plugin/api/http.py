@@ -1,7 +1,7 @@
 """The HTTP side of the remote-driver protocol: a WSGI application (served by gunicorn) routing each
 verb's path to its handler, JSON in, a typed request, a driver verb, JSON out. A refusal is a 400 with
 ``{"Err"}`` logged at info; any other error is a failure: a 500 with ``{"Err"}`` saying what failed, a
-traceback in the log, and a mark in health and the error metric.
+traceback in the log, a mark in health until that verb succeeds again, and the error metric.
 
 dockerd sends no Content-Type and, for Activate and GetCapabilities, no body, so bodies are parsed here.
 Plain WSGI, not Flask: seventeen POST routes need no framework (docs/ARCHITECTURE.md, *Processes*).
@@ -161,7 +161,7 @@ def create_app(driver: Driver, pause: faults.Faults | None = None) -> App:
     pause = pause or faults.Faults("", state_dir)
 
     def route(path: str, handler: Callable[[dict[str, Any]], dict[str, Any]], reads_body: bool = True) -> None:
-        verb = verb_of(path)
+        verb, name = verb_of(path), path.strip("/")  # name: dockerd's, in failure messages and health
 
         def view(raw: bytes) -> Response:
             pause.entering(verb)
@@ -170,8 +170,7 @@ def create_app(driver: Driver, pause: faults.Faults | None = None) -> App:
                 pause.point("applied")
             except Refusal as exc:
                 return _refused(path, exc)
-            if verb not in ("Health", "EndpointOperInfo", "GetCapabilities", "Activate"):
-                health.note_verb_ok(state_dir, verb)
+            health.note_verb_ok(state_dir, name)  # clears this verb's own failure only
             return _reply(answer)
 
         app.views[path] = metrics.instrument(verb, view)

@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ..errors import Failure
 from ..plan.state import PublishedPort
 from . import netlink as nl
 
@@ -71,7 +72,7 @@ def _walks(keys: set[tuple[int, int]]) -> Iterator[Flow]:
 def forget(ports: Iterable[PublishedPort]) -> int:
     """Delete the flows whose original destination meets one of ``ports``
     (:meth:`~plugin.plan.state.PublishedPort.lands_on`); how many went. Flows that vanish meanwhile are
-    not an error."""
+    not an error, nor a kernel without conntrack; a process without CAP_NET_ADMIN is a :class:`Failure`."""
     wanted = [(PROTOCOLS.get(p.proto), p.host_port, p) for p in ports]
     keys = {(proto, port) for proto, port, _ in wanted if proto is not None}
     if not keys:
@@ -80,8 +81,12 @@ def forget(ports: Iterable[PublishedPort]) -> int:
         gone = [(tuple_attr, dst) for tuple_attr, proto, port, dst in _walks(keys)
                 if any(proto == p and port == hp and published.lands_on(dst) for p, hp, published in wanted)]
     except (NetlinkError, OSError) as exc:
-        if getattr(exc, "code", None) in (errno.EOPNOTSUPP, errno.ENOENT) or isinstance(exc, PermissionError):
+        code = getattr(exc, "code", None) or getattr(exc, "errno", None)
+        if code in (errno.EOPNOTSUPP, errno.ENOENT):
             return 0  # no conntrack here: nothing to forget
+        if code in (errno.EPERM, errno.EACCES):
+            raise Failure(f"cannot forget the conntrack flows of ports no longer published ({exc}): reading "
+                          "them over ctnetlink needs CAP_NET_ADMIN, which this process lacks") from exc
         raise
     deleted = 0
     for tuple_attr, dst in gone:

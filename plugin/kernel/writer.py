@@ -2,16 +2,22 @@
 
 Given the state before a verb's change, it applies only the difference between the two desired
 states over the verb's scope (:func:`plugin.plan.desired.scope`); should the kernel not hold what
-the state says (someone deleted a rule, a crash between two steps), the edit fails and it falls back
-to the whole host. Without a ``before`` it is the whole host: every tagged object not in the state is
-removed, our chains and jumps are checked. The story is in docs/ARCHITECTURE.md.
+the state says (someone deleted a rule or a link, a crash between two steps), the edit fails on an
+object not there (or already there) and it falls back to the whole host, then forgets the flows the
+change ends. Any other error is the host failing: raised as a :class:`~plugin.errors.Failure`. Without
+a ``before`` it is the whole host: every tagged object not in the state is removed, our chains and
+jumps are checked. The story is in docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Callable, Iterable, Mapping
 
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..errors import Failure
 from ..plan.desired import (
     Change,
     HostState,
@@ -61,10 +67,36 @@ def reconcile(
         try:
             _apply(rt, todo, new, backend, lambda: host_state(after, facts.parents(rt, parents_of(after))),
                    defer_deletes)
-        except Exception as exc:  # noqa: BLE001 - the whole host decides; its error is the one raised
+        except Diverged as exc:
             log.warning("kernel did not hold what the state says (%s); reconciling the whole host", exc)
-            _whole_host(after, backend)
+            _whole_host(after, backend)  # its error, if any, is the one raised
+            conntrack.forget(todo.flows_gone)
+        except Failure:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the host failed us: said as what failed, the trace chained
+            raise Failure(f"kernel update failed: {exc}") from exc
     return todo
+
+
+class Diverged(Exception):
+    """An edit met an object not there (or already there): the kernel does not hold what ``before`` says."""
+
+
+NOT_THERE = frozenset({errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EEXIST})
+
+
+def _netlink_steps(steps: Callable[[], None]) -> None:
+    """Run netlink steps of an edit; the kernel's "not there / already there" errors are :class:`Diverged`."""
+    try:
+        steps()
+    except NetlinkError as exc:
+        if exc.code in NOT_THERE:
+            raise Diverged(str(exc)) from exc
+        raise
+    except OSError as exc:
+        if exc.errno in NOT_THERE:
+            raise Diverged(str(exc)) from exc
+        raise
 
 
 def parents_of(*states: State) -> set[str]:
@@ -90,25 +122,38 @@ def desired(state: State) -> HostState:
 
 def _apply(rt: Rtnl, todo: Change, new: HostState, backend: Firewall,
            whole: Callable[[], HostState], defer_deletes: bool) -> None:
-    for bridge in todo.bridges:
-        links.ensure_bridge(rt, bridge)
-    for veth in todo.veths:
-        links.ensure_veth(rt, veth)
-    _routes_and_rules(rt, todo.routes_add, todo.routes_del, todo.rules_add, todo.rules_del)
-    for path, value in todo.sysctls.items():
-        devconf.write_sysctl(path, value)
+    """The change, step by step. The netlink steps and the firewall's edit (which fails whole when a rule it
+    deletes is not there) raise :class:`Diverged` when the kernel does not hold what ``before`` says; a
+    whole-table firewall write reads the kernel first, and conntrack is asked, not told: their errors are
+    the host's."""
+    def links_and_routes() -> None:
+        for bridge in todo.bridges:
+            links.ensure_bridge(rt, bridge)
+        for veth in todo.veths:
+            links.ensure_veth(rt, veth)
+        _routes_and_rules(rt, todo.routes_add, todo.routes_del, todo.rules_add, todo.rules_del)
+        for path, value in todo.sysctls.items():
+            devconf.write_sysctl(path, value)
+
+    def links_gone() -> None:
+        if defer_deletes and todo.veths_gone:
+            reaper.delete_later([i for name in todo.veths_gone if (i := links.retire_link(rt, name)) is not None])
+        else:
+            for name in todo.veths_gone:
+                links.delete_link(rt, name)
+        for name in todo.bridges_gone:
+            links.delete_link(rt, name)
+
+    _netlink_steps(links_and_routes)
     for edits, ruleset, fw in ((todo.firewall, new.firewall, backend.v4), (todo.firewall6, new.firewall6, backend.v6)):
         if edits is None:  # first network made, or last one gone: the scope is the whole host
             _firewall_whole(ruleset, fw)
     # The rest, both families at once (the native backend: one transaction for both tables).
-    backend.edit(todo.firewall or (), lambda: whole().firewall, todo.firewall6 or (), lambda: whole().firewall6)
-    if defer_deletes and todo.veths_gone:
-        reaper.delete_later([i for name in todo.veths_gone if (i := links.retire_link(rt, name)) is not None])
-    else:
-        for name in todo.veths_gone:
-            links.delete_link(rt, name)
-    for name in todo.bridges_gone:
-        links.delete_link(rt, name)
+    try:
+        backend.edit(todo.firewall or (), lambda: whole().firewall, todo.firewall6 or (), lambda: whole().firewall6)
+    except Failure as exc:
+        raise Diverged(f"firewall: {exc}") from exc
+    _netlink_steps(links_gone)
     conntrack.forget(todo.flows_gone)
 
 
@@ -145,11 +190,19 @@ def _whole_host(state: State, backend: Firewall) -> None:
                           *difference(want.rules, routes.owned_rules(rt)))
         for path, value in want.sysctls.items():
             devconf.write_sysctl(path, value)
-        _firewall_whole(want.firewall, backend.v4)
-        _firewall_whole(want.firewall6, backend.v6)
+        # Each family's firewall is written even if the other's fails, and stale links go whatever the
+        # firewall said (uninstall removes all it can): the first firewall error is raised at the end.
+        failed: list[Exception] = []
+        for ruleset, fw in ((want.firewall, backend.v4), (want.firewall6, backend.v6)):
+            try:
+                _firewall_whole(ruleset, fw)
+            except Exception as exc:  # noqa: BLE001 - raised below, once the rest is done
+                failed.append(exc)
         for name, (kind, object_id, _index) in links.tagged_links(rt).items():
             stale = (kind == LINK_BRIDGE and object_id not in state.networks) or (
                 kind == LINK_VETH and object_id not in state.endpoints) or kind == LINK_GONE
             if stale:
                 log.info("removing %s %s (%s %s no longer in the state)", kind, name, kind, object_id[:12])
                 links.delete_link(rt, name)
+        if failed:
+            raise failed[0]

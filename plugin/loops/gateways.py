@@ -138,6 +138,7 @@ class Watcher:
         self.ours: set[str] = set()  # containers with a network of ours (resync, network events)
         self.announce = False  # the engine does not announce containers' addresses: we do, once each
         self.announced: dict[str, tuple[int, frozenset[Any]]] = {}  # container id → (pid, addresses)
+        self.failing: dict[str, str] = {}  # container id → why its routing could not be written (a failed round)
         self.info: dict[str, Any] = {"pid": os.getpid(), "driver": self.driver_name, "since": None, "docker": None}
 
     # docker ------------------------------------------------------------------------------
@@ -211,6 +212,7 @@ class Watcher:
         try:
             state = self.store.load()
             if not self.has_ours(api, networks, state):
+                self.failing.pop(cid, None)
                 just_left = (self.last_event.get(cid) or (0, ""))[1] == "network disconnect"
                 if cid in self.decisions or just_left:
                     if self.unroute(path, expect=settings.get("SandboxKey") or None):
@@ -223,10 +225,17 @@ class Watcher:
                 self._announce(cid, pid, path, settings.get("SandboxKey") or None, attachments, state, facts)
         except (FileNotFoundError, ProcessLookupError, netns.NotThatNetns) as exc:
             log.debug("%s vanished or changed while reconciling: %s", name, exc)
+            self.failing.pop(cid, None)
             return True
-        except NetlinkError as exc:
-            log.warning("%s: netlink error while reconciling its routes: %s", name, exc)
+        except NetlinkError as exc:  # the kernel refused our rules or routes in it: a failed round
+            why = f"{name}: writing its policy routing failed: {exc}"
+            if self.failing.get(cid) != why:
+                log.exception("%s", why)
+            else:
+                log.warning("%s (again)", why)
+            self.failing[cid] = why
             return True
+        self.failing.pop(cid, None)
         if facts["changed"]:
             event = self.last_event.get(cid)
             if event is not None:
@@ -325,6 +334,7 @@ class Watcher:
             }
 
     def _forget(self, cid: str) -> None:
+        self.failing.pop(cid, None)
         self.decisions.pop(cid, None)
         self.announced.pop(cid, None)
         self.last_event.pop(cid, None)
@@ -378,6 +388,13 @@ class Watcher:
             self.reconcile_container(api, cid)
         self.flush()
 
+    def note_round(self) -> None:
+        """One round to health: failed while any container's routing could not be written."""
+        if self.failing:
+            health.note(False, "; ".join(self.failing[cid] for cid in sorted(self.failing)))
+        else:
+            health.note(True)
+
     # the loop ----------------------------------------------------------------------------
     def session(self, stop_event: Any) -> None:
         """One connection to dockerd: subscribe, resync, follow events until the stream ends."""
@@ -402,7 +419,7 @@ class Watcher:
             self.info.update(since=time.strftime("%Y-%m-%dT%H:%M:%S%z"), docker=self.settings.docker_host or "default")
             self._written = None  # say we are (back) online
             self.resync(api)
-            health.note(True)
+            self.note_round()
             next_resync = time.monotonic() + self.settings.resync_interval
             due: list[tuple[float, str]] = []
             while not stop_event.is_set():
@@ -430,16 +447,19 @@ class Watcher:
                 batch = set()
                 while due and due[0][0] <= now:
                     batch.add(heapq.heappop(due)[1])
+                failing = dict(self.failing)
                 for cid in sorted(batch):
                     if not self.reconcile_container(api, cid) and any(c == cid for _t, c in due):
                         due[:] = [d for d in due if d[1] != cid]  # removed: its follow-ups would find it so
                         heapq.heapify(due)
                 if now >= next_resync:
                     self.resync(api)
-                    health.note(True)
+                    self.note_round()
                     next_resync = time.monotonic() + self.settings.resync_interval
                 elif batch:
                     self.flush()
+                    if self.failing != failing:  # a container's routing failed, or works again: said now
+                        self.note_round()
         finally:
             try:
                 stream.close()

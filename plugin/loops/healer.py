@@ -138,6 +138,7 @@ class Healer:
                     if gc_now:
                         last_gc = time.monotonic()
                         self._collect_garbage()
+                    health.passed()
                 except StateLost as exc:
                     if str(exc) != lost:  # said once, and again when it changes (it names what to do)
                         lost = str(exc)

@@ -94,12 +94,7 @@ def cmd_serve(settings: Settings) -> int:
     from . import faults, metrics
 
     serving_since = time.time()  # networks created from now on were not lost by dockerd while we were down
-    metrics_at = None
-    if settings.metrics_address:
-        try:
-            metrics_at = metrics.setup(settings.metrics_address)
-        except ValueError as exc:  # serve without metrics: a bad setting must not keep the socket shut
-            log.error("metrics off: %s", exc)
+    metrics_at = metrics.setup(settings.metrics_address) if settings.metrics_address else None
     store = Store(settings.state_dir)
     pause = faults.Faults(settings.fault, store.directory)
     driver = Driver(store, settings, defer_deletes=True, on_saved=lambda: pause.point("saved"))
@@ -192,7 +187,9 @@ def cmd_reconcile(settings: Settings) -> int:
 
 
 def cmd_cleanup(settings: Settings) -> int:
-    """Everything multinic added to the kernel and to containers removed, the state forgotten (uninstall)."""
+    """Everything multinic added to the kernel and to containers removed, the state forgotten (uninstall).
+    Best effort: a step that fails (a firewall that cannot be read) is logged with its trace and said, the
+    others still run; exit 1 then."""
     from ..kernel.firewall import remove_leftovers
     from ..loops.gateways import cleanup
     from ..plan.driver import Driver
@@ -201,8 +198,18 @@ def cmd_cleanup(settings: Settings) -> int:
     store = Store(settings.state_dir)
     cleanup(str(store.directory))  # our policy rules inside running containers
     driver = Driver(store, settings)
-    driver.cleanup()
-    remove_leftovers(driver.firewall)  # and what another firewall backend of ours left
+    failed = []
+    for what, step in (("bridges, veths, routes, rules and firewall", driver.cleanup),
+                       ("another firewall backend's leftovers", lambda: remove_leftovers(driver.firewall))):
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - uninstall removes all it can
+            log.exception("cleanup: removing %s failed", what)
+            failed.append(f"{what}: {exc}")
+    if failed:
+        print("multinic cleanup could not remove everything (the log above has the trace):\n  "
+              + "\n  ".join(failed), file=sys.stderr)
+        return 1
     print("removed all multinic bridges, veths, routes, rules and firewall chains")
     return 0
 

@@ -17,9 +17,9 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
-from ..settings import DEFAULT_DOCKER_HOST, Settings
+from ..settings import Settings, docker_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +164,11 @@ class DockerAPI:
     as the SDK without TLS settings); one connection per call, as dockerd serves them."""
 
     def __init__(self, base_url: str = "", timeout: float = 5) -> None:
-        url = urlsplit(base_url or DEFAULT_DOCKER_HOST)
-        if url.scheme not in ("unix", "tcp", "http"):
-            raise DockerError(f"DOCKER_HOST={base_url!r}: multinic reaches dockerd by unix:// or tcp:// only")
-        self.unix_path = url.path if url.scheme == "unix" else ""
-        self.address = (url.hostname or "localhost", url.port or 2375)
+        """``base_url``: as :func:`plugin.settings.docker_endpoint` reads it (settings.load refuses one it cannot)."""
+        try:
+            self.unix_path, self.address = docker_endpoint(base_url)
+        except ValueError as exc:
+            raise DockerError(f"DOCKER_HOST={base_url!r}: {exc}") from None
         self.timeout = timeout
 
     def _connect(self, timeout: float | None) -> http.client.HTTPConnection:

@@ -1,9 +1,10 @@
 """Health that tells the truth across processes: small JSON files in ``<state dir>/health/``, each with one
 writer, renamed into place. A supervised loop's record is written every few seconds (:func:`beat_interval`)
 by one thread of its process, and each loop reports its rounds; ``multinic serve`` reports the state file
-and its reconcile at start; a worker reports a verb that failed, until one succeeds. :func:`report` is what
-``/Plugin.Health``, ``multinic status`` and ``doctor`` read: ``healthy`` is false while any ``problems``
-entry stands (docs/ARCHITECTURE.md has the JSON shape, which other tools parse: keep it stable).
+and its reconcile at start; a worker reports a verb that failed, until that verb succeeds again.
+:func:`report` is what ``/Plugin.Health``, ``multinic status`` and ``doctor`` read: ``healthy`` is false
+while any ``problems`` entry stands (docs/ARCHITECTURE.md has the JSON shape, which other tools parse:
+keep it stable).
 """
 
 from __future__ import annotations
@@ -182,6 +183,14 @@ def note(ok: bool, error: BaseException | str | None = None, repaired: bool = Fa
         beat.note(ok, error, repaired)
 
 
+def passed() -> None:
+    """A loop's round went through with nothing to report (the healer found no drift): a failed round
+    before it no longer stands. Said as a round only then, so a quiet loop's counters stay as they are."""
+    beat = _mine()
+    if beat is not None and beat.data.get("ok") is False and not beat.data.get("crashed"):
+        beat.note(True)
+
+
 def waiting(reason: str) -> None:
     """A loop waits for a dependency (reported in its record, not a health problem)."""
     beat = _mine()
@@ -199,19 +208,25 @@ def crashed(key: str, error: BaseException) -> None:
 
 
 # -- other writers ----------------------------------------------------------------------------------
+def _failing(state_dir: str | os.PathLike[str], verb: str) -> Path:
+    return health_dir(state_dir) / f"failing.{verb}.json"
+
+
 def note_verb_error(state_dir: str | os.PathLike[str], verb: str, error: BaseException) -> None:
-    """A verb failed (not a refusal): a problem until a later verb succeeds."""
+    """A verb failed (not a refusal): a problem until the same verb succeeds. Not until any verb does:
+    dockerd follows a failed Join with its own DeleteEndpoint, and answering that clears nothing."""
+    record = {"verb": verb, "error": str(error)[:500], "at": time.time()}
     try:
-        write(health_dir(state_dir) / "verbs.json", {"verb": verb, "error": str(error)[:500], "at": time.time()})
-        (health_dir(state_dir) / "verbs.failing").touch()
+        write(health_dir(state_dir) / "verbs.json", record)
+        write(_failing(state_dir, verb), record)
     except OSError:
         pass
 
 
 def note_verb_ok(state_dir: str | os.PathLike[str], verb: str) -> None:
-    """A verb succeeded: a verb failure is no longer a problem (one syscall when there was none)."""
+    """A verb succeeded: its own failure is no longer a problem (one syscall when there was none)."""
     try:
-        os.unlink(health_dir(state_dir) / "verbs.failing")
+        os.unlink(_failing(state_dir, verb))
     except OSError:
         pass
 
@@ -300,8 +315,9 @@ def report(state_dir: str | os.PathLike[str], stale: float = Settings.health_sta
     if state.get("ok") is False:
         problems.append(f"state: {state.get('error')}")
     verbs = read(hdir / "verbs.json") or None
-    if verbs and (hdir / "verbs.failing").exists():
-        problems.append(f"{verbs.get('verb')} failed: {verbs.get('error')} (until a verb succeeds)")
+    for path in sorted(hdir.glob("failing.*.json")):
+        failed = read(path)
+        problems.append(f"{failed.get('verb')} failed: {failed.get('error')} (until it succeeds again)")
     return {
         "healthy": not problems,
         "problems": problems,

@@ -23,25 +23,18 @@ _dir: str | None = None
 _owner: int | None = None  # the process that made _dir; gunicorn workers unwind through serve's finally too
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``:PORT`` (all addresses) or ``[V6]:PORT`` → (host, port); ValueError naming the fix."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--metrics-address {text!r}: give HOST:PORT, e.g. 127.0.0.1:9327")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 def enabled() -> bool:
     return bool(_metrics)
 
 
 def setup(address: str) -> tuple[str, int]:
-    """Parse the address (ValueError naming the fix), make the multiprocess dir, create the metrics. Call
+    """The address parsed (settings.load has refused one that does not), the multiprocess dir made, the
+    metrics created. Call
     once in ``multinic serve`` before the app is built and before the workers fork. An address
     that cannot be bound yet (its interface not up at boot, the port held) is not refused: the exporter
     tries it until it can, a failed round each time (:func:`serve`)."""
     global _dir, _owner
-    host, port = parse_address(address)
+    host, port = settings.metrics_endpoint(address)
     _dir, _owner = tempfile.mkdtemp(prefix="multinic-metrics-"), os.getpid()
     settings.export(_ENV_DIR, _dir)
     from prometheus_client import Counter, Histogram, values

@@ -202,3 +202,26 @@ def test_leave_forgets_conntrack_flows_of_its_ports(topo, backend):
     assert (sh(topo.host, flows.format(4090)).strip(), sh(topo.host, flows.format(4089)).strip()) == ("1", "1")
     detach_and_remove(topo)
     assert (sh(topo.host, flows.format(4090)).strip(), sh(topo.host, flows.format(4089)).strip()) == ("0", "1")
+
+
+def _forget_without_cap_net_admin() -> str:
+    import os
+
+    from plugin.errors import Failure
+    from plugin.kernel import conntrack
+    from plugin.plan.state import PublishedPort
+
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)  # every capability goes with root
+    try:
+        return f"forgot {conntrack.forget([PublishedPort('udp', '', 4090, 90)])} flows"
+    except Failure as exc:
+        return str(exc)
+
+
+def test_forgetting_flows_without_cap_net_admin_is_a_failure_naming_it(topo):
+    """A process without CAP_NET_ADMIN cannot read the conntrack table: that is the host failing us (the
+    verb's 500 says which capability), not a host without conntrack (a UDP client would stay on the old
+    DNAT, unsaid)."""
+    said = topo.in_host(_forget_without_cap_net_admin)
+    assert "conntrack" in said and "needs CAP_NET_ADMIN" in said, said

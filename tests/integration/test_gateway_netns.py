@@ -306,3 +306,75 @@ def test_the_announcement_is_refused_in_the_plugins_own_namespace(box):
     """Run from a namespace of the lab's: were the refusal broken, the ARP would leave there."""
     with pytest.raises(netns.NotThatNetns):
         in_netns(box.k, netns.announce, "/proc/self/ns/net", None, {IPv4Address("10.1.0.2"): "eth0"})
+
+
+def _inspect(n: int, gateway_ip: str) -> dict:
+    return {"NetworkID": f"n{n}", "EndpointID": f"ep{n}", "Gateway": gateway_ip, "IPAddress": f"10.{n}.0.2",
+            "IPPrefixLen": 24}
+
+
+def _watch_rounds(state_dir: str, api, fix) -> list:
+    """As the gateway watcher's thread does: two resyncs, then ``fix()`` and a third; after each, its
+    health record (``last_error``, ``ok``) and the log records of the round (with a traceback or not)."""
+    import logging
+    import threading
+
+    from plugin.ops import health
+    from plugin.plan.state import Store
+    from plugin.settings import Settings
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("plugin.loops.gateways").addHandler(handler)
+    health.start_beat(state_dir, "gateway watcher", threading.Event())
+    try:
+        w = Watcher(Store(state_dir), Settings(state_dir=state_dir))
+        rounds = []
+        for n in range(3):
+            if n == 2:
+                fix()
+            records.clear()
+            w.resync(api)
+            w.note_round()
+            beat = health.read(health.health_dir(state_dir) / "watcher.json")
+            rounds.append((beat["ok"], beat["failures"], beat["last_error"],
+                           [(r.levelname, r.exc_info is not None) for r in records if r.levelno >= logging.WARNING]))
+        return rounds
+    finally:
+        health.stop_beats()
+        logging.getLogger("plugin.loops.gateways").removeHandler(handler)
+
+
+def test_a_container_routing_the_kernel_refuses_is_a_failed_round_until_it_works(box, tmp_path):
+    """The kernel refusing a container's policy routing (here dockerd's gateway for its second network is
+    not on that interface: no route can go through it) fails the gateway watcher's round, said in its
+    health record, the traceback logged once; the round after it works is healthy again."""
+    from tests.unit.test_gateway import FakeAPI
+
+    holder = subprocess.Popen(["nsenter", f"--net={box.path}", "sleep", "60"])  # the "container's" process
+    try:
+        target = os.stat(box.path).st_ino
+        for _ in range(100):  # nsenter has entered the netns once its /proc entry shows it
+            if os.stat(f"/proc/{holder.pid}/ns/net").st_ino == target:
+                break
+            time.sleep(0.05)
+        nets = {f"n{n}": {"Id": f"n{n}", "Name": name, "Driver": "multinic"} for n, name in ((1, "a"), (2, "b"))}
+        container = {"Id": "c1", "Name": "/k", "State": {"Running": True, "Pid": holder.pid},
+                     "NetworkSettings": {"SandboxKey": box.path,
+                                         "Networks": {"a": _inspect(1, "10.1.0.1"), "b": _inspect(2, "10.9.0.1")}}}
+        api = FakeAPI({"c1": container}, nets)
+
+        def fix() -> None:
+            container["NetworkSettings"]["Networks"]["b"] = _inspect(2, "10.2.0.1")
+
+        state = str(tmp_path / "state")
+        first, second, third = in_netns(box.g0, _watch_rounds, state, api, fix)  # never the machine's netns
+        assert first[:2] == (False, 1) and "k: writing its policy routing failed" in first[2], first
+        assert first[3] == [("ERROR", True)]  # the traceback, once
+        assert second[:2] == (False, 2) and second[3] == [("WARNING", False)], second
+        assert third[:2] == (True, 2) and third[3] == [], third
+        assert "via 10.2.0.1 dev eth1" in box.dump()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -259,12 +259,15 @@ def test_state_file_that_cannot_be_read_still_serves(tmp_path):
 
 def test_a_refused_setting_is_unhealthy_until_fixed(tmp_path):
     """A setting that names nothing (a typo in `docker plugin set` or /etc/default/multinic) is replaced by
-    its default, and /Plugin.Health says which one, for as long as this ``multinic serve`` runs."""
-    with serving(tmp_path, extra_env={"MULTINIC_FIREWALL": "iptables-legacy"}) as (sock, _):
+    its default, and /Plugin.Health says which one, for as long as this ``multinic serve`` runs. So is an
+    address that cannot work (here the metrics'), rather than only a line in the log."""
+    bad = {"MULTINIC_FIREWALL": "iptables-legacy", "MULTINIC_METRICS_ADDRESS": "nonsense"}
+    with serving(tmp_path, extra_env=bad) as (sock, _):
         report = health(sock)
-        assert not report["healthy"] and report["settings_refused"], report
-        refused = "setting refused: firewall backend 'iptables-legacy' unknown"
-        assert any(p.startswith(refused) for p in report["problems"]), report["problems"]
+        assert not report["healthy"] and len(report["settings_refused"]) == 2, report
+        for refused in ("setting refused: firewall backend 'iptables-legacy' unknown",
+                        "setting refused: MULTINIC_METRICS_ADDRESS='nonsense': give HOST:PORT"):
+            assert any(p.startswith(refused) for p in report["problems"]), report["problems"]
     with serving(tmp_path) as (sock, _):
         assert health(sock)["settings_refused"] == []
     with serving(tmp_path, extra_env={"MULTINIC_FIREWALL": "iptables-nft"}) as (sock, _):

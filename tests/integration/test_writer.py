@@ -4,6 +4,7 @@ that no longer holds what the state says is healed by the whole-host path."""
 from __future__ import annotations
 
 import subprocess
+import sys
 
 from plugin.kernel.firewall.model import dnat_bucket
 from plugin.plan.driver import Driver
@@ -120,6 +121,27 @@ def test_rule_deleted_behind_our_back_is_healed_by_the_next_verb(topo, backend):
         sh(topo.host, "iptables-nft -t nat " + rule.replace("-A ", "-D ", 1))
     assert published(topo.host) == set()
     detach_and_remove(topo)
+    assert topo.dump() == before
+
+
+def test_a_leave_that_falls_back_to_the_whole_host_still_forgets_its_ports_flows(topo, backend):
+    """The same with a UDP port whose client keeps sending: the fallback to the whole host still forgets
+    the port's conntrack flows (else the client would stay on the old DNAT); a flow of another port stays."""
+    before = topo.dump()
+    create_network(topo, {"parent": "eth1"})
+    attach_container(topo, [{"Proto": 17, "IP": "", "Port": 90, "HostIP": "", "HostPort": 4091, "HostPortEnd": 4091}])
+    for port in (4091, 4092):
+        send = ("import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+                f"s.sendto(b'x',('192.168.101.2',{port}))")
+        sh(topo.c1, f"{sys.executable} -c \"{send}\"")
+    flows = "conntrack -L -p udp --orig-port-dst {} 2>/dev/null | wc -l"
+    assert (sh(topo.host, flows.format(4091)).strip(), sh(topo.host, flows.format(4092)).strip()) == ("1", "1")
+    if backend == "nftables":
+        sh(topo.host, "nft delete element ip multinic published { 192.168.101.2 . udp . 4091 }")
+    else:
+        sh(topo.host, "iptables-nft -t nat " + dnat_rule(topo.host, 4091).replace("-A ", "-D ", 1))
+    detach_and_remove(topo)
+    assert (sh(topo.host, flows.format(4091)).strip(), sh(topo.host, flows.format(4092)).strip()) == ("0", "1")
     assert topo.dump() == before
 
 

@@ -331,3 +331,26 @@ def test_a_containers_endpoints_publish_a_port_once_and_hand_it_over_when_one_le
     assert [e.action for e in edits] == ["-D", "-A"] and edits[1].rule[-1] == f"{second.address.split('/')[0]}:80"
     mine, theirs = scope(both, left)
     assert change(host_state(mine, FACTS), host_state(theirs, FACTS)) == diff(both, left)
+
+
+def test_only_an_object_not_there_or_already_there_sends_an_edit_to_the_whole_host():
+    """The kernel's "no such object" and "already exists" mean it does not hold what the state says (the
+    whole host is re-applied); a permission or any other error is the host failing, raised as it came."""
+    import errno
+
+    import pytest
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from plugin.kernel import writer
+
+    def failing(exc):
+        def step():
+            raise exc
+        return step
+
+    for exc in (NetlinkError(errno.ENODEV), NetlinkError(errno.EEXIST), FileNotFoundError(errno.ENOENT, "gone")):
+        with pytest.raises(writer.Diverged):
+            writer._netlink_steps(failing(exc))
+    for exc in (NetlinkError(errno.EPERM), PermissionError(errno.EACCES, "no"), NetlinkError(errno.ENETUNREACH)):
+        with pytest.raises(type(exc)):
+            writer._netlink_steps(failing(exc))

@@ -131,7 +131,7 @@ def test_an_answer_ends_at_its_length_when_the_server_keeps_the_connection(tmp_p
 
 
 def test_only_unix_and_tcp():
-    with pytest.raises(engine.DockerError, match="unix:// or tcp://"):
+    with pytest.raises(engine.DockerError, match="unix:///PATH or tcp://HOST:PORT only"):
         engine.DockerAPI("ssh://user@host")
 
 

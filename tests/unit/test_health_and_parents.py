@@ -94,12 +94,22 @@ def test_startup_failure_is_a_problem_until_the_healer_succeeds(tmp_path):
     assert health.report(tmp_path)["healthy"]
 
 
-def test_a_failed_verb_is_a_problem_until_a_verb_succeeds(tmp_path):
+def test_a_failed_verb_is_a_problem_until_the_same_verb_succeeds(tmp_path):
+    """dockerd answers a failed Join with its own DeleteEndpoint (and asks no-op verbs in between): their
+    success does not hide the failure; the next successful Join does."""
+    health.note_verb_error(tmp_path, "NetworkDriver.Join", OSError(1, "Operation not permitted"))
     health.note_verb_error(tmp_path, "NetworkDriver.CreateNetwork", OSError(30, "Read-only file system"))
+    for verb in ("NetworkDriver.DeleteEndpoint", "NetworkDriver.GetCapabilities", "NetworkDriver.DiscoverNew"):
+        health.note_verb_ok(tmp_path, verb)
     report = health.report(tmp_path)
-    assert not report["healthy"] and "CreateNetwork failed" in report["problems"][0]
+    assert not report["healthy"] and len(report["problems"]) == 2, report["problems"]
+    assert report["problems"][1] == ("NetworkDriver.Join failed: [Errno 1] Operation not permitted "
+                                     "(until it succeeds again)")
     assert report["last_verb_error"]["verb"] == "NetworkDriver.CreateNetwork"
-    health.note_verb_ok(tmp_path, "CreateNetwork")
+    health.note_verb_ok(tmp_path, "NetworkDriver.Join")
+    report = health.report(tmp_path)
+    assert [p.split(" failed")[0] for p in report["problems"]] == ["NetworkDriver.CreateNetwork"]
+    health.note_verb_ok(tmp_path, "NetworkDriver.CreateNetwork")
     report = health.report(tmp_path)
     assert report["healthy"] and report["last_verb_error"]["verb"] == "NetworkDriver.CreateNetwork"  # kept
 
@@ -157,3 +167,24 @@ def test_freed_heap_is_given_back_after_churn_only():
     assert memory.give_back(when_churned=True)
     assert not memory.give_back(when_churned=True)  # nothing moved since
     assert kept
+
+
+def test_a_loops_failed_round_stands_until_a_round_goes_through(tmp_path):
+    """The healer reports a round that finds nothing to do as nothing (its heartbeat says it lives); after a
+    failed round, the first round that goes through says the failure is over."""
+    import threading
+
+    health.start_beat(tmp_path, "healer", threading.Event())
+    try:
+        record = health.health_dir(tmp_path) / "healer.json"
+        health.passed()
+        assert health.read(record)["rounds"] == 0  # quiet: nothing counted
+        health.note(False, "nftables listing failed")
+        assert health.read(record)["ok"] is False
+        health.passed()
+        after = health.read(record)
+        assert after["ok"] is True and after["rounds"] == 2 and after["last_error"] == "nftables listing failed"
+        health.passed()
+        assert health.read(record)["rounds"] == 2
+    finally:
+        health.stop_beats()

@@ -84,3 +84,36 @@ def test_settings_never_keep_the_plugin_from_starting() -> None:
     wrong = settings.load({}, {"MULTINIC_FIREWALL": "ipchains"})  # a typo: the backend is chosen from the host
     assert wrong.firewall == "" and "firewall backend 'ipchains' unknown" in wrong.problems[0]
     assert settings.load({}, {"MULTINIC_FIREWALL": "NFTables"}).firewall == "nftables"
+
+
+@pytest.mark.parametrize("variable, value, instead", [
+    ("DOCKER_HOST", "ssh://me@host", "using unix:///var/run/docker.sock"),
+    ("DOCKER_HOST", "tcp://host:docker", "using unix:///var/run/docker.sock"),
+    ("DOCKER_HOST", "unix://", "using unix:///var/run/docker.sock"),
+    ("MULTINIC_METRICS_ADDRESS", "9327", "metrics off"),
+    ("MULTINIC_METRICS_ADDRESS", "127.0.0.1:99999", "metrics off"),
+])
+def test_an_unusable_address_is_a_refused_setting_not_a_wait(variable, value, instead) -> None:
+    """An address that can never work (a scheme multinic does not speak, no port) is refused when the
+    settings are read, named with its fix, so /Plugin.Health says so instead of waiting for a dockerd or
+    serving no metrics without a word; the default is used instead."""
+    from plugin import settings
+
+    got = settings.load({}, {variable: value})
+    assert (got.docker_host, got.metrics_address) == ("", "")
+    assert len(got.problems) == 1 and got.problems[0].startswith(f"{variable}={value!r}: ")
+    assert got.problems[0].endswith(instead)
+    flag = settings.load({"metrics_address": "nonsense"}, {})
+    assert flag.problems == ("--metrics-address='nonsense': give HOST:PORT, e.g. 127.0.0.1:9327; metrics off",)
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("DOCKER_HOST", "unix:///host/run/docker.sock"), ("DOCKER_HOST", "tcp://10.0.0.1:2375"),
+    ("DOCKER_HOST", "tcp://dockerd"), ("MULTINIC_METRICS_ADDRESS", ":9327"),
+    ("MULTINIC_METRICS_ADDRESS", "[::1]:9327"),
+])
+def test_a_usable_address_is_kept(variable, value) -> None:
+    from plugin import settings
+
+    got = settings.load({}, {variable: value})
+    assert got.problems == () and value in (got.docker_host, got.metrics_address)

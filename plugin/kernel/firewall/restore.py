@@ -87,7 +87,11 @@ class RestoreBackend:
         return "\n".join(lines) + "\n"
 
     def remove(self) -> None:
-        view = self._readable()
+        """Our jumps and chains out, from ONE ``<flavour>-save`` of the tables that exist (a table missing
+        from it holds nothing of ours, and reading it on its own would load its module, legacy). A save
+        that fails is a :class:`Failure`: an empty view would answer "removed" with our chains still
+        there."""
+        view = self._save()
         for table in self.tables:
             chains = view.chains(table)
             present = [c for c in CHAINS[table] if c in chains]
@@ -101,6 +105,7 @@ class RestoreBackend:
             self._drop_if_pristine(table)
 
     def _readable(self) -> View:
+        """For display only (:meth:`dump`): what cannot be read shows as nothing."""
         try:
             return self.read()
         except Failure:
