@@ -23,7 +23,7 @@ from tests.nsutil import connect, in_netns, scratch_netns, sh  # noqa: F401 - sh
 INTEGRATION_DIR = os.path.dirname(os.path.abspath(__file__))
 # Lab names: <prefix>i<pid>, the prefix MULTINIC_LAB_PREFIX's (as e2e's) so that engineers sharing a machine
 # never meet (a lab of the same name is removed first).
-LAB_PREFIX = os.environ.get("MULTINIC_LAB_PREFIX", "mn")
+LAB_PREFIX = os.environ.get("MULTINIC_LAB_PREFIX", "mn")[:2]  # + "i" + 3 digits: <= 6 chars
 # What dockerd's iptables leaves in FORWARD (its chains, DOCKER-USER entered first, policy DROP).
 DOCKERS_IPTABLES = ("iptables -N DOCKER && iptables -N DOCKER-USER && iptables -A DOCKER-USER -j RETURN && "
                     "iptables -A FORWARD -j DOCKER-USER && iptables -P FORWARD DROP")
