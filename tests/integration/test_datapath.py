@@ -61,7 +61,8 @@ def detach_and_remove(t):
     sh(t.k, f"ip link set eth0 down; ip link set eth0 name {src}; ip link set {src} netns {t.host}")
     for verb in ("Leave", "DeleteEndpoint"):
         assert t.in_host(call, t.state_dir, verb, {"NetworkID": NID, "EndpointID": EID})["status"] == 200
-    assert t.in_host(call, t.state_dir, "DeleteNetwork", {"NetworkID": NID})["status"] == 200
+    got = t.in_host(call, t.state_dir, "DeleteNetwork", {"NetworkID": NID})
+    assert got["status"] == 200, got
 
 
 def test_egress_leaves_by_parent_with_its_address(topo, backend):

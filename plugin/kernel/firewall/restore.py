@@ -91,7 +91,7 @@ class RestoreBackend:
         from it holds nothing of ours, and reading it on its own would load its module, legacy). A save
         that fails is a :class:`Failure`: an empty view would answer "removed" with our chains still
         there."""
-        view = self._save()
+        view = save(self.flavour, None, self.family)
         for table in self.tables:
             chains = view.chains(table)
             present = [c for c in CHAINS[table] if c in chains]
