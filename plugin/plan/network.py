@@ -283,8 +283,10 @@ def free_mark_slot(state: State) -> int:
 
 
 def publish_resolver(net: NetworkRecord, facts: HostFacts) -> Callable[[str], tuple[str, ...]]:
-    """host_ip → the addresses a binding lands on, refusing addresses the host does not have and
-    addresses of a family the network lacks."""
+    """host_ip → the addresses a binding lands on, refusing addresses of a family the network lacks,
+    loopback addresses, and, for a network bound to a parent, any address but the parent's own of now
+    (IPv6: its stable ones, never a temporary, deprecated or tentative one); for a network without a
+    parent, addresses the host does not have."""
     local = facts.local_addresses
 
     def resolve(host_ip: str) -> tuple[str, ...]:
@@ -301,7 +303,9 @@ def publish_resolver(net: NetworkRecord, facts: HostFacts) -> Callable[[str], tu
             if ip.is_loopback:
                 raise Refusal(f"published host address {host_ip} is a loopback address, which multinic cannot "
                               "DNAT into a bridge; publish on the parent's address instead (-p HOSTPORT:PORT)")
-            if host_ip not in (*local, *ANY_ADDRESS):
+            if net.parent and host_ip not in ANY_ADDRESS:
+                _refuse_unless_parents(net, ip, facts)
+            elif host_ip not in (*local, *ANY_ADDRESS):
                 mine = sorted(a for a in local if ipaddress.ip_address(a).version == ip.version
                               and not ipaddress.ip_address(a).is_loopback and not ipaddress.ip_address(a).is_link_local)
                 raise Refusal(f"published host address {host_ip} is not an address of this host; use one of "
@@ -313,3 +317,18 @@ def publish_resolver(net: NetworkRecord, facts: HostFacts) -> Callable[[str], tu
         return addrs
 
     return resolve
+
+
+def _refuse_unless_parents(net: NetworkRecord, ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                           facts: HostFacts) -> None:
+    """A network bound to a parent publishes on that NIC only: a HostIP of another NIC would take replies
+    the parent's way with another NIC's address, and a temporary or deprecated IPv6 address is going away."""
+    any_ip = ANY_ADDRESS[ip.version == 6]
+    mine = publish_addresses(net, any_ip, facts.parents)
+    if ip in (ipaddress.ip_address(a) for a in mine):
+        return
+    kind = "an IPv4 address" if ip.version == 4 else "a stable IPv6 address (global, not temporary or deprecated)"
+    choices = f"one of {', '.join(mine)}" if mine else f"an address you configure on {net.parent} first"
+    raise Refusal(f"published host address {ip} is not {kind} of {net.parent}, the parent of network "
+                  f"{net.id[:12]}; publish on {choices}, or leave the address out to publish on all of "
+                  f"{net.parent}'s addresses (-p HOSTPORT:PORT)")

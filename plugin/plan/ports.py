@@ -69,6 +69,19 @@ def port_is_bindable(proto: str, host_ip: str, port: int) -> bool:
     return True
 
 
+def spelled(binding: PortBinding) -> str:
+    """A binding as ``docker run -p`` spells it: ``[2001:db8::2]:8080-8081:80/udp``, ``80/tcp``."""
+    host = f"[{binding.host_ip}]" if ":" in binding.host_ip else binding.host_ip
+    if binding.host_port == 0:
+        ports = ""
+    elif binding.host_port_end > binding.host_port:
+        ports = f"{binding.host_port}-{binding.host_port_end}"
+    else:
+        ports = str(binding.host_port)
+    where = f"{host}:{ports}:" if host else f"{ports}:" if ports else ""
+    return f"{where}{binding.container_port}/{binding.proto_name}"
+
+
 def allocate(
     bindings: Iterable[PortBinding],
     publish_ips: Callable[[str], tuple[str, ...]],
@@ -90,7 +103,10 @@ def allocate(
     low, high = ephemeral or ephemeral_range()
     for binding in bindings:
         proto = binding.proto_name
-        ips = publish_ips(binding.host_ip)
+        try:
+            ips = publish_ips(binding.host_ip)
+        except Refusal as exc:
+            raise Refusal(f"-p {spelled(binding)}: {exc}") from None
         if binding.host_port == 0:
             candidates: Iterable[int] = range(low, high + 1)
             explicit = False

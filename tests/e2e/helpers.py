@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 from typing import Iterator
 
 from tests.lab import wait_for  # noqa: F401 - the tests import it from here
@@ -113,15 +114,33 @@ def inspect_ip(lab, container: str, net: str) -> str:
 HOST_PYTHON = ["-v", "/usr:/usr:ro", "-v", "/lib:/lib:ro", "-v", "/lib64:/lib64:ro"]
 UDP_ECHO = (
     "import socket\n"
-    "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-    "s.bind(('0.0.0.0',{port}))\n"
+    "s=socket.socket(socket.AF_INET6 if ':' in '{bind}' else socket.AF_INET,socket.SOCK_DGRAM)\n"
+    "s.bind(('{bind}',{port}))\n"
     "while True:\n"
     "    d,a=s.recvfrom(100); s.sendto(d,a)\n"
 )
+UDP_PING = (
+    "import socket,sys\n"
+    "s=socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "s.settimeout(2)\n"
+    "s.sendto(b'ping', (sys.argv[1], int(sys.argv[2])))\n"
+    "print(s.recvfrom(100)[0].decode())\n"
+)
 
 
-def udp_echo_cmd(port: int) -> list[str]:
-    return ["/usr/bin/python3", "-c", UDP_ECHO.format(port=port)]
+def udp_echo_cmd(port: int, bind: str = "0.0.0.0") -> list[str]:
+    """A UDP echo server in a container (with :data:`HOST_PYTHON`); on ``::`` it serves both families."""
+    return ["/usr/bin/python3", "-c", UDP_ECHO.format(port=port, bind=bind)]
+
+
+def udp_roundtrip(ns: str, addr: str, port: int) -> bool:
+    """Does a datagram sent from lab namespace ``ns`` to ``addr``:``port`` come back (three tries)?"""
+    for _ in range(3):
+        out = subprocess.run(["nsenter", f"--net=/var/run/netns/{ns}", sys.executable, "-c", UDP_PING, addr,
+                              str(port)], capture_output=True, text=True)
+        if out.stdout.strip() == "ping":
+            return True
+    return False
 
 
 from tests.lab import COMPOSE  # noqa: E402

@@ -14,7 +14,20 @@ import textwrap
 import pytest
 
 from tests.e2e.conftest import skip_or_fail
-from tests.e2e.helpers import COMPOSE, compose, containers, network, run, status, wait_for, web_cmd
+from tests.e2e.helpers import (
+    COMPOSE,
+    HOST_PYTHON,
+    IMAGE,
+    compose,
+    containers,
+    network,
+    run,
+    status,
+    udp_echo_cmd,
+    udp_roundtrip,
+    wait_for,
+    web_cmd,
+)
 from tests.lab import C0_ADDR6, C1_ADDR6, HOST6_ETH0, HOST6_ETH1, ROUTER_LL
 from tests.lab.plugin import stop_group
 
@@ -185,6 +198,37 @@ def test_ipv6_only_network(c1_echo6):
         assert "10.77" not in lab.host("iptables-save").stdout
 
 
+def host_port6(lab, ctr: str) -> int:
+    """The host port a container publishes on eth1's IPv6 address, as ``multinic status`` shows it."""
+    ports = status(lab)["ports"]
+    rows = [p["host"] for p in ports if p["container"] == ctr and p["host"].startswith(f"[{HOST6_ETH1}]")]
+    assert len(rows) == 1, ports
+    return int(rows[0].rsplit(":", 1)[1])
+
+
+def test_udp_range_publish_all_and_a_taken_port_over_ipv6(mn):
+    """udp, a port range and ``-P`` land on eth1's IPv6 address too, and c1 (behind eth1's router only) is
+    answered; a second container asking a host port the first holds there is refused naming the port."""
+    lab = mn
+    with network(lab, "ports6", *DUAL, "--subnet", "10.80.0.0/24", "--subnet", "fd00:80::/64"), \
+            containers(lab) as names:
+        run(lab, names, "udp6", "--network", "ports6", "-p", "9080-9081:90/udp", *HOST_PYTHON,
+            cmd=udp_echo_cmd(90, "::"))
+        run(lab, names, "all6", "--network", "ports6", "-P", "--expose", "80", cmd=web_cmd("all6"))
+        udp = host_port6(lab, "udp6")
+        assert udp in (9080, 9081)
+        assert wait_for(lambda: udp_roundtrip(lab.c1_ns, HOST6_ETH1, udp))
+        eph = host_port6(lab, "all6")
+        assert wait_for(lambda: lab.http_get(lab.c1_ns, url(HOST6_ETH1, eph))) == "all6\n"
+        before = lab.dump_host_state()
+        names.append("taken6")
+        proc = lab.docker("run", "-d", "--name", "taken6", "--network", "ports6", "-p", f"[{HOST6_ETH1}]:{eph}:80",
+                          IMAGE, "sleep", "60", check=False)
+        assert proc.returncode != 0, proc.stdout
+        assert f"host port {eph}/tcp on {HOST6_ETH1} is already published" in proc.stderr, proc.stderr
+        assert lab.dump_host_state() == before
+
+
 COMPOSE6 = """
 services:
   web:
@@ -225,8 +269,13 @@ def test_bad_ipv6_input_is_refused_and_leaves_nothing(mn):
         assert proc.returncode != 0 and words in proc.stderr, proc.stderr
     with network(lab, "pub6", *DUAL, "--subnet", "10.79.0.0/24", "--subnet", "fd00:79::/64"), \
             containers(lab) as names:
-        names.append("badport6")
-        proc = lab.docker("run", "-d", "--name", "badport6", "--network", "pub6", "-p", "[2001:db8:777::1]:4079:80",
-                          "mn-busybox:latest", "sleep", "60", check=False)
-        assert proc.returncode != 0 and "2001:db8:777::1 is not an address of this host" in proc.stderr, proc.stderr
+        # an address no NIC has, and eth0's (the network is bound to eth1): refused, naming the port and eth1's
+        for n, host_ip in enumerate(("2001:db8:777::1", HOST6_ETH0)):
+            names.append(f"badport6-{n}")
+            proc = lab.docker("run", "-d", "--name", f"badport6-{n}", "--network", "pub6", "-p",
+                              f"[{host_ip}]:4079:80", IMAGE, "sleep", "60", check=False)
+            assert proc.returncode != 0, proc.stdout
+            for words in (f"-p [{host_ip}]:4079:80/tcp", f"{host_ip} is not a stable IPv6 address",
+                          "of eth1, the parent of network", f"publish on one of {HOST6_ETH1}"):
+                assert words in proc.stderr, proc.stderr
     assert wait_for(lambda: lab.dump_host_state() == before, timeout=10)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 
 from tests.e2e.helpers import (
     HOST_PYTHON,
@@ -14,6 +12,7 @@ from tests.e2e.helpers import (
     run,
     status,
     udp_echo_cmd,
+    udp_roundtrip,
     wait_for,
     web_cmd,
 )
@@ -39,21 +38,6 @@ def test_seed_case_fails_with_dockers_bridge_driver(mn):
         assert lab.http_get(lab.c1_ns, "http://192.168.101.2:4001/", timeout=3) is None
 
 
-def _udp_roundtrip(lab, ns: str, addr: str, port: int) -> bool:
-    code = (
-        "import socket,sys\n"
-        "s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n"
-        "s.sendto(b'ping', (sys.argv[1], int(sys.argv[2])))\n"
-        "print(s.recvfrom(100)[0].decode())\n"
-    )
-    for _ in range(3):
-        out = subprocess.run(["nsenter", f"--net=/var/run/netns/{ns}", sys.executable, "-c", code, addr, str(port)],
-                             capture_output=True, text=True)
-        if out.stdout.strip() == "ping":
-            return True
-    return False
-
-
 def test_udp_range_and_publish_all(mn):
     lab = mn
     with network(lab, "udpnet", "--opt", "parent=eth1", "--subnet", "10.22.0.0/24"), containers(lab) as names:
@@ -66,7 +50,7 @@ def test_udp_range_and_publish_all(mn):
         assert len(udp) == 1 and udp[0]["proto"] == "udp"
         host_port = int(udp[0]["host"].rsplit(":", 1)[1])
         assert host_port in (9000, 9001)
-        assert _udp_roundtrip(lab, lab.c1_ns, "192.168.101.2", host_port)
+        assert udp_roundtrip(lab.c1_ns, "192.168.101.2", host_port)
         web = [p for p in ports if p["container"] == "publish-all"]
         assert len(web) == 1 and web[0]["container_port"].endswith(":80/tcp")
         eph = int(web[0]["host"].rsplit(":", 1)[1])
@@ -152,17 +136,23 @@ def test_reply_leaves_by_parent_when_another_network_is_the_gateway(mn):
         assert wait_for(lambda: lab.http_get(lab.c0_ns, "http://192.168.100.2:4007/")) == "multi\n"
 
 
-def test_host_ip_given_publishes_only_there_and_foreign_address_refused(mn):
+def test_host_ip_given_publishes_there_and_another_nics_address_refused(mn):
+    """A network bound to eth1 publishes on eth1: its address given explicitly is used; eth0's is refused
+    (the reply would leave by eth1 with eth0's address), naming the port and eth1's addresses."""
     lab = mn
     with network(lab, "hipnet", "--opt", "parent=eth1", "--subnet", "10.34.0.0/24"), containers(lab) as names:
-        # eth0's address given explicitly on a network bound to eth1: the user's HostIP wins.
-        run(lab, names, "hip-web", "--network", "hipnet", "-p", "192.168.100.2:4012:80", cmd=web_cmd("hip"))
-        assert wait_for(lambda: lab.http_get(lab.c0_ns, "http://192.168.100.2:4012/")) == "hip\n"
-        assert lab.http_get(lab.c1_ns, "http://192.168.101.2:4012/", timeout=2) is None
+        run(lab, names, "hip-web", "--network", "hipnet", "-p", "192.168.101.2:4012:80", cmd=web_cmd("hip"))
+        assert wait_for(lambda: lab.http_get(lab.c1_ns, "http://192.168.101.2:4012/")) == "hip\n"
+        assert [p["host"] for p in status(lab)["ports"] if p["container"] == "hip-web"] == ["192.168.101.2:4012"]
+        before = lab.dump_host_state()
         names.append("hip-bad")
-        proc = lab.docker("run", "-d", "--name", "hip-bad", "--network", "hipnet", "-p", "10.9.9.9:4013:80",
+        proc = lab.docker("run", "-d", "--name", "hip-bad", "--network", "hipnet", "-p", "192.168.100.2:4013:80",
                           "mn-busybox:latest", "sleep", "60", check=False)
-        assert proc.returncode != 0 and "10.9.9.9 is not an address of this host" in proc.stderr, proc.stderr
+        assert proc.returncode != 0, proc.stdout
+        for words in ("-p 192.168.100.2:4013:80/tcp", "192.168.100.2 is not an IPv4 address of eth1",
+                      "publish on one of 192.168.101.2"):
+            assert words in proc.stderr, proc.stderr
+        assert lab.dump_host_state() == before
 
 
 def test_sctp_port_is_published(mn):

@@ -62,7 +62,7 @@ def swarm(request: pytest.FixtureRequest, plugin_dir: Path) -> Iterator[Swarm]:
 
 @pytest.fixture(scope="module")
 def cluster(swarm: Swarm) -> Iterator[Swarm]:
-    """The managed plugin on every node (the README's command), the swarm network ``front`` from each node's
+    """The managed plugin on every node (docs/SWARM.md's command), the swarm network ``front`` from each node's
     ``mncfg``, an echo server on every c1; ``swarm.baseline``: each node's routing and firewall dump then,
     with no multinic network made on it."""
     ref = f"{swarm.registry.addr}/multinic:1"
@@ -350,7 +350,7 @@ def test_dual_stack_swarm_network(cluster: Swarm) -> None:
 
 
 def test_plugin_upgrade_across_the_cluster_node_by_node(cluster: Swarm) -> None:
-    """The README's upgrade: per node, drain, disable, upgrade, enable, active again. The service keeps
+    """docs/SWARM.md's upgrade: per node, drain, disable, upgrade, enable, active again. The service keeps
     serving from the other nodes meanwhile, and every node runs the new release at the end."""
     swarm = cluster
     m = swarm.manager

@@ -187,7 +187,7 @@ def running_healer(t: Topo, log: Path, **settings: float) -> Iterator[None]:
 
 @pytest.fixture
 def topo(tmp_path):
-    tag = f"{LAB_PREFIX}i{os.getpid() % 1000}"
+    tag = f"{LAB_PREFIX}i{os.getpid() % 10 ** (5 - len(LAB_PREFIX))}"  # a lab name has at most 6 characters
     with Topology(tag, mount=False) as net, scratch_netns(f"{tag}-k") as k:
         sh(net.host_ns, DOCKERS_IPTABLES)
         t = Topo(net, k, state_dir=str(tmp_path / "state"))

@@ -78,6 +78,42 @@ def test_dual_stack_egress_and_seed_case_by_the_parent(topo, backend):
     assert f"via {ROUTER_LL} dev eth0 proto ra" in ra_defaults(topo)
 
 
+def test_users_ip6tables_rules_hold_where_docker_keeps_no_ipv6_chains(topo, backend):
+    """Engine 20.10 keeps no IPv6 DOCKER-USER. Native backend: a DROP of the user's anywhere in ip6tables'
+    FORWARD holds for multinic's IPv6 ports, there before multinic (as after a reboot) or inserted after
+    (multinic's accepts are in its own table). iptables backend: its jump goes first in FORWARD, above
+    the user's rules; in a DOCKER-USER the user makes, multinic enters its chain from the end of it."""
+    drop = f"-s {C1_ADDR6} -j DROP"
+    if backend == "iptables-nft":
+        sh(topo.host, f"ip6tables-nft -A FORWARD {drop}")
+        assert create_dual_stack(topo, {"parent": "eth1"})["status"] == 200
+        forward = sh(topo.host, "ip6tables-nft -S FORWARD").splitlines()
+        assert forward[1:] == ["-A FORWARD -m comment --comment multinic -j MULTINIC-FORWARD",
+                               f"-A FORWARD -s {C1_ADDR6}/128 -j DROP"], forward
+        sh(topo.host, f"ip6tables-nft -D FORWARD {drop} && ip6tables-nft -N DOCKER-USER && "
+                      f"ip6tables-nft -A DOCKER-USER {drop} && ip6tables-nft -I FORWARD -j DOCKER-USER")
+        assert topo.in_host(call, topo.state_dir, "DeleteNetwork", {"NetworkID": NID})["status"] == 200
+        assert create_dual_stack(topo, {"parent": "eth1"})["status"] == 200
+        assert sh(topo.host, "ip6tables-nft -S FORWARD").splitlines()[1:] == ["-A FORWARD -j DOCKER-USER"]
+        user = sh(topo.host, "ip6tables-nft -S DOCKER-USER").splitlines()
+        assert user[1:] == [f"-A DOCKER-USER -s {C1_ADDR6}/128 -j DROP",
+                            "-A DOCKER-USER -m comment --comment multinic -j MULTINIC-FORWARD"], user
+        rule = f"DOCKER-USER {drop}"
+    else:
+        sh(topo.host, f"ip6tables-nft -A FORWARD {drop}")
+        assert create_dual_stack(topo, {"parent": "eth1"})["status"] == 200
+        assert "multinic" not in sh(topo.host, "ip6tables-nft-save")  # nothing of multinic's in ip6tables
+        rule = f"FORWARD {drop}"
+    attach(topo, [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 4000, "HostPortEnd": 4000}])
+    topo.serve_peer(topo.k, 80, '::')
+    assert topo.connect(topo.c1, HOST6_ETH1, 4000, timeout=1).startswith("FAIL")
+    sh(topo.host, f"ip6tables-nft -D {rule}")
+    assert topo.connect(topo.c1, HOST6_ETH1, 4000) == C1_ADDR6
+    sh(topo.host, f"ip6tables-nft -I {rule}")  # inserted after multinic: holds too
+    assert topo.connect(topo.c1, HOST6_ETH1, 4000, timeout=1).startswith("FAIL")
+    detach_and_remove(topo)
+
+
 def test_ipv6_only_network(topo, backend):
     before = topo.dump()
     assert create_dual_stack(topo, {"parent": "eth1"}, ipv4=False)["status"] == 200
@@ -140,7 +176,12 @@ def test_ipv6_overlap_and_published_address_refusals(topo):
     iface = {"Address": "10.10.0.2/24", "AddressIPv6": f"{ADDRESS6}/64"}
     assert topo.in_host(call, topo.state_dir, "CreateEndpoint",
                         {"NetworkID": NID, "EndpointID": EID, "Interface": iface})["status"] == 200
-    for host_ip, words in (("2001:db8:777::1", ["2001:db8:777::1 is not an address of this host", HOST6_ETH1]),
+    # a deprecated address of eth1's (still valid, but going away): never published on
+    sh(topo.host, "ip -6 addr add 2001:db8:101::99/64 dev eth1 nodad preferred_lft 0")
+    stable = "is not a stable IPv6 address (global, not temporary or deprecated) of eth1"
+    for host_ip, words in (("2001:db8:777::1", ["-p [2001:db8:777::1]:4000:80/tcp", stable, HOST6_ETH1]),
+                           (HOST6_ETH0, [f"{HOST6_ETH0} {stable}", f"publish on one of {HOST6_ETH1}"]),
+                           ("2001:db8:101::99", [f"2001:db8:101::99 {stable}"]),
                            ("::1", ["loopback"])):
         join = topo.in_host(call, topo.state_dir, "Join", {
             "NetworkID": NID, "EndpointID": EID, "SandboxKey": "", "Options": {"com.docker.network.portmap": [
@@ -148,6 +189,7 @@ def test_ipv6_overlap_and_published_address_refusals(topo):
         assert join["status"] == 400 and all(w in join["Err"] for w in words), join
     for verb in ("DeleteEndpoint", "DeleteNetwork"):
         assert topo.in_host(call, topo.state_dir, verb, {"NetworkID": NID, "EndpointID": EID})["status"] == 200
+    sh(topo.host, "ip -6 addr del 2001:db8:101::99/64 dev eth1")
     assert topo.dump() == before
 
 

@@ -1,11 +1,12 @@
 """IPv6 planning, pure over (state, host facts): subnets and next hops, the host settings put back
 with the last IPv6 network, where ports land and which addresses are refused."""
 
+import dataclasses
 import ipaddress
 
 import pytest
 
-from plugin.api.messages import CreateNetworkRequest, Pool
+from plugin.api.messages import CreateNetworkRequest, Pool, PortBinding
 from plugin.api.options import NetworkOptions
 from plugin.errors import Refusal
 from plugin.kernel.firewall.rules import publish_addresses, ruleset_for
@@ -19,6 +20,7 @@ from plugin.plan.network import (
     publish_resolver,
     restore6_for,
 )
+from plugin.plan.ports import allocate
 from plugin.plan.state import PublishedPort, State
 
 ETH1 = ParentFacts("eth1", True, (ipaddress.IPv4Interface("192.168.101.2/24"),), 1500,
@@ -133,10 +135,33 @@ def test_ports_land_on_each_family_as_docker_publishes_them():
     resolve = publish_resolver(only4, FACTS)
     with pytest.raises(Refusal, match="is IPv6 but network .* is IPv4 only"):
         resolve("2001:db8:101::2")
-    with pytest.raises(Refusal, match="2001:db8:777::1 is not an address of this host; use one of 2001:db8:101::2"):
-        publish_resolver(dual, FACTS)("2001:db8:777::1")
     with pytest.raises(Refusal, match="loopback"):
         publish_resolver(dual, FACTS)("::1")
+
+
+@pytest.mark.parametrize("host_ip", [
+    "2001:db8:777::1",  # no NIC's
+    "2001:db8:100::2",  # eth0's
+    "2001:db8:101::99",  # eth1's, but temporary or deprecated (the facts leave it out of addresses6)
+])
+def test_published_ipv6_address_must_be_a_stable_one_of_the_parent(host_ip):
+    facts = HostFacts(parents=FACTS.parents,
+                      local_addresses=FACTS.local_addresses | {"2001:db8:100::2", "2001:db8:101::99"})
+    with pytest.raises(Refusal, match=rf"-p \[{host_ip}\]:4000:80/tcp: published host address {host_ip} is not a "
+                                      r"stable IPv6 address \(global, not temporary or deprecated\) of eth1, the "
+                                      r"parent of network aaaaaaaaaaaa; publish on one of 2001:db8:101::2, or leave"):
+        allocate([PortBinding(6, 80, host_ip, 4000, 4000)], publish_resolver(plan(), facts), [], lambda *_: True)
+
+
+def test_a_given_address_lands_only_while_the_parent_has_it_stable():
+    dual = plan()
+    assert publish_addresses(dual, "2001:db8:101::2", {"eth1": ETH1}) == ("2001:db8:101::2",)
+    assert publish_addresses(dual, "2001:db8:101:0::2", {"eth1": ETH1}) == ("2001:db8:101::2",)
+    # renumbered, or the address deprecated: no longer among the parent's stable addresses
+    moved = dataclasses.replace(ETH1, addresses6=(ipaddress.IPv6Interface("2001:db8:201::2/64"),))
+    assert publish_addresses(dual, "2001:db8:101::2", {"eth1": moved}) == ()
+    assert publish_addresses(dual, "192.168.101.2", {"eth1": moved}) == ("192.168.101.2",)
+    assert publish_addresses(dual, "192.168.101.2", {}) == ()
 
 
 @pytest.mark.parametrize("mine, theirs, meet", [

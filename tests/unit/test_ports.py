@@ -4,7 +4,7 @@ from hypothesis import strategies as st
 
 from plugin.api.messages import PortBinding
 from plugin.errors import Refusal
-from plugin.plan.ports import allocate, may_clash
+from plugin.plan.ports import allocate, may_clash, spelled
 from plugin.plan.state import PublishedPort
 
 
@@ -54,6 +54,25 @@ def test_port_without_host_ip_is_kept_without_one():
     got = allocate([PortBinding(6, 80, "", 4000, 4000), PortBinding(6, 81, "0.0.0.0", 4001, 4001),
                     PortBinding(6, 82, "192.168.101.2", 4002, 4002)], ips, [], free)
     assert [(p.host_ip, p.host_port) for p in got] == [("", 4000), ("0.0.0.0", 4001), ("192.168.101.2", 4002)]
+
+
+@pytest.mark.parametrize("binding, text", [
+    (PortBinding(6, 80, "", 8080, 8080), "8080:80/tcp"),
+    (PortBinding(17, 80, "2001:db8::2", 8080, 8081), "[2001:db8::2]:8080-8081:80/udp"),
+    (PortBinding(6, 80, "10.0.0.1", 8080, 8080), "10.0.0.1:8080:80/tcp"),
+    (PortBinding(6, 80), "80/tcp"),
+    (PortBinding(132, 80, "::1"), "[::1]::80/sctp"),
+])
+def test_a_binding_is_named_as_docker_run_spells_it(binding, text):
+    assert spelled(binding) == text
+
+
+def test_a_refused_host_address_names_the_port():
+    def refuse(host_ip):
+        raise Refusal(f"published host address {host_ip} is no good")
+
+    with pytest.raises(Refusal, match=r"^-p 10.0.0.9:4000:80/tcp: published host address 10.0.0.9 is no good$"):
+        allocate([PortBinding(6, 80, "10.0.0.9", 4000, 4000)], refuse, [], free)
 
 
 _ports = st.integers(40000, 40012)

@@ -108,21 +108,22 @@ def dnat_rules(state: State, facts: Mapping[str, ParentFacts], family: int) -> d
 
 
 def publish_addresses(net: NetworkRecord, host_ip: str, facts: Mapping[str, ParentFacts]) -> tuple[str, ...]:
-    """The addresses a port lands on: the given HostIP; else, of the network's families (only IPv4 for
-    ``0.0.0.0``, only IPv6 for ``::``, as Docker does), the parent's addresses as they are now, or each
-    family's "any" address for a network without a parent."""
+    """The addresses a port lands on: of the network's families (only IPv4 for ``0.0.0.0``, only IPv6 for
+    ``::``, as Docker does), the parent's addresses as they are now (for IPv6 its stable ones), or each
+    family's "any" address for a network without a parent. A given HostIP lands only while it is one of
+    the parent's (never on an address that went, or turned deprecated); as given without a parent."""
     families = net.families
+    given = host_ip and host_ip not in ANY_ADDRESS
     if host_ip in ANY_ADDRESS:
         families = tuple(f for f in families if ANY_ADDRESS[f == 6] == host_ip)
-    elif host_ip:
-        return (host_ip,)
     if not net.parent:
-        return tuple(ANY_ADDRESS[f == 6] for f in families)
+        return (host_ip,) if given else tuple(ANY_ADDRESS[f == 6] for f in families)
     parent = facts.get(net.parent)
     if parent is None:
         return ()
-    return (*(str(a.ip) for a in parent.addresses if 4 in families),
+    mine = (*(str(a.ip) for a in parent.addresses if 4 in families),
             *(str(a.ip) for a in parent.addresses6 if 6 in families))
+    return tuple(a for a in mine if ipaddress.ip_address(a) == ipaddress.ip_address(host_ip)) if given else mine
 
 
 def snat_rules(state: State, facts: Mapping[str, ParentFacts], family: int) -> tuple[Rule, ...]:

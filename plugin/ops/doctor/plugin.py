@@ -103,7 +103,7 @@ def check_swarm(f: Facts) -> list[Result]:
                        "here: swarm refuses legacy network plugins (\"legacy plugin ... is not supported in swarm "
                        "mode\"), so services cannot use multinic networks (standalone containers still can)",
                        "install the managed plugin with the same name:tag on every node, managers included: docker "
-                       "plugin install --grant-all-permissions --alias multinic REGISTRY/multinic:TAG (README, Swarm)")]
+                       "plugin install --grant-all-permissions --alias multinic REGISTRY/multinic:TAG (docs/SWARM.md)")]
     drivers = _driver_names(f)
     ours = {nid: n for nid, n in (f.docker_networks or {}).items()
             if n.get("driver") in drivers and n.get("scope") == "swarm"}
