@@ -284,9 +284,9 @@ def free_mark_slot(state: State) -> int:
 
 def publish_resolver(net: NetworkRecord, facts: HostFacts) -> Callable[[str], tuple[str, ...]]:
     """host_ip → the addresses a binding lands on, refusing addresses of a family the network lacks,
-    loopback addresses, and, for a network bound to a parent, any address but the parent's own of now
-    (IPv6: its stable ones, never a temporary, deprecated or tentative one); for a network without a
-    parent, addresses the host does not have."""
+    loopback addresses, addresses the host does not have, and, for an IPv6 network bound to a parent, any
+    IPv6 address but the parent's stable ones (never a temporary, deprecated or tentative one, nor another
+    upstream's). An IPv4 HostIP may be any of the host's: its replies follow main (connmark slot 0xff)."""
     local = facts.local_addresses
 
     def resolve(host_ip: str) -> tuple[str, ...]:
@@ -303,7 +303,7 @@ def publish_resolver(net: NetworkRecord, facts: HostFacts) -> Callable[[str], tu
             if ip.is_loopback:
                 raise Refusal(f"published host address {host_ip} is a loopback address, which multinic cannot "
                               "DNAT into a bridge; publish on the parent's address instead (-p HOSTPORT:PORT)")
-            if net.parent and host_ip not in ANY_ADDRESS:
+            if net.parent and ip.version == 6 and host_ip not in ANY_ADDRESS:
                 _refuse_unless_parents(net, ip, facts)
             elif host_ip not in (*local, *ANY_ADDRESS):
                 mine = sorted(a for a in local if ipaddress.ip_address(a).version == ip.version
@@ -321,8 +321,8 @@ def publish_resolver(net: NetworkRecord, facts: HostFacts) -> Callable[[str], tu
 
 def _refuse_unless_parents(net: NetworkRecord, ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
                            facts: HostFacts) -> None:
-    """A network bound to a parent publishes on that NIC only: a HostIP of another NIC would take replies
-    the parent's way with another NIC's address, and a temporary or deprecated IPv6 address is going away."""
+    """An IPv6 HostIP on a network bound to a parent is one of the parent's stable addresses: a temporary or
+    deprecated one is going away, and another NIC's belongs to another upstream's delegated prefix."""
     any_ip = ANY_ADDRESS[ip.version == 6]
     mine = publish_addresses(net, any_ip, facts.parents)
     if ip in (ipaddress.ip_address(a) for a in mine):

@@ -110,14 +110,17 @@ def dnat_rules(state: State, facts: Mapping[str, ParentFacts], family: int) -> d
 def publish_addresses(net: NetworkRecord, host_ip: str, facts: Mapping[str, ParentFacts]) -> tuple[str, ...]:
     """The addresses a port lands on: of the network's families (only IPv4 for ``0.0.0.0``, only IPv6 for
     ``::``, as Docker does), the parent's addresses as they are now (for IPv6 its stable ones), or each
-    family's "any" address for a network without a parent. A given HostIP lands only while it is one of
-    the parent's (never on an address that went, or turned deprecated); as given without a parent."""
+    family's "any" address for a network without a parent. A given IPv4 HostIP lands as given; a given
+    IPv6 one only while it is one of the parent's stable addresses (never on one that went, or turned
+    deprecated), as given without a parent."""
     families = net.families
     given = host_ip and host_ip not in ANY_ADDRESS
     if host_ip in ANY_ADDRESS:
         families = tuple(f for f in families if ANY_ADDRESS[f == 6] == host_ip)
+    if given and (not net.parent or ipaddress.ip_address(host_ip).version == 4):
+        return (host_ip,)
     if not net.parent:
-        return (host_ip,) if given else tuple(ANY_ADDRESS[f == 6] for f in families)
+        return tuple(ANY_ADDRESS[f == 6] for f in families)
     parent = facts.get(net.parent)
     if parent is None:
         return ()
