@@ -69,7 +69,12 @@ def reconcile(
                    defer_deletes)
         except Diverged as exc:
             log.warning("kernel did not hold what the state says (%s); reconciling the whole host", exc)
-            _whole_host(after, backend)  # its error, if any, is the one raised
+            try:
+                _whole_host(after, backend)
+            except Failure:
+                raise
+            except Exception as whole:  # noqa: BLE001 - as below: said as what failed, the trace chained
+                raise Failure(f"kernel update failed: {whole}") from whole
             conntrack.forget(todo.flows_gone)
         except Failure:
             raise

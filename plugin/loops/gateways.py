@@ -384,6 +384,9 @@ class Watcher:
         for cid in list(self.decisions):
             if cid not in running:
                 self._forget(cid)
+        for cid in list(self.failing):  # failed before any decision: gone, or off our networks, meanwhile
+            if cid not in targets:
+                self.failing.pop(cid)
         for cid in sorted(targets | set(self.decisions)):
             self.reconcile_container(api, cid)
         self.flush()

@@ -30,10 +30,10 @@ def _worker_exit(_server: Any, _worker: Any) -> None:
 
 
 def start(driver: Any, settings: Settings) -> None:
-    """Before listening: the state file checked (an unreadable one set aside for its backup, or for a
-    rebuild from dockerd), then the whole host reconciled from it. Nothing here waits for dockerd, which
-    waits for its plugins at boot: what needs dockerd (a lost state rebuilt, networks it lost while we
-    were down forgotten, its version) is the loops' first work. Whatever fails here is logged, reported
+    """Before listening: the firewall backend chosen and recorded, the state file checked (an unreadable
+    one set aside for a rebuild from dockerd), then the whole host reconciled from it. Nothing here waits
+    for dockerd, which waits for its plugins at boot: what needs dockerd (a lost state rebuilt, networks
+    it lost while we were down forgotten, its version) is the loops' first work. Whatever fails here is logged, reported
     in health and left to the healer: the socket must listen regardless (dockerd 20.10 panics at its
     next start on a managed plugin that cannot start; a missing legacy socket stalls every docker
     command)."""
@@ -50,12 +50,12 @@ def start(driver: Any, settings: Settings) -> None:
 
     report(health.note_settings, settings.problems)
     try:
+        report(health.note_settings, settings.problems, driver.firewall.flavour)
         usable, problem = store.check()
         if not usable:
             kept = store.set_aside()
             log.error("%s; set aside as %s: the state is rebuilt from dockerd", problem, kept)
         report(health.note_state, True, None)
-        report(health.note_settings, settings.problems, driver.firewall.flavour)
         from ..kernel.firewall import remove_leftovers
 
         for what in remove_leftovers(driver.firewall):

@@ -29,6 +29,7 @@ from ..kernel.firewall.rules import publish_addresses
 from ..kernel.netlink import Rtnl
 from ..settings import Settings
 from . import ports
+from .desired import FORWARDING6
 from .facts import HostFacts
 from .network import (
     GATEWAY_GUESSED,
@@ -80,6 +81,7 @@ class Driver:
     def _save_and_reconcile(self, state: State, before: State | None, parents: Mapping[str, Any] | None = None) -> None:
         """Persist first (intent), then make the kernel match: only the change from ``before``, or, with
         None, the whole host."""
+        self._keep_what_others_need(state)
         self.store.save(state)
         if self.on_saved is not None:
             self.on_saved()
@@ -87,6 +89,18 @@ class Driver:
             self.kernel(state, before)
         else:
             writer.reconcile(state, before, self.firewall, defer_deletes=self.defer_deletes, parents=parents)
+
+    def _keep_what_others_need(self, state: State) -> None:
+        """The last IPv6 network gone (deleted, forgotten or collected): nothing is put back while another
+        bridge routes IPv6 through the host (:func:`plugin.plan.network.kept_at_last6`)."""
+        if state.has_ipv6() or state.restore6.get(FORWARDING6, "1") == "1":
+            return
+        with Rtnl() as rt:
+            kept = kept_at_last6(state, facts.read(rt, [], ipv6=True))
+        if kept:
+            log.warning("the last IPv6 network is gone, but another bridge routes IPv6 through this host: left %s "
+                        "as they are", ", ".join(path.replace("/", ".") for path in kept))
+            state.restore6.clear()
 
     def _forget_put_back(self, state: State) -> None:
         """Forget what the writer has put back (desired state): the parents no network uses any more (their
@@ -233,13 +247,6 @@ class Driver:
             for ep in list(state.endpoints.values()):
                 if ep.network_id == req.network_id:
                     del state.endpoints[ep.id]
-            if before.has_ipv6() and not state.has_ipv6() and state.restore6:
-                with Rtnl() as rt:
-                    kept = kept_at_last6(state, facts.read(rt, [], ipv6=True))
-                if kept:
-                    log.warning("the last IPv6 network is gone, but another bridge routes IPv6 through this host: "
-                                "left %s as they are", ", ".join(f"{p.replace('/', '.')}" for p in kept))
-                    state.restore6.clear()
             self._save_and_reconcile(state, before)
             self._forget_put_back(state)
         log.info("deleted network %s", req.network_id[:12])

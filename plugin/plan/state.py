@@ -251,9 +251,9 @@ class Store:
         except UNREADABLE as exc:
             raise StateCorrupt(
                 f"multinic state file {self.path} is unreadable ({type(exc).__name__}: {str(exc)[:120]}) and "
-                "multinic will not act on networks it cannot see; restart the plugin to restore the last "
-                f"good copy ({self.backup_path.name}), or if that fails move the file aside, restart, and "
-                "re-create the multinic networks"
+                "multinic will not act on networks it cannot see; restart the plugin: it sets the file aside "
+                f"and rebuilds the state from dockerd (do not copy {self.backup_path.name} over it: it is one "
+                "save older)"
             ) from None
 
     def save(self, state: State) -> None:
