@@ -118,7 +118,7 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
     for field, (name, kind) in _ENV.items():
         raw = (flags or {}).get(field)
         source = f"--{field.replace('_', '-')}"
-        if raw is None:
+        if raw is None or (isinstance(raw, str) and not raw.strip()):  # `--log-level ${LOG_LEVEL}`, unset
             raw, source = env.get(name, "").strip(), name
             if raw == "":
                 continue

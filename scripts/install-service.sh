@@ -61,6 +61,12 @@ if ((!remove)); then
   mv "$unit.tmp" "$unit"
   ln -sfn "$prefix/bin/multinic" "$bin_dir/multinic"
   version=$("$prefix/bin/multinic" --version)
+  # Not fatal: beside Docker's iptables the iptables backends serve; on Engine 29's nftables firewall or
+  # a host without iptables nothing else can (`multinic doctor` says so too).
+  if why=$("$prefix/bin/python" -c 'from plugin.kernel.firewall import nft; print(nft.available() or "")') \
+      && [[ -n $why ]]; then
+    say "warning: $why (without it multinic uses iptables-nft, or nothing where Docker's firewall is nftables)"
+  fi
   if systemd; then
     systemctl daemon-reload
     systemctl enable multinic.service >/dev/null

@@ -81,6 +81,9 @@ def test_settings_never_keep_the_plugin_from_starting() -> None:
     assert len(got.problems) == 3 and any("MULTINIC_WORKERS='many'" in p for p in got.problems)
     flags = settings.load({"log_level": "DEBUG", "socket": "/run/docker/plugins/x.sock"}, {"LOG_LEVEL": "error"})
     assert (flags.log_level, flags.driver_name, flags.problems) == ("debug", "x", ())
+    # The unit's `--log-level ${LOG_LEVEL}` with `LOG_LEVEL=` in /etc/default/multinic: not given, the default
+    empty = settings.load({"log_level": "", "state_dir": " "}, {"LOG_LEVEL": ""})
+    assert (empty.log_level, empty.state_dir, empty.problems) == ("info", settings.Settings().state_dir, ())
     wrong = settings.load({}, {"MULTINIC_FIREWALL": "ipchains"})  # a typo: the backend is chosen from the host
     assert wrong.firewall == "" and "firewall backend 'ipchains' unknown" in wrong.problems[0]
     assert settings.load({}, {"MULTINIC_FIREWALL": "NFTables"}).firewall == "nftables"
