@@ -91,6 +91,29 @@ def test_dual_stack_seed_case_egress_and_hairpin(c1_echo6):
         assert {f"[{HOST6_ETH1}]:4070", "192.168.101.2:4070", f"[{HOST6_ETH1}]:4071"} <= rows
 
 
+def test_a_users_ipv6_drop_holds_for_multinic_ports(c1_echo6):
+    """docs/RESTRICTING.md in IPv6: in ip6tables' DOCKER-USER where Docker keeps one (Engine 27+), else in
+    ip6tables' FORWARD (20.10); removing the rule gives the port back. doctor checks the IPv6 order."""
+    lab = c1_echo6
+    docker_user = lab.host("ip6tables", "-S", "DOCKER-USER", check=False).returncode == 0
+    drop = ("DOCKER-USER" if docker_user else "FORWARD", "-s", f"{C1_ADDR6}/128", "-j", "DROP")
+    with network(lab, "drop6", *DUAL, "--subnet", "10.74.0.0/24", "--subnet", "fd00:74::/64"), \
+            containers(lab) as names:
+        run(lab, names, "web-drop6", "--network", "drop6", "-p", "4074:80", cmd=web_cmd("drop6"))
+        assert wait_for(lambda: lab.http_get(lab.c1_ns, url(HOST6_ETH1, 4074))) == "drop6\n"
+        lab.host("ip6tables", "-I", *drop)
+        try:
+            assert lab.http_get(lab.c1_ns, url(HOST6_ETH1, 4074), timeout=2) is None
+            checks = {c["check"]: c for c in json.loads(lab.multinic(
+                "doctor", "--json", "--socket", lab.plugin_socket, timeout=120).stdout)["checks"]}
+            assert checks["forward6"]["status"] == "ok", checks["forward6"]
+            if docker_user:
+                assert "after your 1 rule(s)" in checks["forward6"]["message"], checks["forward6"]
+        finally:
+            lab.host("ip6tables", "-D", *drop, check=False)
+        assert wait_for(lambda: lab.http_get(lab.c1_ns, url(HOST6_ETH1, 4074), timeout=2)) == "drop6\n"
+
+
 def test_bridge_driver_before_fails_and_isolation_from_it(c1_echo6):
     """The "before": Docker's own IPv6 bridge answers c1 by the main default route (eth0's router,
     which has no route to c1). Its containers and multinic's cannot reach each other over IPv6."""

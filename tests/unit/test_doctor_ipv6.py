@@ -104,3 +104,25 @@ def test_a_parent_of_ipv6_only_networks_needs_no_ipv4_address():
     parent = {"eth1": ParentInfo("eth1", True, True)}
     assert check_parents(Facts(state=State(networks={NID: only6}), parents=parent))[0].status == OK
     assert check_parents(Facts(state=dual_stack(), parents=parent))[0].status == ERROR
+
+
+def test_the_ip6tables_docker_user_order_is_checked_while_an_ipv6_network_exists():
+    """Engine 27+ keeps an IPv6 DOCKER-USER: multinic's jump there must come after the user's rules, as in
+    iptables; an IPv4-only host gets no IPv6 verdict."""
+    from plugin.ops.doctor.host import check_forward
+
+    head = ("*filter\n:FORWARD DROP [0:0]\n:DOCKER-USER - [0:0]\n:MULTINIC-FORWARD - [0:0]\n"
+            "-A FORWARD -j DOCKER-USER\n")
+    user = "-A DOCKER-USER -s 2001:db8:bad::/48 -j DROP\n"
+    ours = "-A DOCKER-USER -m comment --comment multinic -j MULTINIC-FORWARD\n"
+    good, bad = parse(head + user + ours + "COMMIT\n"), parse(head + ours + user + "COMMIT\n")
+    f = Facts(state=dual_stack(), iptables={"nft": good}, ip6tables={"nft": bad})
+    assert statuses(check_forward(f)) == [(OK, "iptables FORWARD policy DROP; FORWARD enters multinic through "
+                                                "DOCKER-USER, after your 1 rule(s) there"),
+                                          (ERROR, "multinic's jump in ip6tables DOCKER-USER is rule 1 of 2")]
+    assert [r.check for r in check_forward(f)] == ["forward", "forward6"]
+    f = Facts(state=dual_stack(), iptables={"nft": good}, ip6tables={"nft": good})
+    assert [r.status for r in check_forward(f)] == [OK, OK]
+    v4_only = State(networks={NID: dataclasses.replace(dual_stack().networks[NID], subnet6="", gateway6="")})
+    assert [r.check for r in check_forward(Facts(state=v4_only, iptables={"nft": good}, ip6tables={"nft": bad}))] \
+        == ["forward"]

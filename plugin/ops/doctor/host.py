@@ -137,15 +137,18 @@ def check_br_netfilter(f: Facts) -> list[Result]:
         ]
     return [Result("br_netfilter", OK, "loaded, bridge-nf-call-iptables=1, same-bridge traffic accepted")]
 
-def _docker_flavours(f: Facts) -> list[str]:
-    return [fl for fl in FLAVOURS if fl in f.iptables and f.iptables[fl].has_docker]
+def _views(f: Facts, family: int = 4) -> dict[str, View]:
+    return f.iptables if family == 4 else f.ip6tables
 
-def _our_flavours(f: Facts) -> list[str]:
-    return [fl for fl in FLAVOURS if fl in f.iptables and f.iptables[fl].has_ours]
+def _docker_flavours(f: Facts, family: int = 4) -> list[str]:
+    return [fl for fl in FLAVOURS if fl in _views(f, family) and _views(f, family)[fl].has_docker]
 
-def _our_flavour(f: Facts) -> str | None:
+def _our_flavours(f: Facts, family: int = 4) -> list[str]:
+    return [fl for fl in FLAVOURS if fl in _views(f, family) and _views(f, family)[fl].has_ours]
+
+def _our_flavour(f: Facts, family: int = 4) -> str | None:
     """The flavour whose FORWARD matters: where our chains are, else where Docker's are."""
-    return next(iter(_our_flavours(f) or _docker_flavours(f)), None)
+    return next(iter(_our_flavours(f, family) or _docker_flavours(f, family)), None)
 
 def _our_view(f: Facts) -> View | None:
     flavour = _our_flavour(f)
@@ -158,17 +161,24 @@ def _target(rule: str) -> str | None:
 def check_forward(f: Facts) -> list[Result]:
     """How FORWARD enters multinic's chain, as Docker orders its own: through DOCKER-USER, after the
     user's rules there (so a DROP of the user's holds for multinic's ports too), or, without DOCKER-USER,
-    first in FORWARD."""
-    flavour = _our_flavour(f)
+    first in FORWARD. In iptables, and in ip6tables while an IPv6 network exists."""
+    results = _check_forward(f, 4)
+    if f.state.has_ipv6():
+        results += _check_forward(f, 6)
+    return results
+
+def _check_forward(f: Facts, family: int) -> list[Result]:
+    name, tool, table = ("forward", "iptables", "ip") if family == 4 else ("forward6", "ip6tables", "ip6")
+    flavour = _our_flavour(f, family)
     if flavour is None and f.firewall_selected == "nftables":
-        return [Result("forward", OK, f"no iptables FORWARD to enter: multinic's table ip {TABLE} hooks forward "
-                       "itself, and Docker keeps no iptables chains here")]
+        return [Result(name, OK, f"no {tool} FORWARD to enter: multinic's table {table} {TABLE} hooks forward "
+                       f"itself, and Docker keeps no {tool} chains here")]
     if flavour is None:
-        return [Result("forward", SKIP, "no iptables view (neither Docker's nor multinic's chains found)")]
-    view = f.iptables[flavour]
+        return [Result(name, SKIP, f"no {tool} view (neither Docker's nor multinic's chains found)")]
+    view = _views(f, family)[flavour]
     policy = view.policies.get("filter", {}).get("FORWARD", "ACCEPT")
     if not f.state.networks:
-        return [Result("forward", OK, f"FORWARD policy {policy}; no multinic network, so no jump expected")]
+        return [Result(name, OK, f"FORWARD policy {policy}; no multinic network, so no jump expected")]
     chains = view.chains("filter")
     fix = "multinic reconcile   (the healer also puts it right within its firewall check interval, 15 s)"
     jumps = [j for j in JUMPS if j.table == "filter" and j.target == FILTER_FORWARD]
@@ -179,29 +189,29 @@ def check_forward(f: Facts) -> list[Result]:
         if wrong:
             ours = [n for n, r in enumerate(rules, 1) if any(j.enters(r) for j in jumps)]
             where = f"rule {ours[0]} of {len(rules)}" if ours else "missing"
-            return [Result("forward", ERROR, f"multinic's jump in {DOCKER_USER} is {where}: it must come after your "
-                           f"{len(user)} rule(s) there (and FORWARD must not jump to it directly), or a DROP you put "
-                           f"in "
-                           f"{DOCKER_USER} does not hold for multinic's published ports", fix)]
-        return [Result("forward", OK, f"FORWARD policy {policy}; FORWARD enters multinic through {DOCKER_USER}, after "
-                       f"your {len(user)} rule(s) there")]
+            return [Result(name, ERROR, f"multinic's jump in {tool} {DOCKER_USER} is {where}: it must come after "
+                           f"your {len(user)} rule(s) there (and FORWARD must not jump to it directly), or a DROP "
+                           f"you put in {DOCKER_USER} does not hold for multinic's published ports", fix)]
+        return [Result(name, OK, f"{tool} FORWARD policy {policy}; FORWARD enters multinic through {DOCKER_USER}, "
+                       f"after your {len(user)} rule(s) there")]
     if wrong:
-        return [Result("forward", ERROR, f"FORWARD policy {policy} and no jump to {FILTER_FORWARD} (comment "
+        return [Result(name, ERROR, f"{tool} FORWARD policy {policy} and no jump to {FILTER_FORWARD} (comment "
                        f"{COMMENT!r}): multinic's networks are not forwarded (or not isolated)", fix)]
     rules = chains.get("FORWARD", [])
     ours = next((n for n, r in enumerate(rules, 1) if any(j.enters(r) for j in jumps)), 1)
-    tool = f"iptables-{flavour}"
+    command = f"{tool}-{flavour}"
     jump = f"FORWARD -m comment --comment {COMMENT} -j {FILTER_FORWARD}"
-    move = f"{tool} -D {jump} && {tool} -I {jump.replace('FORWARD', 'FORWARD 1', 1)}"
+    move = f"{command} -D {jump} && {command} -I {jump.replace('FORWARD', 'FORWARD 1', 1)}"
     before = rules[: ours - 1]
     docker = [r for r in before if (_target(r) or "").startswith("DOCKER") or re.search(r"-[io] (docker0|br-)", r)]
     if docker:
-        return [Result("forward", ERROR, f"FORWARD rule {rules.index(docker[0]) + 1} ({docker[0]}) comes before "
+        return [Result(name, ERROR, f"{tool} FORWARD rule {rules.index(docker[0]) + 1} ({docker[0]}) comes before "
                        f"multinic's jump (rule {ours}): Docker's accepts now bypass multinic's isolation", move)]
     if before:
-        return [Result("forward", WARN, f"FORWARD rules of another tool run before multinic's jump (rule {ours}): "
-                       + "; ".join(before[:3]), move + "; or move that tool's rules below it")]
-    return [Result("forward", OK, f"FORWARD policy {policy}; multinic's jump comes first (no {DOCKER_USER} here)")]
+        return [Result(name, WARN, f"{tool} FORWARD rules of another tool run before multinic's jump (rule "
+                       f"{ours}): " + "; ".join(before[:3]), move + "; or move that tool's rules below it")]
+    return [Result(name, OK, f"{tool} FORWARD policy {policy}; multinic's jump comes first (no {DOCKER_USER} "
+                   "here)")]
 
 
 def check_iptables_flavour(f: Facts) -> list[Result]:
