@@ -96,6 +96,7 @@ def test_a_users_ipv6_drop_holds_for_multinic_ports(c1_echo6):
     ip6tables' FORWARD (20.10); removing the rule gives the port back. doctor checks the IPv6 order."""
     lab = c1_echo6
     docker_user = lab.host("ip6tables", "-S", "DOCKER-USER", check=False).returncode == 0
+    assert docker_user == (lab.engine != "20.10")  # Engine 27+ keeps an IPv6 DOCKER-USER
     drop = ("DOCKER-USER" if docker_user else "FORWARD", "-s", f"{C1_ADDR6}/128", "-j", "DROP")
     with network(lab, "drop6", *DUAL, "--subnet", "10.74.0.0/24", "--subnet", "fd00:74::/64"), \
             containers(lab) as names:
