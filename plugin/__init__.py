@@ -3,7 +3,7 @@ typed requests), ``plan`` (the verbs, pure planning, the state), ``kernel`` (the
 writes with), ``loops`` (background work), ``ops`` (the command line, doctor, health, metrics); the flow is
 drawn in docs/ARCHITECTURE.md."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from .kernel.pyroute import defer_init
 
