@@ -50,8 +50,14 @@ BACKEND = [""]
 BACKENDS = ("nftables", "iptables-nft")
 
 
+def xtables_lock() -> str:
+    """The tests' own xtables lock (:func:`_private_xtables_lock`): the plugin reads XTABLES_LOCKFILE only
+    through its settings, so a backend built here is handed it."""
+    return os.environ["XTABLES_LOCKFILE"]
+
+
 def settings(**kw) -> Settings:
-    return Settings(firewall=BACKEND[0], **kw)
+    return Settings(firewall=BACKEND[0], xtables_lock=xtables_lock(), **kw)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -166,7 +172,8 @@ def running_healer(t: Topo, log: Path, **settings: float) -> Iterator[None]:
         enter_netns(t.host)
         logging.basicConfig(filename=log, level=logging.INFO, force=True,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        Healer(Driver(Store(t.state_dir), Settings(firewall=BACKEND[0], **settings))).run(stop)
+        Healer(Driver(Store(t.state_dir), Settings(firewall=BACKEND[0], xtables_lock=xtables_lock(),
+                                                   **settings))).run(stop)
 
     proc = ctx.Process(target=child)
     proc.start()

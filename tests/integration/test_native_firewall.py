@@ -12,7 +12,7 @@ import pytest
 
 from plugin.kernel.firewall.model import Edit, Ruleset
 from plugin.plan.desired import change, host_state
-from tests.integration.conftest import DOCKERS_IPTABLES
+from tests.integration.conftest import DOCKERS_IPTABLES, settings, xtables_lock
 from tests.nsutil import in_netns, scratch_netns, sh
 from tests.unit.test_firewall_golden import FACTS, MANY, ONE
 from tests.unit.test_native_rules import FACTS6, _dual_stack, ports_held
@@ -30,7 +30,7 @@ def _apply_twice_and_remove(ruleset: Ruleset, ruleset6: Ruleset) -> dict:
     from plugin.kernel.firewall import nft
     from plugin.kernel.firewall.native import NativeBackend
 
-    v4, v6 = NativeBackend(4), NativeBackend(6)
+    v4, v6 = NativeBackend(4, xtables_lock()), NativeBackend(6, xtables_lock())
     out = {}
     v4.apply(ruleset)
     v6.apply(ruleset6)
@@ -65,7 +65,7 @@ def _edits_with_ports_held(held: int) -> dict:
     from plugin.kernel.firewall.native import NativeBackend, Table
 
     before, after, _new = ports_held(held)
-    backend = NativeBackend(4)
+    backend = NativeBackend(4, xtables_lock())
     backend.apply(host_state(before, FACTS).firewall)
 
     def count() -> int:
@@ -105,7 +105,7 @@ def _both_families_at_once() -> dict:
     from plugin.kernel.firewall.native import NativeBackend
 
     state = _dual_stack()
-    fw = Firewall(NativeBackend(4), NativeBackend(6))
+    fw = Firewall(NativeBackend(4, xtables_lock()), NativeBackend(6, xtables_lock()))
     hs = host_state(state, FACTS6)
     fw.v4.apply(hs.firewall)
     fw.v6.apply(hs.firewall6)
@@ -139,7 +139,7 @@ def test_a_verbs_edits_of_both_families_are_one_transaction(ns):
 def _opening(first: Ruleset, more: Ruleset) -> dict:
     from plugin.kernel.firewall.native import NativeBackend
 
-    backend = NativeBackend(4)
+    backend = NativeBackend(4, xtables_lock())
     out = {}
     backend.apply(first)
     out["user"] = sh_here("iptables-nft -S DOCKER-USER")
@@ -182,7 +182,7 @@ def test_dockers_iptables_forward_drop_is_opened_per_bridge_after_the_users_rule
 def _leftovers(selected: str) -> list[str]:
     from plugin.kernel.firewall import firewall_for, remove_leftovers
 
-    return remove_leftovers(firewall_for(selected))
+    return remove_leftovers(firewall_for(selected, settings()))
 
 
 def test_another_backends_leftovers_are_removed_at_start(ns):
@@ -202,7 +202,7 @@ def test_another_backends_leftovers_are_removed_at_start(ns):
 def _apply(flavour: str, ruleset: Ruleset) -> None:
     from plugin.kernel.firewall import firewall_for
 
-    firewall_for(flavour).v4.apply(ruleset)
+    firewall_for(flavour, settings()).v4.apply(ruleset)
 
 
 def _opening_once_dockers_legacy_chains_appear(ruleset: Ruleset, ns: str) -> dict:
@@ -211,7 +211,7 @@ def _opening_once_dockers_legacy_chains_appear(ruleset: Ruleset, ns: str) -> dic
     legacy host): the healer's drift names it, and the repair's apply opens the FORWARD DROP."""
     from plugin.kernel.firewall.native import NativeBackend
 
-    backend = NativeBackend(4)
+    backend = NativeBackend(4, xtables_lock())
     backend.apply(ruleset)
     out = {"before": backend.opening_backend()}
     sh(ns, DOCKERS_IPTABLES.replace("iptables ", "iptables-legacy "))
