@@ -182,9 +182,11 @@ def test_churn_leaves_the_host_byte_identical(e29):
     assert wait_for(lambda: lab.dump_host_state() == before, timeout=20)
 
 
-def test_fuzzer(e29, tmp_path):
+def test_fuzzer(e29, tmp_path, monkeypatch):
     """The kernel-level fuzzer (tests/integration/test_hostile_input.py) in this lab's host, with the
     plugin's PATH: every refusal changes nothing, nothing answers 5xx, the teardown leaves nothing."""
+    # The integration tests' own xtables lock (their conftest sets it per session; this one is not there)
+    monkeypatch.setenv("XTABLES_LOCKFILE", str(tmp_path / "xtables.lock"))
     from tests.integration.test_hostile_input import SEED, fuzz
     from tests.nsutil import in_netns
 

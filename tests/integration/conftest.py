@@ -53,7 +53,9 @@ BACKENDS = ("nftables", "iptables-nft")
 def xtables_lock() -> str:
     """The tests' own xtables lock (:func:`_private_xtables_lock`): the plugin reads XTABLES_LOCKFILE only
     through its settings, so a backend built here is handed it."""
-    return os.environ["XTABLES_LOCKFILE"]
+    lock = os.environ.get("XTABLES_LOCKFILE")
+    assert lock, "XTABLES_LOCKFILE unset: a test outside tests/integration that uses settings() sets its own"
+    return lock
 
 
 def settings(**kw) -> Settings:
