@@ -76,8 +76,8 @@ def _across(lab, tag: str, ports: tuple[int, int]) -> tuple[str, str]:
 
 
 def inside_managed_plugin(lab, *args: str) -> str:
-    """``multinic ARGS`` run inside the lab's managed plugin, as the README says (nsenter into its mount and
-    network namespaces); its output."""
+    """``multinic ARGS`` run inside the lab's managed plugin, as docs/TROUBLESHOOTING.md says (nsenter into
+    its mount and network namespaces); its output."""
     from tests.lab import NETNS_DIR
 
     host_ns = os.stat(f"{NETNS_DIR}/{lab.host_ns}").st_ino

@@ -168,7 +168,7 @@ def test_install_from_registry_on_a_pristine_host(lab: Lab, pristine: Lab) -> No
             assert "front" in lab.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
             _seed_case(lab, 4070, "hello-v1", "web")
             assert (lab.host_path(STATE) / "state.json").exists()
-            status = inside_managed_plugin(lab, "status")  # the README's recipe
+            status = inside_managed_plugin(lab, "status")  # the recipe of docs/TROUBLESHOOTING.md
             assert "4070" in status and "10.70.0.0/24" in status, status
             _doctor_finds_the_managed_plugin(lab)
             lab.docker("rm", "-f", "web")  # before its network goes
