@@ -17,6 +17,7 @@ if (($#)) || [[ ${MULTINIC_TEST_SERIAL:-} == 1 ]]; then
   exec "${pytest[@]}" tests "$@"
 fi
 report=$(mktemp /tmp/multinic-tests-kernel.XXXXXX)
+trap 'rm -f "$report"' EXIT  # an interrupted run leaves no report behind either
 trap 'kill -- -$kernel 2>/dev/null || true' INT TERM
 set -m  # the kernel tests in a process group of their own, stopped with this script
 "${pytest[@]}" -p no:cacheprovider tests/unit tests/integration >"$report" 2>&1 &
@@ -28,6 +29,5 @@ kernel_rc=0
 wait "$kernel" || kernel_rc=$?
 echo "=================== unit and kernel-integration tests (run beside the above) ==================="
 cat "$report"
-rm -f "$report"
 echo "multinic tests: end to end exit $e2e, unit and kernel integration exit $kernel_rc"
 ((e2e == 0 && kernel_rc == 0))
